@@ -1,0 +1,6 @@
+namespace Vfio.Testing;
+
+/// <summary>Placeholder replaced by the simulated kernel.</summary>
+internal static class Placeholder
+{
+}

@@ -1,0 +1,83 @@
+using System.Runtime.InteropServices;
+
+namespace Vfio.Interop;
+
+internal static partial class Interop
+{
+    /// <summary>The C library's system call wrappers: one import per function, errno kept by SetLastError.</summary>
+    internal static unsafe partial class Libc
+    {
+        private const string Name = "libc";
+
+        [LibraryImport(Name, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int open(string path, int flags);
+
+        [LibraryImport(Name, EntryPoint = "close", SetLastError = true)]
+        internal static partial int close(int fd);
+
+        [LibraryImport(Name, EntryPoint = "ioctl", SetLastError = true)]
+        internal static partial int ioctl(SafeFd fd, nuint request, void* arg);
+
+        [LibraryImport(Name, EntryPoint = "ioctl", SetLastError = true)]
+        internal static partial int ioctl(SafeFd fd, nuint request, nint value);
+
+        [LibraryImport(Name, EntryPoint = "pread", SetLastError = true)]
+        internal static partial nint pread(SafeFd fd, byte* buffer, nuint count, long offset);
+
+        [LibraryImport(Name, EntryPoint = "pwrite", SetLastError = true)]
+        internal static partial nint pwrite(SafeFd fd, byte* buffer, nuint count, long offset);
+
+        [LibraryImport(Name, EntryPoint = "read", SetLastError = true)]
+        internal static partial nint read(SafeFd fd, byte* buffer, nuint count);
+
+        [LibraryImport(Name, EntryPoint = "write", SetLastError = true)]
+        internal static partial nint write(SafeFd fd, byte* buffer, nuint count);
+
+        [LibraryImport(Name, EntryPoint = "mmap", SetLastError = true)]
+        internal static partial nint mmap(nint address, nuint length, int prot, int flags, int fd, long offset);
+
+        [LibraryImport(Name, EntryPoint = "munmap", SetLastError = true)]
+        internal static partial int munmap(nint address, nuint length);
+
+        [LibraryImport(Name, EntryPoint = "eventfd", SetLastError = true)]
+        internal static partial int eventfd(uint initval, int flags);
+
+        [LibraryImport(Name, EntryPoint = "poll", SetLastError = true)]
+        internal static partial int poll(PollFd* fds, nuint nfds, int timeout);
+
+        [LibraryImport(Name, EntryPoint = "readlink", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial nint readlink(string path, byte* buffer, nuint size);
+    }
+
+    /// <summary>Flags of open(2), mmap(2), eventfd(2) and poll(2) on Linux x86-64 and arm64.</summary>
+    internal static class Flags
+    {
+        public const int O_RDONLY = 0;
+        public const int O_WRONLY = 1;
+        public const int O_RDWR = 2;
+        public const int O_NONBLOCK = 0x800;
+        public const int O_CLOEXEC = 0x80000;
+
+        public const int PROT_NONE = 0;
+        public const int PROT_READ = 1;
+        public const int PROT_WRITE = 2;
+
+        public const int MAP_SHARED = 0x01;
+        public const int MAP_PRIVATE = 0x02;
+        public const int MAP_ANONYMOUS = 0x20;
+        public const int MAP_LOCKED = 0x2000;
+        public const int MAP_POPULATE = 0x8000;
+        public const int MAP_HUGETLB = 0x40000;
+
+        public const int EFD_NONBLOCK = 0x800;
+        public const int EFD_CLOEXEC = 0x80000;
+
+        public const short POLLIN = 0x1;
+        public const short POLLOUT = 0x4;
+        public const short POLLERR = 0x8;
+        public const short POLLHUP = 0x10;
+        public const short POLLNVAL = 0x20;
+
+        public static readonly nint MAP_FAILED = -1;
+    }
+}

@@ -1,0 +1,150 @@
+using System.Globalization;
+using Vfio.Interop;
+
+namespace Vfio;
+
+/// <summary>
+/// A VFIO operation failed. Carries the operation, the kernel's errno and the object concerned
+/// (IOMMU group, device address, region), and says what to do where the library knows.
+/// </summary>
+public class VfioException : IOException
+{
+    /// <summary>Creates an exception for a failure with no errno (a rule the library enforces itself).</summary>
+    public VfioException(string message)
+        : base(message)
+    {
+        Operation = string.Empty;
+    }
+
+    /// <summary>Creates an exception for a failure with no errno, wrapping another.</summary>
+    public VfioException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+        Operation = string.Empty;
+    }
+
+    /// <summary>Creates an exception with no message (for serializers and mocks).</summary>
+    public VfioException()
+    {
+        Operation = string.Empty;
+    }
+
+    internal VfioException(string message, string operation, int errno, ErrorTarget target)
+        : base(message)
+    {
+        Operation = operation;
+        Errno = errno;
+        GroupId = target.GroupId;
+        Device = target.Device;
+        RegionIndex = target.RegionIndex;
+        HResult = errno;
+    }
+
+    /// <summary>What was being done ("VFIO_GROUP_GET_DEVICE_FD", "open /dev/vfio/7").</summary>
+    public string Operation { get; }
+
+    /// <summary>The kernel's errno, or 0 when the library itself refused.</summary>
+    public int Errno { get; }
+
+    /// <summary>The errno's symbolic name ("EBUSY"), or empty when there is none.</summary>
+    public string ErrorName => Errno == 0 ? string.Empty : Interop.Errno.Name(Errno);
+
+    /// <summary>The IOMMU group concerned, if any.</summary>
+    public int? GroupId { get; }
+
+    /// <summary>The device concerned (a PCI address such as 0000:00:03.0, or a device name), if any.</summary>
+    public string? Device { get; }
+
+    /// <summary>The region index concerned, if any.</summary>
+    public int? RegionIndex { get; }
+}
+
+/// <summary>The object or path was not there (ENOENT, ENODEV).</summary>
+public class VfioNotFoundException : VfioException
+{
+    /// <inheritdoc cref="VfioException(string)"/>
+    public VfioNotFoundException(string message) : base(message) { }
+
+    /// <inheritdoc cref="VfioException(string, Exception)"/>
+    public VfioNotFoundException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <inheritdoc cref="VfioException()"/>
+    public VfioNotFoundException() { }
+
+    internal VfioNotFoundException(string message, string operation, int errno, ErrorTarget target)
+        : base(message, operation, errno, target) { }
+}
+
+/// <summary>The caller lacks the permission (EACCES, EPERM).</summary>
+public class VfioAccessDeniedException : VfioException
+{
+    /// <inheritdoc cref="VfioException(string)"/>
+    public VfioAccessDeniedException(string message) : base(message) { }
+
+    /// <inheritdoc cref="VfioException(string, Exception)"/>
+    public VfioAccessDeniedException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <inheritdoc cref="VfioException()"/>
+    public VfioAccessDeniedException() { }
+
+    internal VfioAccessDeniedException(string message, string operation, int errno, ErrorTarget target)
+        : base(message, operation, errno, target) { }
+}
+
+/// <summary>Something else holds the object (EBUSY).</summary>
+public class VfioBusyException : VfioException
+{
+    /// <inheritdoc cref="VfioException(string)"/>
+    public VfioBusyException(string message) : base(message) { }
+
+    /// <inheritdoc cref="VfioException(string, Exception)"/>
+    public VfioBusyException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <inheritdoc cref="VfioException()"/>
+    public VfioBusyException() { }
+
+    internal VfioBusyException(string message, string operation, int errno, ErrorTarget target)
+        : base(message, operation, errno, target) { }
+}
+
+/// <summary>The kernel or the device does not support the operation (ENOTTY, EOPNOTSUPP).</summary>
+public class VfioNotSupportedException : VfioException
+{
+    /// <inheritdoc cref="VfioException(string)"/>
+    public VfioNotSupportedException(string message) : base(message) { }
+
+    /// <inheritdoc cref="VfioException(string, Exception)"/>
+    public VfioNotSupportedException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <inheritdoc cref="VfioException()"/>
+    public VfioNotSupportedException() { }
+
+    internal VfioNotSupportedException(string message, string operation, int errno, ErrorTarget target)
+        : base(message, operation, errno, target) { }
+}
+
+/// <summary>The object an error concerns: an IOMMU group, a device, a region.</summary>
+internal readonly record struct ErrorTarget(int? GroupId = null, string? Device = null, int? RegionIndex = null)
+{
+    public static ErrorTarget None => default;
+
+    public static ErrorTarget Group(int groupId) => new(GroupId: groupId);
+
+    public override string ToString()
+    {
+        var parts = new List<string>(3);
+        if (GroupId is int g)
+        {
+            parts.Add("group " + g.ToString(CultureInfo.InvariantCulture));
+        }
+        if (Device is not null)
+        {
+            parts.Add("device " + Device);
+        }
+        if (RegionIndex is int r)
+        {
+            parts.Add("region " + r.ToString(CultureInfo.InvariantCulture));
+        }
+        return string.Join(", ", parts);
+    }
+}
