@@ -38,7 +38,7 @@ public enum VfioDeviceState
 /// happened or failed.</para>
 /// <para>Hooks are protected virtual methods on the typed object; a driver never casts.</para>
 /// </remarks>
-public abstract class VfioDevice : IDisposable
+public abstract partial class VfioDevice : IDisposable
 {
     // Reference count in the low bits; the Dying bit is set when unregistering starts, after which
     // try-get fails even though holders may still be counted (refcount_inc_not_zero plus the
@@ -417,6 +417,7 @@ public abstract class VfioDevice : IDisposable
     // is open (EBUSY).
     private void CloseKernelDevice()
     {
+        RevokeResources();
         var fd = Interlocked.Exchange(ref _fd, null);
         var group = Interlocked.Exchange(ref _group, null);
         fd?.Dispose();
