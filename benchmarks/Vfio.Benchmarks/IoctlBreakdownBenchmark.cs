@@ -114,7 +114,7 @@ internal sealed unsafe partial class IoctlBreakdownBenchmark : IBenchmark
         for (int i = 0; i < calls; i++)
         {
             int available = -1;
-            if (Interop.Interop.Libc.ioctl(fd, FIONREAD, &available) < 0 || available != 0)
+            if (Interop.Interop.Libc.ioctl(fd.Value, FIONREAD, &available) < 0 || available != 0)
             {
                 failures++;
             }
