@@ -107,3 +107,19 @@ public abstract partial class VfioDevice
         return info;
     }
 }
+
+public abstract partial class VfioDevice
+{
+    /// <summary>Describes an interrupt index (<c>VFIO_DEVICE_GET_IRQ_INFO</c>).</summary>
+    /// <param name="index">The index (for PCI, see <see cref="PciIrq"/>).</param>
+    public IrqInfo GetIrqInfo(int index) => IrqInfo.Query(Kernel, DeviceFd, index, ErrorTarget);
+
+    /// <summary>
+    /// Wires vectors of an interrupt index to eventfds and starts waiting on them. For PCI MSI this
+    /// also enables MSI in the device; dispose the set to disable the vectors again.
+    /// </summary>
+    /// <param name="index">The index (for PCI, see <see cref="PciIrq"/>).</param>
+    /// <param name="count">How many vectors, from <paramref name="start"/>.</param>
+    /// <param name="start">The first vector.</param>
+    public InterruptSet EnableInterrupts(int index, int count = 1, int start = 0) => InterruptSet.Enable(this, index, start, count);
+}
