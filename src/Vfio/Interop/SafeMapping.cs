@@ -24,5 +24,21 @@ internal class SafeMapping : SafeHandle
 
     public override bool IsInvalid => handle == -1;
 
+    /// <summary>
+    /// True when the registers behind this mapping are emulated (a simulated kernel's device model),
+    /// so accesses must go through <see cref="ReadTrapped"/> and <see cref="WriteTrapped"/> instead of
+    /// memory, as a CPU access to a real BAR would trap into a hypervisor's device model. A real
+    /// mapping is plain memory and never traps.
+    /// </summary>
+    public virtual bool IsTrapped => false;
+
+    /// <summary>Reads <paramref name="size"/> bytes (1, 2, 4 or 8) at <paramref name="offset"/> of a trapped mapping.</summary>
+    public virtual ulong ReadTrapped(nuint offset, int size) =>
+        throw new InvalidOperationException("This mapping is memory, not emulated registers.");
+
+    /// <summary>Writes <paramref name="size"/> bytes (1, 2, 4 or 8) at <paramref name="offset"/> of a trapped mapping.</summary>
+    public virtual void WriteTrapped(nuint offset, int size, ulong value) =>
+        throw new InvalidOperationException("This mapping is memory, not emulated registers.");
+
     protected override bool ReleaseHandle() => Kernel.Munmap(handle, Length) == 0;
 }
