@@ -170,8 +170,8 @@ inputs_hash() {
 }
 
 publish() {
-  local mode="$1" out="$2" log="$3"
-  shift 3
+  local out="$1" log="$2"
+  shift 2
   rm -rf "$out"
   timeout 1200 dotnet publish "$project" -c Release -r linux-x64 --nologo \
     --artifacts-path "$cache/artifacts" -o "$out" "$@" >"$log" 2>&1
@@ -190,7 +190,7 @@ if [ "$need_publish" = 1 ]; then
   mode=""
   if [ ! -f "$cache/aot-unavailable-$sdk" ]; then
     say "publishing the test program (NativeAOT)..."
-    if publish aot "$program_dir" "$cache/publish-aot.log" -p:VmTestsAot=true; then
+    if publish "$program_dir" "$cache/publish-aot.log" -p:VmTestsAot=true; then
       mode=aot
     else
       reason="$(grep -m1 -oE 'error [A-Z]*[0-9]*:.*|error :.*' "$cache/publish-aot.log" || true)"
@@ -200,7 +200,7 @@ if [ "$need_publish" = 1 ]; then
   fi
   if [ -z "$mode" ]; then
     say "publishing the test program (self-contained single-file)..."
-    publish single-file "$program_dir" "$cache/publish.log" --self-contained \
+    publish "$program_dir" "$cache/publish.log" --self-contained \
       -p:PublishSingleFile=true -p:PublishTrimmed=true -p:PublishReadyToRun=true \
       || { tail -n 30 "$cache/publish.log" >&2; die "dotnet publish of $project failed"; }
     mode=single-file

@@ -41,7 +41,7 @@ internal static class Program
             return 2;
         }
 
-        var context = new ScenarioContext(VfioKernel.Linux, device, group.Value);
+        var context = new ScenarioContext(VfioKernel.Linux, device, group.Value) { Log = Console.Out };
         IEnumerable<Scenario> scenarios = SmokeScenarios.All;
         if (only.Count > 0)
         {
