@@ -9,6 +9,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
+# The firmware may leave the console mid-line: start the first marker on a line of its own.
+echo
 echo "vfio-vm: init started"
 
 finish() {

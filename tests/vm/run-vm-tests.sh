@@ -297,23 +297,23 @@ failed="$(grep -cE '^FAIL ' <<<"$results" || true)"
 
 problem=""
 if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
-  if ! grep -q '^vfio-vm: init started' "$console.txt"; then
+  if ! grep -q 'vfio-vm: init started' "$console.txt"; then
     problem="guest hung: the kernel did not reach /init within ${vm_timeout}s"
-  elif grep -q '^vfio-vm: running ' "$console.txt" && ! grep -q '^vfio-vm: program exited' "$console.txt"; then
+  elif grep -q 'vfio-vm: running ' "$console.txt" && ! grep -q 'vfio-vm: program exited' "$console.txt"; then
     problem="guest hung: the test program did not finish within ${vm_timeout}s"
   else
     problem="guest hung: QEMU did not power off within ${vm_timeout}s"
   fi
 elif [ "$qemu_rc" -ne 0 ]; then
   problem="QEMU failed with exit code $qemu_rc: $(tr '\n' ' ' <"$qemu_err")"
-elif ! grep -q '^vfio-vm: init started' "$console.txt"; then
+elif ! grep -q 'vfio-vm: init started' "$console.txt"; then
   problem="the guest never reached /init (kernel panic or boot failure)"
-elif setup_error="$(grep -m1 '^vfio-vm: setup failed' "$console.txt")"; then
-  problem="${setup_error#vfio-vm: }"
-elif ! grep -q '^vfio-vm: program exited' "$console.txt"; then
+elif setup_error="$(grep -m1 'vfio-vm: setup failed' "$console.txt")"; then
+  problem="${setup_error#*vfio-vm: }"
+elif ! grep -q 'vfio-vm: program exited' "$console.txt"; then
   problem="the guest stopped before the test program finished"
 else
-  status="$(sed -n 's/^vfio-vm: program exited with status \([0-9]*\).*/\1/p' "$console.txt" | head -n 1)"
+  status="$(sed -n 's/.*vfio-vm: program exited with status \([0-9]*\).*/\1/p' "$console.txt" | head -n 1)"
   if ! grep -q '^SUMMARY ' "$console.txt"; then
     problem="the test program crashed (exit status ${status:-unknown}) before its summary"
   elif [ "${status:-1}" -ge 128 ]; then
