@@ -123,3 +123,24 @@ public abstract partial class VfioDevice
     /// <param name="start">The first vector.</param>
     public InterruptSet EnableInterrupts(int index, int count = 1, int start = 0) => InterruptSet.Enable(this, index, start, count);
 }
+
+public abstract partial class VfioDevice
+{
+    /// <summary>
+    /// The highest IOVA the device can put on the bus (all ones for 64-bit DMA, the default). A
+    /// driver whose device has fewer address bits sets it in its constructor: QEMU's edu device has 28.
+    /// </summary>
+    public ulong DmaMask { get; protected set; } = ulong.MaxValue;
+
+    /// <summary>
+    /// Allocates page-aligned memory and maps it into the device's IOMMU at an IOVA below
+    /// <see cref="DmaMask"/> inside the IOMMU's valid ranges (or at <paramref name="iova"/>).
+    /// The device must be open.
+    /// </summary>
+    /// <param name="length">The length in bytes, rounded up to the IOMMU page size.</param>
+    /// <param name="access">Which way the device may use it.</param>
+    /// <param name="iova">A fixed IOVA, or null to let the library choose.</param>
+    /// <exception cref="VfioException">No room, an overlap, outside the valid ranges or the mask, the mapping limit reached, or the kernel refused.</exception>
+    public DmaBuffer AllocateDmaBuffer(ulong length, DmaAccess access = DmaAccess.ReadWrite, ulong? iova = null) =>
+        DmaBuffer.Allocate(this, length, access, iova);
+}
