@@ -4,7 +4,13 @@ namespace Vfio.Interop;
 
 internal static partial class Interop
 {
-    /// <summary>The C library's system call wrappers: one import per function, errno kept by SetLastError.</summary>
+    /// <summary>
+    /// The C library's system call wrappers: one import per function, errno kept by SetLastError.
+    /// Calls on an open file take its raw number: the file is owned by a <see cref="SafeFd"/>, and the
+    /// library holds a counted reference on the object that owns it (an open device, a group held by
+    /// the registry) around every call, so a per-call SafeHandle reference count would only add cost
+    /// on the ioctl fast path.
+    /// </summary>
     internal static unsafe partial class Libc
     {
         private const string Name = "libc";
@@ -16,22 +22,22 @@ internal static partial class Interop
         internal static partial int close(int fd);
 
         [LibraryImport(Name, EntryPoint = "ioctl", SetLastError = true)]
-        internal static partial int ioctl(SafeFd fd, nuint request, void* arg);
+        internal static partial int ioctl(int fd, nuint request, void* arg);
 
         [LibraryImport(Name, EntryPoint = "ioctl", SetLastError = true)]
-        internal static partial int ioctl(SafeFd fd, nuint request, nint value);
+        internal static partial int ioctl(int fd, nuint request, nint value);
 
         [LibraryImport(Name, EntryPoint = "pread", SetLastError = true)]
-        internal static partial nint pread(SafeFd fd, byte* buffer, nuint count, long offset);
+        internal static partial nint pread(int fd, byte* buffer, nuint count, long offset);
 
         [LibraryImport(Name, EntryPoint = "pwrite", SetLastError = true)]
-        internal static partial nint pwrite(SafeFd fd, byte* buffer, nuint count, long offset);
+        internal static partial nint pwrite(int fd, byte* buffer, nuint count, long offset);
 
         [LibraryImport(Name, EntryPoint = "read", SetLastError = true)]
-        internal static partial nint read(SafeFd fd, byte* buffer, nuint count);
+        internal static partial nint read(int fd, byte* buffer, nuint count);
 
         [LibraryImport(Name, EntryPoint = "write", SetLastError = true)]
-        internal static partial nint write(SafeFd fd, byte* buffer, nuint count);
+        internal static partial nint write(int fd, byte* buffer, nuint count);
 
         [LibraryImport(Name, EntryPoint = "mmap", SetLastError = true)]
         internal static partial nint mmap(nint address, nuint length, int prot, int flags, int fd, long offset);

@@ -12,7 +12,11 @@ internal sealed unsafe class LinuxKernel : VfioKernel
     {
     }
 
-    private static int LastErrno() => -Marshal.GetLastSystemError();
+    // The errno the generated stub saved right after the call, before anything else could change it.
+    private static int LastErrno() => -Marshal.GetLastPInvokeError();
+
+    // A file disposed before the call is refused as the kernel refuses a closed descriptor.
+    private static int Live(SafeFd fd) => fd.IsClosed ? -1 : fd.Value;
 
     internal override int Open(string path, int flags, out SafeFd fd)
     {
@@ -30,13 +34,13 @@ internal sealed unsafe class LinuxKernel : VfioKernel
 
     internal override int Ioctl(SafeFd fd, nuint request, void* arg)
     {
-        int result = Libc.ioctl(fd, request, arg);
+        int result = Libc.ioctl(Live(fd), request, arg);
         return result >= 0 ? result : LastErrno();
     }
 
     internal override int Ioctl(SafeFd fd, nuint request, nint value)
     {
-        int result = Libc.ioctl(fd, request, value);
+        int result = Libc.ioctl(Live(fd), request, value);
         return result >= 0 ? result : LastErrno();
     }
 
@@ -44,7 +48,7 @@ internal sealed unsafe class LinuxKernel : VfioKernel
     {
         fixed (byte* p = buffer)
         {
-            nint n = Libc.pread(fd, p, (nuint)buffer.Length, offset);
+            nint n = Libc.pread(Live(fd), p, (nuint)buffer.Length, offset);
             return n >= 0 ? n : LastErrno();
         }
     }
@@ -53,7 +57,7 @@ internal sealed unsafe class LinuxKernel : VfioKernel
     {
         fixed (byte* p = buffer)
         {
-            nint n = Libc.pwrite(fd, p, (nuint)buffer.Length, offset);
+            nint n = Libc.pwrite(Live(fd), p, (nuint)buffer.Length, offset);
             return n >= 0 ? n : LastErrno();
         }
     }
@@ -62,7 +66,7 @@ internal sealed unsafe class LinuxKernel : VfioKernel
     {
         fixed (byte* p = buffer)
         {
-            nint n = Libc.read(fd, p, (nuint)buffer.Length);
+            nint n = Libc.read(Live(fd), p, (nuint)buffer.Length);
             return n >= 0 ? n : LastErrno();
         }
     }
@@ -71,7 +75,7 @@ internal sealed unsafe class LinuxKernel : VfioKernel
     {
         fixed (byte* p = buffer)
         {
-            nint n = Libc.write(fd, p, (nuint)buffer.Length);
+            nint n = Libc.write(Live(fd), p, (nuint)buffer.Length);
             return n >= 0 ? n : LastErrno();
         }
     }

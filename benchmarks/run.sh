@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds and runs the performance benchmarks of Vfio for .NET.
+#
+# Usage: benchmarks/run.sh [all | METRIC...]      (no argument: all benchmarks)
+#        benchmarks/run.sh --list                 (the benchmarks and their targets)
+#
+# Output: one "name: value" line per metric on stdout, nothing else (build logs go to stderr).
+# The script exits non-zero if a build or a benchmark fails; it does not fail on a missed target,
+# because a shared machine can slow one run down. Read the results against these targets
+# (docs: benchmarks/README.md, design: "Performance budget" in the architecture notes):
+#
+#   ioctl_overhead_ratio          <= 1.10  seam ioctl time / C ioctl time, same ioctl, same kind of fd
+#   ioctl_c_ns                    context  ns per FIONREAD from C (the syscall's own cost here)
+#   ioctl_csharp_ns               context  ns per FIONREAD through VfioKernel.Linux.Ioctl
+#   ioctl_alloc_bytes_per_call    == 0     managed bytes allocated per ioctl through the seam
+#   ioctl_bare_pinvoke_ns         context  the same FIONREAD, P/Invoke on a raw fd, no SetLastError
+#   ioctl_setlasterror_ns         context  ... plus SetLastError
+#   ioctl_libc_import_ns          context  ... plus SafeHandle marshalling (the seam minus its virtual call)
+#   safehandle_addref_release_ns  context  the SafeHandle reference count alone, no syscall
+#
+# The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
+# back to back in each round; ns values are medians over rounds of the fastest batch. Background
+# load moves them less than it moves a single timing, but a ratio a little above target on a busy
+# machine is worth a second run. Subtracting the context lines from each other shows where the
+# seam's time goes when the ratio is off target.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="$here/.build"
+native="$out/native"
+mkdir -p "$native"
+
+gcc -O2 -Wall -Wextra -Werror -o "$native/ioctl_loop" "$here/native/ioctl_loop.c" >&2
+
+dotnet build "$here/Vfio.Benchmarks/Vfio.Benchmarks.csproj" -c Release -o "$out/bin" \
+  --nologo -v quiet -clp:ErrorsOnly >&2
+
+dotnet "$out/bin/Vfio.Benchmarks.dll" --native-dir "$native" "$@"

@@ -1,0 +1,35 @@
+namespace Vfio;
+
+/// <summary>
+/// Devices that share a reset domain (the functions of one PCI slot, or a device alone) share one
+/// set: one lock and one open count. First-open and last-close hooks run under the set's lock, so a
+/// set-wide decision such as a hot reset sees a stable picture.
+/// </summary>
+/// <remarks>The kernel's <c>vfio_device_set</c>, keyed by its <c>set_id</c>.</remarks>
+public sealed class DeviceSet
+{
+    private int _members;
+
+    internal DeviceSet(string id)
+    {
+        Id = id;
+    }
+
+    /// <summary>The set's key: <c>pci-slot:0000:00:03</c> for PCI functions, the device's own name otherwise.</summary>
+    public string Id { get; }
+
+    /// <summary>How many devices of the set are open, counting each device once per open.</summary>
+    public int OpenCount { get; internal set; }
+
+    /// <summary>How many devices (constructed and not yet disposed) belong to the set.</summary>
+    public int MemberCount => Volatile.Read(ref _members);
+
+    internal Lock Lock { get; } = new();
+
+    internal int Join() => Interlocked.Increment(ref _members);
+
+    internal int Leave() => Interlocked.Decrement(ref _members);
+
+    /// <inheritdoc/>
+    public override string ToString() => Id;
+}

@@ -1,0 +1,125 @@
+using Vfio.Interop;
+
+namespace Vfio;
+
+/// <summary>Something that lives on an open device file and must go before the file closes.</summary>
+internal interface IDeviceResource
+{
+    /// <summary>Releases the resource; true the first time.</summary>
+    bool Revoke();
+}
+
+public abstract partial class VfioDevice
+{
+    private readonly List<IDeviceResource> _resources = [];
+
+    /// <summary>Describes a region (<c>VFIO_DEVICE_GET_REGION_INFO</c>), its capability chain parsed.</summary>
+    /// <param name="index">The region index.</param>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    public RegionInfo GetRegionInfo(int index) => RegionInfo.Query(Kernel, DeviceFd, index, ErrorTarget);
+
+    /// <summary>Reads from a region at an offset through the device file (pread).</summary>
+    /// <param name="index">The region index.</param>
+    /// <param name="offset">The offset in the region.</param>
+    /// <param name="destination">Where the bytes go; its length is how many are read.</param>
+    public void ReadRegion(int index, ulong offset, Span<byte> destination)
+    {
+        var info = GetRegionInfoForAccess(index, offset, destination.Length);
+        long n = VfioErrors.Check(Kernel.PRead(DeviceFd, destination, (long)(info.Offset + offset)), "pread", ErrorTarget with { RegionIndex = index });
+        if (n != destination.Length)
+        {
+            throw new VfioException($"Reading {destination.Length} bytes at {offset:#x} of region {index} of {Name} returned {n}.");
+        }
+    }
+
+    /// <summary>Writes to a region at an offset through the device file (pwrite).</summary>
+    /// <param name="index">The region index.</param>
+    /// <param name="offset">The offset in the region.</param>
+    /// <param name="source">The bytes to write.</param>
+    public void WriteRegion(int index, ulong offset, ReadOnlySpan<byte> source)
+    {
+        var info = GetRegionInfoForAccess(index, offset, source.Length);
+        long n = VfioErrors.Check(Kernel.PWrite(DeviceFd, source, (long)(info.Offset + offset)), "pwrite", ErrorTarget with { RegionIndex = index });
+        if (n != source.Length)
+        {
+            throw new VfioException($"Writing {source.Length} bytes at {offset:#x} of region {index} of {Name} wrote {n}.");
+        }
+    }
+
+    /// <summary>
+    /// Opens a region for register access: mapped into memory when the kernel allows it, through
+    /// the device file otherwise. The region holds a reference on the device until disposed.
+    /// </summary>
+    /// <param name="index">The region index (a BAR number for PCI).</param>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    public MmioRegion OpenRegion(int index) => MmioRegion.Open(this, index);
+
+    /// <summary>Resets the device (<c>VFIO_DEVICE_RESET</c>).</summary>
+    /// <exception cref="VfioNotSupportedException">The device reports no reset support.</exception>
+    public void Reset()
+    {
+        if (Info is { CanReset: false })
+        {
+            throw new VfioNotSupportedException($"Device {Name} does not support VFIO_DEVICE_RESET (its info flags lack RESET).");
+        }
+        VfioErrors.Check(Kernel.Ioctl(DeviceFd, VfioUapi.VFIO_DEVICE_RESET, 0), "VFIO_DEVICE_RESET", ErrorTarget);
+    }
+
+    internal void TrackResource(IDeviceResource resource)
+    {
+        lock (_resources)
+        {
+            _resources.Add(resource);
+        }
+    }
+
+    internal void ForgetResource(IDeviceResource resource)
+    {
+        lock (_resources)
+        {
+            _resources.Remove(resource);
+        }
+    }
+
+    private void RevokeResources()
+    {
+        IDeviceResource[] live;
+        lock (_resources)
+        {
+            live = [.. _resources];
+            _resources.Clear();
+        }
+        // Newest first: interrupts set up after a mapping go before it.
+        for (int i = live.Length - 1; i >= 0; i--)
+        {
+            live[i].Revoke();
+        }
+    }
+
+    private RegionInfo GetRegionInfoForAccess(int index, ulong offset, int length)
+    {
+        var info = GetRegionInfo(index);
+        if (offset > info.Size || (ulong)length > info.Size - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), offset,
+                $"{length} bytes at {offset:#x} do not fit in region {index} of {Name} ({info.Size:#x} bytes).");
+        }
+        return info;
+    }
+}
+
+public abstract partial class VfioDevice
+{
+    /// <summary>Describes an interrupt index (<c>VFIO_DEVICE_GET_IRQ_INFO</c>).</summary>
+    /// <param name="index">The index (for PCI, see <see cref="PciIrq"/>).</param>
+    public IrqInfo GetIrqInfo(int index) => IrqInfo.Query(Kernel, DeviceFd, index, ErrorTarget);
+
+    /// <summary>
+    /// Wires vectors of an interrupt index to eventfds and starts waiting on them. For PCI MSI this
+    /// also enables MSI in the device; dispose the set to disable the vectors again.
+    /// </summary>
+    /// <param name="index">The index (for PCI, see <see cref="PciIrq"/>).</param>
+    /// <param name="count">How many vectors, from <paramref name="start"/>.</param>
+    /// <param name="start">The first vector.</param>
+    public InterruptSet EnableInterrupts(int index, int count = 1, int start = 0) => InterruptSet.Enable(this, index, start, count);
+}

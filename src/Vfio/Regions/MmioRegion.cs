@@ -1,0 +1,285 @@
+using System.Buffers.Binary;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+using Vfio.Interop;
+using static Vfio.Interop.Interop;
+
+namespace Vfio;
+
+/// <summary>
+/// A device region (typically a BAR) for register access: mapped into memory when the region
+/// allows it, otherwise reached through the device file. Accesses are volatile, naturally aligned
+/// and bounds-checked; no raw pointer is handed out.
+/// </summary>
+/// <remarks>
+/// The region holds a reference on its device, so unregistering waits for it to be disposed (and
+/// asks for that through the device's release-request hook). When the device closes, regions still
+/// alive are revoked: their memory is unmapped and further accesses throw
+/// <see cref="ObjectDisposedException"/>. Do not access a region concurrently with closing its device.
+/// </remarks>
+public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
+{
+    private readonly VfioDevice _device;
+    private readonly SafeMapping? _mapping;
+    private readonly SafeFd? _fd;
+    private readonly ulong _fileOffset;
+    private byte* _base;
+    private DeviceReference _reference;
+    private int _state; // 0 live, 1 revoked or disposed
+
+    private MmioRegion(VfioDevice device, RegionInfo info, SafeMapping? mapping, SafeFd fd, DeviceReference reference)
+    {
+        _device = device;
+        Info = info;
+        Size = info.Size;
+        _mapping = mapping;
+        _fd = fd;
+        _fileOffset = info.Offset;
+        _reference = reference;
+        if (mapping is not null && !mapping.IsTrapped)
+        {
+            _base = (byte*)mapping.Address;
+        }
+    }
+
+    /// <summary>The region's description.</summary>
+    public RegionInfo Info { get; }
+
+    /// <summary>The region's size in bytes.</summary>
+    public ulong Size { get; }
+
+    /// <summary>True when accesses go through a memory mapping rather than the device file.</summary>
+    public bool IsMapped => _mapping is not null;
+
+    /// <summary>True until disposed or revoked by the device's close.</summary>
+    public bool IsLive => Volatile.Read(ref _state) == 0;
+
+    /// <summary>Reads an 8-bit register.</summary>
+    /// <param name="offset">The register's offset in the region.</param>
+    public byte Read8(ulong offset)
+    {
+        Check(offset, 1);
+        byte* p = _base;
+        return p != null ? Volatile.Read(ref *(p + offset)) : (byte)ReadSlow(offset, 1);
+    }
+
+    /// <summary>Reads a 16-bit register (little-endian, as PCI is).</summary>
+    /// <param name="offset">The register's offset in the region, 2-byte aligned.</param>
+    public ushort Read16(ulong offset)
+    {
+        Check(offset, 2);
+        byte* p = _base;
+        return p != null ? Volatile.Read(ref *(ushort*)(p + offset)) : (ushort)ReadSlow(offset, 2);
+    }
+
+    /// <summary>Reads a 32-bit register.</summary>
+    /// <param name="offset">The register's offset in the region, 4-byte aligned.</param>
+    public uint Read32(ulong offset)
+    {
+        Check(offset, 4);
+        byte* p = _base;
+        return p != null ? Volatile.Read(ref *(uint*)(p + offset)) : (uint)ReadSlow(offset, 4);
+    }
+
+    /// <summary>Reads a 64-bit register.</summary>
+    /// <param name="offset">The register's offset in the region, 8-byte aligned.</param>
+    public ulong Read64(ulong offset)
+    {
+        Check(offset, 8);
+        byte* p = _base;
+        return p != null ? Volatile.Read(ref *(ulong*)(p + offset)) : ReadSlow(offset, 8);
+    }
+
+    /// <summary>Writes an 8-bit register.</summary>
+    /// <param name="offset">The register's offset in the region.</param>
+    /// <param name="value">The value.</param>
+    public void Write8(ulong offset, byte value)
+    {
+        Check(offset, 1);
+        byte* p = _base;
+        if (p != null)
+        {
+            Volatile.Write(ref *(p + offset), value);
+        }
+        else
+        {
+            WriteSlow(offset, 1, value);
+        }
+    }
+
+    /// <summary>Writes a 16-bit register.</summary>
+    /// <param name="offset">The register's offset in the region, 2-byte aligned.</param>
+    /// <param name="value">The value.</param>
+    public void Write16(ulong offset, ushort value)
+    {
+        Check(offset, 2);
+        byte* p = _base;
+        if (p != null)
+        {
+            Volatile.Write(ref *(ushort*)(p + offset), value);
+        }
+        else
+        {
+            WriteSlow(offset, 2, value);
+        }
+    }
+
+    /// <summary>Writes a 32-bit register.</summary>
+    /// <param name="offset">The register's offset in the region, 4-byte aligned.</param>
+    /// <param name="value">The value.</param>
+    public void Write32(ulong offset, uint value)
+    {
+        Check(offset, 4);
+        byte* p = _base;
+        if (p != null)
+        {
+            Volatile.Write(ref *(uint*)(p + offset), value);
+        }
+        else
+        {
+            WriteSlow(offset, 4, value);
+        }
+    }
+
+    /// <summary>Writes a 64-bit register.</summary>
+    /// <param name="offset">The register's offset in the region, 8-byte aligned.</param>
+    /// <param name="value">The value.</param>
+    public void Write64(ulong offset, ulong value)
+    {
+        Check(offset, 8);
+        byte* p = _base;
+        if (p != null)
+        {
+            Volatile.Write(ref *(ulong*)(p + offset), value);
+        }
+        else
+        {
+            WriteSlow(offset, 8, value);
+        }
+    }
+
+    /// <summary>Unmaps the region and releases its reference on the device.</summary>
+    public void Dispose()
+    {
+        if (Revoke())
+        {
+            _device.ForgetResource(this);
+        }
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"region {Info.Index} of {_device.Name} ({Size} bytes, {(IsMapped ? "mapped" : "file")})";
+
+    internal static MmioRegion Open(VfioDevice device, int index)
+    {
+        var fd = device.DeviceFd;
+        var info = RegionInfo.Query(device.Kernel, fd, index, device.ErrorTarget);
+        var target = device.ErrorTarget with { RegionIndex = index };
+        if (info.Size == 0)
+        {
+            throw new VfioNotFoundException($"Region {index} of {device.Name} is not implemented by the device (size 0).");
+        }
+        if ((info.Flags & (RegionAccess.Read | RegionAccess.Write)) == 0)
+        {
+            throw new VfioAccessDeniedException($"Region {index} of {device.Name} can be neither read nor written.");
+        }
+        if (!device.TryGet(out var reference))
+        {
+            throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
+        }
+        SafeMapping? mapping = null;
+        try
+        {
+            // A region mapped whole; a sparse region (the MSI-X table carved out) is reached through
+            // the file, which the kernel accepts for every offset.
+            if (info.CanMmap && info.SparseMmapAreas is null)
+            {
+                int prot = ((info.Flags & RegionAccess.Read) != 0 ? Flags.PROT_READ : 0) | ((info.Flags & RegionAccess.Write) != 0 ? Flags.PROT_WRITE : 0);
+                VfioErrors.Check(device.Kernel.Mmap(fd, (nuint)info.Size, prot, Flags.MAP_SHARED, (long)info.Offset, out mapping), "mmap", target);
+            }
+            var region = new MmioRegion(device, info, mapping, fd, reference);
+            device.TrackResource(region);
+            return region;
+        }
+        catch
+        {
+            mapping?.Dispose();
+            reference.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Unmaps and releases; true the first time. The device calls it when it closes.</summary>
+    bool IDeviceResource.Revoke() => Revoke();
+
+    private bool Revoke()
+    {
+        if (Interlocked.Exchange(ref _state, 1) != 0)
+        {
+            return false;
+        }
+        _base = null;
+        _mapping?.Dispose();
+        _reference.Dispose();
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Check(ulong offset, int size)
+    {
+        if (offset > Size - (ulong)size || (offset & (ulong)(size - 1)) != 0)
+        {
+            ThrowOutOfRange(offset, size);
+        }
+    }
+
+    private ulong ReadSlow(ulong offset, int size)
+    {
+        ThrowIfRevoked();
+        if (_mapping is not null)
+        {
+            return _mapping.ReadTrapped((nuint)offset, size);
+        }
+        Span<byte> bytes = stackalloc byte[8];
+        bytes.Clear();
+        long n = VfioErrors.Check(_device.Kernel.PRead(_fd!, bytes[..size], (long)(_fileOffset + offset)), "pread", _device.ErrorTarget with { RegionIndex = Info.Index });
+        if (n != size)
+        {
+            throw new VfioException($"A {size}-byte read at {offset:#x} of region {Info.Index} of {_device.Name} returned {n} bytes.");
+        }
+        return BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+    }
+
+    private void WriteSlow(ulong offset, int size, ulong value)
+    {
+        ThrowIfRevoked();
+        if (_mapping is not null)
+        {
+            _mapping.WriteTrapped((nuint)offset, size, value);
+            return;
+        }
+        Span<byte> bytes = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, value);
+        long n = VfioErrors.Check(_device.Kernel.PWrite(_fd!, bytes[..size], (long)(_fileOffset + offset)), "pwrite", _device.ErrorTarget with { RegionIndex = Info.Index });
+        if (n != size)
+        {
+            throw new VfioException($"A {size}-byte write at {offset:#x} of region {Info.Index} of {_device.Name} wrote {n} bytes.");
+        }
+    }
+
+    private void ThrowIfRevoked()
+    {
+        if (Volatile.Read(ref _state) != 0)
+        {
+            throw new ObjectDisposedException(ToString(), "The region was disposed, or its device was closed.");
+        }
+    }
+
+    [DoesNotReturn]
+    private void ThrowOutOfRange(ulong offset, int size)
+    {
+        ThrowIfRevoked();
+        throw new ArgumentOutOfRangeException(nameof(offset), offset,
+            $"A {size}-byte access at {offset:#x} is outside region {Info.Index} of {_device.Name} ({Size:#x} bytes) or not {size}-byte aligned.");
+    }
+}

@@ -1,0 +1,142 @@
+using Vfio.Interop;
+using static Vfio.Interop.Interop;
+
+namespace Vfio;
+
+/// <summary>
+/// A VFIO container (<c>/dev/vfio/vfio</c>): the IOMMU context its groups share. The IOMMU type is
+/// chosen when the first group joins (type1v2 preferred, type1 as fallback, no-IOMMU for no-IOMMU
+/// groups); the container closes when its last group leaves.
+/// </summary>
+public sealed class VfioContainer
+{
+    private readonly List<IommuGroup> _groups = [];
+
+    private VfioContainer(VfioRegistry registry, SafeFd fd)
+    {
+        Registry = registry;
+        Fd = fd;
+    }
+
+    /// <summary>The registry that owns the container.</summary>
+    public VfioRegistry Registry { get; }
+
+    /// <summary>The IOMMU model set on the container (<c>VFIO_TYPE1v2_IOMMU</c> = 3, ...), 0 before the first group.</summary>
+    public int IommuType { get; private set; }
+
+    /// <summary>The IOMMU model's name: "type1v2", "type1", "noiommu", or "none".</summary>
+    public string IommuTypeName => IommuType switch
+    {
+        VfioUapi.VFIO_TYPE1v2_IOMMU => "type1v2",
+        VfioUapi.VFIO_TYPE1_IOMMU => "type1",
+        VfioUapi.VFIO_NOIOMMU_IOMMU => "noiommu",
+        _ => "none",
+    };
+
+    /// <summary>True when the container holds no-IOMMU groups.</summary>
+    public bool IsNoIommu => IommuType == VfioUapi.VFIO_NOIOMMU_IOMMU;
+
+    /// <summary>The groups attached to the container.</summary>
+    public IReadOnlyList<IommuGroup> Groups => _groups.ToArray();
+
+    internal SafeFd Fd { get; }
+
+    internal int GroupCount => _groups.Count;
+
+    /// <summary>Opens a new container and checks the API version.</summary>
+    internal static VfioContainer Open(VfioRegistry registry)
+    {
+        var kernel = registry.Kernel;
+        string path = kernel.Dev("vfio/vfio");
+        VfioErrors.Check(kernel.Open(path, Flags.O_RDWR, out var fd), "open " + path);
+        try
+        {
+            int version = VfioErrors.Check(kernel.Ioctl(fd, VfioUapi.VFIO_GET_API_VERSION, 0), "VFIO_GET_API_VERSION");
+            if (version != VfioUapi.VFIO_API_VERSION)
+            {
+                throw new VfioException($"The kernel speaks VFIO API version {version}; this library speaks {VfioUapi.VFIO_API_VERSION}.");
+            }
+            return new VfioContainer(registry, fd);
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>True when the container has the extension (an IOMMU type, VFIO_UNMAP_ALL, ...).</summary>
+    internal bool CheckExtension(int extension) =>
+        VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_CHECK_EXTENSION, extension), "VFIO_CHECK_EXTENSION") > 0;
+
+    /// <summary>
+    /// Attaches a group: VFIO_GROUP_SET_CONTAINER, then, for the first group, VFIO_SET_IOMMU (the
+    /// kernel accepts it only once a group is in). Returns the kernel's errno (negated) when it
+    /// refuses the group, so the caller can try another container; throws for other failures.
+    /// </summary>
+    internal unsafe int TryAttach(IommuGroup group)
+    {
+        var kernel = Registry.Kernel;
+        int containerFd = Fd.Value;
+        int rc = kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_SET_CONTAINER, &containerFd);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        if (_groups.Count == 0)
+        {
+            try
+            {
+                SetIommu(group);
+            }
+            catch
+            {
+                _ = kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0);
+                throw;
+            }
+        }
+        _groups.Add(group);
+        group.Container = this;
+        return 0;
+    }
+
+    /// <summary>Detaches a group (VFIO_GROUP_UNSET_CONTAINER); every device file of it must be closed.</summary>
+    internal void Detach(IommuGroup group)
+    {
+        _groups.Remove(group);
+        group.Container = null;
+        VfioErrors.Check(Registry.Kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0), "VFIO_GROUP_UNSET_CONTAINER", group.ErrorTarget);
+        if (_groups.Count == 0)
+        {
+            IommuType = 0;
+        }
+    }
+
+    internal void Close() => Fd.Dispose();
+
+    private void SetIommu(IommuGroup group)
+    {
+        int type;
+        if (group.Kind == IommuGroupKind.NoIommu)
+        {
+            type = VfioUapi.VFIO_NOIOMMU_IOMMU;
+        }
+        else if (CheckExtension(VfioUapi.VFIO_TYPE1v2_IOMMU))
+        {
+            type = VfioUapi.VFIO_TYPE1v2_IOMMU;
+        }
+        else if (CheckExtension(VfioUapi.VFIO_TYPE1_IOMMU))
+        {
+            type = VfioUapi.VFIO_TYPE1_IOMMU;
+        }
+        else
+        {
+            throw new VfioNotSupportedException("The kernel offers neither the type1v2 nor the type1 IOMMU model: load vfio_iommu_type1.");
+        }
+        VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_SET_IOMMU, type), "VFIO_SET_IOMMU", group.ErrorTarget);
+        IommuType = type;
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"container ({IommuTypeName}, {_groups.Count} groups)";
+}

@@ -1,0 +1,161 @@
+namespace Vfio;
+
+/// <summary>
+/// A user-space driver: declares which devices it handles and creates its typed device for each.
+/// The registry probes devices bound to vfio, asks each driver whether it matches, creates the
+/// device through the matching driver and registers it.
+/// </summary>
+public abstract class VfioDriver
+{
+    private protected VfioDriver(string name)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        Name = name;
+    }
+
+    /// <summary>The driver's name, for logs and errors.</summary>
+    public string Name { get; }
+
+    /// <inheritdoc/>
+    public override string ToString() => Name;
+}
+
+/// <summary>Which PCI functions a driver handles: by ids, by class, or both (null matches anything).</summary>
+/// <param name="VendorId">The vendor id, or null for any.</param>
+/// <param name="DeviceId">The device id, or null for any.</param>
+/// <param name="ClassCode">The 24-bit class code, or null for any.</param>
+/// <param name="ClassMask">Which bits of the class code must match (0xffff00: base class and subclass).</param>
+public readonly record struct PciMatch(ushort? VendorId = null, ushort? DeviceId = null, uint? ClassCode = null, uint ClassMask = 0xffffff)
+{
+    /// <summary>Matches one vendor and device id.</summary>
+    public static PciMatch Id(ushort vendorId, ushort deviceId) => new(vendorId, deviceId);
+
+    /// <summary>Matches a class (<c>0x010802</c>: NVMe), under a mask.</summary>
+    public static PciMatch Class(uint classCode, uint mask = 0xffffff) => new(ClassCode: classCode, ClassMask: mask);
+
+    /// <summary>True when the function matches.</summary>
+    public bool Matches(PciDeviceContext device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        return (VendorId is null || VendorId == device.VendorId)
+            && (DeviceId is null || DeviceId == device.DeviceId)
+            && (ClassCode is null || (device.ClassCode & ClassMask) == (ClassCode.Value & ClassMask));
+    }
+}
+
+/// <summary>A driver for PCI functions.</summary>
+/// <typeparam name="TDevice">The device type it creates.</typeparam>
+public abstract class PciDriver<TDevice> : VfioDriver, IPciDriver
+    where TDevice : PciVfioDevice
+{
+    /// <summary>Creates the driver.</summary>
+    /// <param name="name">The driver's name.</param>
+    /// <param name="matches">The functions it handles.</param>
+    protected PciDriver(string name, params PciMatch[] matches)
+        : base(name)
+    {
+        ArgumentNullException.ThrowIfNull(matches);
+        if (matches.Length == 0)
+        {
+            throw new ArgumentException("A driver must match at least one device.", nameof(matches));
+        }
+        Matches = matches;
+    }
+
+    /// <summary>The functions the driver handles.</summary>
+    public IReadOnlyList<PciMatch> Matches { get; }
+
+    /// <summary>
+    /// Creates the typed device (init and driver preparation): no kernel I/O, nothing published.
+    /// If it throws, the registry disposes whatever was constructed and keeps nothing.
+    /// </summary>
+    /// <param name="context">The discovered function.</param>
+    protected internal abstract TDevice CreateDevice(PciDeviceContext context);
+
+    VfioDevice IPciDriver.Create(PciDeviceContext context) => CreateDevice(context);
+
+    bool IPciDriver.Handles(PciDeviceContext context) => Matches.Any(m => m.Matches(context));
+}
+
+/// <summary>A driver for platform devices, matched by device tree compatible string.</summary>
+/// <typeparam name="TDevice">The device type it creates.</typeparam>
+public abstract class PlatformDriver<TDevice> : VfioDriver, IPlatformDriver
+    where TDevice : PlatformVfioDevice
+{
+    /// <summary>Creates the driver.</summary>
+    /// <param name="name">The driver's name.</param>
+    /// <param name="compatible">The compatible strings it handles ("vendor,device").</param>
+    protected PlatformDriver(string name, params string[] compatible)
+        : base(name)
+    {
+        ArgumentNullException.ThrowIfNull(compatible);
+        if (compatible.Length == 0)
+        {
+            throw new ArgumentException("A driver must match at least one compatible string.", nameof(compatible));
+        }
+        Compatible = compatible;
+    }
+
+    /// <summary>The compatible strings the driver handles.</summary>
+    public IReadOnlyList<string> Compatible { get; }
+
+    /// <summary>Creates the typed device; see <see cref="PciDriver{TDevice}.CreateDevice"/>.</summary>
+    /// <param name="context">The discovered device.</param>
+    protected internal abstract TDevice CreateDevice(PlatformDeviceContext context);
+
+    VfioDevice IPlatformDriver.Create(PlatformDeviceContext context) => CreateDevice(context);
+
+    bool IPlatformDriver.Handles(PlatformDeviceContext context) => context.Compatible.Any(c => Compatible.Contains(c, StringComparer.Ordinal));
+}
+
+/// <summary>A driver for mediated devices, matched by mdev type.</summary>
+/// <typeparam name="TDevice">The device type it creates.</typeparam>
+public abstract class MdevDriver<TDevice> : VfioDriver, IMdevDriver
+    where TDevice : MdevVfioDevice
+{
+    /// <summary>Creates the driver.</summary>
+    /// <param name="name">The driver's name.</param>
+    /// <param name="typeIds">The mdev types it handles (<c>mtty-2</c>).</param>
+    protected MdevDriver(string name, params string[] typeIds)
+        : base(name)
+    {
+        ArgumentNullException.ThrowIfNull(typeIds);
+        if (typeIds.Length == 0)
+        {
+            throw new ArgumentException("A driver must match at least one mdev type.", nameof(typeIds));
+        }
+        TypeIds = typeIds;
+    }
+
+    /// <summary>The mdev types the driver handles.</summary>
+    public IReadOnlyList<string> TypeIds { get; }
+
+    /// <summary>Creates the typed device; see <see cref="PciDriver{TDevice}.CreateDevice"/>.</summary>
+    /// <param name="context">The discovered device.</param>
+    protected internal abstract TDevice CreateDevice(MdevDeviceContext context);
+
+    VfioDevice IMdevDriver.Create(MdevDeviceContext context) => CreateDevice(context);
+
+    bool IMdevDriver.Handles(MdevDeviceContext context) => TypeIds.Contains(context.TypeId, StringComparer.Ordinal);
+}
+
+internal interface IPciDriver
+{
+    bool Handles(PciDeviceContext context);
+
+    VfioDevice Create(PciDeviceContext context);
+}
+
+internal interface IPlatformDriver
+{
+    bool Handles(PlatformDeviceContext context);
+
+    VfioDevice Create(PlatformDeviceContext context);
+}
+
+internal interface IMdevDriver
+{
+    bool Handles(MdevDeviceContext context);
+
+    VfioDevice Create(MdevDeviceContext context);
+}
