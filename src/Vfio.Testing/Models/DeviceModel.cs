@@ -2,11 +2,6 @@ using Vfio.Interop;
 
 namespace Vfio.Testing;
 
-/// <summary>An area of a region that may be mapped, as listed by the sparse mmap capability.</summary>
-/// <param name="Offset">The area's offset in the region.</param>
-/// <param name="Size">The area's size in bytes.</param>
-public readonly record struct SparseMmapArea(ulong Offset, ulong Size);
-
 /// <summary>What VFIO_DEVICE_GET_REGION_INFO says about one region.</summary>
 internal readonly record struct RegionDescriptor(ulong Size, uint Flags, IReadOnlyList<SparseMmapArea>? SparseAreas = null, bool MsixMappable = false)
 {
