@@ -1,0 +1,72 @@
+namespace Vfio.Testing;
+
+/// <summary>
+/// Failures armed by a test: "the K-th call from now" and "the next call of a kind". A call that
+/// fails this way returns the errno and has no other effect, as a kernel call that fails early.
+/// </summary>
+internal sealed class FailureInjection
+{
+    private readonly List<(long CallNumber, int Errno)> _byNumber = [];
+    private readonly List<(SimulatedCall Kind, int Errno, nuint? Request)> _byKind = [];
+    private long _calls;
+
+    /// <summary>The number of seam calls made so far.</summary>
+    public long Calls => Interlocked.Read(ref _calls);
+
+    public void FailCall(long callsFromNow, int errno)
+    {
+        lock (_byNumber)
+        {
+            _byNumber.Add((Calls + callsFromNow, errno));
+        }
+    }
+
+    public void FailNext(SimulatedCall kind, int errno, nuint? request)
+    {
+        lock (_byNumber)
+        {
+            _byKind.Add((kind, errno, request));
+        }
+    }
+
+    public void Clear()
+    {
+        lock (_byNumber)
+        {
+            _byNumber.Clear();
+            _byKind.Clear();
+        }
+    }
+
+    /// <summary>Counts a call and returns the negative errno it must fail with, or 0.</summary>
+    public int Enter(SimulatedCall kind, nuint request = 0)
+    {
+        long number = Interlocked.Increment(ref _calls);
+        lock (_byNumber)
+        {
+            if (_byNumber.Count == 0 && _byKind.Count == 0)
+            {
+                return 0;
+            }
+            for (int i = 0; i < _byNumber.Count; i++)
+            {
+                if (_byNumber[i].CallNumber == number)
+                {
+                    int errno = _byNumber[i].Errno;
+                    _byNumber.RemoveAt(i);
+                    return -errno;
+                }
+            }
+            for (int i = 0; i < _byKind.Count; i++)
+            {
+                var (k, errno, r) = _byKind[i];
+                if (k == kind && (r is null || (kind == SimulatedCall.Ioctl && r.Value == request)))
+                {
+                    _byKind.RemoveAt(i);
+                    return -errno;
+                }
+            }
+            return 0;
+        }
+    }
+}

@@ -1,0 +1,131 @@
+using System.Globalization;
+using System.Text;
+
+namespace Vfio.Testing;
+
+/// <summary>An open file descriptor of the simulated kernel.</summary>
+/// <param name="Fd">The descriptor number.</param>
+/// <param name="Kind">What it refers to.</param>
+/// <param name="Path">The path it was opened from, or the kernel's name for an anonymous file.</param>
+public sealed record SimulatedOpenFile(int Fd, SimulatedFileKind Kind, string Path);
+
+/// <summary>Thrown by <see cref="SimulatedKernel.AssertNoLeaks"/> when descriptors, mappings or DMA mappings are still open.</summary>
+public sealed class SimulatedLeakException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public SimulatedLeakException()
+        : this("Kernel resources leaked.")
+    {
+    }
+
+    /// <summary>Creates the exception with a message.</summary>
+    /// <param name="message">What leaked.</param>
+    public SimulatedLeakException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    /// <param name="message">What leaked.</param>
+    /// <param name="innerException">The cause.</param>
+    public SimulatedLeakException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}
+
+public sealed partial class SimulatedKernel
+{
+    /// <summary>The open descriptors, lowest number first.</summary>
+    public IReadOnlyList<SimulatedOpenFile> OpenFiles
+    {
+        get
+        {
+            using (Enter())
+            {
+                return [.. Files.All.Select(e => new SimulatedOpenFile(e.Fd, e.File.Kind, e.File.Path))];
+            }
+        }
+    }
+
+    /// <summary>The number of open descriptors of <paramref name="kind"/>.</summary>
+    /// <param name="kind">The kind of file.</param>
+    public int OpenFileCount(SimulatedFileKind kind)
+    {
+        using (Enter())
+        {
+            return Files.All.Count(e => e.File.Kind == kind);
+        }
+    }
+
+    /// <summary>The number of open descriptors of every kind.</summary>
+    public int OpenFileCountTotal
+    {
+        get
+        {
+            using (Enter())
+            {
+                return Files.Count;
+            }
+        }
+    }
+
+    /// <summary>The number of live memory mappings (anonymous memory and mapped device regions).</summary>
+    public int MappingCount
+    {
+        get
+        {
+            using (Enter())
+            {
+                return _areas.Count;
+            }
+        }
+    }
+
+    /// <summary>The number of live IOMMU (DMA) mappings over all containers.</summary>
+    public int DmaMappingCount
+    {
+        get
+        {
+            using (Enter())
+            {
+                return LiveContainersLocked.Sum(c => c.Type1?.Count ?? 0);
+            }
+        }
+    }
+
+    /// <summary>The number of open eventfd descriptors.</summary>
+    public int EventFdCount => OpenFileCount(SimulatedFileKind.EventFd);
+
+    /// <summary>
+    /// Throws a <see cref="SimulatedLeakException"/> listing every descriptor (number, kind, path),
+    /// memory mapping and DMA mapping still open.
+    /// </summary>
+    public void AssertNoLeaks()
+    {
+        var report = new StringBuilder();
+        using (Enter())
+        {
+            foreach (var (fd, file) in Files.All)
+            {
+                report.Append(CultureInfo.InvariantCulture, $"  fd {fd}: {file.Kind} {file.Path}\n");
+            }
+            foreach (var area in _areas.Values)
+            {
+                report.Append(CultureInfo.InvariantCulture, $"  mapping 0x{area.Address:x} ({area.Length} bytes): {area.Description}\n");
+            }
+            foreach (var container in LiveContainersLocked)
+            {
+                foreach (var m in container.Type1?.Mappings ?? [])
+                {
+                    string groups = string.Join(", ", container.Groups.Select(g => g.Id));
+                    report.Append(CultureInfo.InvariantCulture, $"  DMA mapping iova 0x{m.Iova:x} ({m.Size} bytes) -> 0x{m.Vaddr:x}, container of group(s) {groups}\n");
+                }
+            }
+        }
+        if (report.Length > 0)
+        {
+            throw new SimulatedLeakException("The simulated kernel still has open resources:\n" + report.ToString().TrimEnd());
+        }
+    }
+}

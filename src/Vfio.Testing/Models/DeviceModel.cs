@@ -1,0 +1,187 @@
+using Vfio.Interop;
+
+namespace Vfio.Testing;
+
+/// <summary>What VFIO_DEVICE_GET_REGION_INFO says about one region.</summary>
+internal readonly record struct RegionDescriptor(ulong Size, uint Flags, IReadOnlyList<SparseMmapArea>? SparseAreas = null, bool MsixMappable = false)
+{
+    public static RegionDescriptor None => new(0, 0);
+}
+
+/// <summary>
+/// The behaviour of a simulated device: its registers, interrupts and DMA. Derive from
+/// <see cref="PciDeviceModel"/> or <see cref="PlatformDeviceModel"/> and override their register hooks.
+/// </summary>
+/// <remarks>
+/// The kernel calls a model's hooks one at a time (never two at once for the same model), and never
+/// while it holds its own lock, so a hook may raise interrupts and perform DMA.
+/// </remarks>
+public abstract class DeviceModel
+{
+    private protected DeviceModel()
+    {
+    }
+
+    /// <summary>The kernel device that hosts this model, once it was added to a kernel.</summary>
+    internal SimulatedDevice? Device { get; set; }
+
+    /// <summary>Serialises the model's hooks.</summary>
+    internal object Gate { get; } = new();
+
+    /// <summary>Whether the device can be reset (VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET). True unless overridden.</summary>
+    public virtual bool SupportsReset => true;
+
+    /// <summary>
+    /// Raises interrupt <paramref name="vector"/> of IRQ index <paramref name="irqIndex"/> (for PCI: 0 INTx,
+    /// 1 MSI, 2 MSI-X, 3 ERR, 4 REQ). Returns true when it was delivered to an eventfd the driver
+    /// registered; otherwise it stays pending (masked, not enabled or without eventfd) and is delivered
+    /// when the driver unmasks or registers one.
+    /// </summary>
+    /// <param name="irqIndex">The IRQ index, as in VFIO_DEVICE_GET_IRQ_INFO.</param>
+    /// <param name="vector">The vector within the index.</param>
+    public bool RaiseInterrupt(int irqIndex, int vector = 0) =>
+        Device is { } device && device.Kernel.RaiseInterrupt(device, irqIndex, vector);
+
+    /// <summary>
+    /// Reads memory at <paramref name="iova"/> through the IOMMU, as the device's DMA would. Returns false,
+    /// and records a <see cref="DmaFault"/>, when any byte is not mapped readable for the device.
+    /// </summary>
+    /// <param name="iova">The I/O virtual address the device reads from.</param>
+    /// <param name="destination">Receives the bytes.</param>
+    public bool DmaRead(ulong iova, Span<byte> destination) =>
+        Device is { } device && device.Kernel.Dma(device, iova, destination, write: false);
+
+    /// <summary>
+    /// Writes memory at <paramref name="iova"/> through the IOMMU, as the device's DMA would. Returns false,
+    /// and records a <see cref="DmaFault"/>, when any byte is not mapped writable for the device.
+    /// </summary>
+    /// <param name="iova">The I/O virtual address the device writes to.</param>
+    /// <param name="source">The bytes to write.</param>
+    public unsafe bool DmaWrite(ulong iova, ReadOnlySpan<byte> source)
+    {
+        if (Device is not { } device)
+        {
+            return false;
+        }
+        fixed (byte* p = source)
+        {
+            return device.Kernel.Dma(device, iova, new Span<byte>(p, source.Length), write: true);
+        }
+    }
+
+    /// <summary>Puts the device's registers back to their reset values (VFIO_DEVICE_RESET, and open and close of the device).</summary>
+    protected virtual void OnReset()
+    {
+    }
+
+    internal void ResetFromKernel()
+    {
+        lock (Gate)
+        {
+            OnReset();
+        }
+    }
+
+    /// <summary>Called once when the model is added to a kernel: later definitions are refused.</summary>
+    internal virtual void Seal()
+    {
+    }
+
+    /// <summary>The first open of the device (the bus driver's enable); runs outside the kernel lock.</summary>
+    internal virtual void Enable()
+    {
+        if (SupportsReset)
+        {
+            ResetFromKernel();
+        }
+    }
+
+    /// <summary>The last close of the device (the bus driver's disable); runs outside the kernel lock.</summary>
+    internal virtual void Disable()
+    {
+        if (SupportsReset)
+        {
+            ResetFromKernel();
+        }
+    }
+
+    internal abstract uint InfoFlags { get; }
+
+    internal abstract int RegionCount { get; }
+
+    internal abstract RegionDescriptor DescribeRegion(int index);
+
+    internal abstract int IrqIndexCount { get; }
+
+    /// <summary>VFIO_DEVICE_GET_IRQ_INFO for one index; false when the index is invalid for this device.</summary>
+    internal abstract bool DescribeIrq(int index, out uint flags, out int count);
+
+    /// <summary>The number of vectors SET_IRQS accepts for an index (0 when the index does not exist).</summary>
+    internal int IrqCount(int index) => DescribeIrq(index, out _, out int count) ? count : 0;
+
+    /// <summary>A pread or pwrite inside a region; returns the count or a negative errno. Runs outside the kernel lock.</summary>
+    internal abstract long AccessRegion(int index, ulong offset, Span<byte> data, bool write);
+
+    internal abstract ulong ReadMapped(int index, ulong offset, int size);
+
+    internal abstract void WriteMapped(int index, ulong offset, int size, ulong value);
+
+    /// <summary>Splits an access into naturally aligned pieces of at most 4 bytes, as vfio-pci's region access does.</summary>
+    internal static long Chunked(ulong offset, Span<byte> data, bool write, Func<ulong, int, ulong> read, Action<ulong, int, ulong> store)
+    {
+        int done = 0;
+        while (done < data.Length)
+        {
+            ulong position = offset + (ulong)done;
+            int remaining = data.Length - done;
+            int size = remaining >= 4 && position % 4 == 0 ? 4 : remaining >= 2 && position % 2 == 0 ? 2 : 1;
+            var piece = data.Slice(done, size);
+            if (write)
+            {
+                ulong value = 0;
+                for (int i = size - 1; i >= 0; i--)
+                {
+                    value = (value << 8) | piece[i];
+                }
+                store(position, size, value);
+            }
+            else
+            {
+                ulong value = read(position, size);
+                for (int i = 0; i < size; i++)
+                {
+                    piece[i] = (byte)(value >> (8 * i));
+                }
+            }
+            done += size;
+        }
+        return done;
+    }
+
+    /// <summary>Reads little-endian bytes of a backing store as a register value.</summary>
+    internal static ulong ReadStore(byte[] store, ulong offset, int size)
+    {
+        ulong value = 0;
+        for (int i = size - 1; i >= 0; i--)
+        {
+            ulong at = offset + (ulong)i;
+            value = (value << 8) | (at < (ulong)store.Length ? store[at] : 0xffUL);
+        }
+        return value;
+    }
+
+    /// <summary>Writes a register value into a backing store as little-endian bytes.</summary>
+    internal static void WriteStore(byte[] store, ulong offset, int size, ulong value)
+    {
+        for (int i = 0; i < size; i++)
+        {
+            ulong at = offset + (ulong)i;
+            if (at < (ulong)store.Length)
+            {
+                store[at] = (byte)(value >> (8 * i));
+            }
+        }
+    }
+
+    internal static int NoSuchRegion => -Errno.EINVAL;
+}

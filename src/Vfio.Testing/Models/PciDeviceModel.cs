@@ -1,0 +1,576 @@
+using System.Buffers.Binary;
+using System.Numerics;
+using Vfio.Interop;
+
+namespace Vfio.Testing;
+
+/// <summary>The address space a PCI BAR decodes.</summary>
+public enum PciBarKind
+{
+    /// <summary>32-bit memory space.</summary>
+    Memory32,
+
+    /// <summary>64-bit memory space; the BAR uses two registers (this index and the next).</summary>
+    Memory64,
+
+    /// <summary>I/O port space (never mappable).</summary>
+    Io,
+}
+
+/// <summary>
+/// A simulated PCI function: a configuration space (256 bytes, or 4096 for PCI Express) with the
+/// standard header, BAR sizing and a capability list (power management, MSI, MSI-X, PCI Express),
+/// BARs whose registers are read and written through <see cref="ReadBar"/> and <see cref="WriteBar"/>
+/// (plain memory unless overridden), interrupts and DMA.
+/// </summary>
+/// <remarks>
+/// Define BARs, interrupt counts and identity before the model is added to a kernel with
+/// <see cref="SimulatedKernel.AddPciDevice(string, PciDeviceModel, int, string?)"/>; they are fixed from then on.
+/// </remarks>
+public class PciDeviceModel : DeviceModel
+{
+    private const int CommandOffset = 0x04;
+    private const ushort CommandIo = 0x1;
+    private const ushort CommandMemory = 0x2;
+    private const ushort CommandMaster = 0x4;
+    private const ushort CommandIntxDisable = 0x400;
+    private const int MaxBackedBar = 64 << 20;
+
+    private readonly Bar?[] _bars = new Bar?[6];
+    private readonly byte[]?[] _barMemory = new byte[]?[6];
+    private byte[] _config = [];
+    private byte[] _writable = [];
+    private byte[] _resetConfig = [];
+    private int _msiOffset;
+    private int _msixOffset;
+    private bool _sealed;
+    private byte _interruptPin = 1;
+    private int _msiVectors;
+    private int _msixVectors;
+    private int _msixBar;
+
+    /// <summary>Creates a PCI function with the given identity.</summary>
+    /// <param name="vendorId">The vendor id (config offset 0x00).</param>
+    /// <param name="deviceId">The device id (config offset 0x02).</param>
+    /// <param name="classCode">The 24-bit class code: base class, subclass, programming interface (e.g. 0x020000).</param>
+    /// <param name="isExpress">True for a PCI Express function: 4 KiB config space, a PCI Express capability and the ERR IRQ.</param>
+    public PciDeviceModel(ushort vendorId, ushort deviceId, uint classCode, bool isExpress = false)
+    {
+        VendorId = vendorId;
+        DeviceId = deviceId;
+        ClassCode = classCode & 0xff_ffff;
+        IsExpress = isExpress;
+    }
+
+    /// <summary>The vendor id.</summary>
+    public ushort VendorId { get; }
+
+    /// <summary>The device id.</summary>
+    public ushort DeviceId { get; }
+
+    /// <summary>The 24-bit class code.</summary>
+    public uint ClassCode { get; }
+
+    /// <summary>Whether this is a PCI Express function.</summary>
+    public bool IsExpress { get; }
+
+    /// <summary>The subsystem vendor id.</summary>
+    public ushort SubsystemVendorId { get; init; }
+
+    /// <summary>The subsystem id.</summary>
+    public ushort SubsystemId { get; init; }
+
+    /// <summary>The revision id.</summary>
+    public byte Revision { get; init; }
+
+    /// <summary>The INTx pin (1 = INTA, 0 = no INTx). 1 by default.</summary>
+    public byte InterruptPin
+    {
+        get => _interruptPin;
+        set
+        {
+            ThrowIfSealed();
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, (byte)4);
+            _interruptPin = value;
+        }
+    }
+
+    /// <summary>The MSI vectors the function asks for (0, or a power of two up to 32); 0 means no MSI capability.</summary>
+    public int MsiVectors
+    {
+        get => _msiVectors;
+        set
+        {
+            ThrowIfSealed();
+            if (value < 0 || value > 32 || (value != 0 && !BitOperations.IsPow2(value)))
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "MSI supports 1, 2, 4, 8, 16 or 32 vectors.");
+            }
+            _msiVectors = value;
+        }
+    }
+
+    /// <summary>The MSI-X table size (0 to 2048); 0 means no MSI-X capability. The table lives in <see cref="MsixBar"/>.</summary>
+    public int MsixVectors
+    {
+        get => _msixVectors;
+        set
+        {
+            ThrowIfSealed();
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 2048);
+            _msixVectors = value;
+        }
+    }
+
+    /// <summary>The BAR holding the MSI-X table (at offset 0) and pending bit array (after the table, 8-byte aligned).</summary>
+    public int MsixBar
+    {
+        get => _msixBar;
+        set
+        {
+            ThrowIfSealed();
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 5);
+            _msixBar = value;
+        }
+    }
+
+    /// <summary>The configuration space size: 4096 for PCI Express, 256 otherwise.</summary>
+    public int ConfigSpaceSize => IsExpress ? 4096 : 256;
+
+    /// <summary>The command register.</summary>
+    public ushort Command => (ushort)ReadConfigRegister(CommandOffset, 2);
+
+    /// <summary>Whether memory decoding is on (command bit 1); region reads and writes of memory BARs fail with EIO otherwise.</summary>
+    public bool MemorySpaceEnabled => (Command & CommandMemory) != 0;
+
+    /// <summary>Whether I/O decoding is on (command bit 0).</summary>
+    public bool IoSpaceEnabled => (Command & CommandIo) != 0;
+
+    /// <summary>Whether the function may master the bus (command bit 2); DMA faults otherwise.</summary>
+    public bool BusMasterEnabled => (Command & CommandMaster) != 0;
+
+    /// <summary>Whether MSI is enabled (the kernel enables it when the driver sets MSI triggers).</summary>
+    public bool MsiEnabled => _msiOffset != 0 && (ReadConfigRegister(_msiOffset + 2, 2) & 1) != 0;
+
+    /// <summary>Whether MSI-X is enabled (the kernel enables it when the driver sets MSI-X triggers).</summary>
+    public bool MsixEnabled => _msixOffset != 0 && (ReadConfigRegister(_msixOffset + 2, 2) & 0x8000) != 0;
+
+    /// <summary>Declares BAR <paramref name="index"/>.</summary>
+    /// <param name="index">The BAR number, 0 to 5 (a 64-bit BAR also takes the next one).</param>
+    /// <param name="size">Its size: a power of two, at least 16 bytes (4 for I/O).</param>
+    /// <param name="kind">The address space it decodes.</param>
+    /// <param name="prefetchable">Whether the memory is prefetchable.</param>
+    /// <param name="mappable">Whether user space may mmap it (VFIO_REGION_INFO_FLAG_MMAP); memory BARs only.</param>
+    public void DefineBar(int index, ulong size, PciBarKind kind = PciBarKind.Memory32, bool prefetchable = false, bool mappable = true)
+    {
+        ThrowIfSealed();
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(index, kind == PciBarKind.Memory64 ? 4 : 5);
+        ulong min = kind == PciBarKind.Io ? 4UL : 16UL;
+        if (size < min || !BitOperations.IsPow2(size) || (kind == PciBarKind.Memory32 && size > 1UL << 31) || (kind == PciBarKind.Io && size > 256))
+        {
+            throw new ArgumentOutOfRangeException(nameof(size), size, "A BAR's size is a power of two that its kind can decode.");
+        }
+        if (_bars[index] is not null || (kind == PciBarKind.Memory64 && _bars[index + 1] is not null) || (index > 0 && _bars[index - 1] is { Kind: PciBarKind.Memory64 }))
+        {
+            throw new InvalidOperationException($"BAR {index} is already defined.");
+        }
+        _bars[index] = new Bar(size, kind, prefetchable, mappable && kind != PciBarKind.Io);
+    }
+
+    /// <summary>Limits mmap of BAR <paramref name="index"/> to these areas and reports them in a sparse mmap capability.</summary>
+    /// <param name="index">A BAR defined before.</param>
+    /// <param name="areas">The mappable areas, page aligned.</param>
+    public void DefineSparseMmap(int index, params SparseMmapArea[] areas)
+    {
+        ThrowIfSealed();
+        ArgumentNullException.ThrowIfNull(areas);
+        var bar = _bars[index] ?? throw new InvalidOperationException($"BAR {index} is not defined.");
+        bar.Sparse = [.. areas];
+    }
+
+    /// <summary>The size of BAR <paramref name="index"/>, 0 when it is not implemented.</summary>
+    /// <param name="index">The BAR number.</param>
+    public ulong BarSize(int index) => _bars[index]?.Size ?? 0;
+
+    /// <summary>Reads the configuration space as the device sees it (no hooks), for tests.</summary>
+    /// <param name="offset">The byte offset.</param>
+    /// <param name="size">1, 2 or 4.</param>
+    public uint ReadConfigRegister(int offset, int size)
+    {
+        lock (Gate)
+        {
+            return (uint)ReadStore(_config, (ulong)offset, size);
+        }
+    }
+
+    /// <summary>
+    /// Raises interrupt <paramref name="vector"/> the way the function is set up to signal: MSI-X when
+    /// enabled, else MSI when enabled, else INTx unless the command register disables it.
+    /// </summary>
+    /// <param name="vector">The MSI or MSI-X vector (ignored for INTx).</param>
+    public bool SignalInterrupt(int vector = 0)
+    {
+        if (MsixEnabled)
+        {
+            return RaiseInterrupt(2, vector);
+        }
+        if (MsiEnabled)
+        {
+            return RaiseInterrupt(1, vector);
+        }
+        return (Command & CommandIntxDisable) == 0 && RaiseInterrupt(0, 0);
+    }
+
+    /// <summary>The raw configuration space, for subclasses that emulate registers of their own.</summary>
+    protected Span<byte> ConfigSpace => _config;
+
+    /// <summary>Reads a BAR register. By default BARs are plain memory (bytes never written read as zero).</summary>
+    /// <param name="bar">The BAR number.</param>
+    /// <param name="offset">The offset in the BAR.</param>
+    /// <param name="size">1, 2, 4 or 8 bytes.</param>
+    protected virtual ulong ReadBar(int bar, ulong offset, int size) => ReadStore(BarMemory(bar), offset, size);
+
+    /// <summary>Writes a BAR register. By default BARs are plain memory.</summary>
+    /// <param name="bar">The BAR number.</param>
+    /// <param name="offset">The offset in the BAR.</param>
+    /// <param name="size">1, 2, 4 or 8 bytes.</param>
+    /// <param name="value">The value, in its low <paramref name="size"/> bytes.</param>
+    protected virtual void WriteBar(int bar, ulong offset, int size, ulong value) => WriteStore(BarMemory(bar), offset, size, value);
+
+    /// <summary>Reads configuration space (1, 2 or 4 bytes, naturally aligned).</summary>
+    /// <param name="offset">The byte offset.</param>
+    /// <param name="size">1, 2 or 4.</param>
+    protected virtual uint ReadConfig(int offset, int size) => (uint)ReadStore(_config, (ulong)offset, size);
+
+    /// <summary>
+    /// Writes configuration space: only writable bits change (command, cache line, latency timer,
+    /// interrupt line, MSI/MSI-X control, address and data, power state), and BARs answer sizing.
+    /// </summary>
+    /// <param name="offset">The byte offset.</param>
+    /// <param name="size">1, 2 or 4.</param>
+    /// <param name="value">The value.</param>
+    protected virtual void WriteConfig(int offset, int size, uint value)
+    {
+        int dword = offset & ~3;
+        int shift = (offset & 3) * 8;
+        uint sizeMask = size == 4 ? uint.MaxValue : ((1u << (size * 8)) - 1) << shift;
+        uint old = BinaryPrimitives.ReadUInt32LittleEndian(_config.AsSpan(dword));
+        uint merged = (old & ~sizeMask) | ((value << shift) & sizeMask);
+        if (dword >= 0x10 && dword < 0x28)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(_config.AsSpan(dword), SizedBar((dword - 0x10) / 4, merged));
+            return;
+        }
+        uint writable = BinaryPrimitives.ReadUInt32LittleEndian(_writable.AsSpan(dword));
+        BinaryPrimitives.WriteUInt32LittleEndian(_config.AsSpan(dword), (old & ~writable) | (merged & writable));
+    }
+
+    /// <inheritdoc/>
+    protected override void OnReset()
+    {
+        _resetConfig.CopyTo(_config, 0);
+        Array.Clear(_barMemory);
+    }
+
+    private byte[] BarMemory(int bar)
+    {
+        ulong size = Math.Min(_bars[bar]?.Size ?? 0, MaxBackedBar);
+        return _barMemory[bar] ??= new byte[size];
+    }
+
+    private uint SizedBar(int index, uint value)
+    {
+        if (_bars[index] is { } bar)
+        {
+            uint flags = bar.Kind switch
+            {
+                PciBarKind.Io => 1u,
+                PciBarKind.Memory64 => 0x4u | (bar.Prefetchable ? 0x8u : 0),
+                _ => bar.Prefetchable ? 0x8u : 0,
+            };
+            uint low = bar.Kind == PciBarKind.Io ? 0x3u : 0xfu;
+            return (value & ~(uint)(bar.Size - 1) & ~low) | flags;
+        }
+        if (index > 0 && _bars[index - 1] is { Kind: PciBarKind.Memory64 } lower)
+        {
+            return value & ~(uint)((lower.Size - 1) >> 32);
+        }
+        return 0;
+    }
+
+    private void ThrowIfSealed()
+    {
+        if (_sealed)
+        {
+            throw new InvalidOperationException("The model is in use by a kernel; define it before adding it.");
+        }
+    }
+
+    internal override void Seal()
+    {
+        if (_sealed)
+        {
+            throw new InvalidOperationException("The model is already in use by a kernel.");
+        }
+        _sealed = true;
+        _config = new byte[ConfigSpaceSize];
+        _writable = new byte[ConfigSpaceSize];
+        var c = _config.AsSpan();
+        BinaryPrimitives.WriteUInt16LittleEndian(c[0x00..], VendorId);
+        BinaryPrimitives.WriteUInt16LittleEndian(c[0x02..], DeviceId);
+        c[0x08] = Revision;
+        c[0x09] = (byte)ClassCode;
+        c[0x0a] = (byte)(ClassCode >> 8);
+        c[0x0b] = (byte)(ClassCode >> 16);
+        BinaryPrimitives.WriteUInt16LittleEndian(c[0x2c..], SubsystemVendorId);
+        BinaryPrimitives.WriteUInt16LittleEndian(c[0x2e..], SubsystemId);
+        c[0x3d] = InterruptPin;
+        Writable(CommandOffset, 2, CommandIo | CommandMemory | CommandMaster | 0x40 | 0x100 | CommandIntxDisable);
+        Writable(0x0c, 2, 0xffff);
+        Writable(0x3c, 1, 0xff);
+
+        // BARs get addresses as firmware would assign them, each aligned to its size.
+        ulong memory = 0xf000_0000;
+        ulong io = 0xc000;
+        for (int i = 0; i < 6; i++)
+        {
+            if (_bars[i] is not { } bar)
+            {
+                continue;
+            }
+            ref ulong next = ref bar.Kind == PciBarKind.Io ? ref io : ref memory;
+            next = (next + bar.Size - 1) & ~(bar.Size - 1);
+            uint lowValue = SizedBar(i, (uint)next);
+            BinaryPrimitives.WriteUInt32LittleEndian(c[(0x10 + (4 * i))..], lowValue);
+            next += bar.Size;
+        }
+        if (MsixVectors > 0)
+        {
+            ulong needed = PbaOffset + (ulong)(((MsixVectors + 63) / 64) * 8);
+            if (BarSize(MsixBar) < needed || _bars[MsixBar]!.Kind == PciBarKind.Io)
+            {
+                throw new InvalidOperationException($"BAR {MsixBar} must be a memory BAR of at least {needed} bytes for the MSI-X table and PBA.");
+            }
+        }
+
+        // Capabilities: power management, then MSI, MSI-X and PCI Express.
+        var capabilities = new List<(byte Id, int Size)> { (0x01, 8) };
+        if (MsiVectors > 0)
+        {
+            capabilities.Add((0x05, 16));
+        }
+        if (MsixVectors > 0)
+        {
+            capabilities.Add((0x11, 12));
+        }
+        if (IsExpress)
+        {
+            capabilities.Add((0x10, 0x3c));
+        }
+        c[0x06] = 0x10; // status: capability list
+        int offset = 0x40;
+        c[0x34] = (byte)offset;
+        for (int i = 0; i < capabilities.Count; i++)
+        {
+            var (id, size) = capabilities[i];
+            int next = i == capabilities.Count - 1 ? 0 : (offset + size + 0xf) & ~0xf;
+            c[offset] = id;
+            c[offset + 1] = (byte)next;
+            switch (id)
+            {
+                case 0x01:
+                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0003);
+                    Writable(offset + 4, 2, 0x0003);
+                    break;
+                case 0x05:
+                    _msiOffset = offset;
+                    ushort mmc = (ushort)(BitOperations.Log2((uint)MsiVectors) << 1);
+                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], (ushort)(0x80 | mmc));
+                    Writable(offset + 2, 2, 0x71);
+                    Writable(offset + 4, 4, 0xffff_fffc);
+                    Writable(offset + 8, 4, 0xffff_ffff);
+                    Writable(offset + 12, 2, 0xffff);
+                    break;
+                case 0x11:
+                    _msixOffset = offset;
+                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], (ushort)(MsixVectors - 1));
+                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 4)..], (uint)MsixBar);
+                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 8)..], (uint)PbaOffset | (uint)MsixBar);
+                    Writable(offset + 2, 2, 0xc000);
+                    break;
+                case 0x10:
+                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0002); // version 2, endpoint
+                    Writable(offset + 8, 2, 0xffff); // device control
+                    break;
+            }
+            offset = next;
+        }
+        _resetConfig = (byte[])_config.Clone();
+    }
+
+    private ulong PbaOffset => (((ulong)MsixVectors * 16) + 7) & ~7UL;
+
+    private void Writable(int offset, int size, uint mask)
+    {
+        for (int i = 0; i < size; i++)
+        {
+            _writable[offset + i] = (byte)(mask >> (8 * i));
+        }
+    }
+
+    /// <summary>Sets or clears bits of the command register as the kernel's PCI core does.</summary>
+    private void UpdateCommand(ushort set, ushort clear)
+    {
+        lock (Gate)
+        {
+            ushort command = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(CommandOffset));
+            BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(CommandOffset), (ushort)((command | set) & ~clear));
+        }
+    }
+
+    /// <summary>The kernel enabling or disabling MSI or MSI-X (pci_alloc_irq_vectors and pci_free_irq_vectors).</summary>
+    internal void SetMessageInterrupts(int irqIndex, bool enabled)
+    {
+        lock (Gate)
+        {
+            int offset = irqIndex == 1 ? _msiOffset : _msixOffset;
+            if (offset == 0)
+            {
+                return;
+            }
+            ushort bit = irqIndex == 1 ? (ushort)1 : (ushort)0x8000;
+            ushort control = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(offset + 2));
+            control = enabled ? (ushort)(control | bit) : (ushort)(control & ~bit);
+            BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(offset + 2), control);
+        }
+    }
+
+    internal override void Enable()
+    {
+        // vfio_pci_core_enable: reset, then pci_enable_device turns on decoding for the BARs present,
+        // and INTx is unmasked at the device.
+        base.Enable();
+        ushort decode = 0;
+        foreach (var bar in _bars)
+        {
+            if (bar is not null)
+            {
+                decode |= bar.Kind == PciBarKind.Io ? CommandIo : CommandMemory;
+            }
+        }
+        UpdateCommand(decode, CommandIntxDisable);
+    }
+
+    internal override void Disable()
+    {
+        UpdateCommand(0, CommandMaster);
+        SetMessageInterrupts(1, false);
+        SetMessageInterrupts(2, false);
+        base.Disable();
+    }
+
+    internal override uint InfoFlags => VfioUapi.VFIO_DEVICE_FLAGS_PCI;
+
+    internal override int RegionCount => (int)VfioUapi.VFIO_PCI_NUM_REGIONS;
+
+    internal override int IrqIndexCount => (int)VfioUapi.VFIO_PCI_NUM_IRQS;
+
+    internal override RegionDescriptor DescribeRegion(int index)
+    {
+        const uint ReadWrite = VfioUapi.VFIO_REGION_INFO_FLAG_READ | VfioUapi.VFIO_REGION_INFO_FLAG_WRITE;
+        if (index < 6)
+        {
+            if (_bars[index] is not { } bar)
+            {
+                return RegionDescriptor.None;
+            }
+            uint flags = ReadWrite | (bar.Mappable ? VfioUapi.VFIO_REGION_INFO_FLAG_MMAP : 0);
+            return new RegionDescriptor(bar.Size, flags, bar.Sparse, MsixVectors > 0 && index == MsixBar);
+        }
+        return index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX
+            ? new RegionDescriptor((ulong)ConfigSpaceSize, ReadWrite)
+            : RegionDescriptor.None; // no expansion ROM, no VGA
+    }
+
+    internal override bool DescribeIrq(int index, out uint flags, out int count)
+    {
+        flags = VfioUapi.VFIO_IRQ_INFO_EVENTFD;
+        count = 0;
+        switch (index)
+        {
+            case 0:
+                flags |= VfioUapi.VFIO_IRQ_INFO_MASKABLE | VfioUapi.VFIO_IRQ_INFO_AUTOMASKED;
+                count = InterruptPin != 0 ? 1 : 0;
+                return true;
+            case 1:
+                flags |= VfioUapi.VFIO_IRQ_INFO_NORESIZE;
+                count = MsiVectors;
+                return true;
+            case 2:
+                flags |= VfioUapi.VFIO_IRQ_INFO_NORESIZE;
+                count = MsixVectors;
+                return true;
+            case 3 when IsExpress:
+            case 4:
+                flags |= VfioUapi.VFIO_IRQ_INFO_NORESIZE;
+                count = 1;
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    internal override long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
+    {
+        lock (Gate)
+        {
+            if (index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX)
+            {
+                return Chunked(offset, data, write, (o, s) => ReadConfig((int)o, s), (o, s, v) => WriteConfig((int)o, s, (uint)v));
+            }
+            if (index >= 6 || _bars[index] is not { } bar)
+            {
+                return NoSuchRegion;
+            }
+            // vfio-pci refuses access to a BAR whose decoding is off.
+            ushort command = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(CommandOffset));
+            if ((command & (bar.Kind == PciBarKind.Io ? CommandIo : CommandMemory)) == 0)
+            {
+                return -Errno.EIO;
+            }
+            return Chunked(offset, data, write, (o, s) => ReadBar(index, o, s), (o, s, v) => WriteBar(index, o, s, v));
+        }
+    }
+
+    internal override ulong ReadMapped(int index, ulong offset, int size)
+    {
+        lock (Gate)
+        {
+            return ReadBar(index, offset, size);
+        }
+    }
+
+    internal override void WriteMapped(int index, ulong offset, int size, ulong value)
+    {
+        lock (Gate)
+        {
+            WriteBar(index, offset, size, value);
+        }
+    }
+
+    private sealed class Bar(ulong size, PciBarKind kind, bool prefetchable, bool mappable)
+    {
+        public ulong Size { get; } = size;
+
+        public PciBarKind Kind { get; } = kind;
+
+        public bool Prefetchable { get; } = prefetchable;
+
+        public bool Mappable { get; } = mappable;
+
+        public SparseMmapArea[]? Sparse { get; set; }
+    }
+}

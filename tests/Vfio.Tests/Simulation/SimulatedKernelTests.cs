@@ -1,0 +1,262 @@
+using Vfio.Interop;
+using Vfio.Testing;
+using static Vfio.Interop.Interop;
+
+namespace Vfio.Tests.Simulation;
+
+public sealed unsafe class SimulatedKernelTests : IDisposable
+{
+    private readonly SimulatedKernel _kernel = new();
+
+    public SimulatedKernelTests()
+    {
+        _kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, iommuGroup: 5);
+    }
+
+    public void Dispose() => _kernel.AssertNoLeaks();
+
+    [Fact]
+    public void DescriptorsStartAtThreeAndReuseTheLowestFreeNumber()
+    {
+        using var a = Seam.Container(_kernel);
+        var b = Seam.Container(_kernel);
+        using var c = Seam.Container(_kernel);
+        a.Value.Should().Be(3);
+        b.Value.Should().Be(4);
+        b.Dispose();
+        using var d = Seam.Container(_kernel);
+        d.Value.Should().Be(4);
+    }
+
+    [Fact]
+    public void ContainerAnswersApiVersionAndExtensions()
+    {
+        using var container = Seam.Container(_kernel);
+        _kernel.Ioctl(container, VfioUapi.VFIO_GET_API_VERSION, 0).Should().Be(VfioUapi.VFIO_API_VERSION);
+        _kernel.Ioctl(container, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(1);
+        _kernel.Ioctl(container, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_TYPE1_IOMMU).Should().Be(1);
+        _kernel.Ioctl(container, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_NOIOMMU_IOMMU).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_SPAPR_TCE_IOMMU).Should().Be(0);
+    }
+
+    [Fact]
+    public void SetIommuBeforeAnyGroupJoinedIsInvalid()
+    {
+        using var container = Seam.Container(_kernel);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(-Errno.EINVAL);
+    }
+
+    [Fact]
+    public void SetIommuWithAnUnsupportedTypeFailsAndASecondSetIsInvalid()
+    {
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_SPAPR_TCE_IOMMU).Should().Be(-Errno.ENODEV);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(-Errno.EINVAL);
+    }
+
+    [Fact]
+    public void UnknownContainerIoctlIsInvalidWithoutAnIommuAndNotATtyWithOne()
+    {
+        using var container = Seam.Container(_kernel);
+        nuint unknown = Ioc._IO(VfioUapi.VFIO_TYPE, VfioUapi.VFIO_BASE + 60);
+        _kernel.Ioctl(container, unknown, 0).Should().Be(-Errno.EINVAL);
+        using var group = Seam.Group(_kernel, 5);
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(0);
+        _kernel.Ioctl(container, unknown, 0).Should().Be(-Errno.ENOTTY);
+    }
+
+    [Fact]
+    public void ASecondOpenOfAGroupIsBusyUntilTheFirstCloses()
+    {
+        var first = Seam.Group(_kernel, 5);
+        Seam.TryOpen(_kernel, _kernel.Dev("vfio/5"), out _).Should().Be(-Errno.EBUSY);
+        first.Dispose();
+        using var again = Seam.Group(_kernel, 5);
+    }
+
+    [Fact]
+    public void AnUnknownGroupDoesNotExist()
+    {
+        Seam.TryOpen(_kernel, _kernel.Dev("vfio/9"), out _).Should().Be(-Errno.ENOENT);
+        Seam.TryOpen(_kernel, "/dev/vfio/5", out _).Should().Be(-Errno.ENOENT);
+    }
+
+    [Fact]
+    public void GroupStatusReportsViableAndContainerSet()
+    {
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        Seam.GroupStatus(_kernel, group, out uint flags).Should().Be(0);
+        flags.Should().Be(VfioUapi.VFIO_GROUP_FLAGS_VIABLE);
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        Seam.GroupStatus(_kernel, group, out flags).Should().Be(0);
+        flags.Should().Be(VfioUapi.VFIO_GROUP_FLAGS_VIABLE | VfioUapi.VFIO_GROUP_FLAGS_CONTAINER_SET);
+    }
+
+    [Fact]
+    public void GroupStatusWithAShortArgszIsInvalid()
+    {
+        using var group = Seam.Group(_kernel, 5);
+        var status = new vfio_group_status { argsz = 4 };
+        _kernel.Ioctl(group, VfioUapi.VFIO_GROUP_GET_STATUS, &status).Should().Be(-Errno.EINVAL);
+    }
+
+    [Fact]
+    public void AGroupWithADeviceOnAHostDriverIsNotViableAndCannotJoinAContainer()
+    {
+        _kernel.AddPciDevice("0000:00:03.1", 0x8086, 0x10d3, 0x020000, iommuGroup: 5, driver: "e1000e");
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        Seam.GroupStatus(_kernel, group, out uint flags).Should().Be(0);
+        flags.Should().Be(0);
+        Seam.SetContainer(_kernel, group, container).Should().Be(-Errno.EPERM);
+    }
+
+    [Fact]
+    public void SetContainerChecksTheDescriptorAndThatNoneIsSetYet()
+    {
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        using var eventFd = Seam.EventFd(_kernel);
+        Seam.SetContainer(_kernel, group, -1).Should().Be(-Errno.EINVAL);
+        Seam.SetContainer(_kernel, group, 99).Should().Be(-Errno.EBADF);
+        Seam.SetContainer(_kernel, group, eventFd).Should().Be(-Errno.EINVAL);
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        Seam.SetContainer(_kernel, group, container).Should().Be(-Errno.EINVAL);
+    }
+
+    [Fact]
+    public void UnsetContainerIsInvalidWhenNotSetAndBusyWhileADeviceIsOpen()
+    {
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        _kernel.Ioctl(group, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0).Should().Be(-Errno.EINVAL);
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(0);
+        Seam.GetDeviceFd(_kernel, group, "0000:00:03.0", out var device).Should().BeGreaterThan(0);
+        _kernel.Ioctl(group, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0).Should().Be(-Errno.EBUSY);
+        device.Dispose();
+        _kernel.Ioctl(group, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(-Errno.EINVAL, "the last group leaving unset the IOMMU");
+    }
+
+    [Fact]
+    public void DeviceFdBeforeTheContainerAndIommuAreSetIsInvalid()
+    {
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        Seam.GetDeviceFd(_kernel, group, "0000:00:03.0", out _).Should().Be(-Errno.EINVAL);
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        Seam.GetDeviceFd(_kernel, group, "0000:00:03.0", out _).Should().Be(-Errno.EINVAL);
+    }
+
+    [Fact]
+    public void AnUnknownDeviceNameIsNoDevice()
+    {
+        using var group = Seam.Group(_kernel, 5);
+        Seam.GetDeviceFd(_kernel, group, "0000:00:04.0", out _).Should().Be(-Errno.ENODEV);
+    }
+
+    [Fact]
+    public void ClosingTheGroupFirstKeepsItOpenUntilItsDevicesClose()
+    {
+        var opened = Seam.OpenDevice(_kernel, 5, "0000:00:03.0");
+        opened.Group.Dispose();
+        Seam.TryOpen(_kernel, _kernel.Dev("vfio/5"), out _).Should().Be(-Errno.EBUSY, "the device holds the group file");
+        opened.Device.Dispose();
+        using (Seam.Group(_kernel, 5))
+        {
+        }
+        opened.Container.Dispose();
+    }
+
+    [Fact]
+    public void NoIommuGroupsCannotMixWithIommuGroups()
+    {
+        _kernel.UnsafeNoIommuMode = true;
+        _kernel.AddPciDevice("0000:00:05.0", new PciDeviceModel(0x1af4, 0x1000, 0x020000), 7, SimulatedGroupKind.NoIommu, "vfio-pci");
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Group(_kernel, 5);
+        using var noIommu = Seam.Open(_kernel, _kernel.Dev("vfio/noiommu-7"));
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        Seam.SetContainer(_kernel, noIommu, container).Should().Be(-Errno.EPERM);
+    }
+
+    [Fact]
+    public void NoIommuContainersUseTheNoIommuDriver()
+    {
+        _kernel.UnsafeNoIommuMode = true;
+        _kernel.AddPciDevice("0000:00:05.0", new PciDeviceModel(0x1af4, 0x1000, 0x020000), 7, SimulatedGroupKind.NoIommu, "vfio-pci");
+        using var container = Seam.Container(_kernel);
+        using var group = Seam.Open(_kernel, _kernel.Dev("vfio/noiommu-7"));
+        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(0);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_TYPE1v2_IOMMU).Should().Be(-Errno.ENODEV);
+        _kernel.Ioctl(container, VfioUapi.VFIO_SET_IOMMU, VfioUapi.VFIO_NOIOMMU_IOMMU).Should().Be(0);
+        Seam.GetDeviceFd(_kernel, group, "0000:00:05.0", out var device).Should().BeGreaterThan(0);
+        device.Dispose();
+    }
+
+    [Fact]
+    public void DevVfioListsTheContainerNodeAndGroupsWithVfioDevices()
+    {
+        _kernel.AddPciDevice("0000:00:04.0", 0x8086, 0x10d3, 0x020000, iommuGroup: 6, driver: "e1000e");
+        _kernel.ListDirectory(_kernel.Dev("vfio"), out var names).Should().Be(0);
+        names.Should().Equal("5", "vfio");
+    }
+
+    [Fact]
+    public void AssertNoLeaksListsWhatIsStillOpen()
+    {
+        var container = Seam.Container(_kernel);
+        var eventFd = Seam.EventFd(_kernel);
+        var memory = Seam.Anonymous(_kernel, 4096);
+        _kernel.OpenFileCountTotal.Should().Be(2);
+        _kernel.EventFdCount.Should().Be(1);
+        _kernel.MappingCount.Should().Be(1);
+        var act = () => _kernel.AssertNoLeaks();
+        act.Should().Throw<SimulatedLeakException>()
+            .WithMessage("*fd 3: Container*vfio/vfio*fd 4: EventFd*mapping*anonymous memory*");
+        container.Dispose();
+        eventFd.Dispose();
+        memory.Dispose();
+    }
+
+    [Fact]
+    public void DmaMappingsAreAccountedAndDroppedWhenTheLastGroupLeaves()
+    {
+        var opened = Seam.OpenDevice(_kernel, 5, "0000:00:03.0");
+        var memory = Seam.Anonymous(_kernel, 8192);
+        Seam.Map(_kernel, opened.Container, (ulong)memory.Address, 0x10000, 8192).Should().Be(0);
+        _kernel.DmaMappingCount.Should().Be(1);
+        memory.Dispose();
+        _kernel.MappingCount.Should().Be(0, "the pinned memory outlives its mapping, but the mapping is gone");
+        opened.Dispose();
+        _kernel.DmaMappingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public void ManyThreadsOpeningAndClosingLeaveNothingBehind()
+    {
+        Parallel.For(0, 64, _ =>
+        {
+            for (int i = 0; i < 50; i++)
+            {
+                using var container = Seam.Container(_kernel);
+                if (Seam.TryOpen(_kernel, _kernel.Dev("vfio/5"), out var group) == 0)
+                {
+                    using (group)
+                    {
+                        Seam.SetContainer(_kernel, group, container).Should().Be(0);
+                    }
+                }
+                using var e = Seam.EventFd(_kernel);
+            }
+        });
+        _kernel.OpenFileCountTotal.Should().Be(0);
+    }
+}
