@@ -21,6 +21,13 @@ public sealed class EduDevice : PciVfioDevice
     /// <summary>The size of the device's DMA buffer.</summary>
     public const int DeviceBufferSize = 4096;
 
+    /// <summary>
+    /// The longest transfer the device takes, and the end of the usable buffer: QEMU up to 9.0
+    /// (including 7.2) requires a transfer to end strictly before the buffer's last byte and stops
+    /// the whole machine with a hardware error otherwise, so the last byte is never used.
+    /// </summary>
+    public const int MaxTransfer = DeviceBufferSize - 1;
+
     private const ulong RegIdentification = 0x00;
     private const ulong RegLiveness = 0x04;
     private const ulong RegFactorial = 0x08;
@@ -88,19 +95,36 @@ public sealed class EduDevice : PciVfioDevice
 
     /// <summary>Copies bytes from a host DMA buffer into the device's buffer, waiting for the DMA interrupt.</summary>
     /// <param name="source">The host buffer, mapped for the device to read.</param>
-    /// <param name="deviceOffset">Where in the device's 4 KiB buffer.</param>
-    /// <param name="count">How many bytes.</param>
+    /// <param name="sourceOffset">Where in the host buffer.</param>
+    /// <param name="deviceOffset">Where in the device's buffer.</param>
+    /// <param name="count">How many bytes (at most <see cref="MaxTransfer"/> - <paramref name="deviceOffset"/>).</param>
     /// <param name="cancellationToken">Stops waiting.</param>
-    public Task CopyToDeviceAsync(DmaBuffer source, int deviceOffset, int count, CancellationToken cancellationToken = default) =>
-        DmaAsync(source.Iova, DeviceBuffer + (ulong)deviceOffset, count, toRam: false, deviceOffset, cancellationToken);
+    public Task CopyToDeviceAsync(DmaBuffer source, int sourceOffset, int deviceOffset, int count, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        return DmaAsync(HostAddress(source, sourceOffset, count), DeviceBuffer + (ulong)deviceOffset, count, toRam: false, deviceOffset, cancellationToken);
+    }
 
     /// <summary>Copies bytes from the device's buffer into a host DMA buffer, waiting for the DMA interrupt.</summary>
     /// <param name="destination">The host buffer, mapped for the device to write.</param>
-    /// <param name="deviceOffset">Where in the device's 4 KiB buffer.</param>
-    /// <param name="count">How many bytes.</param>
+    /// <param name="destinationOffset">Where in the host buffer.</param>
+    /// <param name="deviceOffset">Where in the device's buffer.</param>
+    /// <param name="count">How many bytes (at most <see cref="MaxTransfer"/> - <paramref name="deviceOffset"/>).</param>
     /// <param name="cancellationToken">Stops waiting.</param>
-    public Task CopyFromDeviceAsync(DmaBuffer destination, int deviceOffset, int count, CancellationToken cancellationToken = default) =>
-        DmaAsync(DeviceBuffer + (ulong)deviceOffset, destination.Iova, count, toRam: true, deviceOffset, cancellationToken);
+    public Task CopyFromDeviceAsync(DmaBuffer destination, int destinationOffset, int deviceOffset, int count, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        return DmaAsync(DeviceBuffer + (ulong)deviceOffset, HostAddress(destination, destinationOffset, count), count, toRam: true, deviceOffset, cancellationToken);
+    }
+
+    private static ulong HostAddress(DmaBuffer buffer, int offset, int count)
+    {
+        if (offset < 0 || count < 0 || (ulong)offset + (ulong)count > buffer.Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + count}) is outside the {buffer.Length}-byte host buffer.");
+        }
+        return buffer.IovaAt((ulong)offset);
+    }
 
     /// <inheritdoc/>
     protected override void OnFirstOpen()
@@ -132,9 +156,9 @@ public sealed class EduDevice : PciVfioDevice
 
     private async Task DmaAsync(ulong source, ulong destination, int count, bool toRam, int deviceOffset, CancellationToken cancellationToken)
     {
-        if (deviceOffset < 0 || count <= 0 || deviceOffset + count > DeviceBufferSize)
+        if (deviceOffset < 0 || count <= 0 || deviceOffset + count > MaxTransfer)
         {
-            throw new ArgumentOutOfRangeException(nameof(count), $"[{deviceOffset}, {deviceOffset + count}) is outside the device's {DeviceBufferSize}-byte buffer.");
+            throw new ArgumentOutOfRangeException(nameof(count), $"[{deviceOffset}, {deviceOffset + count}) is outside the device's usable buffer [0, {MaxTransfer}).");
         }
         Bar0.Write64(RegDmaSource, source);
         Bar0.Write64(RegDmaDestination, destination);

@@ -48,6 +48,7 @@ public class PciDeviceModel : DeviceModel
     private int _msiVectors;
     private int _msixVectors;
     private int _msixBar;
+    private bool _powerManagement = true;
 
     /// <summary>Creates a PCI function with the given identity.</summary>
     /// <param name="vendorId">The vendor id (config offset 0x00).</param>
@@ -133,6 +134,20 @@ public class PciDeviceModel : DeviceModel
             ArgumentOutOfRangeException.ThrowIfNegative(value);
             ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 5);
             _msixBar = value;
+        }
+    }
+
+    /// <summary>
+    /// Whether the function has a power management capability (true by default). Without it the
+    /// kernel has no D3hot-to-D0 reset for the function, as for QEMU's edu device.
+    /// </summary>
+    public bool HasPowerManagement
+    {
+        get => _powerManagement;
+        set
+        {
+            ThrowIfSealed();
+            _powerManagement = value;
         }
     }
 
@@ -357,7 +372,11 @@ public class PciDeviceModel : DeviceModel
         }
 
         // Capabilities: power management, then MSI, MSI-X and PCI Express.
-        var capabilities = new List<(byte Id, int Size)> { (0x01, 8) };
+        var capabilities = new List<(byte Id, int Size)>();
+        if (HasPowerManagement)
+        {
+            capabilities.Add((0x01, 8));
+        }
         if (MsiVectors > 0)
         {
             capabilities.Add((0x05, 16));
@@ -370,9 +389,12 @@ public class PciDeviceModel : DeviceModel
         {
             capabilities.Add((0x10, 0x3c));
         }
-        c[0x06] = 0x10; // status: capability list
         int offset = 0x40;
-        c[0x34] = (byte)offset;
+        if (capabilities.Count > 0)
+        {
+            c[0x06] = 0x10; // status: capability list
+            c[0x34] = (byte)offset;
+        }
         for (int i = 0; i < capabilities.Count; i++)
         {
             var (id, size) = capabilities[i];

@@ -1,0 +1,3 @@
+using EduDriver;
+
+return await EduDriverProgram.RunAsync(args, Console.Out).ConfigureAwait(false);
