@@ -111,6 +111,9 @@ public abstract class DeviceModel
 
     internal abstract RegionDescriptor DescribeRegion(int index);
 
+    /// <summary>Whether VFIO_DEVICE_GET_REGION_INFO answers for the index (EINVAL otherwise).</summary>
+    internal virtual bool HasRegion(int index) => index >= 0 && index < RegionCount;
+
     internal abstract int IrqIndexCount { get; }
 
     /// <summary>VFIO_DEVICE_GET_IRQ_INFO for one index; false when the index is invalid for this device.</summary>

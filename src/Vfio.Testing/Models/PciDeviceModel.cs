@@ -500,6 +500,9 @@ public class PciDeviceModel : DeviceModel
 
     internal override int IrqIndexCount => (int)VfioUapi.VFIO_PCI_NUM_IRQS;
 
+    /// <summary>vfio-pci answers EINVAL for the VGA region of a function that does not decode VGA, as none here does.</summary>
+    internal override bool HasRegion(int index) => base.HasRegion(index) && index != (int)VfioUapi.VFIO_PCI_VGA_REGION_INDEX;
+
     internal override RegionDescriptor DescribeRegion(int index)
     {
         const uint ReadWrite = VfioUapi.VFIO_REGION_INFO_FLAG_READ | VfioUapi.VFIO_REGION_INFO_FLAG_WRITE;

@@ -87,7 +87,7 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
         int size = sizeof(vfio_region_info);
         const int MinSize = 32; // offsetofend(struct vfio_region_info, offset)
         uint argsz = info->argsz;
-        if (argsz < MinSize || info->index >= (uint)Device.Model.RegionCount)
+        if (argsz < MinSize || info->index >= (uint)Device.Model.RegionCount || !Device.Model.HasRegion((int)info->index))
         {
             return -Errno.EINVAL;
         }

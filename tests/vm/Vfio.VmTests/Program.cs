@@ -1,17 +1,31 @@
 using System.Globalization;
+using EduDriver;
+using Vfio.Scenarios;
 
 namespace Vfio.VmTests;
 
 /// <summary>
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
-/// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--only NAME]...</c>.
+/// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS
+/// --not-viable-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
+/// edu sample's program.
 /// </summary>
 internal static class Program
 {
-    private static int Main(string[] args)
+    private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N] [--only NAME]...\n"
+        + "       Vfio.VmTests --sample ADDRESS [--verbose]";
+
+    private static async Task<int> Main(string[] args)
     {
+        if (args.Length > 0 && args[0] == "--sample")
+        {
+            return await EduDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
+        }
+
         string? device = null;
         int? group = null;
+        string? notViableDevice = null;
+        int? notViableGroup = null;
         var only = new List<string>();
         for (int i = 0; i < args.Length; i++)
         {
@@ -20,33 +34,42 @@ internal static class Program
             {
                 case "--device":
                     device = value;
-                    i++;
                     break;
                 case "--group":
                     group = int.Parse(value, CultureInfo.InvariantCulture);
-                    i++;
+                    break;
+                case "--not-viable-device":
+                    notViableDevice = value;
+                    break;
+                case "--not-viable-group":
+                    notViableGroup = int.Parse(value, CultureInfo.InvariantCulture);
                     break;
                 case "--only":
                     only.Add(value);
-                    i++;
                     break;
                 default:
-                    Console.Error.WriteLine("usage: Vfio.VmTests --device ADDRESS --group N [--only NAME]...");
+                    Console.Error.WriteLine(Usage);
                     return 2;
             }
+            i++;
         }
         if (device is null || group is null)
         {
-            Console.Error.WriteLine("usage: Vfio.VmTests --device ADDRESS --group N [--only NAME]...");
+            Console.Error.WriteLine(Usage);
             return 2;
         }
 
-        var context = new ScenarioContext(VfioKernel.Linux, device, group.Value) { Log = Console.Out };
-        IEnumerable<Scenario> scenarios = SmokeScenarios.All;
+        var context = new ScenarioContext(VfioKernel.Linux, device, group.Value)
+        {
+            Log = Console.Out,
+            NotViableDeviceAddress = notViableDevice,
+            NotViableGroupId = notViableGroup,
+        };
+        IEnumerable<Scenario> scenarios = ScenarioCatalog.All;
         if (only.Count > 0)
         {
             scenarios = scenarios.Where(s => only.Contains(s.Name));
         }
-        return ScenarioRunner.Run(scenarios, context, Console.Out) == 0 ? 0 : 1;
+        return await ScenarioRunner.RunAsync(scenarios, context, Console.Out).ConfigureAwait(false) == 0 ? 0 : 1;
     }
 }

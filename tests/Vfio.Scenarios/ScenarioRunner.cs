@@ -1,4 +1,4 @@
-namespace Vfio.VmTests;
+namespace Vfio.Scenarios;
 
 /// <summary>Runs scenarios one by one and prints one result line for each.</summary>
 /// <remarks>
@@ -8,13 +8,13 @@ namespace Vfio.VmTests;
 internal static class ScenarioRunner
 {
     /// <summary>Runs every scenario; returns the number that failed.</summary>
-    public static int Run(IEnumerable<Scenario> scenarios, ScenarioContext context, TextWriter output)
+    public static async Task<int> RunAsync(IEnumerable<Scenario> scenarios, ScenarioContext context, TextWriter output)
     {
         int passed = 0;
         int failed = 0;
         foreach (Scenario scenario in scenarios)
         {
-            string? error = RunOne(scenario, context);
+            string? error = await RunOneAsync(scenario, context).ConfigureAwait(false);
             if (error is null)
             {
                 passed++;
@@ -33,11 +33,11 @@ internal static class ScenarioRunner
     }
 
     /// <summary>Runs one scenario; returns null when it passed, or why it failed.</summary>
-    public static string? RunOne(Scenario scenario, ScenarioContext context)
+    public static async Task<string?> RunOneAsync(Scenario scenario, ScenarioContext context)
     {
         try
         {
-            scenario.Run(context);
+            await scenario.Run(context).ConfigureAwait(false);
             return null;
         }
 #pragma warning disable CA1031 // A scenario's failure of any kind is reported, never propagated.

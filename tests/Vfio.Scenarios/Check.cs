@@ -1,7 +1,7 @@
 using System.Globalization;
 using Vfio.Interop;
 
-namespace Vfio.VmTests;
+namespace Vfio.Scenarios;
 
 /// <summary>Assertions for scenarios; each failure throws <see cref="ScenarioFailedException"/>.</summary>
 internal static class Check

@@ -3,14 +3,14 @@ using System.Runtime.InteropServices;
 using Vfio.Interop;
 using static Vfio.Interop.VfioUapi;
 
-namespace Vfio.VmTests;
+namespace Vfio.Scenarios;
 
 /// <summary>
 /// The first checks against a real kernel: the container, group and device basics of the legacy
 /// VFIO interface, issued through the kernel seam with the uAPI structs. Each scenario opens what
 /// it needs and closes it again, so any one can run alone.
 /// </summary>
-internal static unsafe class SmokeScenarios
+internal static unsafe partial class SmokeScenarios
 {
     /// <summary>QEMU's edu device: PCI vendor and device id.</summary>
     public const ushort EduVendorId = 0x1234;
@@ -84,6 +84,12 @@ internal static unsafe class SmokeScenarios
     {
         using var files = new VfioFiles(context);
         files.OpenReadyContainer();
+        ReadIovaRanges(files, context);
+    }
+
+    /// <summary>VFIO_IOMMU_GET_INFO with its capability chain checked; returns the valid IOVA ranges.</summary>
+    public static List<vfio_iova_range> ReadIovaRanges(VfioFiles files, ScenarioContext context)
+    {
         byte[] buffer = files.InfoWithCaps<vfio_iommu_type1_info>(files.Container!, VFIO_IOMMU_GET_INFO, nameof(VFIO_IOMMU_GET_INFO));
         vfio_iommu_type1_info info = MemoryMarshal.Read<vfio_iommu_type1_info>(buffer);
         Check.FlagsSet(info.flags, VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS, nameof(vfio_iommu_type1_info));
@@ -123,6 +129,7 @@ internal static unsafe class SmokeScenarios
             Check.True(i == 0 || range.start > previousEnd, FormattableString.Invariant($"IOVA range {i} overlaps or precedes range {i - 1}"));
             previousEnd = range.end;
         }
+        return [.. ranges];
     }
 
     public static void GroupGetDeviceFd(ScenarioContext context)

@@ -4,7 +4,7 @@ using Vfio.Interop;
 using static Vfio.Interop.Interop;
 using static Vfio.Interop.VfioUapi;
 
-namespace Vfio.VmTests;
+namespace Vfio.Scenarios;
 
 /// <summary>
 /// The container, group and device files of one scenario, opened step by step through the seam
@@ -13,8 +13,23 @@ namespace Vfio.VmTests;
 internal sealed unsafe class VfioFiles : IDisposable
 {
     private readonly ScenarioContext _context;
+    private readonly string _deviceAddress;
+    private readonly int _groupId;
+    private readonly List<SafeMapping> _memory = [];
 
-    public VfioFiles(ScenarioContext context) => _context = context;
+    /// <summary>The files of the context's device and group.</summary>
+    public VfioFiles(ScenarioContext context)
+        : this(context, context.DeviceAddress, context.GroupId)
+    {
+    }
+
+    /// <summary>The files of another device and group of the machine.</summary>
+    public VfioFiles(ScenarioContext context, string deviceAddress, int groupId)
+    {
+        _context = context;
+        _deviceAddress = deviceAddress;
+        _groupId = groupId;
+    }
 
     public VfioKernel Kernel => _context.Kernel;
 
@@ -25,7 +40,7 @@ internal sealed unsafe class VfioFiles : IDisposable
     public SafeFd? Device { get; private set; }
 
     /// <summary>The path of the scenario's group file, /dev/vfio/N.</summary>
-    public string GroupPath => Kernel.Dev("vfio/" + _context.GroupId.ToString(System.Globalization.CultureInfo.InvariantCulture));
+    public string GroupPath => Kernel.Dev("vfio/" + _groupId.ToString(System.Globalization.CultureInfo.InvariantCulture));
 
     /// <summary>Opens /dev/vfio/vfio.</summary>
     public SafeFd OpenContainer()
@@ -72,13 +87,13 @@ internal sealed unsafe class VfioFiles : IDisposable
     /// <summary>Gets the device fd of the scenario's device from the group.</summary>
     public SafeFd OpenDevice()
     {
-        byte[] name = Encoding.UTF8.GetBytes(_context.DeviceAddress + "\0");
+        byte[] name = Encoding.UTF8.GetBytes(_deviceAddress + "\0");
         int rc;
         fixed (byte* p = name)
         {
             rc = Kernel.Ioctl(Group!, VFIO_GROUP_GET_DEVICE_FD, p);
         }
-        Check.Ok(rc, nameof(VFIO_GROUP_GET_DEVICE_FD) + " " + _context.DeviceAddress);
+        Check.Ok(rc, nameof(VFIO_GROUP_GET_DEVICE_FD) + " " + _deviceAddress);
         return Device = new SafeFd(Kernel, rc);
     }
 
@@ -124,10 +139,45 @@ internal sealed unsafe class VfioFiles : IDisposable
         throw new ScenarioFailedException(name + " kept asking for a larger argsz (last " + argsz + ")");
     }
 
+    /// <summary>Anonymous host memory for DMA mappings, unmapped at dispose (after the container closed).</summary>
+    public SafeMapping Memory(ulong length)
+    {
+        Check.Ok(Kernel.Mmap(null, (nuint)length, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_ANONYMOUS, 0, out SafeMapping mapping), "mmap of anonymous memory");
+        _memory.Add(mapping);
+        return mapping;
+    }
+
+    /// <summary>VFIO_IOMMU_MAP_DMA of host memory at an IOVA; returns the seam's result.</summary>
+    public int MapDma(SafeMapping memory, ulong offset, ulong iova, ulong size)
+    {
+        var map = new vfio_iommu_type1_dma_map
+        {
+            argsz = (uint)sizeof(vfio_iommu_type1_dma_map),
+            flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr = (ulong)memory.Address + offset,
+            iova = iova,
+            size = size,
+        };
+        return Kernel.Ioctl(Container!, VFIO_IOMMU_MAP_DMA, &map);
+    }
+
+    /// <summary>VFIO_IOMMU_UNMAP_DMA; returns the seam's result and the size the kernel says it unmapped.</summary>
+    public int UnmapDma(ulong iova, ulong size, out ulong unmapped)
+    {
+        var unmap = new vfio_iommu_type1_dma_unmap { argsz = (uint)sizeof(vfio_iommu_type1_dma_unmap), iova = iova, size = size };
+        int rc = Kernel.Ioctl(Container!, VFIO_IOMMU_UNMAP_DMA, &unmap);
+        unmapped = unmap.size;
+        return rc;
+    }
+
     public void Dispose()
     {
         Device?.Dispose();
         Group?.Dispose();
         Container?.Dispose();
+        foreach (var memory in _memory)
+        {
+            memory.Dispose();
+        }
     }
 }

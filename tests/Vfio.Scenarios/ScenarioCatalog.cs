@@ -1,0 +1,12 @@
+namespace Vfio.Scenarios;
+
+/// <summary>The one scenario suite, run against the simulated kernel by dotnet test and against the real kernel in the VM.</summary>
+internal static class ScenarioCatalog
+{
+    /// <summary>Every scenario, in the order they run: the uAPI basics, the kernel's rules at errno level, then the edu driver on the public API.</summary>
+    public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. EduScenarios.All];
+
+    /// <summary>Finds a scenario by name.</summary>
+    public static Scenario Named(string name) =>
+        All.FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
+}

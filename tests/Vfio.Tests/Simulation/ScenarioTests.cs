@@ -1,0 +1,44 @@
+using Vfio.Scenarios;
+using Vfio.Testing;
+
+namespace Vfio.Tests.Simulation;
+
+/// <summary>
+/// The scenario suite that runs in the VM against the real kernel, run here against the simulated
+/// kernel with the same machine: an edu function alone in group 3, and an edu function sharing its
+/// slot (and so group 4) with an NVMe controller bound to the host's nvme driver.
+/// </summary>
+public sealed class ScenarioTests
+{
+    public static TheoryData<string> Names => [.. ScenarioCatalog.All.Select(s => s.Name)];
+
+    /// <summary>The simulated counterpart of the VM's machine (tests/vm/run-vm-tests.sh).</summary>
+    internal static (SimulatedKernel Kernel, ScenarioContext Context) Machine()
+    {
+        var kernel = new SimulatedKernel();
+        kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
+        kernel.AddPciDevice("0000:00:04.0", new EduDeviceModel(), iommuGroup: 4);
+        kernel.AddPciDevice("0000:00:04.1", new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true), iommuGroup: 4, driver: "nvme");
+        var context = new ScenarioContext(kernel, "0000:00:03.0", 3)
+        {
+            NotViableDeviceAddress = "0000:00:04.0",
+            NotViableGroupId = 4,
+        };
+        return (kernel, context);
+    }
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public async Task ScenarioPassesOnTheSimulatedKernel(string name)
+    {
+        var (kernel, context) = Machine();
+        string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        failure.Should().BeNull();
+        kernel.AssertNoLeaks();
+        kernel.DmaFaults.Should().BeEmpty();
+    }
+
+    [Fact]
+    public void EveryScenarioHasAUniqueName() =>
+        ScenarioCatalog.All.Select(s => s.Name).Should().OnlyHaveUniqueItems();
+}
