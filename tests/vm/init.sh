@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of the VM integration tests' initramfs (see run-vm-tests.sh): loads the VFIO modules,
-# binds QEMU's edu device to vfio-pci and runs the test program against it, then powers off.
+# binds QEMU's edu devices to vfio-pci and runs the test program against them, then the edu
+# sample's program, then powers off.
 # Lines starting with "vfio-vm:" are read by run-vm-tests.sh; keep their wording in step.
 
 /bin/busybox --install -s /bin
@@ -31,40 +32,70 @@ done </lib/modules/load-order
 
 vendor_id=0x1234
 device_id=0x11e8
+
+group_of() {
+  local link
+  link="$(readlink "/sys/bus/pci/devices/$1/iommu_group")" || return 1
+  echo "${link##*/}"
+}
+
+bind_vfio() {
+  local address="$1" dev="/sys/bus/pci/devices/$1" group driver waited=0
+  [ -e "$dev/iommu_group" ] || fail "$address has no IOMMU group (is the IOMMU on?)"
+  group="$(group_of "$address")"
+  if [ -e "$dev/driver" ]; then
+    echo "$address" >"$dev/driver/unbind" || fail "unbind $address"
+  fi
+  echo vfio-pci >"$dev/driver_override" || fail "driver_override of $address"
+  echo "$address" >/sys/bus/pci/drivers_probe || fail "drivers_probe $address"
+  while [ ! -c "/dev/vfio/$group" ]; do
+    [ "$waited" -ge 50 ] && fail "/dev/vfio/$group did not appear after binding $address"
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  driver="$(readlink "$dev/driver")"
+  [ "${driver##*/}" = vfio-pci ] || fail "$address is bound to '${driver##*/}', not vfio-pci"
+}
+
+# Two edu functions: one alone in its IOMMU group, one sharing its slot's group with an NVMe
+# controller that stays bound to the kernel's nvme driver (which makes that group not viable).
 address=""
+group=""
+shared_address=""
+shared_group=""
 for dev in /sys/bus/pci/devices/*; do
   if [ "$(cat "$dev/vendor")" = "$vendor_id" ] && [ "$(cat "$dev/device")" = "$device_id" ]; then
-    address="${dev##*/}"
-    break
+    candidate="${dev##*/}"
+    candidate_group="$(group_of "$candidate")" || fail "$candidate has no IOMMU group (is the IOMMU on?)"
+    members="$(ls "/sys/kernel/iommu_groups/$candidate_group/devices" | wc -l)"
+    if [ "$members" -eq 1 ] && [ -z "$address" ]; then
+      address="$candidate"
+      group="$candidate_group"
+    elif [ "$members" -gt 1 ] && [ -z "$shared_address" ]; then
+      shared_address="$candidate"
+      shared_group="$candidate_group"
+    fi
   fi
 done
-[ -n "$address" ] || fail "no PCI device $vendor_id:$device_id (edu)"
-
-dev="/sys/bus/pci/devices/$address"
-[ -e "$dev/iommu_group" ] || fail "$address has no IOMMU group (is the IOMMU on?)"
-group="$(readlink "$dev/iommu_group")"
-group="${group##*/}"
-
-if [ -e "$dev/driver" ]; then
-  echo "$address" >"$dev/driver/unbind" || fail "unbind $address"
-fi
-echo vfio-pci >"$dev/driver_override" || fail "driver_override of $address"
-echo "$address" >/sys/bus/pci/drivers_probe || fail "drivers_probe $address"
-
-waited=0
-while [ ! -c "/dev/vfio/$group" ]; do
-  [ "$waited" -ge 50 ] && fail "/dev/vfio/$group did not appear after binding $address"
-  sleep 0.1
-  waited=$((waited + 1))
+[ -n "$address" ] || fail "no PCI device $vendor_id:$device_id (edu) alone in its IOMMU group"
+[ -n "$shared_address" ] || fail "no edu function sharing its IOMMU group with another device"
+for member in $(ls "/sys/kernel/iommu_groups/$shared_group/devices"); do
+  [ "$member" = "$shared_address" ] && continue
+  driver="$(readlink "/sys/bus/pci/devices/$member/driver" 2>/dev/null || true)"
+  [ -n "$driver" ] || fail "$member (in group $shared_group with $shared_address) is bound to no host driver"
+  echo "vfio-vm: $member shares group $shared_group with $shared_address and is bound to ${driver##*/}"
 done
-driver="$(readlink "$dev/driver")"
-[ "${driver##*/}" = vfio-pci ] || fail "$address is bound to '${driver##*/}', not vfio-pci"
+bind_vfio "$address"
+bind_vfio "$shared_address"
 
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1
 
 export HOME=/tmp TMPDIR=/tmp DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
-echo "vfio-vm: running Vfio.VmTests on $address (group $group)"
-/bin/Vfio.VmTests --device "$address" --group "$group"
+echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
+/bin/Vfio.VmTests --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group"
 echo "vfio-vm: program exited with status $?"
+echo "vfio-vm: sample begins"
+/bin/Vfio.VmTests --sample "$address"
+echo "vfio-vm: sample exited with status $?"
 finish

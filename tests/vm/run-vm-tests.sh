@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Boots a real Linux kernel in QEMU (software emulation, no KVM needed) with an emulated Intel
-# IOMMU and QEMU's "edu" PCI device, binds the device to vfio-pci, and runs the VFIO scenarios of
-# tests/vm/Vfio.VmTests against it through the library's real P/Invoke path.
+# IOMMU and two QEMU "edu" PCI devices: one alone in its slot, one sharing a multifunction slot
+# (and so its IOMMU group) with an NVMe controller that stays bound to the kernel's nvme driver.
+# It binds both edu functions to vfio-pci and runs the scenarios of tests/Vfio.Scenarios (the
+# same suite dotnet test runs on the simulated kernel) through the library's real P/Invoke path,
+# then the edu sample's program (samples/EduDriver), whose output it prints between markers.
 #
 # Usage: tests/vm/run-vm-tests.sh [--reuse] [--no-apt] [--fresh] [--timeout SECONDS] [--verbose]
 #   --reuse       reuse the published program and the initramfs in the cache as they are, without
@@ -164,7 +167,7 @@ program_dir="$cache/program"
 inputs_hash() {
   (
     cd "$repo"
-    find src/Vfio tests/vm/Vfio.VmTests \( -name bin -o -name obj \) -prune -o -type f -print
+    find src/Vfio src/Vfio.Testing samples/EduDriver tests/Vfio.Scenarios tests/vm/Vfio.VmTests \( -name bin -o -name obj \) -prune -o -type f -print
     ls Directory.Build.props Directory.Packages.props global.json .editorconfig 2>/dev/null
   ) | LC_ALL=C sort | (cd "$repo" && xargs sha256sum) | sha256sum | cut -d' ' -f1
 }
@@ -261,12 +264,20 @@ fi
 console="$cache/console.log"
 qemu_err="$cache/qemu.err"
 rm -f "$console" "$qemu_err"
-say "booting (QEMU TCG, intel-iommu + edu; limit ${vm_timeout}s)..."
+# The NVMe controller's backing file: a small raw disk, never written by the tests.
+nvme_disk="$cache/nvme.img"
+[ -f "$nvme_disk" ] || truncate -s 1M "$nvme_disk"
+
+say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1; limit ${vm_timeout}s)..."
 boot_started=$SECONDS
 set +e
 timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 \
   -M q35 -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -nic none \
-  -device intel-iommu,caching-mode=on -device edu \
+  -device intel-iommu,caching-mode=on \
+  -device edu,addr=03.0 \
+  -device edu,addr=04.0,multifunction=on \
+  -drive file="$nvme_disk",if=none,id=nvme0,format=raw \
+  -device nvme,serial=vfiovm0,drive=nvme0,addr=04.1 \
   -kernel "$kernel_dir/vmlinuz" -initrd "$initrd" \
   -append "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1" \
   </dev/null >"$console" 2>"$qemu_err"
@@ -326,6 +337,17 @@ else
       problem="the console lost result lines (program said '${summary#SUMMARY }', console shows passed=$passed failed=$failed)"
     fi
   fi
+fi
+
+if grep -q 'vfio-vm: sample begins' "$console.txt"; then
+  echo "vm-tests: the edu sample on the real kernel:"
+  sed -n '/vfio-vm: sample begins/,/vfio-vm: sample exited/p' "$console.txt" | sed '1d; $d; s/^/  | /'
+  sample_status="$(sed -n 's/.*vfio-vm: sample exited with status \([0-9]*\).*/\1/p' "$console.txt" | head -n 1)"
+  if [ -z "$problem" ] && [ "${sample_status:-1}" != 0 ]; then
+    problem="the edu sample failed on the real kernel (exit status ${sample_status:-unknown})"
+  fi
+elif [ -z "$problem" ]; then
+  problem="the edu sample did not run"
 fi
 
 say "VM ran ${boot_seconds}s; $((SECONDS - started))s in all"

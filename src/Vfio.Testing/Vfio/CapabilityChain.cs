@@ -4,9 +4,10 @@ using Vfio.Interop;
 namespace Vfio.Testing;
 
 /// <summary>
-/// An INFO ioctl's capability chain as the kernel builds it (vfio_info_cap_add): each capability
-/// starts on an 8-byte boundary, they follow the info struct in the order added, and each header's
-/// <c>next</c> is an offset from the start of the info struct (0 ends the chain).
+/// An INFO ioctl's capability chain as Linux 6.1 builds it (vfio_info_cap_add): the capabilities
+/// follow the info struct in the order added, each right after the previous one with no padding
+/// (6.1 does not align them to 8 bytes; later kernels do, so readers must not rely on either), and
+/// each header's <c>next</c> is an offset from the start of the info struct (0 ends the chain).
 /// </summary>
 internal sealed class CapabilityChain
 {
@@ -21,7 +22,7 @@ internal sealed class CapabilityChain
         where T : unmanaged
     {
         int fixedSize = Marshal.SizeOf<T>();
-        int size = (fixedSize + trailing.Length + 7) & ~7;
+        int size = fixedSize + trailing.Length;
         byte[] bytes = new byte[size];
         MemoryMarshal.Write(bytes, in capability);
         trailing.CopyTo(bytes.AsSpan(fixedSize));

@@ -1,5 +1,6 @@
 using Vfio.Scenarios;
 using Vfio.Testing;
+using Xunit.Abstractions;
 
 namespace Vfio.Tests.Simulation;
 
@@ -8,7 +9,7 @@ namespace Vfio.Tests.Simulation;
 /// kernel with the same machine: an edu function alone in group 3, and an edu function sharing its
 /// slot (and so group 4) with an NVMe controller bound to the host's nvme driver.
 /// </summary>
-public sealed class ScenarioTests
+public sealed class ScenarioTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Names => [.. ScenarioCatalog.All.Select(s => s.Name)];
 
@@ -32,7 +33,10 @@ public sealed class ScenarioTests
     public async Task ScenarioPassesOnTheSimulatedKernel(string name)
     {
         var (kernel, context) = Machine();
+        using var log = new StringWriter();
+        context = context with { Log = log };
         string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        output.WriteLine(log.ToString());
         failure.Should().BeNull();
         kernel.AssertNoLeaks();
         kernel.DmaFaults.Should().BeEmpty();

@@ -55,6 +55,10 @@ public sealed unsafe class Type1IommuTests : IDisposable
                 offset = header->next;
             }
             seen.Keys.Should().BeEquivalentTo(new ushort[] { 1, 2, 3 });
+            // Linux 6.1 packs them without padding: migration (32 bytes), DMA avail (12), IOVA ranges.
+            seen[(ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION].Should().Be(24);
+            seen[(ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL].Should().Be(56);
+            seen[(ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE].Should().Be(68);
             var avail = (vfio_iommu_type1_info_dma_avail*)(p + seen[(ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL]);
             avail->avail.Should().Be(65535);
             var ranges = (vfio_iommu_type1_info_cap_iova_range*)(p + seen[(ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE]);
