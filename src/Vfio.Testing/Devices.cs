@@ -104,7 +104,7 @@ public abstract class SimulatedDevice
     {
         if (result < 0)
         {
-            throw new InvalidOperationException(operation + " failed: " + Vfio.Interop.Errno.Name(-result) + " (" + Vfio.Interop.Errno.Describe(-result) + ")");
+            throw new InvalidOperationException(operation + " failed: " + Errno.Name(-result) + " (" + Errno.Describe(-result) + ")");
         }
     }
 }
@@ -159,7 +159,7 @@ public sealed class SimulatedPciDevice : SimulatedDevice
     {
         using (Kernel.Enter())
         {
-            Check(DriverName is null ? -Vfio.Interop.Errno.ENODEV : Kernel.UnbindLocked(this), "unbind");
+            Check(DriverName is null ? -Errno.ENODEV : Kernel.UnbindLocked(this), "unbind");
         }
     }
 }
@@ -199,7 +199,7 @@ public sealed class SimulatedPlatformDevice : SimulatedDevice
     {
         using (Kernel.Enter())
         {
-            Check(DriverName is null ? -Vfio.Interop.Errno.ENODEV : Kernel.UnbindLocked(this), "unbind");
+            Check(DriverName is null ? -Errno.ENODEV : Kernel.UnbindLocked(this), "unbind");
         }
     }
 }

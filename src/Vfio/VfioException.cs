@@ -47,7 +47,7 @@ public class VfioException : IOException
     public int Errno { get; }
 
     /// <summary>The errno's symbolic name ("EBUSY"), or empty when there is none.</summary>
-    public string ErrorName => Errno == 0 ? string.Empty : Interop.Errno.Name(Errno);
+    public string ErrorName => Errno == 0 ? string.Empty : Vfio.Errno.Name(Errno);
 
     /// <summary>The IOMMU group concerned, if any.</summary>
     public int? GroupId { get; }

@@ -62,6 +62,7 @@ public abstract partial class VfioDevice : IDisposable
         GroupId = context.GroupId;
         GroupKind = context.GroupKind;
         Set = Registry.JoinDeviceSet(context.SetId);
+        context.Constructed = this;
         Logger = Registry.LoggerFactory.CreateLogger(GetType());
         _state = VfioDeviceState.Initialized;
     }

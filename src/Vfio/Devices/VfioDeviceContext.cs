@@ -32,4 +32,7 @@ public abstract class VfioDeviceContext
     public string? KernelDriver { get; }
 
     internal string SetId { get; }
+
+    /// <summary>The device constructed from this context, if any, so that a failed probe can undo its init.</summary>
+    internal VfioDevice? Constructed { get; set; }
 }

@@ -34,8 +34,8 @@ internal sealed unsafe class LinuxKernel : VfioKernel
 
     internal override int Ioctl(SafeFd fd, nuint request, void* arg)
     {
-        int result = Libc.ioctl(Live(fd), request, arg);
-        return result >= 0 ? result : LastErrno();
+        int result = Libc.ioctl_fast(Live(fd), request, arg);
+        return result >= 0 ? result : -Marshal.GetLastSystemError();
     }
 
     internal override int Ioctl(SafeFd fd, nuint request, nint value)

@@ -142,7 +142,8 @@ public sealed class IommuGroup
         return false;
     }
 
-    private static VfioGroupNotViableException NotViable(VfioRegistry registry, int id)
+    /// <summary>The group's devices bound to a kernel driver other than vfio, each with its driver.</summary>
+    internal static List<string> BlockingDevices(VfioRegistry registry, int id)
     {
         var sysfs = registry.Sysfs;
         string groupDir = "kernel/iommu_groups/" + id.ToString(CultureInfo.InvariantCulture) + "/devices";
@@ -155,6 +156,13 @@ public sealed class IommuGroup
                 blocking.Add($"{member} is bound to {driver}");
             }
         }
+        return blocking;
+    }
+
+    internal static VfioGroupNotViableException NotViable(VfioRegistry registry, int id) => NotViable(id, BlockingDevices(registry, id));
+
+    internal static VfioGroupNotViableException NotViable(int id, List<string> blocking)
+    {
         string why = blocking.Count == 0
             ? "a device of the group is in use by a kernel driver"
             : string.Join(", ", blocking);

@@ -259,6 +259,9 @@ public sealed class VfioRegistry : IAsyncDisposable
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
+                // A driver that constructed its device and then failed in its own preparation never
+                // returned it: the context knows it, so its init is undone all the same.
+                device ??= context.Constructed;
                 if (device is not null && device.State == VfioDeviceState.Initialized)
                 {
                     device.Dispose();
@@ -511,6 +514,13 @@ public sealed class VfioRegistry : IAsyncDisposable
             int rc = container.TryAttach(group);
             if (rc < 0)
             {
+                // Since Linux 6.0 a group whose device a kernel driver claimed after our status check
+                // fails here with EPERM (claiming DMA ownership), not at VFIO_GROUP_GET_STATUS: name
+                // the device that blocks it rather than blame permissions.
+                if (-rc == Errno.EPERM && group.Kind == IommuGroupKind.Iommu && IommuGroup.BlockingDevices(this, group.Id) is { Count: > 0 } blocking)
+                {
+                    throw IommuGroup.NotViable(group.Id, blocking);
+                }
                 string? hint = -rc == Errno.EPERM && noIommu ? "No-IOMMU groups need CAP_SYS_RAWIO" : null;
                 VfioErrors.Throw(-rc, "VFIO_GROUP_SET_CONTAINER", group.ErrorTarget, hint);
             }

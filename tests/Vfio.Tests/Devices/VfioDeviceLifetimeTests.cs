@@ -1,12 +1,8 @@
 namespace Vfio.Tests.Devices;
 
 /// <summary>Init, register, references, unregister with its completion, uninit: no kernel I/O involved.</summary>
-public class VfioDeviceLifetimeTests
+public class VfioDeviceLifetimeTests : KernelTest
 {
-    private static readonly TimeSpan Guard = TimeSpan.FromSeconds(30);
-
-    private static VfioRegistry NewRegistry(TimeSpan? interval = null) =>
-        new(VfioKernel.Linux, options: new VfioRegistryOptions { ReleaseRequestInterval = interval ?? TimeSpan.FromMilliseconds(20) });
 
     [Fact]
     public void ConstructionPublishesNothing()

@@ -1,43 +1,78 @@
-namespace Vfio.Interop;
+namespace Vfio;
 
-/// <summary>The Linux errno values the library meets (asm-generic/errno-base.h and errno.h).</summary>
-internal static class Errno
+/// <summary>
+/// The Linux errno values the library meets (asm-generic/errno-base.h and errno.h), to compare with
+/// <see cref="VfioException.Errno"/> or to inject failures into a simulated kernel.
+/// </summary>
+public static class Errno
 {
+    /// <summary>EPERM.</summary>
     public const int EPERM = 1;
+    /// <summary>ENOENT.</summary>
     public const int ENOENT = 2;
+    /// <summary>ESRCH.</summary>
     public const int ESRCH = 3;
+    /// <summary>EINTR.</summary>
     public const int EINTR = 4;
+    /// <summary>EIO.</summary>
     public const int EIO = 5;
+    /// <summary>ENXIO.</summary>
     public const int ENXIO = 6;
+    /// <summary>E2BIG.</summary>
     public const int E2BIG = 7;
+    /// <summary>EBADF.</summary>
     public const int EBADF = 9;
+    /// <summary>EAGAIN.</summary>
     public const int EAGAIN = 11;
+    /// <summary>ENOMEM.</summary>
     public const int ENOMEM = 12;
+    /// <summary>EACCES.</summary>
     public const int EACCES = 13;
+    /// <summary>EFAULT.</summary>
     public const int EFAULT = 14;
+    /// <summary>EBUSY.</summary>
     public const int EBUSY = 16;
+    /// <summary>EEXIST.</summary>
     public const int EEXIST = 17;
+    /// <summary>EXDEV.</summary>
     public const int EXDEV = 18;
+    /// <summary>ENODEV.</summary>
     public const int ENODEV = 19;
+    /// <summary>ENOTDIR.</summary>
     public const int ENOTDIR = 20;
+    /// <summary>EISDIR.</summary>
     public const int EISDIR = 21;
+    /// <summary>EINVAL.</summary>
     public const int EINVAL = 22;
+    /// <summary>ENFILE.</summary>
     public const int ENFILE = 23;
+    /// <summary>EMFILE.</summary>
     public const int EMFILE = 24;
+    /// <summary>ENOTTY.</summary>
     public const int ENOTTY = 25;
+    /// <summary>ENOSPC.</summary>
     public const int ENOSPC = 28;
+    /// <summary>ESPIPE.</summary>
     public const int ESPIPE = 29;
+    /// <summary>EROFS.</summary>
     public const int EROFS = 30;
+    /// <summary>ERANGE.</summary>
     public const int ERANGE = 34;
+    /// <summary>EDEADLK.</summary>
     public const int EDEADLK = 35;
+    /// <summary>ENOSYS.</summary>
     public const int ENOSYS = 38;
+    /// <summary>ENODATA.</summary>
     public const int ENODATA = 61;
+    /// <summary>EOVERFLOW.</summary>
     public const int EOVERFLOW = 75;
+    /// <summary>EOPNOTSUPP.</summary>
     public const int EOPNOTSUPP = 95;
+    /// <summary>ETIMEDOUT.</summary>
     public const int ETIMEDOUT = 110;
 
     /// <summary>The symbolic name of an errno ("EBUSY"), or its number when it has none here.</summary>
-    public static string Name(int errno) => errno switch
+    internal static string Name(int errno) => errno switch
     {
         EPERM => nameof(EPERM),
         ENOENT => nameof(ENOENT),
@@ -75,7 +110,7 @@ internal static class Errno
     };
 
     /// <summary>The C library's description of an errno, as strerror gives it.</summary>
-    public static string Describe(int errno) => errno switch
+    internal static string Describe(int errno) => errno switch
     {
         EPERM => "Operation not permitted",
         ENOENT => "No such file or directory",

@@ -1,0 +1,191 @@
+using Vfio.Testing;
+
+namespace Vfio.Tests.Registry;
+
+/// <summary>The driver model: probing devices bound to vfio, creating them through matching drivers, removing them.</summary>
+public class VfioRegistryTests : KernelTest
+{
+    private sealed class TestPciDriver(Func<PciDeviceContext, RecordingPciDevice>? create, params PciMatch[] matches)
+        : PciDriver<RecordingPciDevice>("test-pci", matches)
+    {
+        public List<RecordingPciDevice> Created { get; } = [];
+
+        protected internal override RecordingPciDevice CreateDevice(PciDeviceContext context)
+        {
+            var device = create?.Invoke(context) ?? new RecordingPciDevice(context);
+            Created.Add(device);
+            return device;
+        }
+    }
+
+    private sealed class TestPlatformDevice(PlatformDeviceContext context) : PlatformVfioDevice(context);
+
+    private sealed class TestPlatformDriver() : PlatformDriver<TestPlatformDevice>("test-platform", "acme,dma")
+    {
+        protected internal override TestPlatformDevice CreateDevice(PlatformDeviceContext context) => new(context);
+    }
+
+    private sealed class TestMdevDevice(MdevDeviceContext context) : MdevVfioDevice(context);
+
+    private sealed class TestMdevDriver() : MdevDriver<TestMdevDevice>("test-mdev", "mtty-2")
+    {
+        protected internal override TestMdevDevice CreateDevice(MdevDeviceContext context) => new(context);
+    }
+
+    [Fact]
+    public async Task ProbeCreatesAndRegistersAPciDeviceThroughADriverMatchingItsIds()
+    {
+        AddPci();
+        AddPci("0000:00:05.0", group: 6, model: new PciDeviceModel(0x8086, 0x10d3, 0x020000));
+        var driver = new TestPciDriver(null, PciMatch.Id(0x1234, 0x11e8));
+        Registry.AddDriver(driver);
+
+        var result = await Registry.ProbeAsync();
+
+        var device = result.Registered.Should().ContainSingle().Which.Should().BeOfType<RecordingPciDevice>().Subject;
+        device.Name.Should().Be("0000:00:03.0");
+        device.VendorId.Should().Be(0x1234);
+        device.GroupId.Should().Be(5);
+        device.State.Should().Be(VfioDeviceState.Registered);
+        Registry.TryFind<RecordingPciDevice>("0000:00:03.0", out var found).Should().BeTrue();
+        found.Should().BeSameAs(device);
+        Registry.Devices.Should().ContainSingle("the other function matches no driver");
+        result.Failures.Should().BeEmpty();
+
+        (await Registry.ProbeAsync()).Registered.Should().BeEmpty("a registered device is not created twice");
+        driver.Created.Should().ContainSingle();
+    }
+
+    [Fact]
+    public async Task ProbeMatchesAPciDriverByClass()
+    {
+        AddPci(model: new PciDeviceModel(0x144d, 0xa808, 0x010802));
+        Registry.AddDriver(new TestPciDriver(null, PciMatch.Class(0x010800, 0xffff00)));
+
+        var result = await Registry.ProbeAsync();
+
+        result.Registered.Should().ContainSingle().Which.Should().BeOfType<RecordingPciDevice>().Which.ClassCode.Should().Be(0x010802);
+    }
+
+    [Fact]
+    public async Task ProbeMatchesAPlatformDriverByCompatible()
+    {
+        Kernel.AddPlatformDevice("fe000000.dma", new PlatformDeviceModel("acme,dma"), iommuGroup: 9);
+        Kernel.AddPlatformDevice("fe100000.uart", new PlatformDeviceModel("acme,uart"), iommuGroup: 10);
+        Registry.AddDriver(new TestPlatformDriver());
+
+        var result = await Registry.ProbeAsync();
+
+        var device = result.Registered.Should().ContainSingle().Which.Should().BeOfType<TestPlatformDevice>().Subject;
+        device.Name.Should().Be("fe000000.dma");
+        device.Compatible.Should().Contain("acme,dma");
+        device.GroupId.Should().Be(9);
+        device.State.Should().Be(VfioDeviceState.Registered);
+    }
+
+    [Fact]
+    public async Task ProbeMatchesAnMdevDriverByType()
+    {
+        var parent = Kernel.AddMdevParent("mtty0", "mtty",
+            new SimulatedMdevType("2", 2, () => new PciDeviceModel(0x1234, 0x1234, 0x070000)),
+            new SimulatedMdevType("1", 2, () => new PciDeviceModel(0x1234, 0x1234, 0x070000)));
+        var uuid = Guid.Parse("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001");
+        parent.Create(uuid, "2");
+        parent.Create(Guid.Parse("83b8f4f2-509f-382f-3c1e-e6bfe0fa1002"), "1");
+        Registry.AddDriver(new TestMdevDriver());
+
+        var result = await Registry.ProbeAsync();
+
+        var device = result.Registered.Should().ContainSingle().Which.Should().BeOfType<TestMdevDevice>().Subject;
+        device.Uuid.Should().Be(uuid);
+        device.TypeId.Should().Be("mtty-2");
+        device.GroupKind.Should().Be(IommuGroupKind.Emulated);
+    }
+
+    [Fact]
+    public async Task NoMatchingDriverCreatesNothing()
+    {
+        AddPci();
+        var driver = new TestPciDriver(null, PciMatch.Id(0x1234, 0x0001), PciMatch.Class(0x020000, 0xff0000));
+        Registry.AddDriver(driver);
+
+        var result = await Registry.ProbeAsync();
+
+        result.Registered.Should().BeEmpty();
+        result.Failures.Should().BeEmpty();
+        driver.Created.Should().BeEmpty();
+        Registry.Devices.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task ADriverThatThrowsBeforeConstructingLeavesNothingBehind()
+    {
+        AddPci();
+        Registry.AddDriver(new TestPciDriver(_ => throw new InvalidOperationException("no such board"), PciMatch.Id(0x1234, 0x11e8)));
+
+        var result = await Registry.ProbeAsync();
+
+        result.Registered.Should().BeEmpty();
+        var failure = result.Failures.Should().ContainSingle().Subject;
+        failure.Device.Should().Be("0000:00:03.0");
+        failure.Driver.Should().Be("test-pci");
+        failure.Error.Should().BeOfType<InvalidOperationException>();
+        Registry.Devices.Should().BeEmpty();
+        Registry.FindDeviceSet("pci-slot:0000:00:03").Should().BeNull();
+        Logs.Named("ProbeFailed").Should().ContainSingle();
+    }
+
+    [Fact]
+    public async Task ADriverWhosePreparationFailsAfterConstructionLeavesNothingBehind()
+    {
+        AddPci();
+        RecordingPciDevice? constructed = null;
+        Registry.AddDriver(new TestPciDriver(context =>
+        {
+            constructed = new RecordingPciDevice(context);
+            throw new InvalidOperationException("the board did not answer");
+        }, PciMatch.Id(0x1234, 0x11e8)));
+
+        var result = await Registry.ProbeAsync();
+
+        result.Failures.Should().ContainSingle().Which.Error.Message.Should().Be("the board did not answer");
+        constructed.Should().NotBeNull();
+        constructed!.Disposed.Should().BeTrue("the registry undoes the init of a device the driver could not return");
+        constructed.State.Should().Be(VfioDeviceState.Disposed);
+        Registry.Devices.Should().BeEmpty();
+        Registry.FindDeviceSet("pci-slot:0000:00:03").Should().BeNull("the device left its set");
+    }
+
+    [Fact]
+    public async Task ADeviceUnboundFromVfioIsUnregisteredAndDisposedByTheNextProbe()
+    {
+        var sim = AddPci();
+        Registry.AddDriver(new TestPciDriver(null, PciMatch.Id(0x1234, 0x11e8)));
+        var device = (RecordingPciDevice)(await Registry.ProbeAsync()).Registered.Single();
+        device.Open().Dispose();
+
+        sim.Unbind();
+        var result = await Registry.ProbeAsync();
+
+        result.Removed.Should().Equal("0000:00:03.0");
+        result.Registered.Should().BeEmpty();
+        device.State.Should().Be(VfioDeviceState.Disposed);
+        device.Disposed.Should().BeTrue();
+        Registry.Devices.Should().BeEmpty();
+        Logs.Named("Removed").Should().ContainSingle();
+    }
+
+    [Fact]
+    public async Task DisposingTheRegistryUnregistersAndDisposesProbedDevices()
+    {
+        AddPci();
+        var registry = NewRegistry();
+        registry.AddDriver(new TestPciDriver(null, PciMatch.Id(0x1234, 0x11e8)));
+        var device = (RecordingPciDevice)(await registry.ProbeAsync()).Registered.Single();
+
+        await registry.DisposeAsync();
+
+        device.State.Should().Be(VfioDeviceState.Disposed);
+        registry.Devices.Should().BeEmpty();
+    }
+}
