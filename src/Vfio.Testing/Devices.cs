@@ -109,20 +109,20 @@ public abstract class SimulatedDevice
     }
 }
 
-/// <summary>A simulated PCI function, listed under <c>bus/pci/devices</c>.</summary>
-public sealed class SimulatedPciDevice : SimulatedDevice
+/// <summary>
+/// A device of a bus whose drivers bind by match or by driver_override (PCI, platform), and which
+/// tests can bind and unbind as writing to the driver's sysfs files would.
+/// </summary>
+public abstract class SimulatedBusDevice : SimulatedDevice
 {
-    internal SimulatedPciDevice(SimulatedKernel kernel, string address, PciDeviceModel model, IommuGroupState group, string? nativeDriver)
-        : base(kernel, address, model, group, "devices/pci" + address[..7] + "/" + address)
+    private protected SimulatedBusDevice(SimulatedKernel kernel, string name, DeviceModel model, IommuGroupState group, string sysfsPath, string? nativeDriver)
+        : base(kernel, name, model, group, sysfsPath)
     {
         NativeDriver = nativeDriver;
     }
 
-    /// <summary>The PCI address (domain:bus:device.function), e.g. "0000:00:03.0".</summary>
-    public string Address => Name;
-
-    /// <summary>The model that emulates the function.</summary>
-    public new PciDeviceModel Model => (PciDeviceModel)base.Model;
+    /// <summary>The driver a probe binds when no override is set (the host driver matching its ids), or null.</summary>
+    public string? NativeDriver { get; }
 
     /// <summary>The driver_override attribute, or null when unset.</summary>
     public string? DriverOverride
@@ -136,14 +136,9 @@ public sealed class SimulatedPciDevice : SimulatedDevice
         }
     }
 
-    /// <summary>The driver a probe binds when no override is set (the host driver matching its ids), or null.</summary>
-    public string? NativeDriver { get; }
-
     internal string? Override { get; set; }
 
-    internal override bool IsVfioBound => DriverName == "vfio-pci";
-
-    /// <summary>Binds the function to <paramref name="driver"/> as writing its address to the driver's <c>bind</c> would, skipping the id match.</summary>
+    /// <summary>Binds the device to <paramref name="driver"/> as writing its name to the driver's <c>bind</c> would, skipping the id match.</summary>
     /// <param name="driver">The driver name, e.g. "vfio-pci".</param>
     public void Bind(string driver)
     {
@@ -154,7 +149,7 @@ public sealed class SimulatedPciDevice : SimulatedDevice
         }
     }
 
-    /// <summary>Unbinds the function from its driver; blocks while a vfio device file is open, asking for its release.</summary>
+    /// <summary>Unbinds the device from its driver; blocks while a vfio device file is open, asking for its release.</summary>
     public void Unbind()
     {
         using (Kernel.Enter())
@@ -164,44 +159,35 @@ public sealed class SimulatedPciDevice : SimulatedDevice
     }
 }
 
+/// <summary>A simulated PCI function, listed under <c>bus/pci/devices</c>.</summary>
+public sealed class SimulatedPciDevice : SimulatedBusDevice
+{
+    internal SimulatedPciDevice(SimulatedKernel kernel, string address, PciDeviceModel model, IommuGroupState group, string? nativeDriver)
+        : base(kernel, address, model, group, "devices/pci" + address[..7] + "/" + address, nativeDriver)
+    {
+    }
+
+    /// <summary>The PCI address (domain:bus:device.function), e.g. "0000:00:03.0".</summary>
+    public string Address => Name;
+
+    /// <summary>The model that emulates the function.</summary>
+    public new PciDeviceModel Model => (PciDeviceModel)base.Model;
+
+    internal override bool IsVfioBound => DriverName == "vfio-pci";
+}
+
 /// <summary>A simulated platform device, listed under <c>bus/platform/devices</c>.</summary>
-public sealed class SimulatedPlatformDevice : SimulatedDevice
+public sealed class SimulatedPlatformDevice : SimulatedBusDevice
 {
     internal SimulatedPlatformDevice(SimulatedKernel kernel, string name, PlatformDeviceModel model, IommuGroupState group, string? nativeDriver)
-        : base(kernel, name, model, group, "devices/platform/" + name)
+        : base(kernel, name, model, group, "devices/platform/" + name, nativeDriver)
     {
-        NativeDriver = nativeDriver;
     }
 
     /// <summary>The model that emulates the device.</summary>
     public new PlatformDeviceModel Model => (PlatformDeviceModel)base.Model;
 
-    /// <summary>The driver a probe binds when no override is set, or null.</summary>
-    public string? NativeDriver { get; }
-
-    internal string? Override { get; set; }
-
     internal override bool IsVfioBound => DriverName == "vfio-platform";
-
-    /// <summary>Binds the device to <paramref name="driver"/>, skipping the match.</summary>
-    /// <param name="driver">The driver name, e.g. "vfio-platform".</param>
-    public void Bind(string driver)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(driver);
-        using (Kernel.Enter())
-        {
-            Check(Kernel.BindLocked(this, driver, checkMatch: false), "bind to " + driver);
-        }
-    }
-
-    /// <summary>Unbinds the device from its driver; blocks while a vfio device file is open.</summary>
-    public void Unbind()
-    {
-        using (Kernel.Enter())
-        {
-            Check(DriverName is null ? -Errno.ENODEV : Kernel.UnbindLocked(this), "unbind");
-        }
-    }
 }
 
 /// <summary>A mediated device created from an mdev type, listed under <c>bus/mdev/devices</c>.</summary>

@@ -199,19 +199,9 @@ public sealed partial class SimulatedKernel
         return device is not null && BusOf(device) == bus && device is not SimulatedMdevDevice ? device : null;
     }
 
-    private static string? OverrideOf(SimulatedDevice device) => device switch
-    {
-        SimulatedPciDevice pci => pci.Override,
-        SimulatedPlatformDevice platform => platform.Override,
-        _ => null,
-    };
+    private static string? OverrideOf(SimulatedDevice device) => (device as SimulatedBusDevice)?.Override;
 
-    private static string? NativeOf(SimulatedDevice device) => device switch
-    {
-        SimulatedPciDevice pci => pci.NativeDriver,
-        SimulatedPlatformDevice platform => platform.NativeDriver,
-        _ => null,
-    };
+    private static string? NativeOf(SimulatedDevice device) => (device as SimulatedBusDevice)?.NativeDriver;
 
     /// <summary>Whether a driver matches a device: driver_override decides alone when set.</summary>
     private static bool Matches(SimulatedDevice device, string driver) =>
