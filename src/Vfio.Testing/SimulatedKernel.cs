@@ -319,6 +319,35 @@ public sealed partial class SimulatedKernel : VfioKernel
         }
     }
 
+    /// <summary>
+    /// The start of every call on an open file: failure injection first (an injected failure does
+    /// nothing else), then the file's reference (fdget), which disposing <paramref name="use"/> puts.
+    /// </summary>
+    private int Begin(SimulatedCall kind, SafeFd fd, out FileUse use, nuint request = 0)
+    {
+        use = default;
+        int injected = _injection.Enter(kind, request);
+        if (injected < 0)
+        {
+            return injected;
+        }
+        int r = Acquire(fd, out var file);
+        if (r < 0)
+        {
+            return r;
+        }
+        use = new FileUse(this, file);
+        return 0;
+    }
+
+    /// <summary>A file referenced for the length of one call.</summary>
+    private readonly struct FileUse(SimulatedKernel kernel, KernelFile file) : IDisposable
+    {
+        public KernelFile File => file;
+
+        public void Dispose() => kernel.Release(file);
+    }
+
     /// <summary>The file behind a raw descriptor number, for ioctls that take one (set-container, SET_IRQS); the lock is held.</summary>
     internal KernelFile? FileLocked(int fd) => fd < 0 ? null : Files.Get(fd);
 
@@ -328,111 +357,66 @@ public sealed partial class SimulatedKernel : VfioKernel
 
     private int IoctlCore(SafeFd fd, nuint request, nint argument)
     {
-        int injected = _injection.Enter(SimulatedCall.Ioctl, request);
-        if (injected < 0)
-        {
-            return injected;
-        }
-        int r = Acquire(fd, out var file);
+        int r = Begin(SimulatedCall.Ioctl, fd, out var use, request);
         if (r < 0)
         {
             return r;
         }
-        try
+        using (use)
         {
-            return file.Ioctl(request, argument);
-        }
-        finally
-        {
-            Release(file);
+            return use.File.Ioctl(request, argument);
         }
     }
 
     internal override long PRead(SafeFd fd, Span<byte> buffer, long offset)
     {
-        int injected = _injection.Enter(SimulatedCall.PRead);
-        if (injected < 0)
-        {
-            return injected;
-        }
-        int r = Acquire(fd, out var file);
+        int r = Begin(SimulatedCall.PRead, fd, out var use);
         if (r < 0)
         {
             return r;
         }
-        try
+        using (use)
         {
-            return offset < 0 ? -Errno.EINVAL : file.PRead(buffer, offset);
-        }
-        finally
-        {
-            Release(file);
+            return offset < 0 ? -Errno.EINVAL : use.File.PRead(buffer, offset);
         }
     }
 
     internal override long PWrite(SafeFd fd, ReadOnlySpan<byte> buffer, long offset)
     {
-        int injected = _injection.Enter(SimulatedCall.PWrite);
-        if (injected < 0)
-        {
-            return injected;
-        }
-        int r = Acquire(fd, out var file);
+        int r = Begin(SimulatedCall.PWrite, fd, out var use);
         if (r < 0)
         {
             return r;
         }
-        try
+        using (use)
         {
-            return offset < 0 ? -Errno.EINVAL : file.PWrite(buffer, offset);
-        }
-        finally
-        {
-            Release(file);
+            return offset < 0 ? -Errno.EINVAL : use.File.PWrite(buffer, offset);
         }
     }
 
     internal override long Read(SafeFd fd, Span<byte> buffer)
     {
-        int injected = _injection.Enter(SimulatedCall.Read);
-        if (injected < 0)
-        {
-            return injected;
-        }
-        int r = Acquire(fd, out var file);
+        int r = Begin(SimulatedCall.Read, fd, out var use);
         if (r < 0)
         {
             return r;
         }
-        try
+        using (use)
         {
-            return file.Read(buffer);
-        }
-        finally
-        {
-            Release(file);
+            return use.File.Read(buffer);
         }
     }
 
     internal override long Write(SafeFd fd, ReadOnlySpan<byte> buffer)
     {
-        int injected = _injection.Enter(SimulatedCall.Write);
-        if (injected < 0)
-        {
-            return injected;
-        }
-        int r = Acquire(fd, out var file);
+        int r = Begin(SimulatedCall.Write, fd, out var use);
         if (r < 0)
         {
             return r;
         }
-        try
+        using (use)
         {
-            return file.Write(buffer);
-        }
-        finally
-        {
-            Release(file);
+            return use.File.Write(buffer);
         }
     }
 

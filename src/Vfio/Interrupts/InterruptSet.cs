@@ -269,7 +269,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
             {
                 if ((fds[i].revents & Flags.POLLIN) != 0 && kernel.Read(_eventFds[i], counter) == 8)
                 {
-                    _vectors[i].Fire(MemoryMarshal.Read<ulong>(counter));
+                    _vectors[i].Return(MemoryMarshal.Read<ulong>(counter));
                 }
             }
         }
@@ -331,6 +331,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
             }
         }
 
+        /// <summary>Counts interrupts: completes the pending wait, or keeps them for the next one.</summary>
         public void Return(ulong count)
         {
             lock (_lock)
@@ -345,8 +346,6 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 }
             }
         }
-
-        public void Fire(ulong count) => Return(count);
 
         public void Fail(Exception failure)
         {

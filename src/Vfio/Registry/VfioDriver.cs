@@ -16,6 +16,15 @@ public abstract class VfioDriver
     /// <summary>The driver's name, for logs and errors.</summary>
     public string Name { get; }
 
+    /// <summary>The bus whose devices the driver is offered.</summary>
+    internal abstract DriverBus Bus { get; }
+
+    /// <summary>True when the driver handles the discovered device (always false for another bus's device).</summary>
+    internal abstract bool Handles(VfioDeviceContext context);
+
+    /// <summary>Creates the typed device for a device <see cref="Handles"/> accepted.</summary>
+    internal abstract VfioDevice Create(VfioDeviceContext context);
+
     /// <inheritdoc/>
     public override string ToString() => Name;
 }
@@ -45,7 +54,7 @@ public readonly record struct PciMatch(ushort? VendorId = null, ushort? DeviceId
 
 /// <summary>A driver for PCI functions.</summary>
 /// <typeparam name="TDevice">The device type it creates.</typeparam>
-public abstract class PciDriver<TDevice> : VfioDriver, IPciDriver
+public abstract class PciDriver<TDevice> : VfioDriver
     where TDevice : PciVfioDevice
 {
     /// <summary>Creates the driver.</summary>
@@ -72,14 +81,16 @@ public abstract class PciDriver<TDevice> : VfioDriver, IPciDriver
     /// <param name="context">The discovered function.</param>
     protected internal abstract TDevice CreateDevice(PciDeviceContext context);
 
-    VfioDevice IPciDriver.Create(PciDeviceContext context) => CreateDevice(context);
+    internal override DriverBus Bus => DriverBus.Pci;
 
-    bool IPciDriver.Handles(PciDeviceContext context) => Matches.Any(m => m.Matches(context));
+    internal override bool Handles(VfioDeviceContext context) => context is PciDeviceContext c && Matches.Any(m => m.Matches(c));
+
+    internal override VfioDevice Create(VfioDeviceContext context) => CreateDevice((PciDeviceContext)context);
 }
 
 /// <summary>A driver for platform devices, matched by device tree compatible string.</summary>
 /// <typeparam name="TDevice">The device type it creates.</typeparam>
-public abstract class PlatformDriver<TDevice> : VfioDriver, IPlatformDriver
+public abstract class PlatformDriver<TDevice> : VfioDriver
     where TDevice : PlatformVfioDevice
 {
     /// <summary>Creates the driver.</summary>
@@ -103,14 +114,16 @@ public abstract class PlatformDriver<TDevice> : VfioDriver, IPlatformDriver
     /// <param name="context">The discovered device.</param>
     protected internal abstract TDevice CreateDevice(PlatformDeviceContext context);
 
-    VfioDevice IPlatformDriver.Create(PlatformDeviceContext context) => CreateDevice(context);
+    internal override DriverBus Bus => DriverBus.Platform;
 
-    bool IPlatformDriver.Handles(PlatformDeviceContext context) => context.Compatible.Any(c => Compatible.Contains(c, StringComparer.Ordinal));
+    internal override bool Handles(VfioDeviceContext context) => context is PlatformDeviceContext c && c.Compatible.Any(compatible => Compatible.Contains(compatible, StringComparer.Ordinal));
+
+    internal override VfioDevice Create(VfioDeviceContext context) => CreateDevice((PlatformDeviceContext)context);
 }
 
 /// <summary>A driver for mediated devices, matched by mdev type.</summary>
 /// <typeparam name="TDevice">The device type it creates.</typeparam>
-public abstract class MdevDriver<TDevice> : VfioDriver, IMdevDriver
+public abstract class MdevDriver<TDevice> : VfioDriver
     where TDevice : MdevVfioDevice
 {
     /// <summary>Creates the driver.</summary>
@@ -134,28 +147,17 @@ public abstract class MdevDriver<TDevice> : VfioDriver, IMdevDriver
     /// <param name="context">The discovered device.</param>
     protected internal abstract TDevice CreateDevice(MdevDeviceContext context);
 
-    VfioDevice IMdevDriver.Create(MdevDeviceContext context) => CreateDevice(context);
+    internal override DriverBus Bus => DriverBus.Mdev;
 
-    bool IMdevDriver.Handles(MdevDeviceContext context) => TypeIds.Contains(context.TypeId, StringComparer.Ordinal);
+    internal override bool Handles(VfioDeviceContext context) => context is MdevDeviceContext c && TypeIds.Contains(c.TypeId, StringComparer.Ordinal);
+
+    internal override VfioDevice Create(VfioDeviceContext context) => CreateDevice((MdevDeviceContext)context);
 }
 
-internal interface IPciDriver
+/// <summary>The buses the registry discovers devices on.</summary>
+internal enum DriverBus
 {
-    bool Handles(PciDeviceContext context);
-
-    VfioDevice Create(PciDeviceContext context);
-}
-
-internal interface IPlatformDriver
-{
-    bool Handles(PlatformDeviceContext context);
-
-    VfioDevice Create(PlatformDeviceContext context);
-}
-
-internal interface IMdevDriver
-{
-    bool Handles(MdevDeviceContext context);
-
-    VfioDevice Create(MdevDeviceContext context);
+    Pci,
+    Platform,
+    Mdev,
 }

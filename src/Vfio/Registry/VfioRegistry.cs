@@ -230,7 +230,8 @@ public sealed class VfioRegistry : IAsyncDisposable
         var failures = new List<ProbeFailure>();
         var present = new HashSet<string>(StringComparer.Ordinal);
 
-        foreach (var context in Discover())
+        var drivers = Drivers;
+        foreach (var context in Discover(drivers))
         {
             present.Add(context.Name);
             lock (_lock)
@@ -240,7 +241,7 @@ public sealed class VfioRegistry : IAsyncDisposable
                     continue;
                 }
             }
-            var driver = Drivers.FirstOrDefault(d => Handles(d, context));
+            var driver = drivers.FirstOrDefault(d => d.Handles(context));
             if (driver is null)
             {
                 continue;
@@ -248,7 +249,7 @@ public sealed class VfioRegistry : IAsyncDisposable
             VfioDevice? device = null;
             try
             {
-                device = Create(driver, context);
+                device = driver.Create(context);
                 Register(device);
                 lock (_lock)
                 {
@@ -565,44 +566,12 @@ public sealed class VfioRegistry : IAsyncDisposable
         return (id, kind);
     }
 
-    private IEnumerable<VfioDeviceContext> Discover()
-    {
-        bool pci = false, platform = false, mdev = false;
-        foreach (var driver in Drivers)
+    // Only the buses some driver is for: a registry of PCI drivers reads no platform or mdev sysfs.
+    private IEnumerable<VfioDeviceContext> Discover(IReadOnlyList<VfioDriver> drivers) =>
+        drivers.Select(d => d.Bus).Distinct().SelectMany(bus => bus switch
         {
-            pci |= driver is IPciDriver;
-            platform |= driver is IPlatformDriver;
-            mdev |= driver is IMdevDriver;
-        }
-        IEnumerable<VfioDeviceContext> all = [];
-        if (pci)
-        {
-            all = all.Concat(DiscoverPci());
-        }
-        if (platform)
-        {
-            all = all.Concat(DiscoverPlatform());
-        }
-        if (mdev)
-        {
-            all = all.Concat(DiscoverMdev());
-        }
-        return all;
-    }
-
-    private static bool Handles(VfioDriver driver, VfioDeviceContext context) => (driver, context) switch
-    {
-        (IPciDriver d, PciDeviceContext c) => d.Handles(c),
-        (IPlatformDriver d, PlatformDeviceContext c) => d.Handles(c),
-        (IMdevDriver d, MdevDeviceContext c) => d.Handles(c),
-        _ => false,
-    };
-
-    private static VfioDevice Create(VfioDriver driver, VfioDeviceContext context) => (driver, context) switch
-    {
-        (IPciDriver d, PciDeviceContext c) => d.Create(c),
-        (IPlatformDriver d, PlatformDeviceContext c) => d.Create(c),
-        (IMdevDriver d, MdevDeviceContext c) => d.Create(c),
-        _ => throw new InvalidOperationException($"Driver {driver.Name} cannot create {context.Name}."),
-    };
+            DriverBus.Pci => DiscoverPci(),
+            DriverBus.Platform => DiscoverPlatform(),
+            _ => (IEnumerable<VfioDeviceContext>)DiscoverMdev(),
+        });
 }
