@@ -103,7 +103,7 @@ for dev in /sys/bus/pci/devices/*; do
   fi
 done
 [ -n "$reset_args" ] || fail "no edu function behind a root port"
-echo "vfio-vm: hot-reset pair:$reset_args (group $reset_group)"
+echo "vfio-vm: hot-reset pair:$reset_args (group $reset_group: $(ls "/sys/kernel/iommu_groups/$reset_group/devices" | tr '\n' ' '))"
 
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1

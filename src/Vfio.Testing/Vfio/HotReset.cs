@@ -19,7 +19,8 @@ public sealed partial class SimulatedKernel
     /// Puts PCI bus <paramref name="secondaryBus"/> behind a bridge (a PCIe root port or a switch
     /// port) at <paramref name="bridgeAddress"/>: every function on that bus then shares one reset
     /// scope, and a hot reset of any of them resets them all. The bridge itself is not a device of
-    /// the simulated machine. Functions on a bus with no bridge cannot be hot reset.
+    /// the simulated machine, and bridges do not nest (a root port on a bus without a bridge).
+    /// Functions on a bus with no bridge cannot be hot reset.
     /// </summary>
     /// <param name="bridgeAddress">The bridge's address, "dddd:bb:dd.f" in lower-case hex; its domain is the bus's domain.</param>
     /// <param name="secondaryBus">The bus number below the bridge (1 to 255).</param>
@@ -39,6 +40,12 @@ public sealed partial class SimulatedKernel
         }
         using (Enter())
         {
+            // Root ports only: a bridge below another would put its bus, and the bridge itself,
+            // into the upper bus's reset scope, which is not modelled.
+            if (_bridges.ContainsKey((domain, bus)))
+            {
+                throw new InvalidOperationException($"Bridges sit on a bus without a parent bridge (a root port); bus {bus:x2} is behind {_bridges[(domain, bus)]}.");
+            }
             if (!_bridges.TryAdd((domain, secondaryBus), bridgeAddress))
             {
                 throw new InvalidOperationException($"Bus {secondaryBus:x2} already has a bridge ({_bridges[(domain, secondaryBus)]}).");
@@ -67,12 +74,12 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.EINVAL;
         }
-        hdr->flags = 0;
         if (ResetScopeLocked(device) is not { } scope)
         {
             return -Errno.ENODEV;
         }
-        // Too small: the count goes back, argsz stays as the caller gave it.
+        // Too small: flags and count go back, argsz stays as the caller gave it.
+        hdr->flags = 0;
         if (hdr->argsz < HotResetHeaderSize + (scope.Count * sizeof(vfio_pci_dependent_device)))
         {
             hdr->count = (uint)scope.Count;
