@@ -137,6 +137,38 @@ public sealed class PciHotResetTests : KernelTest
     }
 
     [Fact]
+    public async Task HotResetsRacingOpensAndClosesOfTheScopeNeitherDeadlockNorFail()
+    {
+        AddPci("0000:02:01.0", group: 7);
+        var device = RegisterPci(First);
+        var sibling = RegisterPci("0000:02:01.0");
+        RegisterPci(Second);
+        using var open = device.Open();
+        using var secondGroup = Registry.TryFind<RecordingPciDevice>(Second, out var second) ? second.Open() : throw new InvalidOperationException();
+        int before = _firstModel.Resets;
+
+        var resets = Task.Run(() =>
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                device.HotReset();
+            }
+        });
+        var opens = Task.Run(() =>
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                using var reference = sibling.Open();
+            }
+        });
+        await Task.WhenAll(resets, opens).WaitAsync(Guard);
+
+        _firstModel.Resets.Should().Be(before + 100);
+        sibling.FirstOpens.Should().Be(100);
+        device.Group!.OpenDeviceCount.Should().Be(1, "every group held for a reset was released");
+    }
+
+    [Fact]
     public void TheSimulatedKernelRefusesAHotResetMissingAGroupWithEinval()
     {
         var device = RegisterPci(First);
