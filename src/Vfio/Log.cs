@@ -55,4 +55,7 @@ internal static partial class Log
 
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
+
+    [LoggerMessage(850, LogLevel.Warning, "Platform device {Device} in group {GroupId} is assigned to vfio-platform but not bound: {Reason}")]
+    public static partial void PlatformRefused(ILogger logger, string device, int groupId, string reason);
 }
