@@ -342,13 +342,23 @@ public sealed class VfioRegistry : IAsyncDisposable
             {
                 continue;
             }
-            var (groupId, kind) = ReadGroup(dir, name);
+            int groupId = -1;
+            var kind = IommuGroupKind.Iommu;
+            VfioException? refusal = null;
+            try
+            {
+                (groupId, kind) = ReadGroup(dir, name);
+            }
+            catch (VfioNotFoundException e) when (refused)
+            {
+                refusal = e; // vfio-platform refuses a device without an IOMMU group too
+            }
             string compatible = Sysfs.ReadText(dir + "/of_node/compatible") ?? string.Empty;
             string[] strings = compatible.Split('\0', StringSplitOptions.RemoveEmptyEntries);
             string? acpiHid = strings.Length == 0 ? AcpiHid(Sysfs.ReadText(dir + "/modalias")) : null;
             result.Add(new PlatformDeviceContext(this, name, groupId, kind, driver, strings, acpiHid)
             {
-                Refusal = refused ? PlatformReset.Refusal(this, name, groupId, PlatformReset.Identity(strings, acpiHid), acpiHid is not null) : null,
+                Refusal = refused ? refusal ?? PlatformReset.Refusal(this, name, groupId, PlatformReset.Identity(strings, acpiHid), acpiHid is not null) : null,
             });
         }
         return result;

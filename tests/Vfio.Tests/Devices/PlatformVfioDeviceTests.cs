@@ -311,6 +311,21 @@ public class PlatformVfioDeviceTests : KernelTest
     }
 
     [Fact]
+    public async Task ARefusedDeviceWithoutAnIommuGroupIsReportedAsSuchAndTheProbeGoesOn()
+    {
+        Kernel.AddPlatformDevice(TimerName, new TimerModel(hasResetHandler: false), iommuGroup: 12);
+        Kernel.Sysfs.Remove("devices/platform/" + TimerName + "/iommu_group");
+        Kernel.AddPlatformDevice("ff300000.timer", new TimerModel(), iommuGroup: 14);
+        Registry.AddDriver(new TimerDriver());
+
+        var result = await Registry.ProbeAsync();
+
+        result.Registered.Should().ContainSingle().Which.Name.Should().Be("ff300000.timer");
+        result.Failures.Should().ContainSingle().Which.Error.Should().BeOfType<VfioNotFoundException>()
+            .Which.Message.Should().Contain(TimerName).And.Contain("no IOMMU group");
+    }
+
+    [Fact]
     public async Task WithResetNotRequiredADeviceWithoutResetHandlerOpensButCannotBeReset()
     {
         Kernel.PlatformResetRequired = false;
@@ -359,13 +374,12 @@ public class PlatformVfioDeviceTests : KernelTest
     }
 
     [Fact]
-    public async Task UnregisteringWaitsForTheRegionAndInterruptAReleaseRequestLetsGo()
+    public async Task UnregisteringWaitsUntilTheRegionTheInterruptAndTheOpenReferenceAreReleased()
     {
         var timer = await ProbeTimerAsync();
         var open = timer.Open();
         var edge = timer.EnableInterrupt(1);
         var small = timer.OpenRegion(1);
-        var requested = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         timer.ReferenceCount.Should().BeGreaterThan(3);
 
         var unregistering = Registry.UnregisterAsync(timer);
