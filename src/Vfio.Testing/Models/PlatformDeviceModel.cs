@@ -87,6 +87,23 @@ public class PlatformDeviceModel : DeviceModel
         return _levelTriggered.Count - 1;
     }
 
+    /// <summary>
+    /// The device stops asserting level-triggered interrupt <paramref name="irqIndex"/> (its cause was
+    /// cleared): an assertion still pending because the line was masked, or had no eventfd, is
+    /// dropped, so unmasking does not fire it. Call it from <see cref="WriteRegister"/> when the driver
+    /// acknowledges the interrupt. An edge already latched stays pending.
+    /// </summary>
+    /// <param name="irqIndex">The IRQ index.</param>
+    public void LowerInterrupt(int irqIndex)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(irqIndex);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(irqIndex, _levelTriggered.Count);
+        if (_levelTriggered[irqIndex] && Device is { } device)
+        {
+            device.Kernel.LowerInterrupt(device, irqIndex);
+        }
+    }
+
     internal bool IsLevelTriggered(int index) => _levelTriggered[index];
 
     /// <summary>The NUL-separated form of <see cref="Compatible"/> that <c>of_node/compatible</c> holds.</summary>

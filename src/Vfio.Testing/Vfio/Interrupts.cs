@@ -531,6 +531,18 @@ public sealed partial class SimulatedKernel
         Wake();
     }
 
+    /// <summary>A platform model deasserting a level-triggered line; see <see cref="PlatformDeviceModel.LowerInterrupt"/>.</summary>
+    internal void LowerInterrupt(SimulatedDevice device, int index)
+    {
+        using (Enter())
+        {
+            if (index < device.Irqs.Length)
+            {
+                device.Irqs[index][0].Pending = false;
+            }
+        }
+    }
+
     /// <summary>A model raising an interrupt; see <see cref="DeviceModel.RaiseInterrupt"/>.</summary>
     internal bool RaiseInterrupt(SimulatedDevice device, int index, int vector)
     {

@@ -51,6 +51,10 @@ public class PlatformVfioDeviceTests : KernelTest
                     break;
                 case (0, Status):
                     _status &= ~(uint)value;
+                    if ((_status & 1) == 0)
+                    {
+                        LowerInterrupt(0);
+                    }
                     break;
                 default:
                     base.WriteRegister(region, offset, size, value);

@@ -150,6 +150,30 @@ public sealed unsafe class PlatformDeviceModelTests : IDisposable
     }
 
     [Fact]
+    public void ALevelLineLoweredWhileMaskedDoesNotFireWhenUnmaskedButAnEdgeStaysLatched()
+    {
+        var model = Dma();
+        _kernel.AddPlatformDevice(Name, model, iommuGroup: 9);
+        using var opened = Seam.OpenDevice(_kernel, 9, Name);
+        using var trigger = Seam.EventFd(_kernel, Flags.EFD_NONBLOCK);
+        Seam.SetIrqEventFds(_kernel, opened.Device, Level, 0, trigger.Value).Should().Be(0);
+        model.RaiseInterrupt((int)Level).Should().BeTrue();
+        model.RaiseInterrupt((int)Level).Should().BeFalse();
+        model.LowerInterrupt((int)Level);
+        Seam.SetIrqs(_kernel, opened.Device, Level, VfioUapi.VFIO_IRQ_SET_DATA_NONE | VfioUapi.VFIO_IRQ_SET_ACTION_UNMASK, 0, 1).Should().Be(0);
+        Seam.ReadCounter(_kernel, trigger).Should().Be(1, "only the first assertion was delivered");
+        Seam.ReadCounter(_kernel, trigger).Should().Be(unchecked((ulong)-Errno.EAGAIN));
+
+        model.RaiseInterrupt((int)Edge).Should().BeFalse("no eventfd yet");
+        model.LowerInterrupt((int)Edge);
+        using var edge = Seam.EventFd(_kernel, Flags.EFD_NONBLOCK);
+        Seam.SetIrqEventFds(_kernel, opened.Device, Edge, 0, edge.Value).Should().Be(0);
+        Seam.ReadCounter(_kernel, edge).Should().Be(1, "an edge is latched, lowering does not undo it");
+        var beyond = () => model.LowerInterrupt(2);
+        beyond.Should().Throw<ArgumentOutOfRangeException>();
+    }
+
+    [Fact]
     public void ALoopbackTriggerOnAMaskedLevelLineDoesNothing()
     {
         _kernel.AddPlatformDevice(Name, Dma(), iommuGroup: 9);
