@@ -223,12 +223,24 @@ internal static class PlatformReset
     public static VfioException Refusal(VfioRegistry registry, string name, int groupId, string identity, bool acpi)
     {
         var target = new ErrorTarget(GroupId: groupId, Device: name);
-        string hint = IsRequired(registry) == false
-            ? $"Platform device {name} ({identity}) has driver_override vfio-platform but is not bound to it: write {name} to /sys/bus/platform/drivers/vfio-platform/bind and read the kernel log for why the probe failed"
-            : $"Platform device {name} ({identity}) has driver_override vfio-platform but vfio-platform refused it: it found no reset handler "
-                + (acpi ? "(the device's ACPI node has no _RST method)" : "(no vfio-platform reset module for its first compatible entry; Linux has them for calxeda,hb-xgmac and amd,xgbe-seattle-v1a)")
-                + " and its module parameter reset_required is Y. Load the reset module if there is one, or reload vfio-platform with reset_required=0 "
-                + "(modprobe vfio-platform reset_required=0) to hand the device over without a reset, then bind it again";
-        return VfioErrors.Create(Errno.ENOENT, "bind to vfio-platform", target, hint);
+        const string Operation = "bind to vfio-platform";
+        switch (IsRequired(registry))
+        {
+            case null:
+                return new VfioNotFoundException(
+                    $"Platform device {name} ({identity}) has driver_override vfio-platform but vfio-platform is not loaded: modprobe vfio-platform, then bind it.",
+                    Operation, 0, target);
+            case false:
+                return new VfioNotFoundException(
+                    $"Platform device {name} ({identity}) has driver_override vfio-platform but is not bound to it: write {name} to "
+                    + "/sys/bus/platform/drivers/vfio-platform/bind and read the kernel log for why the probe failed.",
+                    Operation, 0, target);
+            default:
+                string hint = $"Platform device {name} ({identity}) has driver_override vfio-platform but vfio-platform refused it: it found no reset handler "
+                    + (acpi ? "(the device's ACPI node has no _RST method)" : "(no vfio-platform reset module for its first compatible entry; Linux has them for calxeda,hb-xgmac and amd,xgbe-seattle-v1a)")
+                    + " and its module parameter reset_required is Y. Load the reset module if there is one, or reload vfio-platform with reset_required=0 "
+                    + "(modprobe vfio-platform reset_required=0) to hand the device over without a reset, then bind it again";
+                return VfioErrors.Create(Errno.ENOENT, Operation, target, hint);
+        }
     }
 }

@@ -1,4 +1,5 @@
 using Vfio.Testing;
+using Vfio.Tests.Simulation;
 
 namespace Vfio.Tests.Devices;
 
@@ -327,6 +328,24 @@ public class PlatformVfioDeviceTests : KernelTest
         result.Registered.Should().ContainSingle().Which.Name.Should().Be("ff300000.timer");
         result.Failures.Should().ContainSingle().Which.Error.Should().BeOfType<VfioNotFoundException>()
             .Which.Message.Should().Contain(TimerName).And.Contain("no IOMMU group");
+    }
+
+    [Fact]
+    public async Task AnUnboundDeviceAssignedToVfioPlatformIsReportedWithWhatToDoWhenResetIsNotTheReason()
+    {
+        Kernel.PlatformResetRequired = false;
+        var device = Kernel.AddPlatformDevice(TimerName, new TimerModel(), iommuGroup: 12, driver: null);
+        device.Driver.Should().BeNull();
+        Seam.WriteText(Kernel, Kernel.Sys("bus/platform/devices/" + TimerName + "/driver_override"), "vfio-platform").Should().BeGreaterThan(0);
+        Registry.AddDriver(new TimerDriver());
+
+        var notBound = (await Registry.ProbeAsync()).Failures.Should().ContainSingle().Which.Error;
+        notBound.Should().BeOfType<VfioNotFoundException>().Which.Message.Should()
+            .Contain(TimerName).And.Contain("/sys/bus/platform/drivers/vfio-platform/bind").And.NotContain("reset_required");
+
+        Kernel.Sysfs.Remove("module/vfio_platform");
+        var notLoaded = (await Registry.ProbeAsync()).Failures.Should().ContainSingle().Which.Error;
+        notLoaded.Message.Should().Contain(TimerName).And.Contain("modprobe vfio-platform");
     }
 
     [Fact]
