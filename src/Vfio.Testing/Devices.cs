@@ -90,6 +90,9 @@ public abstract class SimulatedDevice
         Kernel.Defer(Model.Enable);
     }
 
+    /// <summary>The bus driver's open_device checks at the first open; 0 or a negative errno. The lock is held.</summary>
+    internal virtual int OpenDeviceLocked() => 0;
+
     internal void LastCloseLocked()
     {
         Kernel.DisableIrqsLocked(this);
@@ -188,6 +191,17 @@ public sealed class SimulatedPlatformDevice : SimulatedBusDevice
     public new PlatformDeviceModel Model => (PlatformDeviceModel)base.Model;
 
     internal override bool IsVfioBound => DriverName == "vfio-platform";
+
+    /// <summary>vfio-platform's reset_required as it was when the device was bound (vdev->reset_required).</summary>
+    internal bool ResetRequired { get; set; }
+
+    /// <summary>vfio_platform_open_device: the device is reset; a failed reset fails the open while reset is required.</summary>
+    internal override int OpenDeviceLocked()
+    {
+        var model = Model;
+        int failure = !model.HasResetHandler ? Errno.EINVAL : model.ResetErrno;
+        return failure != 0 && ResetRequired ? -failure : 0;
+    }
 }
 
 /// <summary>A mediated device created from an mdev type, listed under <c>bus/mdev/devices</c>.</summary>

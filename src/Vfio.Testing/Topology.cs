@@ -30,6 +30,7 @@ public sealed partial class SimulatedKernel
         RegisterDriverLocked(PciBus, "vfio-pci");
         RegisterDriverLocked(PciBus, "pci-stub");
         RegisterDriverLocked(PlatformBus, "vfio-platform");
+        InitializePlatformSysfs();
     }
 
     /// <summary>Finds a device by name (PCI address, platform name or mdev UUID), or null.</summary>
@@ -137,15 +138,37 @@ public sealed partial class SimulatedKernel
             AddDeviceLocked(device, PlatformBus);
             var dir = Sysfs.Directory(device.SysfsRelative);
             dir.Attribute("driver_override", () => (device.Override ?? "(null)") + "\n", text => StoreOverride(text, v => device.Override = v));
-            dir.Attribute("modalias", () => "of:N" + name + "T(null)C" + model.Compatible + "\n");
-            dir.Directory("of_node").Attribute("compatible", () => model.Compatible + "\0");
-            if (driver is not null)
+            dir.Attribute("modalias", () => PlatformModalias(name, model));
+            if (model.Compatible.Count > 0)
+            {
+                dir.Directory("of_node").Attribute("compatible", () => model.CompatibleProperty);
+            }
+            if (driver == VfioPlatform)
+            {
+                // vfio-platform matches no ids: a device reaches it through driver_override only. A
+                // probe it refuses (no reset handler) leaves the device unbound, as at boot.
+                device.Override = driver;
+                _ = BindLocked(device, driver, checkMatch: true);
+            }
+            else if (driver is not null)
             {
                 RegisterDriverLocked(PlatformBus, driver);
                 Check(BindLocked(device, driver, checkMatch: false));
             }
             return device;
         }
+    }
+
+    /// <summary>The platform bus's modalias: "of:N&lt;node&gt;T(null)C&lt;compatible&gt;..." for device tree, "acpi:&lt;HID&gt;:" for ACPI.</summary>
+    private static string PlatformModalias(string name, PlatformDeviceModel model)
+    {
+        if (model.AcpiHid is { Length: > 0 } hid)
+        {
+            return "acpi:" + hid + ":\n";
+        }
+        int dot = name.IndexOf('.', StringComparison.Ordinal);
+        string node = dot >= 0 ? name[(dot + 1)..] : name;
+        return "of:N" + node + "T(null)" + string.Concat(model.Compatible.Select(c => "C" + c)) + "\n";
     }
 
     private void AddDeviceLocked(SimulatedDevice device, string bus)
@@ -254,6 +277,14 @@ public sealed partial class SimulatedKernel
         if (!IommuGroupState.DmaManagingDrivers.Contains(driver) && device.Group.Container is not null)
         {
             return -Errno.EBUSY;
+        }
+        if (driver == VfioPlatform && device is SimulatedPlatformDevice platform)
+        {
+            int probed = ProbeVfioPlatformLocked(platform);
+            if (probed < 0)
+            {
+                return probed;
+            }
         }
         RegisterDriverLocked(bus, driver);
         device.DriverName = driver;

@@ -64,4 +64,7 @@ internal static partial class Log
 
     [LoggerMessage(602, LogLevel.Warning, "Hot reset of {Device} refused: {Missing}")]
     public static partial void HotResetNotOwned(ILogger logger, string device, string missing);
+
+    [LoggerMessage(850, LogLevel.Warning, "Platform device {Device} in group {GroupId} is assigned to vfio-platform but not bound: {Reason}")]
+    public static partial void PlatformRefused(ILogger logger, string device, int groupId, string reason);
 }

@@ -74,6 +74,10 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
                 {
                     return -Errno.EINVAL;
                 }
+                if (model is PlatformDeviceModel { ResetErrno: > 0 } failing)
+                {
+                    return -failing.ResetErrno;
+                }
                 Kernel.Defer(model.ResetKeepingConfig);
                 return 0;
             }
@@ -185,6 +189,13 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
             }
             var region = model.DescribeRegion(index);
             if ((region.Flags & VfioUapi.VFIO_REGION_INFO_FLAG_MMAP) == 0)
+            {
+                return -Errno.EINVAL;
+            }
+            // vfio_platform_mmap: the protection may not exceed what the region allows.
+            if (model is PlatformDeviceModel
+                && (((region.Flags & VfioUapi.VFIO_REGION_INFO_FLAG_READ) == 0 && (prot & Flags.PROT_READ) != 0)
+                    || ((region.Flags & VfioUapi.VFIO_REGION_INFO_FLAG_WRITE) == 0 && (prot & Flags.PROT_WRITE) != 0)))
             {
                 return -Errno.EINVAL;
             }

@@ -206,6 +206,11 @@ public sealed partial class SimulatedKernel
             {
                 return -Errno.EINVAL;
             }
+            int opened = device.OpenDeviceLocked();
+            if (opened < 0)
+            {
+                return opened;
+            }
             // The first open of a device holds the group file and counts as a container user.
             groupFile.Get();
             group.ContainerUsers++;

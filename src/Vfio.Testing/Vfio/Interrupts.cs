@@ -347,9 +347,11 @@ public sealed partial class SimulatedKernel
         return 0;
     }
 
+    /// <summary>vfio_platform_set_irqs_ioctl in Linux 6.1: one vector per index; only level-triggered lines are maskable.</summary>
     private int SetPlatformIrqsLocked(IrqRequest r)
     {
         var line = r.Line(0);
+        var device = r.Device;
         if (r.Action == VfioUapi.VFIO_IRQ_SET_ACTION_TRIGGER)
         {
             if (r.Count == 0 && r.None)
@@ -374,11 +376,18 @@ public sealed partial class SimulatedKernel
                     }
                 }
                 Replace(line, eventFd);
+                // The line is requested and enabled (unless masked): an interrupt the device raised
+                // while nobody listened is taken now.
+                if (eventFd is not null && line.Pending && !line.Masked)
+                {
+                    line.Pending = false;
+                    FirePlatformLocked(device, r.Index, line, loopback: false);
+                }
                 return 0;
             }
             if (r.None || r.BoolAt(0))
             {
-                FirePlatformLocked(r.Device, r.Index, line);
+                FirePlatformLocked(device, r.Index, line, loopback: true);
             }
             return 0;
         }
@@ -390,10 +399,13 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.EINVAL;
         }
+        if (!((PlatformDeviceModel)device.Model).IsLevelTriggered(r.Index))
+        {
+            return -Errno.EINVAL; // not VFIO_IRQ_INFO_MASKABLE: edge-triggered
+        }
         bool mask = r.Action == VfioUapi.VFIO_IRQ_SET_ACTION_MASK;
         if (r.EventFd)
         {
-            var device = r.Device;
             var slot = mask ? line.Mask : line.Unmask;
             slot?.SetConsumer(null);
             slot?.Put();
@@ -427,7 +439,7 @@ public sealed partial class SimulatedKernel
         }
         if (r.None || r.BoolAt(0))
         {
-            SetPlatformMaskLocked(r.Device, line, mask);
+            SetPlatformMaskLocked(device, line, mask);
         }
         return 0;
     }
@@ -440,29 +452,33 @@ public sealed partial class SimulatedKernel
             return;
         }
         line.Masked = false;
-        if (line.Pending)
+        // A level-triggered line the device still asserts fires again as soon as it is enabled.
+        if (line.Pending && line.Trigger is not null)
         {
             line.Pending = false;
             int index = Array.FindIndex(device.Irqs, l => ReferenceEquals(l[0], line));
-            FirePlatformLocked(device, index, line);
+            FirePlatformLocked(device, index, line, loopback: false);
         }
     }
 
-    private static bool FirePlatformLocked(SimulatedDevice device, int index, IrqLine line)
+    /// <summary>
+    /// The device raised the line (or user space looped a trigger back). Without a trigger eventfd the
+    /// line is not requested and, like a masked line, the interrupt stays pending; a level-triggered
+    /// line is masked when it fires (vfio_automasked_irq_handler), and a loopback on a masked one does nothing.
+    /// </summary>
+    private static bool FirePlatformLocked(SimulatedDevice device, int index, IrqLine line, bool loopback)
     {
-        if (line.Masked)
+        if (line.Masked || line.Trigger is null)
         {
-            line.Pending = true;
+            if (!loopback)
+            {
+                line.Pending = true;
+            }
             return false;
         }
         if (((PlatformDeviceModel)device.Model).IsLevelTriggered(index))
         {
             line.Masked = true;
-        }
-        if (line.Trigger is null)
-        {
-            line.Pending = true;
-            return false;
         }
         line.Trigger.Signal();
         return true;
@@ -515,6 +531,18 @@ public sealed partial class SimulatedKernel
         Wake();
     }
 
+    /// <summary>A platform model deasserting a level-triggered line; see <see cref="PlatformDeviceModel.LowerInterrupt"/>.</summary>
+    internal void LowerInterrupt(SimulatedDevice device, int index)
+    {
+        using (Enter())
+        {
+            if (index < device.Irqs.Length)
+            {
+                device.Irqs[index][0].Pending = false;
+            }
+        }
+    }
+
     /// <summary>A model raising an interrupt; see <see cref="DeviceModel.RaiseInterrupt"/>.</summary>
     internal bool RaiseInterrupt(SimulatedDevice device, int index, int vector)
     {
@@ -531,7 +559,7 @@ public sealed partial class SimulatedKernel
             var line = device.Irqs[index][vector];
             if (device.Model is PlatformDeviceModel)
             {
-                return FirePlatformLocked(device, index, line);
+                return FirePlatformLocked(device, index, line, loopback: false);
             }
             switch (index)
             {

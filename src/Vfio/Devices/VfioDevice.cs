@@ -154,7 +154,14 @@ public abstract partial class VfioDevice : IDisposable
             {
                 if (_openCount == 0)
                 {
-                    OpenKernelDevice();
+                    try
+                    {
+                        OpenKernelDevice();
+                    }
+                    catch (VfioException e) when (DescribeOpenFailure(e) is { } described)
+                    {
+                        throw described;
+                    }
                     try
                     {
                         OnFirstOpen();
@@ -233,6 +240,10 @@ public abstract partial class VfioDevice : IDisposable
 
     /// <inheritdoc/>
     public override string ToString() => $"{GetType().Name} {Name} (group {GroupId})";
+
+    /// <summary>A clearer error for a kernel refusal to open the device that the bus driver explains, or null to keep the original.</summary>
+    /// <param name="error">What opening the device file threw.</param>
+    private protected virtual VfioException? DescribeOpenFailure(VfioException error) => null;
 
     internal bool TryGetCore()
     {

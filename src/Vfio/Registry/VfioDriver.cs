@@ -22,6 +22,34 @@ public abstract class VfioDriver
     /// <summary>True when the driver handles the discovered device (always false for another bus's device).</summary>
     internal abstract bool Handles(VfioDeviceContext context);
 
+    /// <summary>
+    /// How well the driver matches the device: -1 for not at all, otherwise a rank where lower is more
+    /// specific (for platform drivers, the position of the compatible entry matched).
+    /// </summary>
+    internal virtual int MatchRank(VfioDeviceContext context) => Handles(context) ? 0 : -1;
+
+    /// <summary>
+    /// The driver for a device: the best ranked match, and among equals the first added. The kernel's
+    /// of_match_device ranks a driver's table by the position of the device's compatible entry it
+    /// matches; here the same ranking decides between drivers, so a driver for the device's most
+    /// specific entry wins over a generic one whatever order they were added in.
+    /// </summary>
+    internal static VfioDriver? Select(IReadOnlyList<VfioDriver> drivers, VfioDeviceContext context)
+    {
+        VfioDriver? best = null;
+        int bestRank = int.MaxValue;
+        foreach (var driver in drivers)
+        {
+            int rank = driver.MatchRank(context);
+            if (rank >= 0 && rank < bestRank)
+            {
+                best = driver;
+                bestRank = rank;
+            }
+        }
+        return best;
+    }
+
     /// <summary>Creates the typed device for a device <see cref="Handles"/> accepted.</summary>
     internal abstract VfioDevice Create(VfioDeviceContext context);
 
@@ -88,21 +116,28 @@ public abstract class PciDriver<TDevice> : VfioDriver
     internal override VfioDevice Create(VfioDeviceContext context) => CreateDevice((PciDeviceContext)context);
 }
 
-/// <summary>A driver for platform devices, matched by device tree compatible string.</summary>
+/// <summary>
+/// A driver for platform devices, matched by device tree compatible string or ACPI hardware id.
+/// </summary>
+/// <remarks>
+/// A device tree device lists compatible entries from most to least specific. Among the drivers
+/// that match one of them, the one matching the earliest entry wins; two drivers for the same entry:
+/// the first added wins. An ACPI device matches a driver that lists its hardware id in <see cref="AcpiIds"/>.
+/// </remarks>
 /// <typeparam name="TDevice">The device type it creates.</typeparam>
 public abstract class PlatformDriver<TDevice> : VfioDriver
     where TDevice : PlatformVfioDevice
 {
     /// <summary>Creates the driver.</summary>
     /// <param name="name">The driver's name.</param>
-    /// <param name="compatible">The compatible strings it handles ("vendor,device").</param>
+    /// <param name="compatible">The compatible strings it handles ("vendor,device"); may be empty when <see cref="AcpiIds"/> is set.</param>
     protected PlatformDriver(string name, params string[] compatible)
         : base(name)
     {
         ArgumentNullException.ThrowIfNull(compatible);
-        if (compatible.Length == 0)
+        foreach (string entry in compatible)
         {
-            throw new ArgumentException("A driver must match at least one compatible string.", nameof(compatible));
+            ArgumentException.ThrowIfNullOrEmpty(entry, nameof(compatible));
         }
         Compatible = compatible;
     }
@@ -110,13 +145,32 @@ public abstract class PlatformDriver<TDevice> : VfioDriver
     /// <summary>The compatible strings the driver handles.</summary>
     public IReadOnlyList<string> Compatible { get; }
 
+    /// <summary>The ACPI hardware ids the driver handles ("AMDI8001"); none by default.</summary>
+    public IReadOnlyList<string> AcpiIds { get; init; } = [];
+
     /// <summary>Creates the typed device; see <see cref="PciDriver{TDevice}.CreateDevice"/>.</summary>
     /// <param name="context">The discovered device.</param>
     protected internal abstract TDevice CreateDevice(PlatformDeviceContext context);
 
     internal override DriverBus Bus => DriverBus.Platform;
 
-    internal override bool Handles(VfioDeviceContext context) => context is PlatformDeviceContext c && c.Compatible.Any(compatible => Compatible.Contains(compatible, StringComparer.Ordinal));
+    internal override bool Handles(VfioDeviceContext context) => MatchRank(context) >= 0;
+
+    internal override int MatchRank(VfioDeviceContext context)
+    {
+        if (context is not PlatformDeviceContext device)
+        {
+            return -1;
+        }
+        for (int i = 0; i < device.Compatible.Count; i++)
+        {
+            if (Compatible.Contains(device.Compatible[i], StringComparer.Ordinal))
+            {
+                return i;
+            }
+        }
+        return device.AcpiHid is { } hid && AcpiIds.Contains(hid, StringComparer.OrdinalIgnoreCase) ? device.Compatible.Count : -1;
+    }
 
     internal override VfioDevice Create(VfioDeviceContext context) => CreateDevice((PlatformDeviceContext)context);
 }

@@ -241,9 +241,15 @@ public sealed class VfioRegistry : IAsyncDisposable
                     continue;
                 }
             }
-            var driver = drivers.FirstOrDefault(d => d.Handles(context));
+            var driver = VfioDriver.Select(drivers, context);
             if (driver is null)
             {
+                continue;
+            }
+            if (context is PlatformDeviceContext { Refusal: { } refusal })
+            {
+                failures.Add(new ProbeFailure(context.Name, driver.Name, refusal));
+                Log.PlatformRefused(Logger, context.Name, context.GroupId, refusal.Message);
                 continue;
             }
             VfioDevice? device = null;
@@ -313,24 +319,61 @@ public sealed class VfioRegistry : IAsyncDisposable
         return DescribePci(address, driver);
     }
 
-    /// <summary>The platform devices bound to vfio-platform (or vfio-amba).</summary>
-    public IReadOnlyList<PlatformDeviceContext> DiscoverPlatform()
+    /// <summary>
+    /// The platform devices bound to vfio-platform (or vfio-amba), with their device tree compatible
+    /// entries (<c>of_node/compatible</c>) or their ACPI hardware id (the <c>acpi:</c> modalias).
+    /// </summary>
+    public IReadOnlyList<PlatformDeviceContext> DiscoverPlatform() => DiscoverPlatform(includeRefused: false);
+
+    /// <summary>
+    /// The platform devices bound to vfio; with <paramref name="includeRefused"/>, also those assigned to
+    /// vfio-platform through driver_override that it did not bind (their context carries the reason).
+    /// </summary>
+    private List<PlatformDeviceContext> DiscoverPlatform(bool includeRefused)
     {
         var result = new List<PlatformDeviceContext>();
         foreach (string name in Sysfs.List("bus/platform/devices"))
         {
             string dir = "bus/platform/devices/" + name;
             string? driver = Sysfs.ReadLinkName(dir + "/driver");
-            if (driver is null || !IsVfioDriver(driver))
+            bool bound = driver is not null && IsVfioDriver(driver);
+            bool refused = includeRefused && driver is null && Sysfs.ReadText(dir + "/driver_override") == "vfio-platform";
+            if (!bound && !refused)
             {
                 continue;
             }
-            var (groupId, kind) = ReadGroup(dir, name);
+            int groupId = -1;
+            var kind = IommuGroupKind.Iommu;
+            VfioException? refusal = null;
+            try
+            {
+                (groupId, kind) = ReadGroup(dir, name);
+            }
+            catch (VfioNotFoundException e) when (refused)
+            {
+                refusal = e; // vfio-platform refuses a device without an IOMMU group too
+            }
             string compatible = Sysfs.ReadText(dir + "/of_node/compatible") ?? string.Empty;
             string[] strings = compatible.Split('\0', StringSplitOptions.RemoveEmptyEntries);
-            result.Add(new PlatformDeviceContext(this, name, groupId, kind, driver, strings));
+            string? acpiHid = strings.Length == 0 ? AcpiHid(Sysfs.ReadText(dir + "/modalias")) : null;
+            result.Add(new PlatformDeviceContext(this, name, groupId, kind, driver, strings, acpiHid)
+            {
+                Refusal = refused ? refusal ?? PlatformReset.Refusal(this, name, groupId, PlatformReset.Identity(strings, acpiHid), acpiHid is not null) : null,
+            });
         }
         return result;
+    }
+
+    /// <summary>The hardware id of an ACPI modalias ("acpi:HID:CID1:...:"), or null for another kind.</summary>
+    private static string? AcpiHid(string? modalias)
+    {
+        const string Prefix = "acpi:";
+        if (modalias is null || !modalias.StartsWith(Prefix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+        string hid = modalias[Prefix.Length..].Split(':')[0];
+        return hid.Length > 0 ? hid : null;
     }
 
     /// <summary>The mediated devices that exist, with their types.</summary>
@@ -589,7 +632,7 @@ public sealed class VfioRegistry : IAsyncDisposable
         drivers.Select(d => d.Bus).Distinct().SelectMany(bus => bus switch
         {
             DriverBus.Pci => DiscoverPci(),
-            DriverBus.Platform => DiscoverPlatform(),
+            DriverBus.Platform => DiscoverPlatform(includeRefused: true),
             _ => (IEnumerable<VfioDeviceContext>)DiscoverMdev(),
         });
 }
