@@ -189,6 +189,10 @@ public sealed class NvmeController : PciVfioDevice
         {
             throw new InvalidOperationException($"The NVMe controller {Name} has no admin queues; call ConfigureAdminQueues first.");
         }
+        if (Capabilities.MinPageSize > PageSize)
+        {
+            throw new NotSupportedException($"The NVMe controller {Name} needs pages of at least {Capabilities.MinPageSize} bytes (CAP.MPSMIN); this driver uses {PageSize}.");
+        }
         Bar0.Write32(RegConfiguration, CcEnable | CcIoSqEntrySize | CcIoCqEntrySize);
         var took = await WaitReadyAsync(ready: true, cancellationToken).ConfigureAwait(false);
         NvmeLog.Enabled(Logger, Name, took.TotalMilliseconds);
