@@ -9,7 +9,7 @@ namespace NvmeDriver;
 /// The sample's program: finds an NVMe controller through the registry and runs it from reset to a
 /// verified block write and read, step by step, printing what it did. Without a device address it
 /// runs against the simulated kernel with a model of QEMU's NVMe controller; with one (e.g.
-/// <c>0000:00:05.0</c>) it runs against the machine's kernel through /dev/vfio.
+/// <c>0000:00:06.0</c>) it runs against the machine's kernel through /dev/vfio.
 /// </summary>
 /// <remarks>The program writes 8 blocks at LBA 8 of namespace 1: only point it at a disk whose data may be overwritten.</remarks>
 public static class NvmeDriverProgram

@@ -55,4 +55,13 @@ internal static partial class Log
 
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
+
+    [LoggerMessage(600, LogLevel.Debug, "Hot reset of {Device} affects {Count} functions in groups {Groups}")]
+    public static partial void HotResetScope(ILogger logger, string device, int count, string groups);
+
+    [LoggerMessage(601, LogLevel.Information, "Hot reset of {Device} done; reset {Devices}")]
+    public static partial void HotResetDone(ILogger logger, string device, string devices);
+
+    [LoggerMessage(602, LogLevel.Warning, "Hot reset of {Device} refused: {Missing}")]
+    public static partial void HotResetNotOwned(ILogger logger, string device, string missing);
 }
