@@ -1,7 +1,7 @@
-using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Extensions.Logging;
 using Vfio;
+using Vfio.Samples;
 using Vfio.Testing;
 
 namespace EduDriver;
@@ -14,8 +14,6 @@ namespace EduDriver;
 /// </summary>
 public static class EduDriverProgram
 {
-    private const string Usage = "usage: EduDriver [PCI-ADDRESS] [--verbose]   (no address: run on the simulated kernel)";
-
     /// <summary>How long any one step may wait for the device.</summary>
     private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(30);
 
@@ -26,42 +24,12 @@ public static class EduDriverProgram
     {
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(output);
-        bool verbose = false;
-        PciAddress? address = null;
-        foreach (string arg in args)
+        if (SampleCommandLine.Parse("EduDriver", args, output, out int exitCode) is not { } commandLine)
         {
-            if (arg is "--verbose" or "-v")
-            {
-                verbose = true;
-            }
-            else if (arg is "--help" or "-h")
-            {
-                await output.WriteLineAsync(Usage).ConfigureAwait(false);
-                return 0;
-            }
-            else if (PciAddress.TryParse(arg, CultureInfo.InvariantCulture, out var parsed))
-            {
-                address = parsed;
-            }
-            else
-            {
-                await Console.Error.WriteLineAsync("EduDriver: '" + arg + "' is not a PCI address (dddd:bb:dd.f)\n" + Usage).ConfigureAwait(false);
-                return 2;
-            }
+            return exitCode;
         }
-
-        using var loggerFactory = LoggerFactory.Create(builder =>
-        {
-            builder.SetMinimumLevel(verbose ? LogLevel.Debug : LogLevel.None);
-            if (verbose)
-            {
-                builder.AddSimpleConsole(o =>
-                {
-                    o.SingleLine = true;
-                    o.TimestampFormat = "HH:mm:ss.fff ";
-                });
-            }
-        });
+        var address = commandLine.Address;
+        using var loggerFactory = commandLine.CreateLoggerFactory();
 
         SimulatedKernel? simulated = null;
         VfioKernel kernel;
@@ -76,7 +44,7 @@ public static class EduDriverProgram
             kernel = VfioKernel.Linux;
         }
 
-        var report = new Report(output);
+        var report = new StepReport(output);
         report.Title("QEMU edu device driver on " + (simulated is null ? "the Linux kernel (/dev/vfio)" : "the simulated kernel (Vfio.Testing)"));
         await using (var registry = new VfioRegistry(kernel, loggerFactory))
         {
@@ -141,7 +109,7 @@ public static class EduDriverProgram
         return report.Finish();
     }
 
-    private static async Task RunStepsAsync(EduDevice device, Report report)
+    private static async Task RunStepsAsync(EduDevice device, StepReport report)
     {
         await report.StepAsync("identification", () =>
         {
@@ -223,59 +191,5 @@ public static class EduDriverProgram
             }
         }
         return -1;
-    }
-
-    /// <summary>Prints one line per step: its outcome, its time and what it found.</summary>
-    private sealed class Report(TextWriter output)
-    {
-        private readonly Stopwatch _total = Stopwatch.StartNew();
-        private int _failed;
-        private int _passed;
-        private string? _skipped;
-
-        public void Title(string text)
-        {
-            output.WriteLine(text);
-            output.WriteLine(new string('-', text.Length));
-        }
-
-        public void Detail(string text) => output.WriteLine("         " + text);
-
-        public void Skip(string reason) => _skipped = reason;
-
-        public async Task StepAsync(string name, Func<Task<string>> step)
-        {
-            _skipped = null;
-            var clock = Stopwatch.StartNew();
-            string outcome;
-            string text;
-            try
-            {
-                text = await step().ConfigureAwait(false);
-                outcome = _skipped is null ? "ok" : "skip";
-                text = _skipped ?? text;
-                _passed++;
-            }
-#pragma warning disable CA1031 // a failed step is reported and the program goes on to clean up
-            catch (Exception e)
-            {
-                outcome = "FAIL";
-                text = e.GetType().Name + ": " + e.Message;
-                _failed++;
-            }
-#pragma warning restore CA1031
-            string time = clock.Elapsed.TotalMilliseconds.ToString("0.0", CultureInfo.InvariantCulture) + " ms";
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{outcome,4}] {name,-15} {time,10}  {text}"));
-        }
-
-        public int Finish()
-        {
-            string total = _total.Elapsed.TotalMilliseconds.ToString("0", CultureInfo.InvariantCulture);
-            output.WriteLine(_failed == 0
-                ? $"All {_passed} steps passed in {total} ms."
-                : $"{_failed} step(s) failed, {_passed} passed, in {total} ms.");
-            output.Flush();
-            return _failed == 0 ? 0 : 1;
-        }
     }
 }

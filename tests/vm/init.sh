@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of the VM integration tests' initramfs (see run-vm-tests.sh): loads the VFIO modules,
 # binds QEMU's edu devices to vfio-pci and runs the test program against them, then the edu
-# sample's program, then powers off.
+# sample's program, then the NVMe sample's program on an NVMe controller taken from the kernel's
+# nvme driver, then powers off.
 # Lines starting with "vfio-vm:" are read by run-vm-tests.sh; keep their wording in step.
 
 /bin/busybox --install -s /bin
@@ -105,6 +106,21 @@ done
 [ -n "$reset_args" ] || fail "no edu function behind a root port"
 echo "vfio-vm: hot-reset pair:$reset_args (group $reset_group: $(ls "/sys/kernel/iommu_groups/$reset_group/devices" | tr '\n' ' '))"
 
+# The NVMe controller alone in its IOMMU group (the other one shares the edu function's slot):
+# bound to the built-in nvme driver at boot, handed to vfio-pci for the NVMe sample.
+nvme_address=""
+for dev in /sys/bus/pci/devices/*; do
+  [ "$(cat "$dev/class")" = 0x010802 ] || continue
+  candidate="${dev##*/}"
+  candidate_group="$(group_of "$candidate")" || continue
+  if [ "$(ls "/sys/kernel/iommu_groups/$candidate_group/devices" | wc -l)" -eq 1 ]; then
+    nvme_address="$candidate"
+    break
+  fi
+done
+[ -n "$nvme_address" ] || fail "no NVMe controller (class 0x010802) alone in its IOMMU group"
+bind_vfio "$nvme_address"
+
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1
 
@@ -116,4 +132,7 @@ echo "vfio-vm: program exited with status $?"
 echo "vfio-vm: sample begins"
 /bin/Vfio.VmTests --sample "$address"
 echo "vfio-vm: sample exited with status $?"
+echo "vfio-vm: nvme sample begins"
+/bin/Vfio.VmTests --nvme-sample "$nvme_address"
+echo "vfio-vm: nvme sample exited with status $?"
 finish

@@ -48,6 +48,8 @@ public class PciDeviceModel : DeviceModel
     private int _msiVectors;
     private int _msixVectors;
     private int _msixBar;
+    private ulong _msixTableOffset;
+    private ulong? _msixPbaOffset;
     private bool _powerManagement = true;
 
     /// <summary>Creates a PCI function with the given identity.</summary>
@@ -124,7 +126,7 @@ public class PciDeviceModel : DeviceModel
         }
     }
 
-    /// <summary>The BAR holding the MSI-X table (at offset 0) and pending bit array (after the table, 8-byte aligned).</summary>
+    /// <summary>The BAR holding the MSI-X table (at <see cref="MsixTableOffset"/>) and pending bit array (after the table, 8-byte aligned, unless <see cref="MsixPbaOffset"/> says otherwise).</summary>
     public int MsixBar
     {
         get => _msixBar;
@@ -134,6 +136,36 @@ public class PciDeviceModel : DeviceModel
             ArgumentOutOfRangeException.ThrowIfNegative(value);
             ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 5);
             _msixBar = value;
+        }
+    }
+
+    /// <summary>Where the MSI-X table starts in <see cref="MsixBar"/> (8-byte aligned); 0 by default.</summary>
+    public ulong MsixTableOffset
+    {
+        get => _msixTableOffset;
+        set
+        {
+            ThrowIfSealed();
+            if ((value & 7) != 0 || value > uint.MaxValue)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "The MSI-X table offset is 8-byte aligned and fits 32 bits.");
+            }
+            _msixTableOffset = value;
+        }
+    }
+
+    /// <summary>Where the MSI-X pending bit array starts in <see cref="MsixBar"/> (8-byte aligned); right after the table when null.</summary>
+    public ulong? MsixPbaOffset
+    {
+        get => _msixPbaOffset;
+        set
+        {
+            ThrowIfSealed();
+            if (value is { } v && ((v & 7) != 0 || v > uint.MaxValue))
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "The MSI-X PBA offset is 8-byte aligned and fits 32 bits.");
+            }
+            _msixPbaOffset = value;
         }
     }
 
@@ -374,7 +406,7 @@ public class PciDeviceModel : DeviceModel
         }
         if (MsixVectors > 0)
         {
-            ulong needed = PbaOffset + (ulong)(((MsixVectors + 63) / 64) * 8);
+            ulong needed = Math.Max(PbaOffset + (ulong)(((MsixVectors + 63) / 64) * 8), MsixTableOffset + ((ulong)MsixVectors * 16));
             if (BarSize(MsixBar) < needed || _bars[MsixBar]!.Kind == PciBarKind.Io)
             {
                 throw new InvalidOperationException($"BAR {MsixBar} must be a memory BAR of at least {needed} bytes for the MSI-X table and PBA.");
@@ -429,7 +461,7 @@ public class PciDeviceModel : DeviceModel
                 case 0x11:
                     _msixOffset = offset;
                     BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], (ushort)(MsixVectors - 1));
-                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 4)..], (uint)MsixBar);
+                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 4)..], (uint)MsixTableOffset | (uint)MsixBar);
                     BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 8)..], (uint)PbaOffset | (uint)MsixBar);
                     Writable(offset + 2, 2, 0xc000);
                     break;
@@ -443,7 +475,7 @@ public class PciDeviceModel : DeviceModel
         _resetConfig = (byte[])_config.Clone();
     }
 
-    private ulong PbaOffset => (((ulong)MsixVectors * 16) + 7) & ~7UL;
+    private ulong PbaOffset => MsixPbaOffset ?? ((MsixTableOffset + ((ulong)MsixVectors * 16) + 7) & ~7UL);
 
     private void Writable(int offset, int size, uint mask)
     {

@@ -196,6 +196,26 @@ public sealed unsafe class PciDeviceModelTests : IDisposable
     }
 
     [Fact]
+    public void TheMsixTableAndPbaMayStartAnywhereAlignedInTheirBar()
+    {
+        var model = new PciDeviceModel(0x1234, 0x5678, 0x010802) { MsixVectors = 4, MsixBar = 0, MsixTableOffset = 0x100, HasPowerManagement = false };
+        var act = () => model.MsixTableOffset = 0x104;
+        act.Should().Throw<ArgumentOutOfRangeException>();
+        model.DefineBar(0, 0x200);
+        var kernel = new SimulatedKernel();
+        kernel.AddPciDevice("0000:00:04.0", model, iommuGroup: 4);
+        int capability = 0x40;
+        model.ReadConfigRegister(capability, 1).Should().Be(0x11u, "MSI-X is the first capability without power management or MSI");
+        model.ReadConfigRegister(capability + 4, 4).Should().Be(0x100u);
+        model.ReadConfigRegister(capability + 8, 4).Should().Be(0x140u, "the PBA follows the 4-entry table");
+
+        var tooSmall = new PciDeviceModel(0x1234, 0x5678, 0x010802) { MsixVectors = 4, MsixBar = 0, MsixTableOffset = 0x1000, HasPowerManagement = false };
+        tooSmall.DefineBar(0, 0x1000);
+        var add = () => kernel.AddPciDevice("0000:00:04.1", tooSmall, iommuGroup: 6);
+        add.Should().Throw<InvalidOperationException>();
+    }
+
+    [Fact]
     public void SetIrqsValidatesItsHeader()
     {
         Seam.SetIrqs(_kernel, _opened.Device, 6, VfioUapi.VFIO_IRQ_SET_DATA_NONE | VfioUapi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1).Should().Be(-Errno.EINVAL);

@@ -1,5 +1,6 @@
 using System.Globalization;
 using EduDriver;
+using NvmeDriver;
 using Vfio.Scenarios;
 
 namespace Vfio.VmTests;
@@ -8,19 +9,24 @@ namespace Vfio.VmTests;
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS
 /// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
-/// edu sample's program.
+/// edu sample's program, and as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's.
 /// </summary>
 internal static class Program
 {
     private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
-        + "       Vfio.VmTests --sample ADDRESS [--verbose]";
+        + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
+        + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]";
 
     private static async Task<int> Main(string[] args)
     {
         if (args.Length > 0 && args[0] == "--sample")
         {
             return await EduDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 0 && args[0] == "--nvme-sample")
+        {
+            return await NvmeDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
         }
 
         string? device = null;

@@ -1,0 +1,3 @@
+using NvmeDriver;
+
+return await NvmeDriverProgram.RunAsync(args, Console.Out).ConfigureAwait(false);
