@@ -124,17 +124,25 @@ public sealed partial class SimulatedKernel
             {
                 return -Errno.ENOTTY;
             }
-            // An unmask irqfd: each write to the eventfd unmasks INTx.
+            // An unmask irqfd (vfio_virqfd_enable): each write to the eventfd unmasks INTx. A
+            // negative fd detaches it; attaching a second one while one is attached is EBUSY.
             int fd = r.FdAt(0);
-            line.Unmask?.SetConsumer(null);
-            line.Unmask?.Put();
-            line.Unmask = null;
-            if (fd >= 0)
+            if (fd < 0)
+            {
+                line.Unmask?.SetConsumer(null);
+                line.Unmask?.Put();
+                line.Unmask = null;
+            }
+            else
             {
                 int e = EventFdLocked(fd, out var eventFd);
                 if (e < 0)
                 {
                     return e;
+                }
+                if (line.Unmask is not null)
+                {
+                    return -Errno.EBUSY;
                 }
                 eventFd!.Get();
                 line.Unmask = eventFd;
@@ -148,6 +156,11 @@ public sealed partial class SimulatedKernel
                         }
                     }
                 });
+                // A signal already in the eventfd when it is attached counts as one (virqfd polls it at once).
+                if (eventFd.Count > 0)
+                {
+                    UnmaskIntxLocked(device, line);
+                }
             }
             return 0;
         }
@@ -261,6 +274,13 @@ public sealed partial class SimulatedKernel
                     int e = EventFdLocked(fd, out triggers[i]);
                     if (e < 0)
                     {
+                        // vfio_msi_set_block sets vectors one by one and, on a failure, detaches
+                        // every vector of the block up to the failed one (which it had already let go of);
+                        // a failed enable disables MSI again.
+                        for (int j = 0; active && j <= i; j++)
+                        {
+                            Replace(r.Line(r.Start + j), null);
+                        }
                         return e;
                     }
                 }

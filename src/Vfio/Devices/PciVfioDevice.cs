@@ -41,7 +41,7 @@ public sealed class PciDeviceContext : VfioDeviceContext
 /// A PCI function handed to user space by vfio-pci. Drivers for PCI devices derive from it.
 /// Functions of one slot share a device set (their reset domain).
 /// </summary>
-public abstract class PciVfioDevice : VfioDevice
+public abstract partial class PciVfioDevice : VfioDevice
 {
     /// <summary>Initializes the device from what the registry discovered; does no kernel I/O.</summary>
     /// <param name="context">The discovered function.</param>
