@@ -19,7 +19,7 @@ public abstract partial class PciVfioDevice
 
     /// <summary>
     /// Raised when the kernel reports an uncorrectable error on the device (vfio-pci's ERR interrupt,
-    /// signalled from AER error handling), on the library's notifier thread, while the device is open.
+    /// signalled from AER error handling), on a thread-pool thread, while the device is open.
     /// Only PCI Express functions have it; on others it never fires. Subscribing while the device is
     /// open wires the ERR eventfd at once; otherwise the next open does.
     /// </summary>

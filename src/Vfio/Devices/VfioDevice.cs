@@ -227,7 +227,7 @@ public abstract partial class VfioDevice : IDisposable
     /// unregistering starts and then at the registry's interval while references remain, with a
     /// count that grows from 0; runs on the unregistering thread. For a PCI device it is also called
     /// when the kernel asks for the device back (vfio-pci signals REQ while someone unbinds the
-    /// device from it), on the library's notifier thread, with a count that grows from 0 per open.
+    /// device from it), on a thread-pool thread, with a count that grows from 0 per open.
     /// Keep it short; disposing the references it asks for is allowed from inside it.
     /// </summary>
     /// <param name="count">How many times it was asked before, for this unregistration.</param>

@@ -184,7 +184,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         Enable(device, index, start, count, holdReference: true, notify: null)!;
 
     /// <summary>
-    /// One vector whose every signal calls <paramref name="notify"/> on the poller thread, holding no
+    /// One vector whose every signal calls <paramref name="notify"/> on the thread pool, holding no
     /// device reference: the library's own notifiers (REQ, ERR), which live exactly as long as the
     /// device file. Null when the index has no vector.
     /// </summary>
@@ -413,10 +413,11 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 if ((fds[i].revents & Flags.POLLIN) != 0 && _kernel.Read(_eventFds[i], counter) == 8)
                 {
                     ulong fired = MemoryMarshal.Read<ulong>(counter);
-                    if (_notify is not null)
+                    if (_notify is { } notify)
                     {
-                        // May close the device, and so revoke this set, from this very thread.
-                        _notify(fired);
+                        // On the thread pool, never here: the notification may close the device, whose
+                        // close joins this thread while holding the device set's lock.
+                        ThreadPool.UnsafeQueueUserWorkItem(static state => state.notify(state.fired), (notify, fired), preferLocal: false);
                     }
                     else
                     {
