@@ -10,6 +10,13 @@ public sealed partial class SimulatedKernel
     private const int Err = 3;
     private const int Req = 4;
 
+    /// <summary>
+    /// How many MSI or MSI-X vectors the host can allocate for one function (pci_alloc_irq_vectors);
+    /// unlimited by default. Enabling more makes VFIO_DEVICE_SET_IRQS return this number (a positive
+    /// result, as vfio-pci's MSI enable returns it), with nothing enabled.
+    /// </summary>
+    public int HostIrqVectors { get; set; } = int.MaxValue;
+
     /// <summary>VFIO_DEVICE_SET_IRQS (vfio_set_irqs_validate_and_prepare, then the bus driver); the lock is held.</summary>
     internal unsafe int SetIrqsLocked(SimulatedDevice device, vfio_irq_set* set)
     {
@@ -284,6 +291,10 @@ public sealed partial class SimulatedKernel
                         return e;
                     }
                 }
+            }
+            if (!active && r.Start + r.Count > HostIrqVectors)
+            {
+                return HostIrqVectors;
             }
             if (!active)
             {

@@ -377,7 +377,13 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         set->start = (uint)start;
         set->count = (uint)(count ?? fds.Length);
         fds.CopyTo(new Span<int>(buffer + sizeof(vfio_irq_set), fds.Length));
-        VfioErrors.Check(_kernel.Ioctl(device.DeviceFd, VfioUapi.VFIO_DEVICE_SET_IRQS, buffer), operation, device.ErrorTarget);
+        int r = VfioErrors.Check(_kernel.Ioctl(device.DeviceFd, VfioUapi.VFIO_DEVICE_SET_IRQS, buffer), operation, device.ErrorTarget);
+        if (r > 0)
+        {
+            // vfio_msi_enable returns how many vectors the host could allocate when it could not allocate them all.
+            throw new VfioException(
+                $"{operation} on {device.Name}: the host could allocate only {r} of the {start + set->count} vectors of interrupt index {Index}; enable at most {r}.");
+        }
     }
 
     private void CheckVector(int vector)

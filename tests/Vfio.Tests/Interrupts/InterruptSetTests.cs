@@ -81,6 +81,21 @@ public class InterruptSetTests : KernelTest
     }
 
     [Fact]
+    public void EnablingMoreVectorsThanTheHostCanAllocateFailsNamingHowManyItCould()
+    {
+        var (sim, device) = Registered();
+        Kernel.HostIrqVectors = 3;
+        using var open = device.Open();
+
+        device.Invoking(d => d.EnableInterrupts(PciIrq.Msix, count: 4)).Should().Throw<VfioException>().WithMessage("*only 3 of the 4*");
+
+        sim.Model.MsixEnabled.Should().BeFalse("nothing was enabled");
+        Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(2, "only the REQ notifier's eventfds are open");
+        using var three = device.EnableInterrupts(PciIrq.Msix, count: 3);
+        three.Count.Should().Be(3);
+    }
+
+    [Fact]
     public void MsiCannotBeEnabledWhileMsixIs()
     {
         var (_, device) = Registered();
