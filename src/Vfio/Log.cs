@@ -64,4 +64,13 @@ internal static partial class Log
 
     [LoggerMessage(552, LogLevel.Warning, "An ErrorDetected handler of {Device} in group {GroupId} threw")]
     public static partial void ErrorHandlerFailed(ILogger logger, string device, int groupId, Exception exception);
+
+    [LoggerMessage(600, LogLevel.Debug, "Hot reset of {Device} affects {Count} functions in groups {Groups}")]
+    public static partial void HotResetScope(ILogger logger, string device, int count, string groups);
+
+    [LoggerMessage(601, LogLevel.Information, "Hot reset of {Device} done; reset {Devices}")]
+    public static partial void HotResetDone(ILogger logger, string device, string devices);
+
+    [LoggerMessage(602, LogLevel.Warning, "Hot reset of {Device} refused: {Missing}")]
+    public static partial void HotResetNotOwned(ILogger logger, string device, string missing);
 }

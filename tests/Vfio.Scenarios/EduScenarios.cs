@@ -146,7 +146,7 @@ internal static class EduScenarios
     }
 
     /// <summary>Probes with the edu driver, hands the device at <paramref name="address"/> over, and cleans up.</summary>
-    private static async Task WithEduAsync(ScenarioContext context, string address, Func<VfioRegistry, EduDevice, Task> body)
+    internal static async Task WithEduAsync(ScenarioContext context, string address, Func<VfioRegistry, EduDevice, Task> body)
     {
         var registry = new VfioRegistry(context.Kernel);
         await using (registry.ConfigureAwait(false))

@@ -18,6 +18,21 @@ internal sealed record ScenarioContext(VfioKernel Kernel, string DeviceAddress, 
     /// <summary>The group of <see cref="NotViableDeviceAddress"/>.</summary>
     public int? NotViableGroupId { get; init; }
 
+    /// <summary>
+    /// The two edu functions of one slot behind a PCIe root port, bound to vfio-pci: one reset scope,
+    /// so a hot reset of either resets both. Both are in <see cref="HotResetGroupId"/>.
+    /// </summary>
+    public IReadOnlyList<string>? HotResetDevices { get; init; }
+
+    /// <summary>The group of <see cref="HotResetDevices"/>.</summary>
+    public int? HotResetGroupId { get; init; }
+
+    /// <summary>The functions behind the root port and their group; fails the scenario when the machine has none.</summary>
+    public (string Function0, string Function1, int Group) HotResetPair =>
+        HotResetDevices is [{ } first, { } second] && HotResetGroupId is { } group
+            ? (first, second, group)
+            : throw new ScenarioFailedException("the machine has no pair of edu functions behind a root port");
+
     /// <summary>Where scenarios write what they observed (shown as "# " lines, not results).</summary>
     public TextWriter Log { get; init; } = TextWriter.Null;
 

@@ -66,6 +66,8 @@ shared_group=""
 for dev in /sys/bus/pci/devices/*; do
   if [ "$(cat "$dev/vendor")" = "$vendor_id" ] && [ "$(cat "$dev/device")" = "$device_id" ]; then
     candidate="${dev##*/}"
+    # Functions behind a bridge are the hot-reset pair, found below.
+    case "$candidate" in 0000:00:*) ;; *) continue ;; esac
     candidate_group="$(group_of "$candidate")" || fail "$candidate has no IOMMU group (is the IOMMU on?)"
     members="$(ls "/sys/kernel/iommu_groups/$candidate_group/devices" | wc -l)"
     if [ "$members" -eq 1 ] && [ -z "$address" ]; then
@@ -88,12 +90,28 @@ done
 bind_vfio "$address"
 bind_vfio "$shared_address"
 
+# Two edu functions of one slot behind a PCIe root port: one reset scope for a hot reset.
+reset_args=""
+reset_group=""
+for dev in /sys/bus/pci/devices/*; do
+  candidate="${dev##*/}"
+  case "$candidate" in 0000:00:*) continue ;; esac
+  if [ "$(cat "$dev/vendor")" = "$vendor_id" ] && [ "$(cat "$dev/device")" = "$device_id" ]; then
+    bind_vfio "$candidate"
+    reset_group="$(group_of "$candidate")"
+    reset_args="$reset_args --hot-reset-device $candidate"
+  fi
+done
+[ -n "$reset_args" ] || fail "no edu function behind a root port"
+echo "vfio-vm: hot-reset pair:$reset_args (group $reset_group: $(ls "/sys/kernel/iommu_groups/$reset_group/devices" | tr '\n' ' '))"
+
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1
 
 export HOME=/tmp TMPDIR=/tmp DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
 echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
-/bin/Vfio.VmTests --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group"
+/bin/Vfio.VmTests --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
+  $reset_args --hot-reset-group "$reset_group"
 echo "vfio-vm: program exited with status $?"
 echo "vfio-vm: sample begins"
 /bin/Vfio.VmTests --sample "$address"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boots a real Linux kernel in QEMU (software emulation, no KVM needed) with an emulated Intel
 # IOMMU and two QEMU "edu" PCI devices: one alone in its slot, one sharing a multifunction slot
-# (and so its IOMMU group) with an NVMe controller that stays bound to the kernel's nvme driver.
+# (and so its IOMMU group) with an NVMe controller that stays bound to the kernel's nvme driver,
+# and two edu functions of one slot behind a PCIe root port (one hot-reset scope).
 # It binds both edu functions to vfio-pci and runs the scenarios of tests/Vfio.Scenarios (the
 # same suite dotnet test runs on the simulated kernel) through the library's real P/Invoke path,
 # then the edu sample's program (samples/EduDriver), whose output it prints between markers.
@@ -268,7 +269,7 @@ rm -f "$console" "$qemu_err"
 nvme_disk="$cache/nvme.img"
 [ -f "$nvme_disk" ] || truncate -s 1M "$nvme_disk"
 
-say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1; limit ${vm_timeout}s)..."
+say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0; limit ${vm_timeout}s)..."
 boot_started=$SECONDS
 set +e
 timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 \
@@ -278,6 +279,9 @@ timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 \
   -device edu,addr=04.0,multifunction=on \
   -drive file="$nvme_disk",if=none,id=nvme0,format=raw \
   -device nvme,serial=vfiovm0,drive=nvme0,addr=04.1 \
+  -device pcie-root-port,id=rp1,chassis=1,slot=1,addr=05.0 \
+  -device edu,bus=rp1,addr=00.0,multifunction=on \
+  -device edu,bus=rp1,addr=00.1 \
   -kernel "$kernel_dir/vmlinuz" -initrd "$initrd" \
   -append "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1" \
   </dev/null >"$console" 2>"$qemu_err"

@@ -82,6 +82,13 @@ public abstract class DeviceModel
         }
     }
 
+    /// <summary>
+    /// A reset the kernel wraps in a save and restore of config space (VFIO_DEVICE_RESET and hot
+    /// reset: pci_dev_save_and_disable, reset, pci_dev_restore): the device's own state is reset,
+    /// config space reads as before.
+    /// </summary>
+    internal virtual void ResetKeepingConfig() => ResetFromKernel();
+
     /// <summary>Called once when the model is added to a kernel: later definitions are refused.</summary>
     internal virtual void Seal()
     {

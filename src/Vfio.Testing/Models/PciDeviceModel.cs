@@ -290,6 +290,16 @@ public class PciDeviceModel : DeviceModel
         Array.Clear(_barMemory);
     }
 
+    internal override void ResetKeepingConfig()
+    {
+        lock (Gate)
+        {
+            byte[] saved = (byte[])_config.Clone();
+            OnReset();
+            saved.CopyTo(_config, 0);
+        }
+    }
+
     private byte[] BarMemory(int bar)
     {
         ulong size = Math.Min(_bars[bar]?.Size ?? 0, MaxBackedBar);

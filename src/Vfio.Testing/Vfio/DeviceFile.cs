@@ -74,8 +74,16 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
                 {
                     return -Errno.EINVAL;
                 }
-                Kernel.Defer(model.ResetFromKernel);
+                Kernel.Defer(model.ResetKeepingConfig);
                 return 0;
+            }
+            if (request == VfioUapi.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO && Device is SimulatedPciDevice pci)
+            {
+                return Kernel.GetHotResetInfoLocked(pci, (byte*)argument);
+            }
+            if (request == VfioUapi.VFIO_DEVICE_PCI_HOT_RESET && Device is SimulatedPciDevice target)
+            {
+                return Kernel.HotResetLocked(target, (byte*)argument);
             }
             return -Errno.ENOTTY;
         }

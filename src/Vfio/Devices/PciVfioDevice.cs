@@ -8,7 +8,7 @@ public sealed class PciDeviceContext : VfioDeviceContext
 {
     internal PciDeviceContext(VfioRegistry registry, PciAddress address, int groupId, IommuGroupKind groupKind, string? kernelDriver,
         ushort vendorId, ushort deviceId, uint classCode, ushort subsystemVendorId, ushort subsystemId)
-        : base(registry, address.ToString(), groupId, groupKind, "pci-slot:" + address.SlotName, kernelDriver)
+        : base(registry, address.ToString(), groupId, groupKind, PciVfioDevice.SetIdOf(address), kernelDriver)
     {
         Address = address;
         VendorId = vendorId;

@@ -54,13 +54,16 @@ public abstract partial class VfioDevice
     /// <exception cref="InvalidOperationException">The device is not open.</exception>
     public MmioRegion OpenRegion(int index) => MmioRegion.Open(this, index);
 
-    /// <summary>Resets the device (<c>VFIO_DEVICE_RESET</c>).</summary>
-    /// <exception cref="VfioNotSupportedException">The device reports no reset support.</exception>
+    /// <summary>
+    /// Resets the device (<c>VFIO_DEVICE_RESET</c>). The kernel saves config space before and restores
+    /// it after; device state is lost; DMA mappings and interrupt eventfds stay.
+    /// </summary>
+    /// <exception cref="VfioNotSupportedException">The device reports no reset support (no <c>VFIO_DEVICE_FLAGS_RESET</c>); the kernel is not called.</exception>
     public void Reset()
     {
         if (Info is { CanReset: false })
         {
-            throw new VfioNotSupportedException($"Device {Name} does not support VFIO_DEVICE_RESET (its info flags lack RESET).");
+            throw new VfioNotSupportedException($"Device {Name} does not support VFIO_DEVICE_RESET (its info flags lack RESET): it has no reset of its own. A PCI device may still be reset with its slot or bus (PciVfioDevice.HotReset).");
         }
         VfioErrors.Check(Kernel.Ioctl(DeviceFd, VfioUapi.VFIO_DEVICE_RESET, 0), "VFIO_DEVICE_RESET", ErrorTarget);
     }

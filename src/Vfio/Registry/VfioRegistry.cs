@@ -463,6 +463,24 @@ public sealed class VfioRegistry : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Holds an open group open for an operation that passes its file to the kernel (a hot reset):
+    /// counted like an open device, released with <see cref="ReleaseGroup"/>. False when this
+    /// registry has the group not open.
+    /// </summary>
+    internal bool TryPinGroup(int groupId, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out IommuGroup? group)
+    {
+        lock (_lock)
+        {
+            if (_groups.TryGetValue(groupId, out group))
+            {
+                group.OpenDeviceCount++;
+                return true;
+            }
+            return false;
+        }
+    }
+
     /// <summary>Releases a device's hold on its group; the last one out detaches and closes it.</summary>
     internal void ReleaseGroup(IommuGroup group)
     {

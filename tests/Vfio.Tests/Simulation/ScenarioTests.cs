@@ -7,7 +7,8 @@ namespace Vfio.Tests.Simulation;
 /// <summary>
 /// The scenario suite that runs in the VM against the real kernel, run here against the simulated
 /// kernel with the same machine: an edu function alone in group 3, and an edu function sharing its
-/// slot (and so group 4) with an NVMe controller bound to the host's nvme driver.
+/// slot (and so group 4) with an NVMe controller bound to the host's nvme driver, and two edu
+/// functions of one slot behind a PCIe root port (bus 1, group 6).
 /// </summary>
 public sealed class ScenarioTests(ITestOutputHelper output)
 {
@@ -20,10 +21,15 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
         kernel.AddPciDevice("0000:00:04.0", new EduDeviceModel(), iommuGroup: 4);
         kernel.AddPciDevice("0000:00:04.1", new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true), iommuGroup: 4, driver: "nvme");
+        kernel.AddPciBridge("0000:00:05.0", secondaryBus: 1);
+        kernel.AddPciDevice("0000:01:00.0", new EduDeviceModel(), iommuGroup: 6);
+        kernel.AddPciDevice("0000:01:00.1", new EduDeviceModel(), iommuGroup: 6);
         var context = new ScenarioContext(kernel, "0000:00:03.0", 3)
         {
             NotViableDeviceAddress = "0000:00:04.0",
             NotViableGroupId = 4,
+            HotResetDevices = ["0000:01:00.0", "0000:01:00.1"],
+            HotResetGroupId = 6,
         };
         return (kernel, context);
     }

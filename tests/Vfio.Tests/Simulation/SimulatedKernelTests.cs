@@ -259,4 +259,18 @@ public sealed unsafe class SimulatedKernelTests : IDisposable
         });
         _kernel.OpenFileCountTotal.Should().Be(0);
     }
+
+    [Fact]
+    public void BridgesAreRootPortsAndDoNotNest()
+    {
+        _kernel.AddPciBridge("0000:00:1c.0", secondaryBus: 1);
+
+        var nested = () => _kernel.AddPciBridge("0000:01:00.0", secondaryBus: 2);
+        var twice = () => _kernel.AddPciBridge("0000:00:1c.1", secondaryBus: 1);
+        var below = () => _kernel.AddPciBridge("0000:03:00.0", secondaryBus: 2);
+
+        nested.Should().Throw<InvalidOperationException>().WithMessage("*bus 01 is behind 0000:00:1c.0*");
+        twice.Should().Throw<InvalidOperationException>();
+        below.Should().Throw<ArgumentException>();
+    }
 }

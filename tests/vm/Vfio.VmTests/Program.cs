@@ -7,12 +7,13 @@ namespace Vfio.VmTests;
 /// <summary>
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS
-/// --not-viable-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
+/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
 /// edu sample's program.
 /// </summary>
 internal static class Program
 {
-    private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N] [--only NAME]...\n"
+    private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
+        + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]";
 
     private static async Task<int> Main(string[] args)
@@ -26,6 +27,8 @@ internal static class Program
         int? group = null;
         string? notViableDevice = null;
         int? notViableGroup = null;
+        var hotResetDevices = new List<string>();
+        int? hotResetGroup = null;
         var only = new List<string>();
         for (int i = 0; i < args.Length; i++)
         {
@@ -43,6 +46,12 @@ internal static class Program
                     break;
                 case "--not-viable-group":
                     notViableGroup = int.Parse(value, CultureInfo.InvariantCulture);
+                    break;
+                case "--hot-reset-device":
+                    hotResetDevices.Add(value);
+                    break;
+                case "--hot-reset-group":
+                    hotResetGroup = int.Parse(value, CultureInfo.InvariantCulture);
                     break;
                 case "--only":
                     only.Add(value);
@@ -64,6 +73,8 @@ internal static class Program
             Log = Console.Out,
             NotViableDeviceAddress = notViableDevice,
             NotViableGroupId = notViableGroup,
+            HotResetDevices = hotResetDevices.Count > 0 ? hotResetDevices : null,
+            HotResetGroupId = hotResetGroup,
         };
         IEnumerable<Scenario> scenarios = ScenarioCatalog.All;
         if (only.Count > 0)
