@@ -17,6 +17,10 @@
 #   ioctl_setlasterror_ns         context  ... plus SetLastError
 #   ioctl_libc_import_ns          context  ... plus SafeHandle marshalling (the seam minus its virtual call)
 #   safehandle_addref_release_ns  context  the SafeHandle reference count alone, no syscall
+#   irq_wake_ratio                >= 0.5   eventfd wake-ups/s through InterruptSet.WaitAsync / a C blocking-read loop
+#   irq_csharp_wakes_per_s        context  ping-pong wake-ups per second through the library
+#   irq_c_wakes_per_s             context  the same from C
+#   irq_alloc_bytes_per_event     == 0     managed bytes allocated per interrupt, every thread counted
 #
 # The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
 # back to back in each round; ns values are medians over rounds of the fastest batch. Background
@@ -31,6 +35,7 @@ native="$out/native"
 mkdir -p "$native"
 
 gcc -O2 -Wall -Wextra -Werror -o "$native/ioctl_loop" "$here/native/ioctl_loop.c" >&2
+gcc -O2 -Wall -Wextra -Werror -pthread -o "$native/irq_wake_loop" "$here/native/irq_wake_loop.c" >&2
 
 dotnet build "$here/Vfio.Benchmarks/Vfio.Benchmarks.csproj" -c Release -o "$out/bin" \
   --nologo -v quiet -clp:ErrorsOnly >&2

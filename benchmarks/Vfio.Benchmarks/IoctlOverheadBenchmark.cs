@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Vfio.Interop;
@@ -126,24 +125,7 @@ internal sealed partial class IoctlOverheadBenchmark : IBenchmark
     }
 
     /// <summary>Runs the C baseline once and returns its fastest batch in ns per call.</summary>
-    private static double RunC(string baseline)
-    {
-        var start = new ProcessStartInfo(baseline)
-        {
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-        };
-        start.ArgumentList.Add(CallsPerBatch.ToString(CultureInfo.InvariantCulture));
-        start.ArgumentList.Add(BatchesPerRound.ToString(CultureInfo.InvariantCulture));
-        using Process process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {baseline}");
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"{baseline} exited with {process.ExitCode}");
-        }
-        return double.Parse(output.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture);
-    }
+    private static double RunC(string baseline) => Measure.RunNative(baseline, CallsPerBatch, BatchesPerRound);
 
     internal static unsafe (SafeFd ReadEnd, SafeFd WriteEnd) CreatePipe(VfioKernel kernel)
     {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Runtime;
 
 namespace Vfio.Benchmarks;
@@ -41,5 +42,27 @@ internal static class Measure
         double[] sorted = [.. values.Order()];
         int middle = sorted.Length / 2;
         return sorted.Length % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+    }
+
+    /// <summary>Runs a C baseline with integer arguments and returns the single number it prints on stdout.</summary>
+    public static double RunNative(string program, params int[] arguments)
+    {
+        var start = new ProcessStartInfo(program)
+        {
+            RedirectStandardOutput = true,
+            UseShellExecute = false,
+        };
+        foreach (int argument in arguments)
+        {
+            start.ArgumentList.Add(argument.ToString(CultureInfo.InvariantCulture));
+        }
+        using Process process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {program}");
+        string output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{program} exited with {process.ExitCode}");
+        }
+        return double.Parse(output.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture);
     }
 }

@@ -8,6 +8,7 @@ IBenchmark[] all =
 [
     new IoctlOverheadBenchmark(),
     new IoctlBreakdownBenchmark(),
+    new IrqWakeBenchmark(),
 ];
 
 var selected = new List<IBenchmark>();

@@ -3,6 +3,9 @@ namespace Vfio.Testing;
 /// <summary>
 /// Failures armed by a test: "the K-th call from now" and "the next call of a kind". A call that
 /// fails this way returns the errno and has no other effect, as a kernel call that fails early.
+/// Calls from the library's interrupt poller threads are neither counted nor failed: they run when
+/// interrupts arrive, not in the order of the test's own calls, so counting them would make "the K-th
+/// call" depend on thread timing.
 /// </summary>
 internal sealed class FailureInjection
 {
@@ -41,6 +44,10 @@ internal sealed class FailureInjection
     /// <summary>Counts a call and returns the negative errno it must fail with, or 0.</summary>
     public int Enter(SimulatedCall kind, nuint request = 0)
     {
+        if (InterruptSet.IsPollerThread)
+        {
+            return 0;
+        }
         long number = Interlocked.Increment(ref _calls);
         lock (_byNumber)
         {

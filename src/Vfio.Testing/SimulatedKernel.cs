@@ -114,13 +114,23 @@ public sealed partial class SimulatedKernel : VfioKernel
 
     // ---- Failure injection -----------------------------------------------------------------------
 
-    /// <summary>The number of calls made to this kernel so far, of every kind, failed ones included.</summary>
+    /// <summary>
+    /// The number of calls made to this kernel so far, of every kind, failed ones included, except
+    /// those of the library's interrupt poller threads (see <see cref="FailCall"/>).
+    /// </summary>
     public long CallCount => _injection.Calls;
 
     /// <summary>
     /// Makes the <paramref name="callsFromNow"/>-th call from now (1 is the next one), of any kind,
     /// fail with <paramref name="errno"/> and do nothing else.
     /// </summary>
+    /// <remarks>
+    /// Calls are numbered across every thread except the library's interrupt poller threads (one per
+    /// <see cref="InterruptSet"/>, and the notifiers every open PCI device has for REQ and ERR): their
+    /// poll and read calls happen whenever an interrupt arrives, so counting them would make the
+    /// numbering depend on thread timing. They are neither counted here nor failed by
+    /// <see cref="FailNext"/>, so failing "every call of a path" one by one stays deterministic.
+    /// </remarks>
     /// <param name="callsFromNow">Which call: 1 for the next call, 2 for the one after, and so on.</param>
     /// <param name="errno">The positive errno the call returns (negated, as the kernel returns it).</param>
     public void FailCall(long callsFromNow, int errno)

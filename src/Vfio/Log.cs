@@ -56,6 +56,15 @@ internal static partial class Log
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
 
+    [LoggerMessage(550, LogLevel.Information, "The kernel asks for {Device} in group {GroupId} back (REQ signal {Count}); asking its holders to release it")]
+    public static partial void KernelRequestedRelease(ILogger logger, string device, int groupId, int count);
+
+    [LoggerMessage(551, LogLevel.Warning, "The kernel reported an error on {Device} in group {GroupId} ({Count} ERR signals)")]
+    public static partial void DeviceErrorReported(ILogger logger, string device, int groupId, ulong count);
+
+    [LoggerMessage(552, LogLevel.Warning, "An ErrorDetected handler of {Device} in group {GroupId} threw")]
+    public static partial void ErrorHandlerFailed(ILogger logger, string device, int groupId, Exception exception);
+
     [LoggerMessage(600, LogLevel.Debug, "Hot reset of {Device} affects {Count} functions in groups {Groups}")]
     public static partial void HotResetScope(ILogger logger, string device, int count, string groups);
 

@@ -10,6 +10,13 @@ public sealed partial class SimulatedKernel
     private const int Err = 3;
     private const int Req = 4;
 
+    /// <summary>
+    /// How many MSI or MSI-X vectors the host can allocate for one function (pci_alloc_irq_vectors);
+    /// unlimited by default. Enabling more makes VFIO_DEVICE_SET_IRQS return this number (a positive
+    /// result, as vfio-pci's MSI enable returns it), with nothing enabled.
+    /// </summary>
+    public int HostIrqVectors { get; set; } = int.MaxValue;
+
     /// <summary>VFIO_DEVICE_SET_IRQS (vfio_set_irqs_validate_and_prepare, then the bus driver); the lock is held.</summary>
     internal unsafe int SetIrqsLocked(SimulatedDevice device, vfio_irq_set* set)
     {
@@ -124,17 +131,25 @@ public sealed partial class SimulatedKernel
             {
                 return -Errno.ENOTTY;
             }
-            // An unmask irqfd: each write to the eventfd unmasks INTx.
+            // An unmask irqfd (vfio_virqfd_enable): each write to the eventfd unmasks INTx. A
+            // negative fd detaches it; attaching a second one while one is attached is EBUSY.
             int fd = r.FdAt(0);
-            line.Unmask?.SetConsumer(null);
-            line.Unmask?.Put();
-            line.Unmask = null;
-            if (fd >= 0)
+            if (fd < 0)
+            {
+                line.Unmask?.SetConsumer(null);
+                line.Unmask?.Put();
+                line.Unmask = null;
+            }
+            else
             {
                 int e = EventFdLocked(fd, out var eventFd);
                 if (e < 0)
                 {
                     return e;
+                }
+                if (line.Unmask is not null)
+                {
+                    return -Errno.EBUSY;
                 }
                 eventFd!.Get();
                 line.Unmask = eventFd;
@@ -148,6 +163,11 @@ public sealed partial class SimulatedKernel
                         }
                     }
                 });
+                // A signal already in the eventfd when it is attached counts as one (virqfd polls it at once).
+                if (eventFd.Count > 0)
+                {
+                    UnmaskIntxLocked(device, line);
+                }
             }
             return 0;
         }
@@ -261,9 +281,20 @@ public sealed partial class SimulatedKernel
                     int e = EventFdLocked(fd, out triggers[i]);
                     if (e < 0)
                     {
+                        // vfio_msi_set_block sets vectors one by one and, on a failure, detaches
+                        // every vector of the block up to the failed one (which it had already let go of);
+                        // a failed enable disables MSI again.
+                        for (int j = 0; active && j <= i; j++)
+                        {
+                            Replace(r.Line(r.Start + j), null);
+                        }
                         return e;
                     }
                 }
+            }
+            if (!active && r.Start + r.Count > HostIrqVectors)
+            {
+                return HostIrqVectors;
             }
             if (!active)
             {

@@ -164,6 +164,7 @@ public abstract partial class VfioDevice : IDisposable
                     }
                     try
                     {
+                        OnDeviceFileOpened();
                         OnFirstOpen();
                     }
                     catch
@@ -231,7 +232,10 @@ public abstract partial class VfioDevice : IDisposable
     /// <summary>
     /// Asks whoever holds references to let go (the kernel's <c>request</c>): called when
     /// unregistering starts and then at the registry's interval while references remain, with a
-    /// count that grows from 0. Runs on the unregistering thread; keep it short.
+    /// count that grows from 0; runs on the unregistering thread. For a PCI device it is also called
+    /// when the kernel asks for the device back (vfio-pci signals REQ while someone unbinds the
+    /// device from it), on a thread-pool thread, with a count that grows from 0 per open.
+    /// Keep it short; disposing the references it asks for is allowed from inside it.
     /// </summary>
     /// <param name="count">How many times it was asked before, for this unregistration.</param>
     protected virtual void OnReleaseRequested(int count)
@@ -345,15 +349,7 @@ public abstract partial class VfioDevice : IDisposable
         int count = 0;
         while (!released.IsCompleted)
         {
-            Log.ReleaseRequested(Registry.Logger, Name, GroupId, count, ReferenceCount);
-            try
-            {
-                OnReleaseRequested(count++);
-            }
-            catch (Exception e)
-            {
-                Log.ReleaseRequestFailed(Registry.Logger, Name, GroupId, e);
-            }
+            RequestRelease(count++);
             try
             {
                 await released.WaitAsync(interval, cancellationToken).ConfigureAwait(false);
@@ -377,6 +373,35 @@ public abstract partial class VfioDevice : IDisposable
         }
         return true;
     }
+
+    /// <summary>
+    /// Asks holders to let go through <see cref="OnReleaseRequested"/>, logging a hook that throws: the
+    /// one path for the registry's unregistration and the kernel's own request (vfio-pci's REQ).
+    /// </summary>
+    internal void RequestRelease(int count)
+    {
+        Log.ReleaseRequested(Registry.Logger, Name, GroupId, count, ReferenceCount);
+        try
+        {
+            OnReleaseRequested(count);
+        }
+        catch (Exception e)
+        {
+            Log.ReleaseRequestFailed(Registry.Logger, Name, GroupId, e);
+        }
+    }
+
+    /// <summary>
+    /// Wires what the kernel tells user space about the open device file (for PCI: the REQ and ERR
+    /// notifiers), before <see cref="OnFirstOpen"/>, under the device set's lock. What it sets up is
+    /// tracked as a resource and revoked when the file closes.
+    /// </summary>
+    private protected virtual void OnDeviceFileOpened()
+    {
+    }
+
+    /// <summary>True for an interrupt index the library wires itself (PCI's REQ and ERR), which <see cref="EnableInterrupts"/> refuses.</summary>
+    private protected virtual bool IsLibraryIrq(int index) => false;
 
     // Takes the registration reference back and clears Dying, unless the count already reached 0
     // (then the completion has fired and unregistering must finish).

@@ -39,10 +39,32 @@ public sealed record IrqInfo(int Index, uint Count, uint Flags)
     /// <summary>The set of vectors cannot grow once enabled: enable them all at once.</summary>
     public bool NoResize => (Flags & VfioUapi.VFIO_IRQ_INFO_NORESIZE) != 0;
 
-    internal static unsafe IrqInfo Query(VfioKernel kernel, SafeFd fd, int index, ErrorTarget target)
+    /// <summary>True when the index has vectors.</summary>
+    public bool Supported => Count > 0;
+
+    internal static IrqInfo Query(VfioKernel kernel, SafeFd fd, int index, ErrorTarget target)
+    {
+        VfioErrors.Check(TryQuery(kernel, fd, index, out var info), "VFIO_DEVICE_GET_IRQ_INFO", target);
+        return info;
+    }
+
+    /// <summary>As <see cref="Query"/>, but an index the kernel refuses with EINVAL is reported with count 0.</summary>
+    internal static IrqInfo QueryOrNone(VfioKernel kernel, SafeFd fd, int index, ErrorTarget target)
+    {
+        int r = TryQuery(kernel, fd, index, out var info);
+        if (r == -Errno.EINVAL)
+        {
+            return new IrqInfo(index, 0, 0);
+        }
+        VfioErrors.Check(r, "VFIO_DEVICE_GET_IRQ_INFO", target);
+        return info;
+    }
+
+    private static unsafe int TryQuery(VfioKernel kernel, SafeFd fd, int index, out IrqInfo result)
     {
         var info = new vfio_irq_info { argsz = (uint)sizeof(vfio_irq_info), index = (uint)index };
-        VfioErrors.Check(kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_GET_IRQ_INFO, &info), "VFIO_DEVICE_GET_IRQ_INFO", target);
-        return new IrqInfo(index, info.count, info.flags);
+        int r = kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_GET_IRQ_INFO, &info);
+        result = new IrqInfo(index, info.count, info.flags);
+        return r;
     }
 }
