@@ -146,7 +146,7 @@ internal static class EduScenarios
     }
 
     /// <summary>Probes with the edu driver, hands the device at <paramref name="address"/> over, and cleans up.</summary>
-    private static async Task WithEduAsync(ScenarioContext context, string address, Func<VfioRegistry, EduDevice, Task> body)
+    internal static async Task WithEduAsync(ScenarioContext context, string address, Func<VfioRegistry, EduDevice, Task> body)
     {
         var registry = new VfioRegistry(context.Kernel);
         await using (registry.ConfigureAwait(false))
@@ -177,7 +177,7 @@ internal static class EduScenarios
         }
     }
 
-    private static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
+    internal static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
     {
         using DeviceReference open = device.Open();
         await body(device).ConfigureAwait(false);
