@@ -17,6 +17,11 @@
 #   ioctl_setlasterror_ns         context  ... plus SetLastError
 #   ioctl_libc_import_ns          context  ... plus SafeHandle marshalling (the seam minus its virtual call)
 #   safehandle_addref_release_ns  context  the SafeHandle reference count alone, no syscall
+#   iova_translate_mops           >= 10    million host-to-IOVA translations per CPU-second, 64 K live DMA mappings
+#   iova_translate_wall_mops      context  the same loop by wall-clock time (lower on a loaded machine)
+#   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (the floor)
+#   iova_translate_2threads_mops  context  two threads translating at once, wall-clock (lock-free reads)
+#   dma_map_us                    context  allocate + map one 4 KiB DMA buffer (simulated kernel)
 #
 # The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
 # back to back in each round; ns values are medians over rounds of the fastest batch. Background

@@ -8,6 +8,7 @@ IBenchmark[] all =
 [
     new IoctlOverheadBenchmark(),
     new IoctlBreakdownBenchmark(),
+    new IovaTranslateBenchmark(),
 ];
 
 var selected = new List<IBenchmark>();
