@@ -4,7 +4,7 @@ namespace Vfio;
 /// Host address to IOVA lookup for a container's DMA buffers, read without a lock. The buffers are
 /// kept sorted by host address in chunks of at most <see cref="MaxChunk"/> entries behind an index of
 /// each chunk's first address; a lookup is two binary searches (O(log n)) over an immutable snapshot.
-/// A change copies one chunk (at most 256 entries) and the chunk index (n/128 to n/256 entries) and
+/// A change copies one chunk (at most 256 entries) and the chunk index (one entry per chunk) and
 /// publishes a new snapshot, so readers never wait and never see a half-made change.
 /// </summary>
 /// <remarks>Writers must be serialised by the caller (the container's DMA lock).</remarks>
