@@ -21,6 +21,11 @@
 #   irq_csharp_wakes_per_s        context  ping-pong wake-ups per second through the library
 #   irq_c_wakes_per_s             context  the same from C
 #   irq_alloc_bytes_per_event     == 0     managed bytes allocated per interrupt, every thread counted
+#   iova_translate_mops           >= 10    million host-to-IOVA translations per CPU-second, 64 K live DMA mappings
+#   iova_translate_wall_mops      context  the same loop by wall-clock time (lower on a loaded machine)
+#   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (the floor)
+#   iova_translate_2threads_mops  context  two threads translating at once, wall-clock (lock-free reads)
+#   dma_map_us                    context  allocate + map one 4 KiB DMA buffer (simulated kernel)
 #
 # The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
 # back to back in each round; ns values are medians over rounds of the fastest batch. Background

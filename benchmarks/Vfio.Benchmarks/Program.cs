@@ -9,6 +9,7 @@ IBenchmark[] all =
     new IoctlOverheadBenchmark(),
     new IoctlBreakdownBenchmark(),
     new IrqWakeBenchmark(),
+    new IovaTranslateBenchmark(),
 ];
 
 var selected = new List<IBenchmark>();

@@ -13,10 +13,10 @@ internal sealed unsafe class AnonymousMemory
 {
     private int _references = 1;
 
-    public AnonymousMemory(nuint length)
+    public AnonymousMemory(nuint length, nuint pageSize = SimulatedKernel.PageSize)
     {
-        Length = (length + SimulatedKernel.PageSize - 1) & ~(nuint)(SimulatedKernel.PageSize - 1);
-        void* p = NativeMemory.AlignedAlloc(Length, SimulatedKernel.PageSize);
+        Length = (length + pageSize - 1) & ~(pageSize - 1);
+        void* p = NativeMemory.AlignedAlloc(Length, pageSize);
         NativeMemory.Clear(p, Length);
         Address = (nint)p;
     }
@@ -37,8 +37,11 @@ internal sealed unsafe class AnonymousMemory
 }
 
 /// <summary>One mapping of the process's address space (a VMA).</summary>
-internal sealed class VirtualMemoryArea(nint address, nuint length, string description, AnonymousMemory? memory, KernelFile? file)
+internal sealed class VirtualMemoryArea(nint address, nuint length, string description, AnonymousMemory? memory, KernelFile? file, int hugePages = 0)
 {
+    /// <summary>The 2 MiB hugepages a MAP_HUGETLB mapping took from the pool.</summary>
+    public int HugePages { get; } = hugePages;
+
     public nint Address { get; } = address;
 
     public nuint Length { get; } = length;
@@ -125,8 +128,13 @@ public sealed partial class SimulatedKernel
         {
             using (Enter())
             {
-                var memory = new AnonymousMemory(length);
-                _areas.Add(memory.Address, new VirtualMemoryArea(memory.Address, length, "anonymous memory", memory, null));
+                int hugePages = 0;
+                if ((flags & Flags.MAP_HUGETLB) != 0 && !TryTakeHugePagesLocked(length, out hugePages))
+                {
+                    return -Errno.ENOMEM; // the pool cannot cover the mapping
+                }
+                var memory = new AnonymousMemory(length, hugePages > 0 ? (nuint)HugePageSize : PageSize);
+                _areas.Add(memory.Address, new VirtualMemoryArea(memory.Address, length, hugePages > 0 ? "anonymous hugepage memory" : "anonymous memory", memory, null, hugePages));
                 mapping = new SafeMapping(this, memory.Address, length);
                 return 0;
             }
@@ -175,6 +183,7 @@ public sealed partial class SimulatedKernel
             {
                 area.Memory?.Put();
                 area.File?.Put();
+                PutHugePagesLocked(area.HugePages);
             }
             return 0;
         }

@@ -49,6 +49,7 @@ public sealed partial class SimulatedKernel : VfioKernel
         : base(CheckRoot(sysfsRoot), CheckRoot(devRoot))
     {
         InitializeSysfs();
+        InitializeDma();
     }
 
     internal FileTable Files { get; } = new();

@@ -76,4 +76,19 @@ internal static partial class Log
 
     [LoggerMessage(850, LogLevel.Warning, "Platform device {Device} in group {GroupId} is assigned to vfio-platform but not bound: {Reason}")]
     public static partial void PlatformRefused(ILogger logger, string device, int groupId, string reason);
+
+    [LoggerMessage(650, LogLevel.Debug, "Mapped DMA buffer 0x{Iova:x}+0x{Length:x} for {Device}")]
+    public static partial void DmaMapped(ILogger logger, string device, ulong iova, ulong length);
+
+    [LoggerMessage(651, LogLevel.Debug, "Unmapped DMA buffer 0x{Iova:x}+0x{Length:x}")]
+    public static partial void DmaUnmapped(ILogger logger, ulong iova, ulong length);
+
+    [LoggerMessage(652, LogLevel.Debug, "The container's last group is leaving: unmapping its {Count} DMA buffers")]
+    public static partial void DmaUnmappingAll(ILogger logger, int count);
+
+    [LoggerMessage(653, LogLevel.Warning, "Unmapping DMA buffer 0x{Iova:x}+0x{Length:x} failed; the container unmaps it again when its last group leaves, and the kernel drops it with the IOMMU in any case")]
+    public static partial void DmaUnmapFailed(ILogger logger, ulong iova, ulong length, Exception exception);
+
+    [LoggerMessage(654, LogLevel.Information, "No free 2 MiB hugepages for a DMA buffer of {Device}; using 4 KiB pages instead")]
+    public static partial void HugePagesFallback(ILogger logger, string device);
 }

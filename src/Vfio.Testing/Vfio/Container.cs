@@ -47,7 +47,7 @@ internal sealed class ContainerFile(SimulatedKernel kernel, string path) : Kerne
             // Other ioctls pass through to the IOMMU driver; without one the container answers EINVAL.
             if (Container.Type1 is { } type1)
             {
-                return type1.Ioctl(Kernel, request, argument);
+                return type1.Ioctl(request, argument);
             }
             return Container.NoIommuDriver ? -Errno.ENOTTY : -Errno.EINVAL;
         }
@@ -127,7 +127,7 @@ public sealed partial class SimulatedKernel
         {
             if (type is VfioUapi.VFIO_TYPE1_IOMMU or VfioUapi.VFIO_TYPE1v2_IOMMU)
             {
-                container.Type1 = new Type1Iommu(type == VfioUapi.VFIO_TYPE1v2_IOMMU, IommuPageSizes, _iovaRanges, DmaEntryLimit);
+                container.Type1 = new Type1Iommu(this, type == VfioUapi.VFIO_TYPE1v2_IOMMU);
                 return 0;
             }
             result = -Errno.EINVAL; // the driver knows the extension but cannot open with it

@@ -38,14 +38,19 @@ internal sealed class DmaMapping(ulong iova, ulong size, ulong vaddr, bool read,
 /// The type1 IOMMU driver's data for one container (vfio_iommu): the mappings sorted by IOVA, the
 /// page sizes, the usable IOVA ranges and the count of mappings still allowed.
 /// </summary>
-internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<SimulatedIovaRange> ranges, int limit)
+internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2)
 {
+    // The driver's settings, taken from the kernel when the IOMMU is set (as module parameters and
+    // the IOMMU's geometry are fixed for a vfio_iommu's life).
+    private readonly ulong pageSizes = kernel.IommuPageSizes;
+    private readonly IReadOnlyList<SimulatedIovaRange> ranges = kernel.IovaRanges;
+    private readonly bool reportDmaAvail = kernel.ReportsDmaAvailable;
     private const ulong MaxDirtyBitmapSize = 256UL << 20;
     private readonly List<DmaMapping> _mappings = [];
 
     public bool V2 { get; } = v2;
 
-    public int Available { get; private set; } = limit;
+    public int Available { get; private set; } = kernel.DmaEntryLimit;
 
     public int Count => _mappings.Count;
 
@@ -59,6 +64,7 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
         foreach (var m in _mappings)
         {
             m.Memory.Put();
+            kernel.UnlockLocked(m.Size);
         }
         Available += _mappings.Count;
         _mappings.Clear();
@@ -72,7 +78,7 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
         _ => 0,
     };
 
-    public int Ioctl(SimulatedKernel kernel, nuint request, nint argument)
+    public int Ioctl(nuint request, nint argument)
     {
         if (request == VfioUapi.VFIO_CHECK_EXTENSION)
         {
@@ -84,7 +90,7 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
         }
         if (request == VfioUapi.VFIO_IOMMU_MAP_DMA)
         {
-            return Map(kernel, (vfio_iommu_type1_dma_map*)argument);
+            return Map((vfio_iommu_type1_dma_map*)argument);
         }
         if (request == VfioUapi.VFIO_IOMMU_UNMAP_DMA)
         {
@@ -103,21 +109,30 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
         {
             return -Errno.EINVAL;
         }
+        // Linux 6.1 builds the chain in this order: migration (which reports only the smallest page
+        // size, the dirty-bitmap granule), DMA_AVAIL (from 5.10), the IOVA ranges (left out when the
+        // list is empty, as for a container holding only an mdev).
         var caps = new CapabilityChain();
         caps.Add(
-            new vfio_iommu_type1_info_cap_migration { pgsize_bitmap = pageSizes, max_dirty_bitmap_size = MaxDirtyBitmapSize },
+            new vfio_iommu_type1_info_cap_migration { pgsize_bitmap = MinPageSize, max_dirty_bitmap_size = MaxDirtyBitmapSize },
             (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION,
             1);
-        caps.Add(
-            new vfio_iommu_type1_info_dma_avail { avail = (uint)Available },
-            (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
-            1);
-        var rangeArray = ranges.Select(r => new vfio_iova_range { start = r.Start, end = r.End }).ToArray();
-        caps.Add(
-            new vfio_iommu_type1_info_cap_iova_range { nr_iovas = (uint)rangeArray.Length },
-            (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
-            1,
-            MemoryMarshal.AsBytes(rangeArray.AsSpan()));
+        if (reportDmaAvail)
+        {
+            caps.Add(
+                new vfio_iommu_type1_info_dma_avail { avail = (uint)Available },
+                (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+                1);
+        }
+        if (ranges.Count > 0)
+        {
+            var rangeArray = ranges.Select(r => new vfio_iova_range { start = r.Start, end = r.End }).ToArray();
+            caps.Add(
+                new vfio_iommu_type1_info_cap_iova_range { nr_iovas = (uint)rangeArray.Length },
+                (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+                1,
+                MemoryMarshal.AsBytes(rangeArray.AsSpan()));
+        }
 
         var result = new vfio_iommu_type1_info
         {
@@ -135,12 +150,15 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
             caps.WriteAfter(arg, size);
             result.cap_offset = (uint)size;
         }
-        // The kernel copies back min(argsz, sizeof(info)) bytes: an old caller's short struct is not overrun.
-        new ReadOnlySpan<byte>(&result, (int)Math.Min(argsz, (uint)size)).CopyTo(new Span<byte>(arg, size));
+        // The kernel copies back up to cap_offset's end (20 bytes) when argsz covers it, else only up to
+        // iova_pgsizes (16): an old caller's short struct is not overrun, and the padding is not written.
+        const int CapsSize = 20; // offsetofend(struct vfio_iommu_type1_info, cap_offset)
+        int copy = argsz >= CapsSize ? CapsSize : MinSize;
+        new ReadOnlySpan<byte>(&result, copy).CopyTo(new Span<byte>(arg, copy));
         return 0;
     }
 
-    private int Map(SimulatedKernel kernel, vfio_iommu_type1_dma_map* map)
+    private int Map(vfio_iommu_type1_dma_map* map)
     {
         const int MinSize = 32; // offsetofend(struct vfio_iommu_type1_dma_map, size)
         uint mask = VfioUapi.VFIO_DMA_MAP_FLAG_READ | VfioUapi.VFIO_DMA_MAP_FLAG_WRITE | VfioUapi.VFIO_DMA_MAP_FLAG_VADDR;
@@ -176,7 +194,8 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
         {
             return -Errno.ENOSPC;
         }
-        if (!ranges.Any(r => iova >= r.Start && iova + size - 1 <= r.End))
+        // An empty list (a container holding only an mdev) allows any IOVA.
+        if (ranges.Count > 0 && !ranges.Any(r => iova >= r.Start && iova + size - 1 <= r.End))
         {
             return -Errno.EINVAL;
         }
@@ -185,6 +204,11 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
         if (area is null)
         {
             return -Errno.EFAULT;
+        }
+        // Pinning charges the pages to the locked-memory limit (unless the caller has CAP_IPC_LOCK).
+        if (!kernel.TryLockLocked(size))
+        {
+            return -Errno.ENOMEM;
         }
         area.Memory!.Get();
         var mapping = new DmaMapping(iova, size, vaddr, read, write, area.Memory);
@@ -258,6 +282,7 @@ internal sealed unsafe class Type1Iommu(bool v2, ulong pageSizes, IReadOnlyList<
             }
             unmapped += m.Size;
             m.Memory.Put();
+            kernel.UnlockLocked(m.Size);
             _mappings.RemoveAt(i);
             Available++;
         }

@@ -170,7 +170,9 @@ public abstract partial class VfioDevice
     /// <param name="length">The length in bytes, rounded up to the IOMMU page size.</param>
     /// <param name="access">Which way the device may use it.</param>
     /// <param name="iova">A fixed IOVA, or null to let the library choose.</param>
-    /// <exception cref="VfioException">No room, an overlap, outside the valid ranges or the mask, the mapping limit reached, or the kernel refused.</exception>
-    public DmaBuffer AllocateDmaBuffer(ulong length, DmaAccess access = DmaAccess.ReadWrite, ulong? iova = null) =>
-        DmaBuffer.Allocate(this, length, access, iova);
+    /// <param name="pages">Normal pages (the default) or 2 MiB hugepages; see <see cref="DmaPages"/>.</param>
+    /// <exception cref="VfioResourceLimitException">The container's DMA mapping limit, the locked-memory limit or the hugepage pool is exhausted.</exception>
+    /// <exception cref="VfioException">No room, an overlap, outside the valid ranges or the mask, or the kernel refused.</exception>
+    public DmaBuffer AllocateDmaBuffer(ulong length, DmaAccess access = DmaAccess.ReadWrite, ulong? iova = null, DmaPages pages = DmaPages.Normal) =>
+        DmaBuffer.Allocate(this, length, access, iova, pages);
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Vfio.Interop;
 using static Vfio.Interop.Interop;
 
@@ -17,6 +18,24 @@ public enum DmaAccess
     ReadWrite = DeviceReads | DeviceWrites,
 }
 
+/// <summary>Which pages back a DMA buffer.</summary>
+public enum DmaPages
+{
+    /// <summary>Normal pages (4 KiB on x86-64); the length is rounded up to the IOMMU page size.</summary>
+    Normal,
+
+    /// <summary>
+    /// 2 MiB hugepages (<c>MAP_HUGETLB</c>): fewer IOTLB entries, physically contiguous 2 MiB blocks.
+    /// The length is rounded up to 2 MiB, and the IOVA is 2 MiB-aligned. Throws a
+    /// <see cref="VfioResourceLimitException"/> when the system has too few free hugepages (reserve them
+    /// with <c>echo N &gt; /proc/sys/vm/nr_hugepages</c> as root).
+    /// </summary>
+    Huge,
+
+    /// <summary>2 MiB hugepages when the system has enough free, otherwise normal pages (logged).</summary>
+    HugeIfAvailable,
+}
+
 /// <summary>
 /// Page-aligned host memory mapped into the device's IOMMU at <see cref="Iova"/>: the address the
 /// device uses for it. Disposing it unmaps it from the IOMMU and frees the memory.
@@ -33,6 +52,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     private VfioContainer? _container;
     private DeviceReference _reference;
     private int _state; // 0 mapped, 1 unmapped (revoked), 2 disposed
+
+    /// <summary>The size of a hugepage DMA buffers use: 2 MiB.</summary>
+    public const ulong HugePageSize = 2UL << 20;
 
     internal DmaBuffer(VfioDevice device, VfioContainer container, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
     {
@@ -54,6 +76,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     /// <summary>Which way the device may use it.</summary>
     public DmaAccess Access { get; }
 
+    /// <summary>True when 2 MiB hugepages back the buffer.</summary>
+    public bool IsHugePages { get; internal set; }
+
     /// <summary>True while the device can reach the buffer through the IOMMU.</summary>
     public bool IsMapped => Volatile.Read(ref _state) == 0;
 
@@ -68,7 +93,8 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         }
     }
 
-    internal nint HostAddress => _memory.Address;
+    /// <summary>The buffer's host virtual address (what <see cref="VfioContainer.TranslateToIova"/> takes).</summary>
+    public nint HostAddress => _memory.Address;
 
     /// <summary>The IOVA of byte <paramref name="offset"/> of the buffer.</summary>
     /// <param name="offset">An offset inside the buffer.</param>
@@ -92,7 +118,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"DMA buffer {Iova:#x}+{Length:#x} of {_device.Name}";
+    public override string ToString() => $"DMA buffer 0x{Iova:x}+0x{Length:x} of {_device.Name}";
 
     bool IDeviceResource.Revoke() => Unmap();
 
@@ -105,9 +131,16 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         {
             return false;
         }
+        var container = Interlocked.Exchange(ref _container, null);
         try
         {
-            Interlocked.Exchange(ref _container, null)?.Unmap(this);
+            container?.Unmap(this);
+        }
+        catch (VfioException e)
+        {
+            // Dispose and device close must not throw; the container keeps the mapping and unmaps it
+            // again when its last group leaves (the kernel drops it with the IOMMU in any case).
+            Log.DmaUnmapFailed(container!.Registry.Logger, Iova, Length, e);
         }
         finally
         {
@@ -116,17 +149,20 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         return true;
     }
 
-    internal static DmaBuffer Allocate(VfioDevice device, ulong length, DmaAccess access, ulong? iova)
+    internal static DmaBuffer Allocate(VfioDevice device, ulong length, DmaAccess access, ulong? iova, DmaPages pages)
     {
         ArgumentOutOfRangeException.ThrowIfZero(length);
-        if ((access & DmaAccess.ReadWrite) == 0)
+        if ((access & DmaAccess.ReadWrite) == 0 || (access & ~DmaAccess.ReadWrite) != 0)
         {
-            throw new ArgumentException("A DMA buffer must be readable or writable by the device.", nameof(access));
+            throw new ArgumentException("A DMA buffer must be readable or writable by the device (DmaAccess.DeviceReads, DeviceWrites or both).", nameof(access));
+        }
+        if (!Enum.IsDefined(pages))
+        {
+            throw new ArgumentOutOfRangeException(nameof(pages), pages, "Not a DmaPages value.");
         }
         var container = device.Group?.Container
             ?? throw new InvalidOperationException($"Device {device.Name} is not open: open it before allocating DMA memory.");
         ulong page = container.IommuInfo.MinPageSize;
-        length = (length + page - 1) & ~(page - 1);
         if (!device.TryGet(out var reference))
         {
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
@@ -134,9 +170,33 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         SafeMapping? memory = null;
         try
         {
-            VfioErrors.Check(device.Kernel.Mmap(null, (nuint)length, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE, 0, out memory),
-                "mmap (DMA memory)", device.ErrorTarget);
-            var buffer = container.Map(device, memory, length, access, iova, reference);
+            bool huge = pages != DmaPages.Normal;
+            ulong size = RoundUp(length, huge ? Math.Max(page, HugePageSize) : page);
+            if (huge)
+            {
+                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB, 0, out memory);
+                if (rc == -Errno.ENOMEM && pages == DmaPages.HugeIfAvailable)
+                {
+                    Log.HugePagesFallback(device.Registry.Logger, device.Name);
+                    huge = false;
+                    size = RoundUp(length, page);
+                }
+                else if (rc == -Errno.ENOMEM)
+                {
+                    throw NoHugePages(device, size);
+                }
+                else
+                {
+                    VfioErrors.Check(rc, "mmap (DMA memory, 2 MiB hugepages)", device.ErrorTarget);
+                }
+            }
+            if (!huge)
+            {
+                VfioErrors.Check(device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE, 0, out memory),
+                    "mmap (DMA memory)", device.ErrorTarget);
+            }
+            var buffer = container.Map(device, memory!, size, access, iova, reference, huge ? HugePageSize : 0);
+            buffer.IsHugePages = huge;
             device.TrackResource(buffer);
             return buffer;
         }
@@ -146,5 +206,26 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             reference.Dispose();
             throw;
         }
+    }
+
+    private static ulong RoundUp(ulong length, ulong unit)
+    {
+        ulong size = (length + unit - 1) & ~(unit - 1);
+        return size >= length ? size : throw new ArgumentOutOfRangeException(nameof(length), length, "The length is too large.");
+    }
+
+    // The kernel refuses a MAP_HUGETLB mapping with ENOMEM when the hugepage pool cannot cover it.
+    private static VfioResourceLimitException NoHugePages(VfioDevice device, ulong size)
+    {
+        const string Pool = "kernel/mm/hugepages/hugepages-2048kB/";
+        string free = device.Registry.Sysfs.ReadText(Pool + "free_hugepages")?.Trim() ?? "?";
+        string total = device.Registry.Sysfs.ReadText(Pool + "nr_hugepages")?.Trim() ?? "?";
+        ulong needed = size / HugePageSize;
+        return new VfioResourceLimitException(
+            string.Create(CultureInfo.InvariantCulture,
+                $"Cannot allocate a {size >> 20} MiB DMA buffer of 2 MiB hugepages for {device.Name}: it needs {needed} free hugepages, and the system has {free} free of {total} reserved. ") +
+            "Reserve more as root: echo N > /proc/sys/vm/nr_hugepages (or vm.nr_hugepages in /etc/sysctl.conf, or hugepages=N on the kernel command line), " +
+            "or allocate with DmaPages.HugeIfAvailable to fall back to normal pages.",
+            VfioResourceLimitException.HugePages, "mmap (DMA memory, 2 MiB hugepages)", Errno.ENOMEM, device.ErrorTarget);
     }
 }

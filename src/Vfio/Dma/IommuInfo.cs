@@ -47,7 +47,7 @@ public sealed record IommuInfo(ulong PageSizes, IReadOnlyList<IovaRange> IovaRan
                         {
                             if (r.end < r.start)
                             {
-                                throw InfoQuery.Malformed(What, $"an IOVA range ends ({r.end:#x}) before it starts ({r.start:#x})");
+                                throw InfoQuery.Malformed(What, $"an IOVA range ends (0x{r.end:x}) before it starts (0x{r.start:x})");
                             }
                             ranges.Add(new IovaRange(r.start, r.end));
                         }

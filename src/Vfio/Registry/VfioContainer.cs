@@ -1,3 +1,4 @@
+using System.Globalization;
 using Vfio.Interop;
 using static Vfio.Interop.Interop;
 
@@ -10,11 +11,16 @@ namespace Vfio;
 /// </summary>
 public sealed class VfioContainer
 {
+    /// <summary>The type1 IOMMU driver's default <c>dma_entry_limit</c>: DMA mappings per container.</summary>
+    internal const int DefaultDmaEntryLimit = ushort.MaxValue;
+
     private readonly List<IommuGroup> _groups = [];
     private readonly Lock _dmaLock = new();
-    private readonly List<DmaBuffer> _buffers = [];
+    private readonly HashSet<DmaBuffer> _buffers = [];
+    private readonly IovaTranslation _translation = new();
     private IommuInfo? _iommuInfo;
     private IovaAllocator? _iova;
+    private int? _entryLimit;
 
     private VfioContainer(VfioRegistry registry, SafeFd fd)
     {
@@ -122,17 +128,25 @@ public sealed class VfioContainer
 
     internal void Close() => Fd.Dispose();
 
-    /// <summary>The IOMMU's page sizes, valid IOVA ranges and mapping budget (asked once, after the IOMMU is set).</summary>
+    /// <summary>
+    /// The IOMMU's page sizes, valid IOVA ranges and mapping budget, as the kernel reported them when
+    /// first asked after the IOMMU was set (the budget shrinks as buffers are mapped: see
+    /// <see cref="QueryIommuInfo"/> and <see cref="DmaMappingsAvailable"/>).
+    /// </summary>
     public IommuInfo IommuInfo
     {
         get
         {
             lock (_dmaLock)
             {
-                return _iommuInfo ??= IommuInfo.Query(Registry.Kernel, Fd);
+                return IommuInfoLocked();
             }
         }
     }
+
+    /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
+    /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container).</exception>
+    public IommuInfo QueryIommuInfo() => IommuInfo.Query(Registry.Kernel, Fd);
 
     /// <summary>How many DMA mappings the container holds.</summary>
     public int DmaMappingCount
@@ -147,68 +161,90 @@ public sealed class VfioContainer
     }
 
     /// <summary>
-    /// The IOVA of a host address inside any DMA buffer of this container, found by binary search
-    /// over the buffers sorted by host address; null when the address is in none.
+    /// How many more DMA mappings the kernel allows in this container: its DMA_AVAIL report less the
+    /// mappings made since, or, on kernels that do not report it, the type1 driver's
+    /// <c>dma_entry_limit</c> (read from sysfs, 65535 by default) less the mappings held.
     /// </summary>
-    /// <param name="hostAddress">A host virtual address.</param>
-    public ulong? TranslateToIova(nint hostAddress)
+    public int DmaMappingsAvailable
     {
-        lock (_dmaLock)
+        get
         {
-            int lo = 0, hi = _buffers.Count - 1;
-            while (lo <= hi)
+            lock (_dmaLock)
             {
-                int mid = (lo + hi) >>> 1;
-                var b = _buffers[mid];
-                if (hostAddress < b.HostAddress)
-                {
-                    hi = mid - 1;
-                }
-                else if ((ulong)(hostAddress - b.HostAddress) >= b.Length)
-                {
-                    lo = mid + 1;
-                }
-                else
-                {
-                    return b.Iova + (ulong)(hostAddress - b.HostAddress);
-                }
+                return MappingsAvailableLocked();
             }
-            return null;
         }
     }
 
-    internal unsafe DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference)
+    /// <summary>
+    /// The IOVA of a host address inside any DMA buffer of this container; null when the address is in
+    /// none. O(log n) in the number of buffers and lock-free: it never waits for a map or an unmap.
+    /// </summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    public ulong? TranslateToIova(nint hostAddress) =>
+        _translation.TryTranslate(hostAddress, out ulong iova) ? iova : null;
+
+    /// <summary>The IOVA of a host address inside any DMA buffer of this container; false when it is in none. Lock-free, O(log n).</summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    /// <param name="iova">The device's address for it.</param>
+    public bool TryTranslateToIova(nint hostAddress, out ulong iova) => _translation.TryTranslate(hostAddress, out iova);
+
+    private IommuInfo IommuInfoLocked() => _iommuInfo ??= IommuInfo.Query(Registry.Kernel, Fd);
+
+    private int MappingsAvailableLocked()
+    {
+        var info = IommuInfoLocked();
+        if (info.DmaMappingsAvailable is uint reported)
+        {
+            // Asked while the container held no mapping (first use, or after the last group left).
+            return (int)Math.Max(0, reported - (long)_buffers.Count);
+        }
+        _entryLimit ??= ReadEntryLimit();
+        return Math.Max(0, _entryLimit.Value - _buffers.Count);
+    }
+
+    // Kernels before 5.10 do not report DMA_AVAIL: the module parameter says the limit.
+    private int ReadEntryLimit()
+    {
+        string? text = Registry.Sysfs.ReadText("module/vfio_iommu_type1/parameters/dma_entry_limit");
+        return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int limit) ? limit : DefaultDmaEntryLimit;
+    }
+
+    internal unsafe DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference, ulong alignment = 0)
     {
         lock (_dmaLock)
         {
-            var info = IommuInfo;
+            var info = IommuInfoLocked();
             _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
-            if (info.DmaMappingsAvailable is uint budget && _buffers.Count >= budget)
+            if (MappingsAvailableLocked() == 0)
             {
-                throw new VfioException(
-                    $"The container already holds {_buffers.Count} DMA mappings, the kernel's limit for it (vfio_iommu_type1 dma_entry_limit): use fewer, larger buffers.");
+                throw new VfioResourceLimitException(
+                    $"Cannot map a DMA buffer for {device.Name}: the container holds {_buffers.Count} DMA mappings, all the kernel allows " +
+                    "(the vfio_iommu_type1 module parameter dma_entry_limit). Use fewer, larger buffers, or raise the limit: " +
+                    "echo N > /sys/module/vfio_iommu_type1/parameters/dma_entry_limit (as root, before the container is opened).",
+                    VfioResourceLimitException.DmaEntryLimit);
             }
             ulong iova;
             if (fixedIova is ulong wanted)
             {
                 if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
                 {
-                    throw new VfioException($"IOVA range {wanted:#x}+{length:#x} lies outside the IOMMU's valid ranges ({string.Join(", ", info.IovaRanges.Select(r => $"{r.Start:#x}-{r.End:#x}"))}).");
+                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
                 }
                 if (wanted + length - 1 > device.DmaMask)
                 {
-                    throw new VfioException($"IOVA range {wanted:#x}+{length:#x} exceeds the DMA mask {device.DmaMask:#x} of {device.Name}.");
+                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
                 }
                 if (!_iova.Reserve(wanted, length))
                 {
-                    throw new VfioException($"IOVA range {wanted:#x}+{length:#x} overlaps a DMA mapping of this container.");
+                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
                 }
                 iova = wanted;
             }
             else
             {
-                iova = _iova.Allocate(length, device.DmaMask)
-                    ?? throw new VfioException($"No free IOVA range of {length:#x} bytes below the DMA mask {device.DmaMask:#x} of {device.Name}.");
+                iova = _iova.Allocate(length, device.DmaMask, alignment)
+                    ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
             }
             var map = new vfio_iommu_type1_dma_map
             {
@@ -223,41 +259,82 @@ public sealed class VfioContainer
             if (rc < 0)
             {
                 _iova.Free(iova);
-                VfioErrors.Throw(-rc, $"VFIO_IOMMU_MAP_DMA {iova:#x}+{length:#x}", device.ErrorTarget,
-                    -rc == Errno.ENOMEM ? "The pinned-memory limit (ulimit -l, RLIMIT_MEMLOCK) is too low for this mapping" : null);
+                throw MapError(-rc, iova, length, device);
             }
             var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
-            int at = _buffers.BinarySearch(buffer, HostOrder.Instance);
-            _buffers.Insert(at < 0 ? ~at : at, buffer);
+            _buffers.Add(buffer);
+            _translation.Add(memory.Address, length, iova);
+            Log.DmaMapped(Registry.Logger, device.Name, iova, length);
             return buffer;
         }
     }
 
+    private static string FormatRanges(IommuInfo info) =>
+        string.Join(", ", info.IovaRanges.Select(r => string.Create(CultureInfo.InvariantCulture, $"0x{r.Start:x}-0x{r.End:x}")));
+
+    // The kernel's refusals of VFIO_IOMMU_MAP_DMA, each turned into what to do about it.
+    private static VfioException MapError(int errno, ulong iova, ulong length, VfioDevice device)
+    {
+        string operation = string.Create(CultureInfo.InvariantCulture, $"VFIO_IOMMU_MAP_DMA 0x{iova:x}+0x{length:x}");
+        var target = device.ErrorTarget;
+        switch (errno)
+        {
+            case Errno.ENOMEM:
+                return new VfioResourceLimitException(
+                    VfioErrors.Create(errno, operation, target,
+                        "Pinning the buffer would exceed the locked-memory limit (RLIMIT_MEMLOCK): raise it with ulimit -l " +
+                        "(or LimitMEMLOCK= for a systemd service, memlock in /etc/security/limits.conf) to cover all DMA buffers, or run with CAP_IPC_LOCK").Message,
+                    VfioResourceLimitException.MemoryLock, operation, errno, target);
+            case Errno.ENOSPC:
+                return new VfioResourceLimitException(
+                    VfioErrors.Create(errno, operation, target,
+                        "The container reached the kernel's DMA mapping limit (the vfio_iommu_type1 module parameter dma_entry_limit): " +
+                        "use fewer, larger buffers, or raise it in /sys/module/vfio_iommu_type1/parameters/dma_entry_limit").Message,
+                    VfioResourceLimitException.DmaEntryLimit, operation, errno, target);
+            case Errno.EEXIST:
+                return VfioErrors.Create(errno, operation, target,
+                    "The kernel already maps part of this IOVA range in the container: a mapping made outside this library overlaps it");
+            case Errno.EINVAL:
+                return VfioErrors.Create(errno, operation, target,
+                    "The kernel refused the range: it must be page-aligned and inside the IOMMU's valid IOVA ranges");
+            default:
+                return VfioErrors.Create(errno, operation, target);
+        }
+    }
+
+    /// <summary>
+    /// Unmaps a buffer. When the kernel refuses, the container keeps it in its books (the device may
+    /// still reach it) and tries again when its last group leaves.
+    /// </summary>
     internal unsafe void Unmap(DmaBuffer buffer)
     {
         lock (_dmaLock)
         {
-            if (!_buffers.Remove(buffer))
+            if (!_buffers.Contains(buffer))
             {
                 return;
             }
-            _iova?.Free(buffer.Iova);
             var unmap = new vfio_iommu_type1_dma_unmap
             {
                 argsz = (uint)sizeof(vfio_iommu_type1_dma_unmap),
                 iova = buffer.Iova,
                 size = buffer.Length,
             };
-            VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_IOMMU_UNMAP_DMA, &unmap), $"VFIO_IOMMU_UNMAP_DMA {buffer.Iova:#x}+{buffer.Length:#x}");
+            string operation = string.Create(CultureInfo.InvariantCulture, $"VFIO_IOMMU_UNMAP_DMA 0x{buffer.Iova:x}+0x{buffer.Length:x}");
+            VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_IOMMU_UNMAP_DMA, &unmap), operation);
+            _buffers.Remove(buffer);
+            _translation.Remove(buffer.HostAddress);
+            _iova?.Free(buffer.Iova);
+            Log.DmaUnmapped(Registry.Logger, buffer.Iova, buffer.Length);
             if (unmap.size != buffer.Length)
             {
-                throw new VfioException($"VFIO_IOMMU_UNMAP_DMA {buffer.Iova:#x}+{buffer.Length:#x} unmapped {unmap.size:#x} bytes: the container's mappings and the library's disagree.");
+                throw new VfioException($"{operation} unmapped 0x{unmap.size:x} bytes: the container's mappings and the library's disagree.");
             }
         }
     }
 
     // The last group is leaving: unmap everything explicitly, then forget it (the kernel drops a
-    // container's mappings with its IOMMU anyway).
+    // container's mappings with its IOMMU anyway, so a failed unmap leaks nothing; it is logged).
     private void UnmapAll()
     {
         DmaBuffer[] live;
@@ -265,31 +342,30 @@ public sealed class VfioContainer
         {
             live = [.. _buffers];
         }
+        if (live.Length > 0)
+        {
+            Log.DmaUnmappingAll(Registry.Logger, live.Length);
+        }
         foreach (var buffer in live)
         {
             try
             {
                 Unmap(buffer);
             }
-            catch (VfioException)
+            catch (VfioException e)
             {
+                Log.DmaUnmapFailed(Registry.Logger, buffer.Iova, buffer.Length, e);
             }
             buffer.Orphan();
         }
         lock (_dmaLock)
         {
             _buffers.Clear();
-            _iova?.Clear();
+            _translation.Clear();
             _iova = null;
             _iommuInfo = null;
+            _entryLimit = null;
         }
-    }
-
-    private sealed class HostOrder : IComparer<DmaBuffer>
-    {
-        public static readonly HostOrder Instance = new();
-
-        public int Compare(DmaBuffer? x, DmaBuffer? y) => x!.HostAddress.CompareTo(y!.HostAddress);
     }
 
     private void SetIommu(IommuGroup group)

@@ -112,3 +112,170 @@ public class VfioContainerTests : KernelTest
         buffer.Dispose();
     }
 }
+
+/// <summary>A container's DMA mappings: the kernel's mapping budget, its refusals turned into clear errors, teardown.</summary>
+public class VfioContainerDmaTests : KernelTest
+{
+    [Fact]
+    public void MappingsAvailableFollowDmaAvailAndTheLibraryRefusesBeforeTheKernel()
+    {
+        Kernel.DmaEntryLimit = 3;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        var container = device.Group!.Container!;
+        container.DmaMappingsAvailable.Should().Be(3);
+        var buffers = Enumerable.Range(0, 3).Select(_ => device.AllocateDmaBuffer(0x1000)).ToList();
+        long calls = Kernel.CallCount;
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>().Which;
+
+        error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
+        error.Errno.Should().Be(0, "the library counted and refused; the kernel was not asked");
+        error.Message.Should().Contain("0000:00:03.0").And.Contain("dma_entry_limit").And.Contain("3 DMA mappings");
+        Kernel.CallCount.Should().Be(calls + 2, "only the mmap of the buffer's memory and the munmap that gave it back");
+        container.DmaMappingsAvailable.Should().Be(0);
+        container.QueryIommuInfo().DmaMappingsAvailable.Should().Be(0u);
+        buffers[0].Dispose();
+        container.DmaMappingsAvailable.Should().Be(1);
+        container.QueryIommuInfo().DmaMappingsAvailable.Should().Be(1u);
+        buffers.ForEach(b => b.Dispose());
+    }
+
+    [Fact]
+    public void WithoutDmaAvailTheModuleParameterIsTheLimit()
+    {
+        Kernel.ReportsDmaAvailable = false;
+        Kernel.DmaEntryLimit = 2;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        var container = device.Group!.Container!;
+
+        container.IommuInfo.DmaMappingsAvailable.Should().BeNull();
+        container.DmaMappingsAvailable.Should().Be(2, "read from /sys/module/vfio_iommu_type1/parameters/dma_entry_limit");
+        using var a = device.AllocateDmaBuffer(0x1000);
+        using var b = device.AllocateDmaBuffer(0x1000);
+        device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>()
+            .Which.Errno.Should().Be(0);
+    }
+
+    [Fact]
+    public void TheKernelsEnospcBecomesALimitErrorAndTheIovaIsFreed()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        Kernel.FailNext(SimulatedCall.Ioctl, Errno.ENOSPC, VfioUapi.VFIO_IOMMU_MAP_DMA);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>().Which;
+
+        error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
+        error.Errno.Should().Be(Errno.ENOSPC);
+        error.Operation.Should().StartWith("VFIO_IOMMU_MAP_DMA");
+        error.Message.Should().Contain("dma_entry_limit");
+        Kernel.MappingCount.Should().Be(0, "the buffer's memory was given back");
+        using var next = device.AllocateDmaBuffer(0x1000);
+        next.Iova.Should().Be(0x1000, "the refused mapping's IOVA was freed");
+    }
+
+    [Fact]
+    public void TheKernelsEexistIsAnErrorNeverIgnored()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        Kernel.FailNext(SimulatedCall.Ioctl, Errno.EEXIST, VfioUapi.VFIO_IOMMU_MAP_DMA);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000, iova: 0x10000)).Should().Throw<VfioException>().Which;
+
+        error.Errno.Should().Be(Errno.EEXIST);
+        error.Message.Should().Contain("EEXIST").And.Contain("overlaps");
+        device.Group!.Container!.DmaMappingCount.Should().Be(0);
+        Kernel.DmaMappingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public void PinningBeyondTheMemoryLockLimitNamesUlimit()
+    {
+        Kernel.MemoryLockLimit = 0x3000;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var first = device.AllocateDmaBuffer(0x2000);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x2000)).Should().Throw<VfioResourceLimitException>().Which;
+
+        error.Limit.Should().Be(VfioResourceLimitException.MemoryLock);
+        error.Errno.Should().Be(Errno.ENOMEM);
+        error.Message.Should().Contain("RLIMIT_MEMLOCK").And.Contain("ulimit -l");
+        Kernel.LockedMemory.Should().Be(0x2000);
+        first.Dispose();
+        Kernel.LockedMemory.Should().Be(0);
+    }
+
+    [Fact]
+    public void TeardownUnmapsEveryBufferAndTranslationForgetsThem()
+    {
+        AddPci();
+        var device = RegisterPci();
+        var open = device.Open();
+        var container = device.Group!.Container!;
+        var buffers = Enumerable.Range(0, 5).Select(_ => device.AllocateDmaBuffer(0x1000)).ToList();
+        container.TranslateToIova(buffers[3].HostAddress + 0x10).Should().Be(buffers[3].Iova + 0x10);
+        Kernel.FailNext(SimulatedCall.Ioctl, Errno.EIO, VfioUapi.VFIO_IOMMU_UNMAP_DMA);
+
+        open.Dispose();
+
+        Kernel.DmaMappingCount.Should().Be(0);
+        buffers.Should().OnlyContain(b => !b.IsMapped);
+        container.TranslateToIova(buffers[3].HostAddress + 0x10).Should().BeNull();
+        Logs.Named("DmaUnmapFailed").Should().ContainSingle("closing the device revoked the buffers and one unmap failed");
+        Logs.Named("DmaUnmappingAll").Should().ContainSingle("the container kept the failed one and unmapped it when its group left")
+            .Which["Count"].Should().Be(1);
+        buffers.ForEach(b => b.Dispose());
+    }
+
+    [Fact]
+    public void RefusalsNameTheRangeTheValidRangesAndTheMaskInHex()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+
+        device.Invoking(d => d.AllocateDmaBuffer(0x1000, iova: 0xfee0_0000)).Should().Throw<VfioException>()
+            .WithMessage("*0000:00:03.0*IOVA range 0xfee00000+0x1000 lies outside the IOMMU's valid ranges (0x0-0xfedfffff, 0xfef00000-0x7fffffffff)*");
+        Kernel.DmaMappingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public void TranslationFindsEveryLiveBufferAndNothingElse()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        var container = device.Group!.Container!;
+        var buffers = Enumerable.Range(0, 600).Select(i => device.AllocateDmaBuffer((ulong)(1 + (i % 3)) * 0x1000)).ToList();
+        foreach (var b in buffers.Where((_, i) => i % 2 == 1))
+        {
+            b.Dispose();
+        }
+
+        for (int i = 0; i < buffers.Count; i++)
+        {
+            var b = buffers[i];
+            nint last = b.HostAddress + (nint)b.Length - 1;
+            if (i % 2 == 0)
+            {
+                container.TryTranslateToIova(last, out ulong iova).Should().BeTrue();
+                iova.Should().Be(b.Iova + b.Length - 1);
+            }
+            else
+            {
+                container.TranslateToIova(last).Should().BeNull();
+            }
+        }
+        container.DmaMappingCount.Should().Be(300);
+        buffers.ForEach(b => b.Dispose());
+    }
+}
