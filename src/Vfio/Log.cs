@@ -55,4 +55,7 @@ internal static partial class Log
 
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
+
+    [LoggerMessage(500, LogLevel.Warning, "The {Kind} capability list of {Device} loops back to offset {Offset:x}; using the {Count} capabilities before it")]
+    public static partial void CapabilityListLoops(ILogger logger, string device, string kind, int offset, int count);
 }
