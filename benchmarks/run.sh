@@ -17,6 +17,9 @@
 #   ioctl_setlasterror_ns         context  ... plus SetLastError
 #   ioctl_libc_import_ns          context  ... plus SafeHandle marshalling (the seam minus its virtual call)
 #   safehandle_addref_release_ns  context  the SafeHandle reference count alone, no syscall
+#   mmio_overhead_ratio           <= 1.2   MmioRegion 32-bit write + dependent read-back / raw pointer loop, same mapping
+#   mmio_raw_ns, mmio_typed_ns    context  ns per write + read pair, raw and through MmioRegion
+#   mmio_independent_ratio        context  the same with independent accesses (throughput-bound worst case)
 #
 # The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
 # back to back in each round; ns values are medians over rounds of the fastest batch. Background

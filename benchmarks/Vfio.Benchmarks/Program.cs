@@ -8,6 +8,7 @@ IBenchmark[] all =
 [
     new IoctlOverheadBenchmark(),
     new IoctlBreakdownBenchmark(),
+    new MmioOverheadBenchmark(),
 ];
 
 var selected = new List<IBenchmark>();

@@ -177,7 +177,8 @@ internal static class EduScenarios
         }
     }
 
-    private static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
+    /// <summary>Probes with the edu driver and runs <paramref name="body"/> on the device alone in its group, held open.</summary>
+    internal static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
     {
         using DeviceReference open = device.Open();
         await body(device).ConfigureAwait(false);

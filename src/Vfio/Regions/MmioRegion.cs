@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Diagnostics.CodeAnalysis;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using Vfio.Interop;
 using static Vfio.Interop.Interop;
@@ -34,6 +35,14 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
     private readonly SafeFd? _fd;
     private readonly ulong _fileOffset;
     private byte* _base;
+
+    // The fast path's bounds: the number of naturally aligned registers of each width the whole
+    // mapping holds, 0 when the region is not mapped whole (or is revoked). An offset rotated right
+    // by log2(width) is below it only when it is aligned and inside, so one compare does both checks.
+    private ulong _end8;
+    private ulong _end16;
+    private ulong _end32;
+    private ulong _end64;
     private DeviceReference _reference;
     private int _state; // 0 live, 1 revoked or disposed
 
@@ -51,6 +60,10 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         if (mapping is not null && !mapping.IsTrapped)
         {
             _base = (byte*)mapping.Address;
+            _end8 = info.Size;
+            _end16 = info.Size / 2;
+            _end32 = info.Size / 4;
+            _end64 = info.Size / 8;
         }
         MappedAreas = mapping is not null ? [new SparseMmapArea(0, info.Size)] : [.. areas.Select(a => a.Area)];
     }
@@ -75,50 +88,42 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
 
     /// <summary>Reads an 8-bit register.</summary>
     /// <param name="offset">The register's offset in the region.</param>
-    public byte Read8(ulong offset)
-    {
-        Check(offset, 1);
-        byte* p = _base;
-        return p != null ? Volatile.Read(ref *(p + offset)) : (byte)ReadSlow(offset, 1);
-    }
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public byte Read8(ulong offset) =>
+        offset < _end8 ? Volatile.Read(ref *(_base + offset)) : (byte)ReadSlow(offset, 1);
 
     /// <summary>Reads a 16-bit register (little-endian, as PCI is).</summary>
     /// <param name="offset">The register's offset in the region, 2-byte aligned.</param>
-    public ushort Read16(ulong offset)
-    {
-        Check(offset, 2);
-        byte* p = _base;
-        return p != null ? Volatile.Read(ref *(ushort*)(p + offset)) : (ushort)ReadSlow(offset, 2);
-    }
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region or misaligned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ushort Read16(ulong offset) =>
+        BitOperations.RotateRight(offset, 1) < _end16 ? Volatile.Read(ref *(ushort*)(_base + offset)) : (ushort)ReadSlow(offset, 2);
 
     /// <summary>Reads a 32-bit register.</summary>
     /// <param name="offset">The register's offset in the region, 4-byte aligned.</param>
-    public uint Read32(ulong offset)
-    {
-        Check(offset, 4);
-        byte* p = _base;
-        return p != null ? Volatile.Read(ref *(uint*)(p + offset)) : (uint)ReadSlow(offset, 4);
-    }
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region or misaligned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public uint Read32(ulong offset) =>
+        BitOperations.RotateRight(offset, 2) < _end32 ? Volatile.Read(ref *(uint*)(_base + offset)) : (uint)ReadSlow(offset, 4);
 
     /// <summary>Reads a 64-bit register.</summary>
     /// <param name="offset">The register's offset in the region, 8-byte aligned.</param>
-    public ulong Read64(ulong offset)
-    {
-        Check(offset, 8);
-        byte* p = _base;
-        return p != null ? Volatile.Read(ref *(ulong*)(p + offset)) : ReadSlow(offset, 8);
-    }
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region or misaligned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong Read64(ulong offset) =>
+        BitOperations.RotateRight(offset, 3) < _end64 ? Volatile.Read(ref *(ulong*)(_base + offset)) : ReadSlow(offset, 8);
 
     /// <summary>Writes an 8-bit register.</summary>
     /// <param name="offset">The register's offset in the region.</param>
     /// <param name="value">The value.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Write8(ulong offset, byte value)
     {
-        Check(offset, 1);
-        byte* p = _base;
-        if (p != null)
+        if (offset < _end8)
         {
-            Volatile.Write(ref *(p + offset), value);
+            Volatile.Write(ref *(_base + offset), value);
         }
         else
         {
@@ -129,13 +134,13 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
     /// <summary>Writes a 16-bit register.</summary>
     /// <param name="offset">The register's offset in the region, 2-byte aligned.</param>
     /// <param name="value">The value.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region or misaligned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Write16(ulong offset, ushort value)
     {
-        Check(offset, 2);
-        byte* p = _base;
-        if (p != null)
+        if (BitOperations.RotateRight(offset, 1) < _end16)
         {
-            Volatile.Write(ref *(ushort*)(p + offset), value);
+            Volatile.Write(ref *(ushort*)(_base + offset), value);
         }
         else
         {
@@ -146,13 +151,13 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
     /// <summary>Writes a 32-bit register.</summary>
     /// <param name="offset">The register's offset in the region, 4-byte aligned.</param>
     /// <param name="value">The value.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region or misaligned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Write32(ulong offset, uint value)
     {
-        Check(offset, 4);
-        byte* p = _base;
-        if (p != null)
+        if (BitOperations.RotateRight(offset, 2) < _end32)
         {
-            Volatile.Write(ref *(uint*)(p + offset), value);
+            Volatile.Write(ref *(uint*)(_base + offset), value);
         }
         else
         {
@@ -163,13 +168,13 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
     /// <summary>Writes a 64-bit register.</summary>
     /// <param name="offset">The register's offset in the region, 8-byte aligned.</param>
     /// <param name="value">The value.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The access is outside the region or misaligned.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Write64(ulong offset, ulong value)
     {
-        Check(offset, 8);
-        byte* p = _base;
-        if (p != null)
+        if (BitOperations.RotateRight(offset, 3) < _end64)
         {
-            Volatile.Write(ref *(ulong*)(p + offset), value);
+            Volatile.Write(ref *(ulong*)(_base + offset), value);
         }
         else
         {
@@ -266,6 +271,7 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         {
             return false;
         }
+        _end8 = _end16 = _end32 = _end64 = 0;
         _base = null;
         _mapping?.Dispose();
         foreach (var area in _areas)
@@ -276,7 +282,6 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         return true;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Check(ulong offset, int size)
     {
         if (offset > Size - (ulong)size || (offset & (ulong)(size - 1)) != 0)
@@ -285,9 +290,12 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         }
     }
 
+    /// <summary>Every access the fast path does not take: revoked, out of range, trapped, sparse or through the file.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong ReadSlow(ulong offset, int size)
     {
         ThrowIfRevoked();
+        Check(offset, size);
         if (_mapping is not null)
         {
             return _mapping.ReadTrapped((nuint)offset, size);
@@ -306,9 +314,11 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         return BinaryPrimitives.ReadUInt64LittleEndian(bytes);
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private void WriteSlow(ulong offset, int size, ulong value)
     {
         ThrowIfRevoked();
+        Check(offset, size);
         if (_mapping is not null)
         {
             _mapping.WriteTrapped((nuint)offset, size, value);
