@@ -67,7 +67,9 @@ public class RegionInfoTests : KernelTest
         Header(buffer, Fixed, (ushort)VfioUapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, Fixed + 8);
         Header(buffer, Fixed + 8, (ushort)VfioUapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, Fixed);
 
-        Parsing(buffer).Should().Throw<VfioException>().WithMessage("*region 2 of 0000:00:03.0*loops back to offset 32*");
+        var e = Parsing(buffer).Should().Throw<VfioException>().WithMessage("*region 2 of 0000:00:03.0*loops back to offset 32*").Which;
+        e.Device.Should().Be("0000:00:03.0");
+        e.RegionIndex.Should().Be(2);
     }
 
     [Fact]
@@ -129,7 +131,8 @@ public class RegionInfoTests : KernelTest
         var buffer = Info(Fixed + 16 + 16, Fixed);
         Sparse(buffer, Fixed, 0, (0x3000, 0x2000));
 
-        Parsing(buffer).Should().Throw<VfioException>().WithMessage("*sparse mmap area [3000, +2000) lies outside the 4000-byte region*");
+        Parsing(buffer).Should().Throw<VfioException>().WithMessage("*sparse mmap area [3000, +2000) lies outside the 4000-byte region*")
+            .Which.RegionIndex.Should().Be(2);
     }
 
     [Fact]
