@@ -21,6 +21,7 @@ internal static class PciScenarios
         new("pci_capabilities_edu", Capabilities),
         new("pci_msi_control_is_virtual", MsiControlIsVirtual),
         new("pci_command_bus_master", CommandBusMaster),
+        new("pci_region_access_past_the_end", RegionAccessPastTheEnd),
     ];
 
     public static Task ConfigHeader(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
@@ -87,6 +88,20 @@ internal static class PciScenarios
         device.UpdateCommand(PciCommand.BusMaster);
         Check.Equal((ushort)before, (ushort)device.Command, "command register after setting bus master again");
         Check.True(device.CheckLiveness(0x5a5a5a5a), "BAR0 stopped answering after the command register round trip");
+        return Task.CompletedTask;
+    });
+
+    /// <summary>
+    /// Below the public API (which checks bounds itself): vfio-pci refuses a config access that runs
+    /// past config space with EFAULT, but cuts a BAR access short at the BAR's end.
+    /// </summary>
+    public static Task RegionAccessPastTheEnd(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
+    {
+        RegionInfo config = device.GetRegionInfo(PciVfioDevice.ConfigRegion);
+        RegionInfo bar0 = device.GetRegionInfo(0);
+        Span<byte> eight = stackalloc byte[8];
+        Check.Equal(-Vfio.Errno.EFAULT, (int)context.Kernel.PRead(device.DeviceFd, eight, (long)(config.Offset + config.Size - 4)), "pread of 8 bytes at the last dword of config space");
+        Check.Equal(4L, context.Kernel.PRead(device.DeviceFd, eight, (long)(bar0.Offset + bar0.Size - 4)), "pread of 8 bytes at the last dword of BAR0");
         return Task.CompletedTask;
     });
 }

@@ -766,6 +766,9 @@ public class PciDeviceModel : DeviceModel
         }
     }
 
+    /// <summary>vfio_config_do_rw refuses an access to config space that runs past its end with EFAULT.</summary>
+    internal override int RefusePastEnd(int index) => index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX ? -Errno.EFAULT : 0;
+
     internal override long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
     {
         lock (Gate)
