@@ -284,7 +284,7 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
 
     private void Check(ulong offset, int size)
     {
-        if (offset > Size - (ulong)size || (offset & (ulong)(size - 1)) != 0)
+        if ((ulong)size > Size || offset > Size - (ulong)size || (offset & (ulong)(size - 1)) != 0)
         {
             ThrowOutOfRange(offset, size);
         }
@@ -309,7 +309,7 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         long n = VfioErrors.Check(_device!.Kernel.PRead(_fd!, bytes[..size], (long)(_fileOffset + offset)), "pread", _device.ErrorTarget with { RegionIndex = Info.Index });
         if (n != size)
         {
-            throw new VfioException($"A {size}-byte read at {offset:#x} of region {Info.Index} of {_deviceName} returned {n} bytes.");
+            throw new VfioException($"A {size}-byte read at 0x{offset:x} of region {Info.Index} of {_deviceName} returned {n} bytes.");
         }
         return BinaryPrimitives.ReadUInt64LittleEndian(bytes);
     }
@@ -334,7 +334,7 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         long n = VfioErrors.Check(_device!.Kernel.PWrite(_fd!, bytes[..size], (long)(_fileOffset + offset)), "pwrite", _device.ErrorTarget with { RegionIndex = Info.Index });
         if (n != size)
         {
-            throw new VfioException($"A {size}-byte write at {offset:#x} of region {Info.Index} of {_deviceName} wrote {n} bytes.");
+            throw new VfioException($"A {size}-byte write at 0x{offset:x} of region {Info.Index} of {_deviceName} wrote {n} bytes.");
         }
     }
 
@@ -364,7 +364,7 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
     {
         ThrowIfRevoked();
         throw new ArgumentOutOfRangeException(nameof(offset), offset,
-            $"A {size}-byte access at {offset:#x} is outside region {Info.Index} of {_deviceName} ({Size:#x} bytes) or not {size}-byte aligned.");
+            $"A {size}-byte access at 0x{offset:x} is outside region {Info.Index} of {_deviceName} (0x{Size:x} bytes) or not {size}-byte aligned.");
     }
 
     /// <summary>One mapped sparse area of a region.</summary>

@@ -141,6 +141,16 @@ public class MmioRegionTests : KernelTest
     }
 
     [Fact]
+    public void AnAccessWiderThanTheWholeRegionIsRefused()
+    {
+        using var tiny = OverMemory(4);
+
+        tiny.Invoking(r => r.Read64(0)).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*8-byte access at 0x0 is outside region 0 of test memory (0x4 bytes)*");
+        tiny.Invoking(r => r.Write64(0, 1)).Should().Throw<ArgumentOutOfRangeException>();
+        tiny.Read32(0).Should().Be(0);
+    }
+
+    [Fact]
     public void ARegionOverMemoryReadsAndWritesEveryWidth()
     {
         using var region = OverMemory(0x1000);
