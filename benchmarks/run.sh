@@ -26,6 +26,9 @@
 #   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (the floor)
 #   iova_translate_2threads_mops  context  two threads translating at once, wall-clock (lock-free reads)
 #   dma_map_us                    context  allocate + map one 4 KiB DMA buffer (simulated kernel)
+#   mmio_overhead_ratio           <= 1.2   MmioRegion 32-bit write + dependent read-back / raw pointer loop, same mapping
+#   mmio_raw_ns, mmio_typed_ns    context  ns per write + read pair, raw and through MmioRegion
+#   mmio_independent_ratio        context  the same with independent accesses (throughput-bound worst case)
 #
 # The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
 # back to back in each round; ns values are medians over rounds of the fastest batch. Background

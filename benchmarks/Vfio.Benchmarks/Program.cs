@@ -10,6 +10,7 @@ IBenchmark[] all =
     new IoctlBreakdownBenchmark(),
     new IrqWakeBenchmark(),
     new IovaTranslateBenchmark(),
+    new MmioOverheadBenchmark(),
 ];
 
 var selected = new List<IBenchmark>();

@@ -119,7 +119,7 @@ public sealed class NvmeController : PciVfioDevice
     }
 
     /// <summary>CAP and VS, read when the device was opened.</summary>
-    public NvmeCapabilities Capabilities { get; private set; }
+    public NvmeCapabilities ControllerCapabilities { get; private set; }
 
     /// <summary>The I/O queue pair's id once created, else 0.</summary>
     public int IoQueueId => _io?.Id ?? 0;
@@ -131,8 +131,8 @@ public sealed class NvmeController : PciVfioDevice
     {
         // CAP as two 32-bit halves: a 64-bit access is optional for a controller.
         ulong cap = Bar0.Read32(RegCap) | ((ulong)Bar0.Read32(RegCap + 4) << 32);
-        Capabilities = new NvmeCapabilities(cap, Bar0.Read32(RegVersion));
-        return Capabilities;
+        ControllerCapabilities = new NvmeCapabilities(cap, Bar0.Read32(RegVersion));
+        return ControllerCapabilities;
     }
 
     /// <summary>The controller status register (CSTS).</summary>
@@ -189,9 +189,9 @@ public sealed class NvmeController : PciVfioDevice
         {
             throw new InvalidOperationException($"The NVMe controller {Name} has no admin queues; call ConfigureAdminQueues first.");
         }
-        if (Capabilities.MinPageSize > PageSize)
+        if (ControllerCapabilities.MinPageSize > PageSize)
         {
-            throw new NotSupportedException($"The NVMe controller {Name} needs pages of at least {Capabilities.MinPageSize} bytes (CAP.MPSMIN); this driver uses {PageSize}.");
+            throw new NotSupportedException($"The NVMe controller {Name} needs pages of at least {ControllerCapabilities.MinPageSize} bytes (CAP.MPSMIN); this driver uses {PageSize}.");
         }
         Bar0.Write32(RegConfiguration, CcEnable | CcIoSqEntrySize | CcIoCqEntrySize);
         var took = await WaitReadyAsync(ready: true, cancellationToken).ConfigureAwait(false);
@@ -218,7 +218,7 @@ public sealed class NvmeController : PciVfioDevice
     public async Task<NvmeControllerIdentity> IdentifyControllerAsync(CancellationToken cancellationToken = default)
     {
         using var data = AllocateDmaBuffer(PageSize, DmaAccess.DeviceWrites);
-        await ExecuteAsync(Admin, "IDENTIFY CONTROLLER", new Command(OpIdentify) { Prp1 = data.Iova, Cdw10 = 1 }, cancellationToken).ConfigureAwait(false);
+        await ExecuteAsync(Admin, "IDENTIFY CONTROLLER", new SubmissionEntry(OpIdentify) { Prp1 = data.Iova, Cdw10 = 1 }, cancellationToken).ConfigureAwait(false);
         var d = data.Span;
         return new NvmeControllerIdentity(
             BinaryPrimitives.ReadUInt16LittleEndian(d),
@@ -237,7 +237,7 @@ public sealed class NvmeController : PciVfioDevice
     public async Task<NvmeNamespace> IdentifyNamespaceAsync(uint namespaceId, CancellationToken cancellationToken = default)
     {
         using var data = AllocateDmaBuffer(PageSize, DmaAccess.DeviceWrites);
-        await ExecuteAsync(Admin, "IDENTIFY NAMESPACE", new Command(OpIdentify) { NamespaceId = namespaceId, Prp1 = data.Iova, Cdw10 = 0 }, cancellationToken).ConfigureAwait(false);
+        await ExecuteAsync(Admin, "IDENTIFY NAMESPACE", new SubmissionEntry(OpIdentify) { NamespaceId = namespaceId, Prp1 = data.Iova, Cdw10 = 0 }, cancellationToken).ConfigureAwait(false);
         var d = data.Span;
         ulong blocks = BinaryPrimitives.ReadUInt64LittleEndian(d);
         int format = d[26] & 0xf;
@@ -258,7 +258,7 @@ public sealed class NvmeController : PciVfioDevice
         ArgumentOutOfRangeException.ThrowIfLessThan(queueId, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(queueId, ushort.MaxValue);
         ArgumentOutOfRangeException.ThrowIfLessThan(entries, 2);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(entries, Math.Min(Capabilities.MaxQueueEntries, PageSize / 64));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(entries, Math.Min(ControllerCapabilities.MaxQueueEntries, PageSize / 64));
         if (_io is not null)
         {
             throw new InvalidOperationException($"The NVMe controller {Name} already has I/O queue pair {_io.Id}.");
@@ -268,15 +268,15 @@ public sealed class NvmeController : PciVfioDevice
         {
             uint sizeAndId = (uint)queueId | ((uint)(entries - 1) << 16);
             // CDW11: physically contiguous, interrupts enabled, vector in bits 31:16.
-            await ExecuteAsync(Admin, "CREATE I/O CQ", new Command(OpCreateIoCq) { Prp1 = pair.Completions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x3 | ((uint)IoVector << 16) }, cancellationToken).ConfigureAwait(false);
+            await ExecuteAsync(Admin, "CREATE I/O CQ", new SubmissionEntry(OpCreateIoCq) { Prp1 = pair.Completions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x3 | ((uint)IoVector << 16) }, cancellationToken).ConfigureAwait(false);
             try
             {
                 // CDW11: physically contiguous, completion queue id in bits 31:16.
-                await ExecuteAsync(Admin, "CREATE I/O SQ", new Command(OpCreateIoSq) { Prp1 = pair.Submissions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x1 | ((uint)queueId << 16) }, cancellationToken).ConfigureAwait(false);
+                await ExecuteAsync(Admin, "CREATE I/O SQ", new SubmissionEntry(OpCreateIoSq) { Prp1 = pair.Submissions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x1 | ((uint)queueId << 16) }, cancellationToken).ConfigureAwait(false);
             }
             catch (NvmeCommandException)
             {
-                await ExecuteAsync(Admin, "DELETE I/O CQ", new Command(OpDeleteIoCq) { Cdw10 = (uint)queueId }, cancellationToken).ConfigureAwait(false);
+                await ExecuteAsync(Admin, "DELETE I/O CQ", new SubmissionEntry(OpDeleteIoCq) { Cdw10 = (uint)queueId }, cancellationToken).ConfigureAwait(false);
                 throw;
             }
         }
@@ -294,8 +294,8 @@ public sealed class NvmeController : PciVfioDevice
     public async Task DeleteIoQueuePairAsync(CancellationToken cancellationToken = default)
     {
         var pair = Io;
-        await ExecuteAsync(Admin, "DELETE I/O SQ", new Command(OpDeleteIoSq) { Cdw10 = (uint)pair.Id }, cancellationToken).ConfigureAwait(false);
-        await ExecuteAsync(Admin, "DELETE I/O CQ", new Command(OpDeleteIoCq) { Cdw10 = (uint)pair.Id }, cancellationToken).ConfigureAwait(false);
+        await ExecuteAsync(Admin, "DELETE I/O SQ", new SubmissionEntry(OpDeleteIoSq) { Cdw10 = (uint)pair.Id }, cancellationToken).ConfigureAwait(false);
+        await ExecuteAsync(Admin, "DELETE I/O CQ", new SubmissionEntry(OpDeleteIoCq) { Cdw10 = (uint)pair.Id }, cancellationToken).ConfigureAwait(false);
         _io = null;
         pair.Dispose();
     }
@@ -354,7 +354,7 @@ public sealed class NvmeController : PciVfioDevice
         {
             throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"{blocks} blocks of {ns.BlockSize} bytes exceed one {PageSize}-byte page or the {buffer.Length}-byte buffer.");
         }
-        var command = new Command(opcode)
+        var command = new SubmissionEntry(opcode)
         {
             NamespaceId = ns.NamespaceId,
             Prp1 = buffer.Iova,
@@ -376,7 +376,7 @@ public sealed class NvmeController : PciVfioDevice
     {
         // The specification gives no interrupt for CSTS.RDY: poll, with CAP.TO as the deadline.
         var clock = Stopwatch.StartNew();
-        var timeout = Capabilities.ReadyTimeout > TimeSpan.Zero ? Capabilities.ReadyTimeout : TimeSpan.FromSeconds(1);
+        var timeout = ControllerCapabilities.ReadyTimeout > TimeSpan.Zero ? ControllerCapabilities.ReadyTimeout : TimeSpan.FromSeconds(1);
         while (true)
         {
             uint status = ReadStatus();
@@ -396,7 +396,7 @@ public sealed class NvmeController : PciVfioDevice
         }
     }
 
-    private async Task<Completion> ExecuteAsync(QueuePair queue, string name, Command command, CancellationToken cancellationToken)
+    private async Task<Completion> ExecuteAsync(QueuePair queue, string name, SubmissionEntry command, CancellationToken cancellationToken)
     {
         var interrupts = _interrupts ?? throw new InvalidOperationException($"MSI-X is not enabled on {Name}; call EnableMsix first.");
         await queue.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -440,10 +440,10 @@ public sealed class NvmeController : PciVfioDevice
     }
 
     private ulong Doorbell(int queueId, bool completion) =>
-        DoorbellBase + ((ulong)((2 * queueId) + (completion ? 1 : 0)) * (ulong)Capabilities.DoorbellStride);
+        DoorbellBase + ((ulong)((2 * queueId) + (completion ? 1 : 0)) * (ulong)ControllerCapabilities.DoorbellStride);
 
     /// <summary>A 64-byte submission queue entry.</summary>
-    private readonly record struct Command(byte Opcode)
+    private readonly record struct SubmissionEntry(byte Opcode)
     {
         public uint NamespaceId { get; init; }
 

@@ -190,7 +190,7 @@ public static class NvmeDriverProgram
             {
                 throw new InvalidOperationException($"the controller wants 2^{id.SubmissionEntrySize}-byte SQ and 2^{id.CompletionEntrySize}-byte CQ entries; the driver uses 64 and 16");
             }
-            string transfer = id.MaxTransferPages == 0 ? "no limit" : $"{id.MaxTransferPages * device.Capabilities.MinPageSize / 1024} KiB";
+            string transfer = id.MaxTransferPages == 0 ? "no limit" : $"{id.MaxTransferPages * device.ControllerCapabilities.MinPageSize / 1024} KiB";
             return $"model '{id.ModelNumber}', serial '{id.SerialNumber}', firmware '{id.FirmwareRevision}', vendor 0x{id.VendorId:x4}, {id.NamespaceCount} namespaces, max transfer {transfer}";
         }).ConfigureAwait(false);
 

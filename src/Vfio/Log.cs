@@ -91,4 +91,7 @@ internal static partial class Log
 
     [LoggerMessage(654, LogLevel.Information, "No free 2 MiB hugepages for a DMA buffer of {Device}; using 4 KiB pages instead")]
     public static partial void HugePagesFallback(ILogger logger, string device);
+
+    [LoggerMessage(500, LogLevel.Warning, "The {Kind} capability list of {Device} loops back to offset {Offset:x}; using the {Count} capabilities before it")]
+    public static partial void CapabilityListLoops(ILogger logger, string device, string kind, int offset, int count);
 }

@@ -177,6 +177,7 @@ internal static class EduScenarios
         }
     }
 
+    /// <summary>Probes with the edu driver and runs <paramref name="body"/> on the device alone in its group, held open.</summary>
     internal static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
     {
         using DeviceReference open = device.Open();

@@ -129,6 +129,12 @@ public abstract class DeviceModel
     /// <summary>The number of vectors SET_IRQS accepts for an index (0 when the index does not exist).</summary>
     internal int IrqCount(int index) => DescribeIrq(index, out _, out int count) ? count : 0;
 
+    /// <summary>
+    /// Whether a pread or pwrite that runs past the region's end is refused (a negative errno) rather
+    /// than cut short; 0 to cut it short, as vfio-pci does for BARs.
+    /// </summary>
+    internal virtual int RefusePastEnd(int index) => 0;
+
     /// <summary>A pread or pwrite inside a region; returns the count or a negative errno. Runs outside the kernel lock.</summary>
     internal abstract long AccessRegion(int index, ulong offset, Span<byte> data, bool write);
 

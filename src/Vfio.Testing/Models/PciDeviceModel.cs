@@ -51,6 +51,11 @@ public class PciDeviceModel : DeviceModel
     private ulong _msixTableOffset;
     private ulong? _msixPbaOffset;
     private bool _powerManagement = true;
+    private bool _functionLevelReset;
+    private byte _msiVirtualControl;
+    private int _msiQmax;
+    private readonly List<(byte Id, int Length)> _extraCapabilities = [];
+    private readonly List<(ushort Id, byte Version, int Length)> _extendedCapabilities = [];
 
     /// <summary>Creates a PCI function with the given identity.</summary>
     /// <param name="vendorId">The vendor id (config offset 0x00).</param>
@@ -181,6 +186,59 @@ public class PciDeviceModel : DeviceModel
             ThrowIfSealed();
             _powerManagement = value;
         }
+    }
+
+    /// <summary>Whether the PCI Express capability advertises function level reset (device capabilities bit 28). False by default.</summary>
+    public bool FunctionLevelReset
+    {
+        get => _functionLevelReset;
+        set
+        {
+            ThrowIfSealed();
+            _functionLevelReset = value;
+        }
+    }
+
+    /// <summary>
+    /// Adds a standard capability with no behaviour (its body reads as zeros) after the built-in ones
+    /// (power management, MSI, MSI-X, PCI Express). As vfio-pci does, the device file does not show a
+    /// capability vfio-pci does not virtualize (slot id, hot swap, debug port, CompactPCI CRC, hot-plug
+    /// controller, bridge subsystem id, AGP 8x, secure device, enhanced allocation and any id above
+    /// 0x14): the list skips it, though its bytes stay where they are.
+    /// </summary>
+    /// <param name="id">The capability id.</param>
+    /// <param name="length">Its length in bytes, at least 2 (the header).</param>
+    public void AddCapability(byte id, int length)
+    {
+        ThrowIfSealed();
+        ArgumentOutOfRangeException.ThrowIfLessThan(length, 2);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, 0xc0);
+        _extraCapabilities.Add((id, length));
+    }
+
+    /// <summary>
+    /// Adds an extended capability (PCI Express functions only) with no behaviour; the extended list
+    /// starts at 0x100 in the order added. As vfio-pci does, the device file hides the ones vfio-pci
+    /// does not virtualize (it knows AER, VC, serial number, power budgeting, MFVC, vendor specific,
+    /// ACS, ARI, ATS, SR-IOV, multicast, PRI, resizable BAR, DPA, TPH, LTR and DVSEC): the list skips
+    /// a hidden one, and a hidden first one becomes a header with id 0 that only links to the next.
+    /// </summary>
+    /// <param name="id">The extended capability id.</param>
+    /// <param name="version">Its version (0 to 15).</param>
+    /// <param name="length">Its length in bytes, a multiple of 4, at least 4 (the header).</param>
+    public void AddExtendedCapability(ushort id, byte version, int length)
+    {
+        ThrowIfSealed();
+        if (!IsExpress)
+        {
+            throw new InvalidOperationException("Only a PCI Express function has extended capabilities.");
+        }
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(version, (byte)15);
+        if (length < 4 || length % 4 != 0 || length > 0xf00)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, "An extended capability is a multiple of 4 bytes long, at least 4.");
+        }
+        _extendedCapabilities.Add((id, version, length));
     }
 
     /// <summary>The configuration space size: 4096 for PCI Express, 256 otherwise.</summary>
@@ -413,7 +471,7 @@ public class PciDeviceModel : DeviceModel
             }
         }
 
-        // Capabilities: power management, then MSI, MSI-X and PCI Express.
+        // Capabilities: power management, then MSI, MSI-X, PCI Express and any added ones.
         var capabilities = new List<(byte Id, int Size)>();
         if (HasPowerManagement)
         {
@@ -431,18 +489,29 @@ public class PciDeviceModel : DeviceModel
         {
             capabilities.Add((0x10, 0x3c));
         }
+        int builtIn = capabilities.Count;
+        capabilities.AddRange(_extraCapabilities);
+        var offsets = new int[capabilities.Count];
         int offset = 0x40;
-        if (capabilities.Count > 0)
+        for (int i = 0; i < capabilities.Count; i++)
         {
-            c[0x06] = 0x10; // status: capability list
-            c[0x34] = (byte)offset;
+            offsets[i] = offset;
+            offset = (offset + capabilities[i].Size + 0xf) & ~0xf;
+            if (offsets[i] + capabilities[i].Size > 0x100)
+            {
+                throw new InvalidOperationException("The capabilities do not fit in the 192 bytes of config space after the header.");
+            }
         }
         for (int i = 0; i < capabilities.Count; i++)
         {
-            var (id, size) = capabilities[i];
-            int next = i == capabilities.Count - 1 ? 0 : (offset + size + 0xf) & ~0xf;
+            var (id, _) = capabilities[i];
+            offset = offsets[i];
             c[offset] = id;
-            c[offset + 1] = (byte)next;
+            c[offset + 1] = (byte)(i == capabilities.Count - 1 ? 0 : offsets[i + 1]);
+            if (i >= builtIn)
+            {
+                continue;
+            }
             switch (id)
             {
                 case 0x01:
@@ -467,12 +536,103 @@ public class PciDeviceModel : DeviceModel
                     break;
                 case 0x10:
                     BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0002); // version 2, endpoint
+                    // Device capabilities: 128-byte payload, role-based error reporting, FLR if set.
+                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 4)..], (1u << 15) | (FunctionLevelReset ? 1u << 28 : 0));
                     Writable(offset + 8, 2, 0xffff); // device control
+                    // Link: 2.5 GT/s x1 supported and negotiated, as QEMU's endpoints report.
+                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 0xc)..], 0x11);
+                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 0x12)..], 0x11);
                     break;
             }
-            offset = next;
+        }
+        PresentCapabilitiesAsVfio(c, capabilities, offsets);
+        if (IsExpress)
+        {
+            LayOutExtendedCapabilities(c);
         }
         _resetConfig = (byte[])_config.Clone();
+    }
+
+    /// <summary>
+    /// vfio_cap_init: the capability pointer and each next pointer skip the capabilities vfio-pci
+    /// hides (pci_cap_length is 0 for them, or the id is above PCI_CAP_ID_MAX); the status register's
+    /// capability-list bit is cleared when none is left.
+    /// </summary>
+    private static void PresentCapabilitiesAsVfio(Span<byte> c, List<(byte Id, int Size)> capabilities, int[] offsets)
+    {
+        int pointer = 0x34;
+        bool any = false;
+        for (int i = 0; i < capabilities.Count; i++)
+        {
+            if (IsHiddenByVfio(capabilities[i].Id))
+            {
+                continue;
+            }
+            c[pointer] = (byte)offsets[i];
+            pointer = offsets[i] + 1;
+            any = true;
+        }
+        c[pointer] = 0;
+        c[0x06] = any ? (byte)(c[0x06] | 0x10) : (byte)(c[0x06] & ~0x10);
+    }
+
+    private static bool IsHiddenByVfio(byte id) => id is 0x04 or 0x06 or 0x0a or 0x0b or 0x0c or 0x0d or 0x0e or 0x0f or 0 or > 0x13;
+
+    /// <summary>The extended capabilities vfio-pci keeps (pci_ext_cap_length is not 0 for them).</summary>
+    private static bool IsShownByVfio(ushort id) => id is 0x01 or 0x02 or 0x03 or 0x04 or 0x08 or 0x09 or 0x0b or 0x0d or 0x0e
+        or 0x0f or 0x10 or 0x12 or 0x13 or 0x15 or 0x16 or 0x17 or 0x18 or 0x23;
+
+    /// <summary>
+    /// Lays the extended capabilities out from 0x100 and presents them as vfio_ecap_init does: a hidden
+    /// capability is skipped by its predecessor's next pointer; a hidden first one keeps only its
+    /// next pointer (id and version read as 0); with none left shown, the header at 0x100 reads 0.
+    /// </summary>
+    private void LayOutExtendedCapabilities(Span<byte> c)
+    {
+        var list = _extendedCapabilities;
+        var offsets = new int[list.Count];
+        int offset = 0x100;
+        for (int i = 0; i < list.Count; i++)
+        {
+            offsets[i] = offset;
+            offset += (list[i].Length + 7) & ~7;
+            if (offsets[i] + list[i].Length > ConfigSpaceSize)
+            {
+                throw new InvalidOperationException("The extended capabilities do not fit in 4 KiB of config space.");
+            }
+        }
+        int previous = -1;
+        bool shown = false;
+        for (int i = 0; i < list.Count; i++)
+        {
+            var (id, version, _) = list[i];
+            int next = i == list.Count - 1 ? 0 : offsets[i + 1];
+            bool hidden = !IsShownByVfio(id);
+            if (hidden && previous >= 0)
+            {
+                // The device's own header stays; the predecessor's next pointer skips it.
+                BinaryPrimitives.WriteUInt32LittleEndian(c[offsets[i]..], id | ((uint)version << 16) | ((uint)next << 20));
+                continue;
+            }
+            uint header = hidden ? (uint)next << 20 : id | ((uint)version << 16) | ((uint)next << 20);
+            BinaryPrimitives.WriteUInt32LittleEndian(c[offsets[i]..], header);
+            if (previous >= 0)
+            {
+                uint prev = BinaryPrimitives.ReadUInt32LittleEndian(c[previous..]);
+                BinaryPrimitives.WriteUInt32LittleEndian(c[previous..], (prev & 0xf_ffff) | ((uint)offsets[i] << 20));
+            }
+            previous = offsets[i];
+            shown |= !hidden;
+        }
+        if (previous >= 0)
+        {
+            uint last = BinaryPrimitives.ReadUInt32LittleEndian(c[previous..]);
+            BinaryPrimitives.WriteUInt32LittleEndian(c[previous..], last & 0xf_ffff);
+        }
+        if (!shown)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(c[0x100..], 0);
+        }
     }
 
     private ulong PbaOffset => MsixPbaOffset ?? ((MsixTableOffset + ((ulong)MsixVectors * 16) + 7) & ~7UL);
@@ -495,8 +655,12 @@ public class PciDeviceModel : DeviceModel
         }
     }
 
-    /// <summary>The kernel enabling or disabling MSI or MSI-X (pci_alloc_irq_vectors and pci_free_irq_vectors).</summary>
-    internal void SetMessageInterrupts(int irqIndex, bool enabled)
+    /// <summary>
+    /// The kernel enabling or disabling MSI or MSI-X (pci_alloc_irq_vectors and pci_free_irq_vectors).
+    /// Enabling MSI also sets the multiple message enable field for <paramref name="vectors"/> and,
+    /// as vfio_msi_enable does, remembers that count (msi_qmax) to limit what user space may enable.
+    /// </summary>
+    internal void SetMessageInterrupts(int irqIndex, bool enabled, int vectors = 1)
     {
         lock (Gate)
         {
@@ -508,8 +672,57 @@ public class PciDeviceModel : DeviceModel
             ushort bit = irqIndex == 1 ? (ushort)1 : (ushort)0x8000;
             ushort control = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(offset + 2));
             control = enabled ? (ushort)(control | bit) : (ushort)(control & ~bit);
+            if (irqIndex == 1 && enabled)
+            {
+                _msiQmax = BitOperations.Log2(BitOperations.RoundUpToPowerOf2((uint)Math.Max(vectors, 1)));
+                control = (ushort)((control & ~0x70) | (_msiQmax << 4));
+            }
             BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(offset + 2), control);
         }
+    }
+
+    /// <summary>
+    /// Config space as vfio-pci presents it (vfio_pci_config.c): the low byte of the MSI message
+    /// control is virtual. It holds what the device had when the device file was opened, then what
+    /// user space wrote; enabling MSI through VFIO_DEVICE_SET_IRQS does not show in it.
+    /// </summary>
+    private uint ReadConfigThroughVfio(int offset, int size)
+    {
+        uint value = ReadConfig(offset, size);
+        int control = _msiOffset + 2;
+        if (_msiOffset != 0 && control >= offset && control < offset + size)
+        {
+            int shift = (control - offset) * 8;
+            value = (value & ~(0xffu << shift)) | ((uint)_msiVirtualControl << shift);
+        }
+        return value;
+    }
+
+    /// <summary>
+    /// vfio_msi_config_write: a write to the MSI control's low byte lands in the virtual byte; the
+    /// kernel then writes it to the device with the enable bit cleared unless it has MSI on, and the
+    /// enabled vector count limited to what it allocated. The rest of the capability is not writable.
+    /// </summary>
+    private void WriteConfigThroughVfio(int offset, int size, uint value)
+    {
+        int control = _msiOffset + 2;
+        if (_msiOffset == 0 || control < offset || control >= offset + size)
+        {
+            WriteConfig(offset, size, value);
+            return;
+        }
+        _msiVirtualControl = (byte)(value >> ((control - offset) * 8));
+        ushort hardware = (ushort)ReadConfig(control, 2);
+        ushort flags = (ushort)((hardware & 0xff00) | _msiVirtualControl);
+        if ((hardware & 1) == 0)
+        {
+            flags &= unchecked((ushort)~1);
+        }
+        if (((flags & 0x70) >> 4) > _msiQmax)
+        {
+            flags = (ushort)((flags & ~0x70) | (_msiQmax << 4));
+        }
+        WriteConfig(control, 2, flags);
     }
 
     internal override void Enable()
@@ -526,6 +739,11 @@ public class PciDeviceModel : DeviceModel
             }
         }
         UpdateCommand(decode, CommandIntxDisable);
+        if (_msiOffset != 0)
+        {
+            // vfio_config_init copies the device's MSI control into the virtual config space.
+            _msiVirtualControl = (byte)ReadConfigRegister(_msiOffset + 2, 1);
+        }
     }
 
     internal override void Disable()
@@ -590,13 +808,16 @@ public class PciDeviceModel : DeviceModel
         }
     }
 
+    /// <summary>vfio_config_do_rw refuses an access to config space that runs past its end with EFAULT.</summary>
+    internal override int RefusePastEnd(int index) => index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX ? -Errno.EFAULT : 0;
+
     internal override long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
     {
         lock (Gate)
         {
             if (index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX)
             {
-                return Chunked(offset, data, write, (o, s) => ReadConfig((int)o, s), (o, s, v) => WriteConfig((int)o, s, (uint)v));
+                return Chunked(offset, data, write, (o, s) => ReadConfigThroughVfio((int)o, s), (o, s, v) => WriteConfigThroughVfio((int)o, s, (uint)v));
             }
             if (index >= 6 || _bars[index] is not { } bar)
             {

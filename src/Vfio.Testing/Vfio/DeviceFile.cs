@@ -170,6 +170,10 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
             {
                 return -Errno.EINVAL;
             }
+            if ((ulong)buffer.Length > region.Size - position && model.RefusePastEnd(index) is < 0 and int refused)
+            {
+                return refused;
+            }
             count = (int)Math.Min((ulong)buffer.Length, region.Size - position);
         }
         return model.AccessRegion(index, position, buffer[..count], write);

@@ -302,7 +302,8 @@ public sealed partial class SimulatedKernel
                 device.EnabledVectors = r.Start + r.Count;
                 var model = (PciDeviceModel)device.Model;
                 int index = r.Index;
-                Defer(() => model.SetMessageInterrupts(index, true));
+                int vectors = r.Start + r.Count;
+                Defer(() => model.SetMessageInterrupts(index, true, vectors));
             }
             for (int i = 0; i < r.Count; i++)
             {

@@ -127,14 +127,148 @@ public abstract partial class PciVfioDevice : VfioDevice
     /// </summary>
     /// <param name="memorySpace">Enable memory space decoding.</param>
     /// <param name="busMaster">Enable bus mastering.</param>
-    public void EnableCommand(bool memorySpace = true, bool busMaster = true)
+    public void EnableCommand(bool memorySpace = true, bool busMaster = true) =>
+        UpdateCommand((memorySpace ? PciCommand.MemorySpace : PciCommand.None) | (busMaster ? PciCommand.BusMaster : PciCommand.None));
+
+    /// <summary>The command register (config offset 0x04), read from the device.</summary>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    public PciCommand Command => (PciCommand)ReadConfig16(PciConfig.Command);
+
+    /// <summary>
+    /// Sets and clears bits of the command register with one read and (when something changes) one
+    /// write. vfio-pci passes memory space, bus master and the other bits to the device, and
+    /// virtualizes INTx disable (it masks INTx itself).
+    /// </summary>
+    /// <param name="set">The bits to set.</param>
+    /// <param name="clear">The bits to clear.</param>
+    /// <returns>The command register as written.</returns>
+    public PciCommand UpdateCommand(PciCommand set, PciCommand clear = PciCommand.None)
     {
         ushort command = ReadConfig16(PciConfig.Command);
-        ushort wanted = (ushort)(command | (memorySpace ? PciConfig.CommandMemory : 0) | (busMaster ? PciConfig.CommandBusMaster : 0));
+        ushort wanted = (ushort)((command | (ushort)set) & ~(ushort)clear);
         if (wanted != command)
         {
             WriteConfig16(PciConfig.Command, wanted);
         }
+        return (PciCommand)wanted;
+    }
+
+    /// <summary>Reads the standard configuration header.</summary>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    public PciConfigHeader ReadConfigHeader()
+    {
+        Span<byte> bytes = stackalloc byte[0x40];
+        ReadRegion(ConfigRegion, 0, bytes);
+        return new PciConfigSpace(bytes.ToArray()).Header;
+    }
+
+    /// <summary>
+    /// The standard capability list (from config offset 0x34) as the device file presents it: vfio-pci
+    /// hides capabilities it does not virtualize, so this can be shorter than lspci's list on the host.
+    /// Read from the device on every call. A list that loops is cut where it comes back (and a warning logged).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    public IReadOnlyList<PciCapability> Capabilities => ReadCapabilities(ReadConfigSpace());
+
+    /// <summary>
+    /// The extended capability list (from config offset 0x100; empty for a function with 256 bytes of
+    /// config space) as the device file presents it: vfio-pci hides the capabilities it does not
+    /// virtualize. Read from the device on every call. A list that loops is cut where it comes back.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    public IReadOnlyList<PciExtendedCapability> ExtendedCapabilities => ReadExtendedCapabilities(ReadConfigSpace());
+
+    /// <summary>Finds the first standard capability with an id.</summary>
+    /// <param name="id">The capability id.</param>
+    /// <returns>The capability, or null when the function has none (or vfio-pci hides it).</returns>
+    public PciCapability? FindCapability(PciCapabilityId id) => Find(ReadCapabilities(ReadConfigSpace()), id);
+
+    /// <summary>Finds the first extended capability with an id.</summary>
+    /// <param name="id">The extended capability id.</param>
+    /// <returns>The capability, or null when the function has none (or vfio-pci hides it).</returns>
+    public PciExtendedCapability? FindExtendedCapability(PciExtendedCapabilityId id)
+    {
+        foreach (var capability in ReadExtendedCapabilities(ReadConfigSpace()))
+        {
+            if (capability.Id == id)
+            {
+                return capability;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Reads the MSI capability.</summary>
+    /// <returns>Its registers, or null when the function has no MSI capability.</returns>
+    public MsiCapability? ReadMsiCapability()
+    {
+        var config = ReadConfigSpace();
+        return Find(ReadCapabilities(config), PciCapabilityId.Msi) is { } cap ? config.Msi(cap.Offset) : null;
+    }
+
+    /// <summary>Reads the MSI-X capability.</summary>
+    /// <returns>Its registers, or null when the function has no MSI-X capability.</returns>
+    public MsixCapability? ReadMsixCapability()
+    {
+        var config = ReadConfigSpace();
+        return Find(ReadCapabilities(config), PciCapabilityId.MsiX) is { } cap ? config.Msix(cap.Offset) : null;
+    }
+
+    /// <summary>Reads the PCI Express capability.</summary>
+    /// <returns>Its registers, or null for a conventional PCI function.</returns>
+    public PciExpressCapability? ReadPciExpressCapability()
+    {
+        var config = ReadConfigSpace();
+        return Find(ReadCapabilities(config), PciCapabilityId.PciExpress) is { } cap ? config.PciExpress(cap.Offset) : null;
+    }
+
+    /// <summary>Reads the power management capability.</summary>
+    /// <returns>Its registers, or null when the function has no power management capability.</returns>
+    public PowerManagementCapability? ReadPowerManagementCapability()
+    {
+        var config = ReadConfigSpace();
+        return Find(ReadCapabilities(config), PciCapabilityId.PowerManagement) is { } cap ? config.PowerManagement(cap.Offset) : null;
+    }
+
+    /// <summary>Reads the whole config region (256 bytes, or 4096 for PCI Express) in one pread.</summary>
+    private PciConfigSpace ReadConfigSpace()
+    {
+        var info = GetRegionInfo(ConfigRegion);
+        var bytes = new byte[(int)Math.Min(info.Size, 4096)];
+        ReadRegion(ConfigRegion, 0, bytes);
+        return new PciConfigSpace(bytes);
+    }
+
+    private List<PciCapability> ReadCapabilities(PciConfigSpace config)
+    {
+        var list = config.Capabilities(out int brokenAt);
+        if (brokenAt >= 0)
+        {
+            Log.CapabilityListLoops(Logger, Name, "standard", brokenAt, list.Count);
+        }
+        return list;
+    }
+
+    private List<PciExtendedCapability> ReadExtendedCapabilities(PciConfigSpace config)
+    {
+        var list = config.ExtendedCapabilities(out int brokenAt);
+        if (brokenAt >= 0)
+        {
+            Log.CapabilityListLoops(Logger, Name, "extended", brokenAt, list.Count);
+        }
+        return list;
+    }
+
+    private static PciCapability? Find(List<PciCapability> list, PciCapabilityId id)
+    {
+        foreach (var capability in list)
+        {
+            if (capability.Id == id)
+            {
+                return capability;
+            }
+        }
+        return null;
     }
 }
 

@@ -28,7 +28,7 @@ public abstract partial class VfioDevice
         long n = VfioErrors.Check(Kernel.PRead(DeviceFd, destination, (long)(info.Offset + offset)), "pread", ErrorTarget with { RegionIndex = index });
         if (n != destination.Length)
         {
-            throw new VfioException($"Reading {destination.Length} bytes at {offset:#x} of region {index} of {Name} returned {n}.");
+            throw new VfioException($"Reading {destination.Length} bytes at 0x{offset:x} of region {index} of {Name} returned {n}.");
         }
     }
 
@@ -42,7 +42,7 @@ public abstract partial class VfioDevice
         long n = VfioErrors.Check(Kernel.PWrite(DeviceFd, source, (long)(info.Offset + offset)), "pwrite", ErrorTarget with { RegionIndex = index });
         if (n != source.Length)
         {
-            throw new VfioException($"Writing {source.Length} bytes at {offset:#x} of region {index} of {Name} wrote {n}.");
+            throw new VfioException($"Writing {source.Length} bytes at 0x{offset:x} of region {index} of {Name} wrote {n}.");
         }
     }
 
@@ -105,7 +105,7 @@ public abstract partial class VfioDevice
         if (offset > info.Size || (ulong)length > info.Size - offset)
         {
             throw new ArgumentOutOfRangeException(nameof(offset), offset,
-                $"{length} bytes at {offset:#x} do not fit in region {index} of {Name} ({info.Size:#x} bytes).");
+                $"{length} bytes at 0x{offset:x} do not fit in region {index} of {Name} (0x{info.Size:x} bytes).");
         }
         return info;
     }

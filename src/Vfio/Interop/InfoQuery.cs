@@ -49,7 +49,7 @@ internal static unsafe class InfoQuery
     }
 
     /// <summary>Walks a capability chain that starts at <paramref name="firstOffset"/> (0: none).</summary>
-    public static List<CapabilityEntry> Chain(ReadOnlySpan<byte> buffer, uint firstOffset, int fixedSize, string what)
+    public static List<CapabilityEntry> Chain(ReadOnlySpan<byte> buffer, uint firstOffset, int fixedSize, string what, ErrorTarget target = default)
     {
         var caps = new List<CapabilityEntry>();
         var seen = new HashSet<uint>();
@@ -59,15 +59,15 @@ internal static unsafe class InfoQuery
         {
             if (offset < fixedSize)
             {
-                throw Malformed(what, $"a capability at offset {offset} overlaps the {fixedSize}-byte info struct");
+                throw Malformed(what, $"a capability at offset {offset} overlaps the {fixedSize}-byte info struct", target);
             }
             if ((long)offset + headerSize > buffer.Length)
             {
-                throw Malformed(what, $"a capability header at offset {offset} runs past the {buffer.Length}-byte buffer");
+                throw Malformed(what, $"a capability header at offset {offset} runs past the {buffer.Length}-byte buffer", target);
             }
             if (!seen.Add(offset))
             {
-                throw Malformed(what, $"the chain loops back to offset {offset}");
+                throw Malformed(what, $"the chain loops back to offset {offset}", target);
             }
             var header = MemoryMarshal.Read<vfio_info_cap_header>(buffer[(int)offset..]);
             caps.Add(new CapabilityEntry(header.id, header.version, (int)offset));
@@ -77,16 +77,17 @@ internal static unsafe class InfoQuery
     }
 
     /// <summary>Reads a capability struct, checking that it (and <paramref name="trailingBytes"/> after it) fits in the buffer.</summary>
-    public static T Read<T>(ReadOnlySpan<byte> buffer, CapabilityEntry cap, string what, long trailingBytes = 0)
+    public static T Read<T>(ReadOnlySpan<byte> buffer, CapabilityEntry cap, string what, long trailingBytes = 0, ErrorTarget target = default)
         where T : unmanaged
     {
         if (cap.Offset + (long)sizeof(T) + trailingBytes > buffer.Length)
         {
-            throw Malformed(what, $"capability {cap.Id} at offset {cap.Offset} is truncated");
+            throw Malformed(what, $"capability {cap.Id} at offset {cap.Offset} is truncated", target);
         }
         return MemoryMarshal.Read<T>(buffer[cap.Offset..]);
     }
 
-    public static VfioException Malformed(string what, string why) =>
-        new($"The kernel returned a malformed capability chain for {what}: {why}.");
+    /// <summary>The error for a malformed chain; <paramref name="target"/> fills the exception's device, group and region.</summary>
+    public static VfioException Malformed(string what, string why, ErrorTarget target = default) =>
+        new($"The kernel returned a malformed capability chain for {what}: {why}.", "capability chain", 0, target);
 }

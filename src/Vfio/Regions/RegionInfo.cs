@@ -57,6 +57,7 @@ public sealed record RegionInfo(int Index, ulong Size, ulong Offset, RegionAcces
 
     internal static unsafe RegionInfo Parse(ReadOnlySpan<byte> buffer, int index, ErrorTarget target)
     {
+        target = target with { RegionIndex = index };
         var info = MemoryMarshal.Read<vfio_region_info>(buffer);
         List<SparseMmapArea>? sparse = null;
         RegionType? type = null;
@@ -64,14 +65,14 @@ public sealed record RegionInfo(int Index, ulong Size, ulong Offset, RegionAcces
         if ((info.flags & VfioUapi.VFIO_REGION_INFO_FLAG_CAPS) != 0 && info.cap_offset != 0)
         {
             string what = "region " + index + " of " + target.Device;
-            foreach (var cap in InfoQuery.Chain(buffer, info.cap_offset, sizeof(vfio_region_info), what))
+            foreach (var cap in InfoQuery.Chain(buffer, info.cap_offset, sizeof(vfio_region_info), what, target))
             {
                 switch (cap.Id)
                 {
                     case (ushort)VfioUapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP:
-                        var head = InfoQuery.Read<vfio_region_info_cap_sparse_mmap>(buffer, cap, what);
+                        var head = InfoQuery.Read<vfio_region_info_cap_sparse_mmap>(buffer, cap, what, target: target);
                         long areasBytes = (long)head.nr_areas * sizeof(vfio_region_sparse_mmap_area);
-                        InfoQuery.Read<vfio_region_info_cap_sparse_mmap>(buffer, cap, what, areasBytes);
+                        InfoQuery.Read<vfio_region_info_cap_sparse_mmap>(buffer, cap, what, areasBytes, target);
                         var areas = MemoryMarshal.Cast<byte, vfio_region_sparse_mmap_area>(
                             buffer.Slice(cap.Offset + sizeof(vfio_region_info_cap_sparse_mmap), (int)areasBytes));
                         sparse = [];
@@ -79,13 +80,13 @@ public sealed record RegionInfo(int Index, ulong Size, ulong Offset, RegionAcces
                         {
                             if (area.offset + area.size < area.offset || area.offset + area.size > info.size)
                             {
-                                throw InfoQuery.Malformed(what, $"a sparse mmap area [{area.offset:x}, +{area.size:x}) lies outside the {info.size:x}-byte region");
+                                throw InfoQuery.Malformed(what, $"a sparse mmap area [{area.offset:x}, +{area.size:x}) lies outside the {info.size:x}-byte region", target);
                             }
                             sparse.Add(new SparseMmapArea(area.offset, area.size));
                         }
                         break;
                     case (ushort)VfioUapi.VFIO_REGION_INFO_CAP_TYPE:
-                        var t = InfoQuery.Read<vfio_region_info_cap_type>(buffer, cap, what);
+                        var t = InfoQuery.Read<vfio_region_info_cap_type>(buffer, cap, what, target: target);
                         type = new RegionType(t.type, t.subtype);
                         break;
                     case (ushort)VfioUapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:

@@ -1,105 +1,364 @@
+using System.Buffers.Binary;
 using Vfio.Testing;
 
 namespace Vfio.Tests.Devices;
 
-/// <summary>The kernel's notifications to an open PCI device: REQ (give the device back) and ERR.</summary>
+/// <summary>Config space of a PCI device: the header, the command register, the capability lists and their typed views.</summary>
 public class PciVfioDeviceTests : KernelTest
 {
-    [Fact]
-    public async Task UnbindingAnOpenDeviceAsksItsHoldersAndFinishesOnceTheyRelease()
+    /// <summary>A PCI Express function with power management, 4 MSI vectors and 8 MSI-X vectors in BAR2.</summary>
+    private static PciDeviceModel ExpressModel(Action<PciDeviceModel>? more = null)
     {
-        var sim = AddPci();
-        var device = RegisterPci();
-        var open = device.Open();
-        var asked = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
-        device.WhenReleaseRequested = count => asked.TrySetResult(count);
-
-        var unbind = Task.Run(sim.Unbind);
-
-        (await asked.Task.WaitAsync(Guard)).Should().Be(0, "the first request of this open");
-        Kernel.ReleaseRequests.Should().BeGreaterThan(0);
-        unbind.IsCompleted.Should().BeFalse("the kernel waits for the device file to close");
-        device.State.Should().Be(VfioDeviceState.Registered, "the kernel's request does not unregister anything by itself");
-
-        open.Dispose();
-
-        await unbind.WaitAsync(Guard);
-        sim.DriverName.Should().BeNull();
-        Logs.Named("KernelRequestedRelease").Should().NotBeEmpty();
+        var model = new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true) { SubsystemVendorId = 0x1af4, SubsystemId = 0x1100, Revision = 2 };
+        model.DefineBar(0, 0x4000, PciBarKind.Memory64);
+        model.DefineBar(2, 0x1000);
+        model.MsiVectors = 4;
+        model.MsixVectors = 8;
+        model.MsixBar = 2;
+        model.FunctionLevelReset = true;
+        more?.Invoke(model);
+        return model;
     }
 
-    [Fact]
-    public async Task AHookThatReleasesFromInsideTheRequestLetsTheUnbindFinish()
+    /// <summary>A function whose capability list is whatever the test writes into config space.</summary>
+    private sealed class CraftedConfigModel(Action<Span<byte>> craft) : PciDeviceModel(0x1234, 0x11e8, 0x00ff00, isExpress: true)
     {
-        var sim = AddPci();
-        var device = RegisterPci();
-        var open = device.Open();
-        device.WhenReleaseRequested = _ => open.Dispose();
+        private bool _crafted;
 
-        await Task.Run(sim.Unbind).WaitAsync(Guard);
-
-        device.IsOpen.Should().BeFalse();
-        sim.DriverName.Should().BeNull();
-    }
-
-    [Fact]
-    public void EveryOpenOfAPciDeviceWiresReqWithoutTakingAReference()
-    {
-        AddPci();
-        var device = RegisterPci();
-        int eventFdsBefore = Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd);
-
-        using (device.Open())
+        protected override uint ReadConfig(int offset, int size)
         {
-            device.ReferenceCount.Should().Be(2, "the registration and the open; the notifier holds none");
-            Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore + 2, "the REQ eventfd and its poller's wake-up");
+            if (!_crafted)
+            {
+                _crafted = true;
+                craft(ConfigSpace);
+            }
+            return base.ReadConfig(offset, size);
         }
+    }
 
-        Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore);
+    private RecordingPciDevice OpenWith(PciDeviceModel model, out DeviceReference open)
+    {
+        AddPci(model: model);
+        var device = RegisterPci();
+        open = device.Open();
+        return device;
     }
 
     [Fact]
-    public async Task AnErrorOnAPciExpressFunctionRaisesErrorDetected()
+    public void TheHeaderIsReadAsTheModelDefinesIt()
     {
-        var sim = AddPci(model: new PciDeviceModel(0x8086, 0x1234, 0x020000, isExpress: true));
-        var device = RegisterPci();
-        var reported = new TaskCompletionSource<ulong>(TaskCreationOptions.RunContinuationsAsynchronously);
-        device.ErrorDetected += (sender, e) =>
+        var device = OpenWith(ExpressModel(), out var open);
+        using (open)
         {
-            sender.Should().BeSameAs(device);
-            reported.TrySetResult(e.Count);
-        };
+            var header = device.ReadConfigHeader();
 
-        using (device.Open())
-        {
-            sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeTrue("subscribing before the open wired ERR at the open");
-            (await reported.Task.WaitAsync(Guard)).Should().Be(1);
+            header.VendorId.Should().Be(0x1b36);
+            header.DeviceId.Should().Be(0x0010);
+            header.ClassCode.Should().Be(0x010802u);
+            header.RevisionId.Should().Be(2);
+            header.SubsystemVendorId.Should().Be(0x1af4);
+            header.SubsystemId.Should().Be(0x1100);
+            header.InterruptPin.Should().Be(1);
+            header.HasCapabilityList.Should().BeTrue();
+            header.CapabilitiesPointer.Should().Be(0x40);
+            header.Command.Should().HaveFlag(PciCommand.MemorySpace, "the kernel enabled decoding when the device was opened");
         }
-        sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeFalse("nothing listens once the device is closed");
     }
 
     [Fact]
-    public async Task SubscribingWhileOpenWiresErrAtOnce()
+    public void UpdateCommandSetsAndClearsBits()
     {
-        var sim = AddPci(model: new PciDeviceModel(0x8086, 0x1234, 0x020000, isExpress: true));
-        var device = RegisterPci();
-        using var open = device.Open();
-        sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeFalse("no one subscribed yet, and the kernel drops an error nobody listens for");
-        var reported = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var device = OpenWith(ExpressModel(), out var open);
+        using (open)
+        {
+            device.Command.Should().NotHaveFlag(PciCommand.BusMaster);
 
-        device.ErrorDetected += (_, _) => reported.TrySetResult();
+            device.UpdateCommand(PciCommand.BusMaster).Should().HaveFlag(PciCommand.BusMaster);
+            device.Command.Should().HaveFlag(PciCommand.BusMaster | PciCommand.MemorySpace);
 
-        sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeTrue();
-        await reported.Task.WaitAsync(Guard);
+            device.UpdateCommand(PciCommand.None, PciCommand.MemorySpace | PciCommand.BusMaster);
+            device.Command.Should().NotHaveFlag(PciCommand.MemorySpace).And.NotHaveFlag(PciCommand.BusMaster);
+
+            device.EnableCommand();
+            device.Command.Should().HaveFlag(PciCommand.MemorySpace | PciCommand.BusMaster);
+        }
     }
 
     [Fact]
-    public void SubscribingToErrorsOfAConventionalPciFunctionIsHarmless()
+    public void TheCapabilityListIsWalkedInOrder()
     {
-        AddPci();
-        var device = RegisterPci();
-        using var open = device.Open();
+        var device = OpenWith(ExpressModel(), out var open);
+        using (open)
+        {
+            device.Capabilities.Select(c => c.Id).Should().Equal(
+                PciCapabilityId.PowerManagement, PciCapabilityId.Msi, PciCapabilityId.MsiX, PciCapabilityId.PciExpress);
+            device.Capabilities[0].Offset.Should().Be(0x40);
+            device.FindCapability(PciCapabilityId.MsiX).Should().Be(device.Capabilities[2]);
+            device.FindCapability(PciCapabilityId.VendorSpecific).Should().BeNull();
+        }
+    }
 
-        device.Invoking(d => d.ErrorDetected += (_, _) => { }).Should().NotThrow("ERR exists only on PCI Express; the event never fires");
+    [Fact]
+    public void TheTypedViewsDecodeTheRegisters()
+    {
+        var device = OpenWith(ExpressModel(), out var open);
+        using (open)
+        {
+            var msi = device.ReadMsiCapability()!;
+            msi.MultipleMessageCapable.Should().Be(4);
+            msi.MultipleMessageEnable.Should().Be(1);
+            msi.Is64Bit.Should().BeTrue();
+            msi.PerVectorMasking.Should().BeFalse();
+            msi.Enabled.Should().BeFalse();
+
+            var msix = device.ReadMsixCapability()!;
+            msix.TableSize.Should().Be(8);
+            msix.TableBar.Should().Be(2);
+            msix.TableOffset.Should().Be(0);
+            msix.PendingBitArrayBar.Should().Be(2);
+            msix.PendingBitArrayOffset.Should().Be(0x80, "8 entries of 16 bytes");
+            msix.Enabled.Should().BeFalse();
+            msix.FunctionMasked.Should().BeFalse();
+
+            var express = device.ReadPciExpressCapability()!;
+            express.Version.Should().Be(2);
+            express.PortType.Should().Be(PciExpressPortType.Endpoint);
+            express.SupportsFunctionLevelReset.Should().BeTrue();
+            express.MaxPayloadSizeSupported.Should().Be(128);
+            express.LinkSpeed.Should().Be(1);
+            express.LinkWidth.Should().Be(1);
+            express.MaxLinkWidth.Should().Be(1);
+
+            var pm = device.ReadPowerManagementCapability()!;
+            pm.Version.Should().Be(3);
+            pm.PowerState.Should().Be(PciPowerState.D0);
+            pm.NoSoftReset.Should().BeFalse();
+        }
+    }
+
+    [Fact]
+    public void TheMsixViewShowsWhatTheKernelEnabled()
+    {
+        var model = ExpressModel();
+        var device = OpenWith(model, out var open);
+        using (open)
+        {
+            using (device.EnableInterrupts(PciIrq.Msix, count: 2))
+            {
+                model.MsixEnabled.Should().BeTrue();
+                device.ReadMsixCapability()!.Enabled.Should().BeTrue("vfio-pci reads MSI-X control from the device");
+            }
+            device.ReadMsixCapability()!.Enabled.Should().BeFalse("disposing the interrupts disabled MSI-X");
+        }
+    }
+
+    [Fact]
+    public void TheMsiViewShowsVfiosVirtualControlNotTheDevicesEnable()
+    {
+        var model = ExpressModel();
+        var device = OpenWith(model, out var open);
+        using (open)
+        {
+            using (device.EnableInterrupts(PciIrq.Msi, count: 2))
+            {
+                model.MsiEnabled.Should().BeTrue("the kernel enabled MSI in the device");
+                var msi = device.ReadMsiCapability()!;
+                msi.Enabled.Should().BeFalse("vfio-pci virtualizes the low byte of MSI control, and SET_IRQS does not touch it");
+                msi.MultipleMessageCapable.Should().Be(4);
+                msi.MultipleMessageEnable.Should().Be(1);
+            }
+        }
+    }
+
+    [Fact]
+    public void AnMsiEnableWrittenWithoutTheKernelsMsiDoesNotReachTheDevice()
+    {
+        var model = ExpressModel();
+        var device = OpenWith(model, out var open);
+        using (open)
+        {
+            int control = device.FindCapability(PciCapabilityId.Msi)!.Value.Offset + 2;
+
+            device.WriteConfig8(control, (byte)(device.ReadConfig8(control) | 1));
+
+            device.ReadMsiCapability()!.Enabled.Should().BeTrue("the virtual byte keeps what was written");
+            model.MsiEnabled.Should().BeFalse("vfio-pci clears the enable bit it writes to the device while it has not enabled MSI");
+        }
+    }
+
+    [Fact]
+    public void AConventionalFunctionWithoutCapabilitiesHasEmptyListsAndNoViews()
+    {
+        var model = new PciDeviceModel(0x1234, 0x11e8, 0x00ff00) { HasPowerManagement = false };
+        var device = OpenWith(model, out var open);
+        using (open)
+        {
+            device.ReadConfigHeader().HasCapabilityList.Should().BeFalse();
+            device.Capabilities.Should().BeEmpty();
+            device.ExtendedCapabilities.Should().BeEmpty();
+            device.ReadMsiCapability().Should().BeNull();
+            device.ReadMsixCapability().Should().BeNull();
+            device.ReadPciExpressCapability().Should().BeNull();
+            device.ReadPowerManagementCapability().Should().BeNull();
+        }
+    }
+
+    [Fact]
+    public void TheExtendedListIsWalkedFrom0x100()
+    {
+        var device = OpenWith(ExpressModel(m =>
+        {
+            m.AddExtendedCapability(0x0001, 2, 0x48);
+            m.AddExtendedCapability(0x0003, 1, 0x0c);
+            m.AddExtendedCapability(0x0018, 1, 0x08);
+        }), out var open);
+        using (open)
+        {
+            device.ExtendedCapabilities.Should().Equal(
+                new PciExtendedCapability(PciExtendedCapabilityId.AdvancedErrorReporting, 2, 0x100),
+                new PciExtendedCapability(PciExtendedCapabilityId.SerialNumber, 1, 0x148),
+                new PciExtendedCapability(PciExtendedCapabilityId.LatencyToleranceReporting, 1, 0x158));
+            device.FindExtendedCapability(PciExtendedCapabilityId.SerialNumber)!.Value.Offset.Should().Be(0x148);
+            device.FindExtendedCapability(PciExtendedCapabilityId.SingleRootIov).Should().BeNull();
+        }
+    }
+
+    [Fact]
+    public void CapabilitiesVfioHidesAreLeftOutOfTheStandardList()
+    {
+        var device = OpenWith(ExpressModel(m =>
+        {
+            m.AddCapability(0x0d, 8); // bridge subsystem vendor id: vfio-pci hides it
+            m.AddCapability(0x09, 8); // vendor specific: shown
+            m.AddCapability(0x14, 8); // enhanced allocation: above what vfio-pci knows, hidden
+        }), out var open);
+        using (open)
+        {
+            device.Capabilities.Select(c => c.Id).Should().Equal(
+                PciCapabilityId.PowerManagement, PciCapabilityId.Msi, PciCapabilityId.MsiX, PciCapabilityId.PciExpress, PciCapabilityId.VendorSpecific);
+        }
+    }
+
+    [Fact]
+    public void AHiddenFirstExtendedCapabilityBecomesAPlaceholderThatLinksToTheRest()
+    {
+        var model = ExpressModel(m =>
+        {
+            m.AddExtendedCapability(0x0019, 1, 0x10); // secondary PCIe: hidden, and first
+            m.AddExtendedCapability(0x0001, 2, 0x48);
+            m.AddExtendedCapability(0x001e, 1, 0x10); // L1 PM substates: hidden
+            m.AddExtendedCapability(0x000e, 1, 0x08);
+        });
+        var device = OpenWith(model, out var open);
+        using (open)
+        {
+            uint placeholder = model.ReadConfigRegister(0x100, 4);
+            (placeholder & 0xf_ffff).Should().Be(0u, "vfio-pci clears the id and version of a hidden first capability");
+            (placeholder >> 20).Should().Be(0x110u, "and keeps its next pointer");
+            device.ExtendedCapabilities.Should().Equal(
+                new PciExtendedCapability(PciExtendedCapabilityId.AdvancedErrorReporting, 2, 0x110),
+                new PciExtendedCapability(PciExtendedCapabilityId.AlternativeRoutingId, 1, 0x168));
+        }
+    }
+
+    [Fact]
+    public void OnlyHiddenExtendedCapabilitiesLeaveAnEmptyList()
+    {
+        var model = ExpressModel(m => m.AddExtendedCapability(0x0019, 1, 0x10));
+        var device = OpenWith(model, out var open);
+        using (open)
+        {
+            model.ReadConfigRegister(0x100, 4).Should().Be(0u);
+            device.ExtendedCapabilities.Should().BeEmpty();
+        }
+    }
+
+    [Fact]
+    public void AStandardListThatLoopsIsCutWhereItComesBackAndLogged()
+    {
+        var device = OpenWith(new CraftedConfigModel(c =>
+        {
+            c[0x06] |= 0x10;
+            c[0x34] = 0x40;
+            c[0x40] = 0x01; c[0x41] = 0x50;
+            c[0x50] = 0x05; c[0x51] = 0x40; // back to the first
+        }), out var open);
+        using (open)
+        {
+            device.Capabilities.Should().Equal(new PciCapability(PciCapabilityId.PowerManagement, 0x40), new PciCapability(PciCapabilityId.Msi, 0x50));
+            device.FindCapability(PciCapabilityId.MsiX).Should().BeNull();
+            Logs.Entries.Should().Contain(e => e.EventId.Id == 500 && e.Message.Contains("loops back to offset 40", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void AStandardListEndsAtAPointerIntoTheHeaderOrAnIdOfAllOnes()
+    {
+        var device = OpenWith(new CraftedConfigModel(c =>
+        {
+            c[0x06] |= 0x10;
+            c[0x34] = 0x43; // low bits are ignored
+            c[0x40] = 0x05; c[0x41] = 0x60;
+            c[0x60] = 0xff; c[0x61] = 0x70; // an id of 0xff ends the walk
+            c[0x70] = 0x11; c[0x71] = 0x00;
+        }), out var open);
+        using (open)
+        {
+            device.Capabilities.Should().Equal(new PciCapability(PciCapabilityId.Msi, 0x40));
+        }
+    }
+
+    [Fact]
+    public void AnExtendedListThatLoopsIsCut()
+    {
+        var device = OpenWith(new CraftedConfigModel(c =>
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(c[0x100..], 0x0001u | (1u << 16) | (0x200u << 20));
+            BinaryPrimitives.WriteUInt32LittleEndian(c[0x200..], 0x0003u | (1u << 16) | (0x100u << 20));
+        }), out var open);
+        using (open)
+        {
+            device.ExtendedCapabilities.Select(c => c.Offset).Should().Equal(0x100, 0x200);
+            Logs.Entries.Should().Contain(e => e.EventId.Id == 500);
+        }
+    }
+
+    [Fact]
+    public void AnExtendedNextPointerBelow0x100EndsTheList()
+    {
+        var device = OpenWith(new CraftedConfigModel(c =>
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(c[0x100..], 0x0001u | (1u << 16) | (0x0fcu << 20));
+            BinaryPrimitives.WriteUInt32LittleEndian(c[0xfc..], 0x0003u | (1u << 16));
+        }), out var open);
+        using (open)
+        {
+            device.ExtendedCapabilities.Should().Equal(new PciExtendedCapability(PciExtendedCapabilityId.AdvancedErrorReporting, 1, 0x100));
+        }
+    }
+
+    [Fact]
+    public void ReadingCapabilitiesOfAClosedDeviceSaysItIsNotOpen()
+    {
+        AddPci(model: ExpressModel());
+        var device = RegisterPci();
+
+        device.Invoking(d => d.Capabilities).Should().Throw<InvalidOperationException>().WithMessage("*not open*");
+    }
+
+    [Fact]
+    public void TheEduModelPresentsOneMsiCapabilityAndNothingElse()
+    {
+        var device = OpenWith(new EduDeviceModel(), out var open);
+        using (open)
+        {
+            device.Capabilities.Should().Equal(new PciCapability(PciCapabilityId.Msi, 0x40));
+            device.ExtendedCapabilities.Should().BeEmpty();
+            var msi = device.ReadMsiCapability()!;
+            msi.Is64Bit.Should().BeTrue();
+            msi.PerVectorMasking.Should().BeFalse();
+            msi.MultipleMessageCapable.Should().Be(1);
+            device.GetRegionInfo(PciVfioDevice.ConfigRegion).Size.Should().Be(256);
+        }
     }
 }

@@ -134,6 +134,16 @@ public sealed unsafe class PciDeviceModelTests : IDisposable
     }
 
     [Fact]
+    public void ConfigAccessPastTheEndFailsWithEfaultWhileABarAccessIsCutShort()
+    {
+        var eight = new byte[8];
+        _kernel.PRead(_opened.Device, eight, (7L << 40) + 0xffc).Should().Be(-Errno.EFAULT, "vfio_config_do_rw refuses it whole");
+        _kernel.PWrite(_opened.Device, eight, (7L << 40) + 0xffc).Should().Be(-Errno.EFAULT);
+        _kernel.PRead(_opened.Device, eight.AsSpan(0, 4), (7L << 40) + 0xffc).Should().Be(4);
+        _kernel.PRead(_opened.Device, eight, 0xffc).Should().Be(4, "vfio_pci_bar_rw cuts an access at the BAR's end");
+    }
+
+    [Fact]
     public void BarAccessGoesThroughTheModelAndFailsWhileDecodingIsOff()
     {
         var value = new byte[4];

@@ -1,0 +1,107 @@
+using System.Globalization;
+using EduDriver;
+
+namespace Vfio.Scenarios;
+
+/// <summary>
+/// Config space of the edu device as vfio-pci presents it: the header, the command register and
+/// the capability lists. The expected values are QEMU 7.2's edu device (a conventional PCI function
+/// with one 64-bit MSI capability at 0x40, added by msi_init, and nothing else), which is also what
+/// the simulated edu model presents; passing here and in the VM shows that the two agree.
+/// </summary>
+internal static class PciScenarios
+{
+    /// <summary>Where QEMU puts the first capability: the first free byte after the 64-byte header.</summary>
+    private const int MsiOffset = 0x40;
+
+    /// <summary>Every config-space scenario, in the order they run.</summary>
+    public static IReadOnlyList<Scenario> All { get; } =
+    [
+        new("pci_config_header", ConfigHeader),
+        new("pci_capabilities_edu", Capabilities),
+        new("pci_msi_control_is_virtual", MsiControlIsVirtual),
+        new("pci_command_bus_master", CommandBusMaster),
+        new("pci_region_access_past_the_end", RegionAccessPastTheEnd),
+    ];
+
+    public static Task ConfigHeader(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
+    {
+        PciConfigHeader header = device.ReadConfigHeader();
+        context.Note(string.Create(CultureInfo.InvariantCulture,
+            $"header: {header.VendorId:x4}:{header.DeviceId:x4} class {header.ClassCode:x6} rev {header.RevisionId:x2} command {(ushort)header.Command:x4} status {header.Status:x4} pin {header.InterruptPin}"));
+        Check.Equal((ushort)0x1234, header.VendorId, "vendor id");
+        Check.Equal((ushort)0x11e8, header.DeviceId, "device id");
+        Check.Equal(0x00ff00u, header.ClassCode, "class code");
+        Check.Equal((byte)0x10, header.RevisionId, "revision");
+        Check.Equal((byte)1, header.InterruptPin, "interrupt pin (INTA)");
+        Check.True(!header.IsMultiFunction, "the edu function alone in its slot says it is multi-function");
+        Check.True(header.HasCapabilityList, "the status register has no capability list bit");
+        Check.Equal((byte)MsiOffset, header.CapabilitiesPointer, "capabilities pointer");
+        Check.True(header.Command.HasFlag(PciCommand.MemorySpace | PciCommand.BusMaster), "the driver's first open left memory space or bus master off: " + header.Command);
+        Check.Equal(256UL, device.GetRegionInfo(PciVfioDevice.ConfigRegion).Size, "config region size (a conventional function)");
+        return Task.CompletedTask;
+    });
+
+    public static Task Capabilities(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
+    {
+        IReadOnlyList<PciCapability> capabilities = device.Capabilities;
+        IReadOnlyList<PciExtendedCapability> extended = device.ExtendedCapabilities;
+        context.Note("capabilities: " + string.Join(", ", capabilities.Select(c => string.Create(CultureInfo.InvariantCulture, $"{c.Id}@0x{c.Offset:x2}"))));
+        context.Note("extended capabilities: " + extended.Count.ToString(CultureInfo.InvariantCulture));
+        Check.Equal(1, capabilities.Count, "number of capabilities");
+        Check.True(capabilities[0] == new PciCapability(PciCapabilityId.Msi, MsiOffset), "the capability is not MSI at 0x40: " + capabilities[0]);
+        Check.Equal(0, extended.Count, "number of extended capabilities");
+        Check.True(device.FindCapability(PciCapabilityId.PciExpress) is null, "edu has a PCI Express capability");
+        Check.True(device.ReadPowerManagementCapability() is null, "edu has a power management capability");
+        Check.True(device.ReadMsixCapability() is null, "edu has an MSI-X capability");
+        Check.True(device.ReadPciExpressCapability() is null, "edu has a PCI Express view");
+
+        MsiCapability msi = device.ReadMsiCapability() ?? throw new ScenarioFailedException("no MSI view");
+        context.Note(string.Create(CultureInfo.InvariantCulture, $"MSI control: 0x{msi.Control:x4}"));
+        Check.True(msi.Is64Bit, "MSI is not 64-bit (QEMU's edu calls msi_init with msi64 set)");
+        Check.True(!msi.PerVectorMasking, "MSI has per-vector masking (QEMU's edu has none)");
+        Check.Equal(1, msi.MultipleMessageCapable, "MSI vectors asked for");
+        Check.Equal(msi.MultipleMessageCapable, (int)device.GetIrqInfo(PciIrq.Msi).Count, "the MSI IRQ count and the capability");
+        return Task.CompletedTask;
+    });
+
+    public static Task MsiControlIsVirtual(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, async device =>
+    {
+        // The driver's first open enabled MSI through VFIO_DEVICE_SET_IRQS, and MSI works...
+        Check.Equal("MSI", device.InterruptMode, "interrupt mode");
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        Check.Equal(120u, await device.ComputeFactorialAsync(5, timeout.Token).ConfigureAwait(false), "5! by MSI");
+        // ...yet the control register user space reads is vfio-pci's virtual copy, which only changes when written.
+        MsiCapability msi = device.ReadMsiCapability() ?? throw new ScenarioFailedException("no MSI view");
+        context.Note(string.Create(CultureInfo.InvariantCulture, $"MSI control while MSI is on: 0x{msi.Control:x4}"));
+        Check.True(!msi.Enabled, "the MSI enable bit shows as set; vfio-pci was expected to virtualize it");
+        Check.Equal(1, msi.MultipleMessageEnable, "MSI vectors enabled, as read");
+    });
+
+    public static Task CommandBusMaster(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
+    {
+        PciCommand before = device.Command;
+        PciCommand cleared = device.UpdateCommand(PciCommand.None, PciCommand.BusMaster);
+        Check.True(!cleared.HasFlag(PciCommand.BusMaster), "UpdateCommand returned bus master still set");
+        Check.True(!device.Command.HasFlag(PciCommand.BusMaster), "bus master reads back set after clearing it");
+        Check.True(device.Command.HasFlag(PciCommand.MemorySpace), "clearing bus master cleared memory space");
+        device.UpdateCommand(PciCommand.BusMaster);
+        Check.Equal((ushort)before, (ushort)device.Command, "command register after setting bus master again");
+        Check.True(device.CheckLiveness(0x5a5a5a5a), "BAR0 stopped answering after the command register round trip");
+        return Task.CompletedTask;
+    });
+
+    /// <summary>
+    /// Below the public API (which checks bounds itself): vfio-pci refuses a config access that runs
+    /// past config space with EFAULT, but cuts a BAR access short at the BAR's end.
+    /// </summary>
+    public static Task RegionAccessPastTheEnd(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
+    {
+        RegionInfo config = device.GetRegionInfo(PciVfioDevice.ConfigRegion);
+        RegionInfo bar0 = device.GetRegionInfo(0);
+        Span<byte> eight = stackalloc byte[8];
+        Check.Equal(-Vfio.Errno.EFAULT, (int)context.Kernel.PRead(device.DeviceFd, eight, (long)(config.Offset + config.Size - 4)), "pread of 8 bytes at the last dword of config space");
+        Check.Equal(4L, context.Kernel.PRead(device.DeviceFd, eight, (long)(bar0.Offset + bar0.Size - 4)), "pread of 8 bytes at the last dword of BAR0");
+        return Task.CompletedTask;
+    });
+}

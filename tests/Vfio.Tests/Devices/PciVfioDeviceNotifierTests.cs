@@ -1,0 +1,105 @@
+using Vfio.Testing;
+
+namespace Vfio.Tests.Devices;
+
+/// <summary>The kernel's notifications to an open PCI device: REQ (give the device back) and ERR.</summary>
+public class PciVfioDeviceNotifierTests : KernelTest
+{
+    [Fact]
+    public async Task UnbindingAnOpenDeviceAsksItsHoldersAndFinishesOnceTheyRelease()
+    {
+        var sim = AddPci();
+        var device = RegisterPci();
+        var open = device.Open();
+        var asked = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.WhenReleaseRequested = count => asked.TrySetResult(count);
+
+        var unbind = Task.Run(sim.Unbind);
+
+        (await asked.Task.WaitAsync(Guard)).Should().Be(0, "the first request of this open");
+        Kernel.ReleaseRequests.Should().BeGreaterThan(0);
+        unbind.IsCompleted.Should().BeFalse("the kernel waits for the device file to close");
+        device.State.Should().Be(VfioDeviceState.Registered, "the kernel's request does not unregister anything by itself");
+
+        open.Dispose();
+
+        await unbind.WaitAsync(Guard);
+        sim.DriverName.Should().BeNull();
+        Logs.Named("KernelRequestedRelease").Should().NotBeEmpty();
+    }
+
+    [Fact]
+    public async Task AHookThatReleasesFromInsideTheRequestLetsTheUnbindFinish()
+    {
+        var sim = AddPci();
+        var device = RegisterPci();
+        var open = device.Open();
+        device.WhenReleaseRequested = _ => open.Dispose();
+
+        await Task.Run(sim.Unbind).WaitAsync(Guard);
+
+        device.IsOpen.Should().BeFalse();
+        sim.DriverName.Should().BeNull();
+    }
+
+    [Fact]
+    public void EveryOpenOfAPciDeviceWiresReqWithoutTakingAReference()
+    {
+        AddPci();
+        var device = RegisterPci();
+        int eventFdsBefore = Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd);
+
+        using (device.Open())
+        {
+            device.ReferenceCount.Should().Be(2, "the registration and the open; the notifier holds none");
+            Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore + 2, "the REQ eventfd and its poller's wake-up");
+        }
+
+        Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore);
+    }
+
+    [Fact]
+    public async Task AnErrorOnAPciExpressFunctionRaisesErrorDetected()
+    {
+        var sim = AddPci(model: new PciDeviceModel(0x8086, 0x1234, 0x020000, isExpress: true));
+        var device = RegisterPci();
+        var reported = new TaskCompletionSource<ulong>(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.ErrorDetected += (sender, e) =>
+        {
+            sender.Should().BeSameAs(device);
+            reported.TrySetResult(e.Count);
+        };
+
+        using (device.Open())
+        {
+            sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeTrue("subscribing before the open wired ERR at the open");
+            (await reported.Task.WaitAsync(Guard)).Should().Be(1);
+        }
+        sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeFalse("nothing listens once the device is closed");
+    }
+
+    [Fact]
+    public async Task SubscribingWhileOpenWiresErrAtOnce()
+    {
+        var sim = AddPci(model: new PciDeviceModel(0x8086, 0x1234, 0x020000, isExpress: true));
+        var device = RegisterPci();
+        using var open = device.Open();
+        sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeFalse("no one subscribed yet, and the kernel drops an error nobody listens for");
+        var reported = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        device.ErrorDetected += (_, _) => reported.TrySetResult();
+
+        sim.Model.RaiseInterrupt(PciIrq.Err).Should().BeTrue();
+        await reported.Task.WaitAsync(Guard);
+    }
+
+    [Fact]
+    public void SubscribingToErrorsOfAConventionalPciFunctionIsHarmless()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+
+        device.Invoking(d => d.ErrorDetected += (_, _) => { }).Should().NotThrow("ERR exists only on PCI Express; the event never fires");
+    }
+}
