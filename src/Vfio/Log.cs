@@ -55,4 +55,19 @@ internal static partial class Log
 
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
+
+    [LoggerMessage(800, LogLevel.Information, "Created mdev {Uuid} of type {Type} on parent {Parent}")]
+    public static partial void MdevCreated(ILogger logger, string uuid, string type, string parent);
+
+    [LoggerMessage(801, LogLevel.Information, "Removed mdev {Uuid} of type {Type} on parent {Parent}")]
+    public static partial void MdevRemoved(ILogger logger, string uuid, string type, string parent);
+
+    [LoggerMessage(802, LogLevel.Warning, "Setting up mdev {Uuid} of type {Type} on parent {Parent} failed; it was removed again")]
+    public static partial void MdevCreateFailed(ILogger logger, string uuid, string type, string parent, Exception exception);
+
+    [LoggerMessage(803, LogLevel.Error, "Removing mdev {Uuid} failed; it is left in sysfs")]
+    public static partial void MdevRemoveFailed(ILogger logger, string uuid, Exception exception);
+
+    [LoggerMessage(804, LogLevel.Debug, "Mdev {Uuid} was gone already when it was to be removed")]
+    public static partial void MdevAlreadyGone(ILogger logger, string uuid);
 }

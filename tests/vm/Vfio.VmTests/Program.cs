@@ -1,5 +1,6 @@
 using System.Globalization;
 using EduDriver;
+using MdevLifecycle;
 using Vfio.Scenarios;
 
 namespace Vfio.VmTests;
@@ -13,13 +14,24 @@ namespace Vfio.VmTests;
 internal static class Program
 {
     private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N] [--only NAME]...\n"
-        + "       Vfio.VmTests --sample ADDRESS [--verbose]";
+        + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
+        + "       Vfio.VmTests --mdev | --mdev-sample [--verbose]";
 
     private static async Task<int> Main(string[] args)
     {
         if (args.Length > 0 && args[0] == "--sample")
         {
             return await EduDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 0 && args[0] == "--mdev-sample")
+        {
+            return await MdevLifecycleProgram.RunAsync(["--real", .. args[1..]], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 0 && args[0] == "--mdev")
+        {
+            // The mdev machine (tests/vm/run-mdev-tests.sh): the mtty parent, no PCI device for vfio.
+            var mdevContext = new ScenarioContext(VfioKernel.Linux, string.Empty, -1) { Log = Console.Out };
+            return await ScenarioRunner.RunAsync(ScenarioCatalog.Mdev, mdevContext, Console.Out).ConfigureAwait(false) == 0 ? 0 : 1;
         }
 
         string? device = null;
