@@ -120,13 +120,18 @@ internal static class MdevScenarios
             device.WriteRegister(port, MttyDevice.Scratch, (byte)(0xa0 | port));
             Check.Equal((byte)(0xa0 | port), device.ReadRegister(port, MttyDevice.Scratch), $"port {port} scratch");
         }
-        // The FIFO holds 16 bytes: a 17th sets overrun in the line status.
+        // The FIFO holds 16 bytes: a 17th sets overrun. mtty tells "data ready" by comparing its ring's
+        // indexes, and a full ring has head back on tail, so it then reads as empty: LSR is
+        // TEMT | THRE | OE (0x62), not DR | OE, on Linux 6.1.
         device.WriteRegister(0, MttyDevice.FifoControl, 0x07);
-        for (int i = 0; i < 17; i++)
+        for (int i = 0; i < 15; i++)
         {
             device.WriteRegister(0, MttyDevice.Data, (byte)i);
         }
-        Check.Equal((byte)0x03, device.ReadRegister(0, MttyDevice.LineStatus), "line status after 17 bytes (data ready, overrun)");
+        Check.Equal((byte)0x01, device.ReadRegister(0, MttyDevice.LineStatus), "line status with 15 bytes in the FIFO (data ready)");
+        device.WriteRegister(0, MttyDevice.Data, 15);
+        device.WriteRegister(0, MttyDevice.Data, 16);
+        Check.Equal((byte)0x62, device.ReadRegister(0, MttyDevice.LineStatus), "line status after 17 bytes (full ring reads empty, overrun)");
         device.WriteRegister(0, MttyDevice.FifoControl, 0x07);
     }
 

@@ -8,7 +8,8 @@ namespace Vfio.Testing;
 /// serial card with one or two 16550-style ports. Each port is an 8-byte I/O BAR (BAR0, BAR1) whose
 /// transmit register loops back into a 16-byte FIFO that the receive register drains; configuration
 /// space is mtty's 255-byte emulation (vendor 0x4348, device 0x3253, class 0x070002). Regions are read
-/// and written through the device file only (no mmap). The model raises no interrupts.
+/// and written through the device file only (no mmap). The model raises no interrupts. mtty's quirks
+/// are kept: a full FIFO (head back on tail) reads as empty, as Linux 6.1's mtty shows it.
 /// </summary>
 public sealed class MttyDeviceModel : PciDeviceModel
 {
@@ -186,7 +187,9 @@ public sealed class MttyDeviceModel : PciDeviceModel
                     return (byte)port.Divisor;
                 }
                 byte data = 0;
-                if (port.Count > 0)
+                // mtty compares the ring's indexes, not its count: a full ring (16 bytes, head back on
+                // tail) reads as empty.
+                if (port.Head != port.Tail)
                 {
                     data = port.Fifo[port.Tail];
                     port.Tail = (port.Tail + 1) % FifoSize;
@@ -206,7 +209,7 @@ public sealed class MttyDeviceModel : PciDeviceModel
                 {
                     iir |= 0x04;
                 }
-                if ((ier & Uart.IerThri) != 0 && port.Count == 0)
+                if ((ier & Uart.IerThri) != 0 && port.Head == port.Tail)
                 {
                     iir |= 0x02;
                 }
@@ -218,7 +221,7 @@ public sealed class MttyDeviceModel : PciDeviceModel
                 return port.Registers[offset];
             case Uart.Lsr:
                 byte lsr = 0;
-                if (port.Count > 0)
+                if (port.Head != port.Tail)
                 {
                     lsr |= Uart.LsrDataReady;
                 }
@@ -226,7 +229,7 @@ public sealed class MttyDeviceModel : PciDeviceModel
                 {
                     lsr |= Uart.LsrOverrun;
                 }
-                if (port.Count == 0)
+                if (port.Head == port.Tail)
                 {
                     lsr |= Uart.LsrTransmitterEmpty | Uart.LsrHoldingEmpty;
                 }
