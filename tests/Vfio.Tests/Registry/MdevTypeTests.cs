@@ -163,6 +163,17 @@ public sealed class MdevTypeTests : KernelTest
     }
 
     [Fact]
+    public async Task ASysfsReadFailingAfterTheCreateRemovesTheMdev()
+    {
+        var type = Type("mtty-1");
+        Kernel.FailNext(SimulatedCall.ReadLink, Errno.EIO); // reading the new device's mdev_type link
+        var act = () => type.CreateAsync<MttyDevice>();
+        (await act.Should().ThrowAsync<VfioException>()).Which.Errno.Should().Be(Errno.EIO);
+        Mdevs().Should().BeEmpty();
+        type.ReadAvailableInstances().Should().Be(24);
+    }
+
+    [Fact]
     public async Task ADriverThatThrowsLeavesNoMdev()
     {
         var registry = NewRegistry();
