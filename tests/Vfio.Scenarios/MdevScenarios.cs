@@ -21,6 +21,7 @@ internal static class MdevScenarios
         new("mdev_parent_types", ParentTypes),
         new("mdev_create_open_remove", CreateOpenRemove),
         new("mdev_uart_loopback_two_ports", UartLoopbackTwoPorts),
+        new("mdev_intx_on_receive", IntxOnReceive),
         new("mdev_existing_uuid_eexist", ExistingUuid),
         new("mdev_no_instances_enospc", NoInstancesLeft),
         new("mdev_unknown_type", UnknownType),
@@ -133,6 +134,24 @@ internal static class MdevScenarios
         device.WriteRegister(0, MttyDevice.Data, 16);
         Check.Equal((byte)0x62, device.ReadRegister(0, MttyDevice.LineStatus), "line status after 17 bytes (full ring reads empty, overrun)");
         device.WriteRegister(0, MttyDevice.FifoControl, 0x07);
+    }
+
+    public static async Task IntxOnReceive(ScenarioContext context)
+    {
+        await using var registry = Registry(context);
+        await using var mdev = await registry.FindMdevParent(Parent).CreateAsync<MttyDevice>("mtty-1");
+        var device = mdev.Device;
+        using var intx = device.EnableInterrupts((int)VFIO_PCI_INTX_IRQ_INDEX);
+        device.WriteRegister(0, MttyDevice.FifoControl, 0x07); // FIFO on and cleared: trigger level 1
+        device.WriteRegister(0, 1, 0x01);                      // IER: received data available
+        device.WriteRegister(0, MttyDevice.Data, 0x42);        // the byte loops back: the FIFO reaches its level
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        ulong count = await intx.WaitAsync(0, timeout.Token);
+        Check.True(count >= 1, "no INTx interrupt was counted");
+        Check.Equal((byte)0xc4, device.ReadRegister(0, 2), "IIR with received data pending");
+        Check.Equal((byte)0x42, device.ReadRegister(0, MttyDevice.Data), "the byte received");
+        device.WriteRegister(0, 1, 0x00);
+        context.Note($"INTx eventfd counted {count} after one byte with IER.RDI set");
     }
 
     public static async Task ExistingUuid(ScenarioContext context)

@@ -8,7 +8,8 @@ namespace Vfio.Testing;
 /// serial card with one or two 16550-style ports. Each port is an 8-byte I/O BAR (BAR0, BAR1) whose
 /// transmit register loops back into a 16-byte FIFO that the receive register drains; configuration
 /// space is mtty's 255-byte emulation (vendor 0x4348, device 0x3253, class 0x070002). Regions are read
-/// and written through the device file only (no mmap). The model raises no interrupts. mtty's quirks
+/// and written through the device file only (no mmap). It signals the INTx or MSI eventfd where mtty
+/// does (receive FIFO at its trigger level, overrun, transmitter empty; not the modem-status cases). mtty's quirks
 /// are kept: a full FIFO (head back on tail) reads as empty, as Linux 6.1's mtty shows it.
 /// </summary>
 public sealed class MttyDeviceModel : PciDeviceModel
@@ -26,6 +27,7 @@ public sealed class MttyDeviceModel : PciDeviceModel
     private readonly byte[] _config = new byte[ConfigRegionSize];
     private readonly uint[] _barMask = new uint[2];
     private readonly Port[] _ports = [new(), new()];
+    private int _triggers;
 
     /// <summary>Creates the device of an mtty type.</summary>
     /// <param name="ports">1 (type mtty-1) or 2 (type mtty-2).</param>
@@ -113,18 +115,34 @@ public sealed class MttyDeviceModel : PciDeviceModel
     // mdev_access: config space and the two port BARs, in pieces of 4, 2 or 1 bytes (mtty_read/mtty_write).
     internal override long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
     {
+        long result;
+        int triggers;
         lock (Gate)
         {
+            _triggers = 0;
             if (index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX)
             {
-                return Chunked(offset, data, write, ReadConfigPiece, WriteConfigPiece);
+                result = Chunked(offset, data, write, ReadConfigPiece, WriteConfigPiece);
             }
-            if (index is 0 or 1)
+            else if (index is 0 or 1)
             {
-                return Chunked(offset, data, write, (o, _) => ReadPort(index, (int)o), (o, _, v) => WritePort(index, (int)o, (byte)v));
+                result = Chunked(offset, data, write, (o, _) => ReadPort(index, (int)o), (o, _, v) => WritePort(index, (int)o, (byte)v));
             }
-            return -Errno.EFAULT;
+            else
+            {
+                result = -Errno.EFAULT;
+            }
+            triggers = _triggers;
         }
+        // mtty_trigger_interrupt signals the eventfd of the index set last (INTx or MSI), outside the model's lock.
+        for (int i = 0; i < triggers; i++)
+        {
+            if (Device?.ActiveIrqIndex is int active and ((int)VfioUapi.VFIO_PCI_INTX_IRQ_INDEX or (int)VfioUapi.VFIO_PCI_MSI_IRQ_INDEX))
+            {
+                RaiseInterrupt(active);
+            }
+        }
+        return result;
     }
 
     internal override ulong ReadMapped(int index, ulong offset, int size) => throw new InvalidOperationException("mtty regions cannot be mapped.");
@@ -195,6 +213,10 @@ public sealed class MttyDeviceModel : PciDeviceModel
                     port.Tail = (port.Tail + 1) % FifoSize;
                     port.Count--;
                 }
+                if (port.Head == port.Tail && (port.Registers[Uart.Ier] & Uart.IerThri) != 0)
+                {
+                    _triggers++;
+                }
                 return data;
             case Uart.Ier:
                 return port.Dlab ? (byte)(port.Divisor >> 8) : (byte)(port.Registers[Uart.Ier] & 0x0f);
@@ -264,10 +286,18 @@ public sealed class MttyDeviceModel : PciDeviceModel
                     port.Head = (port.Head + 1) % FifoSize;
                     port.Count++;
                     port.Overrun = false;
+                    if ((port.Registers[Uart.Ier] & Uart.IerRdi) != 0 && port.Count == port.TriggerLevel)
+                    {
+                        _triggers++;
+                    }
                 }
                 else
                 {
                     port.Overrun = true;
+                    if ((port.Registers[Uart.Ier] & Uart.IerRlsi) != 0)
+                    {
+                        _triggers++;
+                    }
                 }
                 break;
             case Uart.Ier:
@@ -278,6 +308,10 @@ public sealed class MttyDeviceModel : PciDeviceModel
                 else
                 {
                     port.Registers[Uart.Ier] = data;
+                    if ((data & Uart.IerThri) != 0 && port.Head == port.Tail)
+                    {
+                        _triggers++;
+                    }
                 }
                 break;
             case Uart.Fcr:
