@@ -225,6 +225,9 @@ public sealed class SimulatedMdevDevice : SimulatedDevice
     /// <summary>The type it was created from.</summary>
     public SimulatedMdevType Type { get; }
 
+    /// <summary>Whether a remove began (the device's <c>remove</c> attribute was written, or its parent went).</summary>
+    internal bool Removed { get; set; }
+
     internal override bool IsVfioBound => DriverName is not null;
 }
 

@@ -4,21 +4,37 @@ using Vfio.Interop;
 namespace Vfio.Testing;
 
 /// <summary>A type of mediated device a parent offers (a folder under <c>mdev_supported_types</c>).</summary>
-/// <param name="name">The type's short name; its folder is "&lt;parent driver&gt;-&lt;name&gt;".</param>
-/// <param name="maxInstances">How many devices of this type may exist at once.</param>
+/// <param name="name">The type's short name (the kernel's <c>sysfs_name</c>); its folder is "&lt;parent driver&gt;-&lt;name&gt;".</param>
+/// <param name="maxInstances">
+/// How many devices of this type may exist at once; for a parent with a shared capacity
+/// (<see cref="SimulatedKernel.AddMdevParent(string, string, int, SimulatedMdevType[])"/>), an extra limit
+/// on top of it (<see cref="int.MaxValue"/> for none).
+/// </param>
 /// <param name="createModel">Creates the model of each new device.</param>
-/// <param name="description">The type's description attribute.</param>
-/// <param name="deviceApi">The device API it exposes ("vfio-pci" or "vfio-platform").</param>
-public sealed class SimulatedMdevType(string name, int maxInstances, Func<DeviceModel> createModel, string description = "", string deviceApi = "vfio-pci")
+/// <param name="description">The type's <c>description</c> attribute; null when the parent driver shows none (mtty shows none).</param>
+/// <param name="deviceApi">The device API it exposes ("vfio-pci", "vfio-platform", "vfio-ccw", "vfio-ap").</param>
+public sealed class SimulatedMdevType(string name, int maxInstances, Func<DeviceModel> createModel, string? description = null, string deviceApi = "vfio-pci")
 {
     /// <summary>The type's short name.</summary>
     public string Name { get; } = name;
 
+    /// <summary>
+    /// The type's <c>name</c> attribute (the kernel's <c>pretty_name</c>, "Single port serial"); the
+    /// attribute shows <see cref="Name"/> when null, as the kernel does.
+    /// </summary>
+    public string? PrettyName { get; init; }
+
     /// <summary>How many devices of this type may exist at once.</summary>
     public int MaxInstances { get; } = maxInstances;
 
-    /// <summary>The type's description.</summary>
-    public string Description { get; } = description;
+    /// <summary>
+    /// What one device of this type takes from its parent's shared capacity (mtty: its number of
+    /// serial ports); ignored when the parent has none.
+    /// </summary>
+    public int Units { get; init; } = 1;
+
+    /// <summary>The type's description, or null when the type has no <c>description</c> attribute.</summary>
+    public string? Description { get; } = description;
 
     /// <summary>The device API ("vfio-pci").</summary>
     public string DeviceApi { get; } = deviceApi;
@@ -26,16 +42,30 @@ public sealed class SimulatedMdevType(string name, int maxInstances, Func<Device
     internal Func<DeviceModel> CreateModel { get; } = createModel;
 
     internal int Instances { get; set; }
+
+    internal SimulatedMdevParent? Parent { get; set; }
+
+    /// <summary>What <c>available_instances</c> shows: the parent driver's <c>get_available</c>.</summary>
+    internal int Available
+    {
+        get
+        {
+            int left = MaxInstances - Instances;
+            return Parent?.Capacity is { } _ ? Math.Min(left, Parent.FreeUnits / Units) : left;
+        }
+    }
 }
 
 /// <summary>A parent device that creates mediated devices (listed under <c>class/mdev_bus</c>).</summary>
 public sealed class SimulatedMdevParent
 {
-    internal SimulatedMdevParent(SimulatedKernel kernel, string name, string driver, IReadOnlyList<SimulatedMdevType> types)
+    internal SimulatedMdevParent(SimulatedKernel kernel, string name, string driver, int? capacity, IReadOnlyList<SimulatedMdevType> types)
     {
         Kernel = kernel;
         Name = name;
         Driver = driver;
+        Capacity = capacity;
+        FreeUnits = capacity ?? 0;
         Types = types;
     }
 
@@ -45,8 +75,16 @@ public sealed class SimulatedMdevParent
     /// <summary>The parent's driver, which also drives its mdevs.</summary>
     public string Driver { get; }
 
+    /// <summary>The capacity its types share (mtty: 24 serial ports), or null when each type counts alone.</summary>
+    public int? Capacity { get; }
+
     /// <summary>The types it offers.</summary>
     public IReadOnlyList<SimulatedMdevType> Types { get; }
+
+    /// <summary>Whether the parent was removed (its driver unloaded), after which its sysfs folder is gone.</summary>
+    public bool IsRemoved { get; internal set; }
+
+    internal int FreeUnits { get; set; }
 
     internal SimulatedKernel Kernel { get; }
 
@@ -70,37 +108,88 @@ public sealed class SimulatedMdevParent
             return (SimulatedMdevDevice)Kernel.FindDeviceLocked(uuid.ToString("D", CultureInfo.InvariantCulture))!;
         }
     }
+
+    /// <summary>
+    /// Removes the parent as unloading its driver would (<c>mdev_unregister_parent</c>): its mdevs are
+    /// removed (waiting while one is open), then its folders disappear.
+    /// </summary>
+    public void Remove()
+    {
+        using (Kernel.Enter())
+        {
+            Kernel.RemoveMdevParentLocked(this);
+        }
+    }
 }
 
 public sealed partial class SimulatedKernel
 {
     /// <summary>
     /// Adds an mdev parent (a virtual device driven by <paramref name="driver"/>) offering
-    /// <paramref name="types"/>; writing a UUID to a type's <c>create</c> makes a device with its own
-    /// emulated IOMMU group.
+    /// <paramref name="types"/>, each limited by its own <see cref="SimulatedMdevType.MaxInstances"/>;
+    /// writing a UUID to a type's <c>create</c> makes a device with its own emulated IOMMU group.
     /// </summary>
     /// <param name="name">The parent's device name.</param>
     /// <param name="driver">The parent's driver name, e.g. "mtty".</param>
     /// <param name="types">The types it offers.</param>
-    public SimulatedMdevParent AddMdevParent(string name, string driver, params SimulatedMdevType[] types)
+    public SimulatedMdevParent AddMdevParent(string name, string driver, params SimulatedMdevType[] types) =>
+        AddMdevParent(name, driver, null, types);
+
+    /// <summary>
+    /// Adds an mdev parent whose types share a capacity: a device of a type takes
+    /// <see cref="SimulatedMdevType.Units"/> of it, and each type's <c>available_instances</c> is what
+    /// is left divided by its units (how mtty counts serial ports).
+    /// </summary>
+    /// <param name="name">The parent's device name.</param>
+    /// <param name="driver">The parent's driver name.</param>
+    /// <param name="capacity">The shared capacity.</param>
+    /// <param name="types">The types it offers.</param>
+    public SimulatedMdevParent AddMdevParent(string name, string driver, int capacity, params SimulatedMdevType[] types)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(capacity);
+        return AddMdevParent(name, driver, (int?)capacity, types);
+    }
+
+    /// <summary>
+    /// Adds the parent the kernel's mtty sample driver (samples/vfio-mdev/mtty.c) registers: "mtty",
+    /// with types mtty-1 ("Single port serial") and mtty-2 ("Dual port serial") sharing 24 ports,
+    /// each device emulated by an <see cref="MttyDeviceModel"/>.
+    /// </summary>
+    public SimulatedMdevParent AddMttyParent() =>
+        AddMdevParent("mtty", "mtty", MttyDeviceModel.MaxPorts,
+            new SimulatedMdevType("1", int.MaxValue, () => new MttyDeviceModel(1)) { PrettyName = "Single port serial", Units = 1 },
+            new SimulatedMdevType("2", int.MaxValue, () => new MttyDeviceModel(2)) { PrettyName = "Dual port serial", Units = 2 });
+
+    private SimulatedMdevParent AddMdevParent(string name, string driver, int? capacity, SimulatedMdevType[] types)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentException.ThrowIfNullOrEmpty(driver);
         ArgumentNullException.ThrowIfNull(types);
-        var parent = new SimulatedMdevParent(this, name, driver, [.. types]);
+        var parent = new SimulatedMdevParent(this, name, driver, capacity, [.. types]);
         using (Enter())
         {
+            foreach (var type in types)
+            {
+                if (type.Parent is not null)
+                {
+                    throw new InvalidOperationException("The type " + type.Name + " belongs to another parent already.");
+                }
+                type.Parent = parent;
+            }
             var dir = Sysfs.Directory(parent.SysfsRelative);
             Sysfs.Directory("class/mdev_bus").Link(name, parent.SysfsRelative);
             Sysfs.Directory("bus/mdev/drivers").Directory(driver);
             foreach (var type in types)
             {
                 var typeDir = dir.Directory("mdev_supported_types").Directory(parent.TypeFolder(type));
-                typeDir.Attribute("name", () => type.Name + "\n");
-                typeDir.Attribute("description", () => type.Description + "\n");
+                typeDir.Attribute("name", () => (type.PrettyName ?? type.Name) + "\n");
+                if (type.Description is not null)
+                {
+                    typeDir.Attribute("description", () => type.Description + "\n");
+                }
                 typeDir.Attribute("device_api", () => type.DeviceApi + "\n");
-                typeDir.Attribute("available_instances", () => Decimal(type.MaxInstances - type.Instances) + "\n");
-                typeDir.Attribute("create", null, text => CreateMdevLocked(parent, type, text.Trim()));
+                typeDir.Attribute("available_instances", () => Decimal(type.Available) + "\n");
+                typeDir.Attribute("create", null, text => CreateMdevLocked(parent, type, text));
                 typeDir.Directory("devices");
             }
         }
@@ -109,9 +198,14 @@ public sealed partial class SimulatedKernel
 
     internal SimulatedDevice? FindDeviceLocked(string name) => _devices.GetValueOrDefault(name);
 
+    /// <summary>
+    /// What writing <paramref name="text"/> to a type's <c>create</c> does in Linux 6.1 (create_store and
+    /// mdev_device_create): 36 or 37 bytes parsed as a UUID (EINVAL), a duplicate UUID (EEXIST), then the
+    /// parent driver's probe, which fails with ENOSPC when the type has no instance left.
+    /// </summary>
     internal int CreateMdevLocked(SimulatedMdevParent parent, SimulatedMdevType type, string text)
     {
-        if (text.Length != 36 || !Guid.TryParseExact(text, "D", out var uuid))
+        if (text.Length < 36 || text.Length > 37 || !Guid.TryParseExact(text[..36], "D", out var uuid))
         {
             return -Errno.EINVAL;
         }
@@ -120,46 +214,107 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.EEXIST;
         }
-        if (type.Instances >= type.MaxInstances)
+        if (parent.IsRemoved)
+        {
+            return -Errno.ENODEV;
+        }
+        if (type.Available <= 0)
         {
             return -Errno.ENOSPC;
         }
         var model = type.CreateModel();
         model.Seal();
-        int groupId = _groups.Count == 0 ? 0 : _groups.Keys.Max() + 1;
+        // iommu_group_alloc takes the lowest free group number.
+        int groupId = 0;
+        while (_groups.ContainsKey(groupId))
+        {
+            groupId++;
+        }
         var group = GroupLocked(groupId, SimulatedGroupKind.Emulated);
+        // vfio_register_emulated_iommu_dev names the group as the no-IOMMU groups are named.
+        Sysfs.Directory("kernel/iommu_groups/" + Decimal(groupId)).Attribute("name", () => "vfio-noiommu\n");
         var device = new SimulatedMdevDevice(this, uuid, parent, type, model, group);
         type.Instances++;
+        if (parent.Capacity is not null)
+        {
+            parent.FreeUnits -= type.Units;
+        }
         AddDeviceLocked(device, "bus/mdev");
         var dir = Sysfs.Directory(device.SysfsRelative);
         string typePath = parent.SysfsRelative + "/mdev_supported_types/" + parent.TypeFolder(type);
         dir.Link("mdev_type", typePath);
         dir.Link("driver", "bus/mdev/drivers/" + parent.Driver);
-        dir.Attribute("remove", null, value => value.Trim() == "1" ? RemoveMdevLocked(device) : -Errno.EINVAL);
+        dir.Attribute("remove", null, value => RemoveStoreLocked(device, value));
+        Sysfs.Directory("bus/mdev/drivers/" + parent.Driver).Link(name, device.SysfsRelative);
         Sysfs.Directory(typePath + "/devices").Link(name, device.SysfsRelative);
         Wake();
         return 0;
     }
 
+    /// <summary>remove_store: a number (kstrtoul, base 0); 0 does nothing, anything else removes the device.</summary>
+    private int RemoveStoreLocked(SimulatedMdevDevice device, string value)
+    {
+        string text = value.EndsWith('\n') ? value[..^1] : value;
+        ulong number;
+        bool parsed = text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+            ? ulong.TryParse(text.AsSpan(2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out number)
+            : ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out number);
+        if (!parsed)
+        {
+            return -Errno.EINVAL;
+        }
+        return number == 0 || device.Removed ? 0 : RemoveMdevLocked(device);
+    }
+
+    /// <summary>
+    /// mdev_device_remove: the device leaves its bus at once for new users, and its driver's remove
+    /// (vfio_unregister_group_dev) waits while its device file is open; then its folders go, its
+    /// instance is returned, and its group goes with the group file's last close.
+    /// </summary>
     private int RemoveMdevLocked(SimulatedMdevDevice device)
     {
         if (!_devices.ContainsKey(device.Name))
         {
             return -Errno.ENODEV;
         }
+        device.Removed = true;
         UnbindLocked(device);
         _devices.Remove(device.Name);
         device.Type.Instances--;
         var parent = device.Parent;
+        if (parent.Capacity is not null)
+        {
+            parent.FreeUnits += device.Type.Units;
+        }
         Sysfs.Remove(parent.SysfsRelative + "/mdev_supported_types/" + parent.TypeFolder(device.Type) + "/devices/" + device.Name);
+        Sysfs.Remove("bus/mdev/drivers/" + parent.Driver + "/" + device.Name);
         Sysfs.Remove("bus/mdev/devices/" + device.Name);
         Sysfs.Remove(device.SysfsRelative);
         device.Group.Devices.Remove(device);
+        Sysfs.Remove("kernel/iommu_groups/" + Decimal(device.Group.Id) + "/devices/" + device.Name);
         if (device.Group.Devices.Count == 0 && device.Group.OpenFile is null)
         {
             _groups.Remove(device.Group.Id);
             Sysfs.Remove("kernel/iommu_groups/" + Decimal(device.Group.Id));
         }
+        Wake();
         return 0;
+    }
+
+    internal void RemoveMdevParentLocked(SimulatedMdevParent parent)
+    {
+        if (parent.IsRemoved)
+        {
+            return;
+        }
+        parent.IsRemoved = true;
+        foreach (var device in _devices.Values.OfType<SimulatedMdevDevice>().Where(d => d.Parent == parent).ToList())
+        {
+            device.Removed = true;
+            RemoveMdevLocked(device);
+        }
+        Sysfs.Remove("class/mdev_bus/" + parent.Name);
+        Sysfs.Remove(parent.SysfsRelative);
+        Wake();
     }
 }

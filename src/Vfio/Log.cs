@@ -94,4 +94,19 @@ internal static partial class Log
 
     [LoggerMessage(500, LogLevel.Warning, "The {Kind} capability list of {Device} loops back to offset {Offset:x}; using the {Count} capabilities before it")]
     public static partial void CapabilityListLoops(ILogger logger, string device, string kind, int offset, int count);
+
+    [LoggerMessage(800, LogLevel.Information, "Created mdev {Uuid} of type {Type} on parent {Parent}")]
+    public static partial void MdevCreated(ILogger logger, string uuid, string type, string parent);
+
+    [LoggerMessage(801, LogLevel.Information, "Removed mdev {Uuid} of type {Type} on parent {Parent}")]
+    public static partial void MdevRemoved(ILogger logger, string uuid, string type, string parent);
+
+    [LoggerMessage(802, LogLevel.Warning, "Setting up mdev {Uuid} of type {Type} on parent {Parent} failed; it was removed again")]
+    public static partial void MdevCreateFailed(ILogger logger, string uuid, string type, string parent, Exception exception);
+
+    [LoggerMessage(803, LogLevel.Error, "Removing mdev {Uuid} failed; it is left in sysfs")]
+    public static partial void MdevRemoveFailed(ILogger logger, string uuid, Exception exception);
+
+    [LoggerMessage(804, LogLevel.Debug, "Mdev {Uuid} was gone already when it was to be removed")]
+    public static partial void MdevAlreadyGone(ILogger logger, string uuid);
 }

@@ -51,6 +51,36 @@ internal static class Check
         }
     }
 
+    /// <summary>Runs <paramref name="action"/> and returns the exception of type <typeparamref name="TException"/> it must throw.</summary>
+    public static TException Throws<TException>(Action action, string what)
+        where TException : Exception
+    {
+        try
+        {
+            action();
+        }
+        catch (TException e)
+        {
+            return e;
+        }
+        throw new ScenarioFailedException(what + " should throw " + typeof(TException).Name + " but did not");
+    }
+
+    /// <summary>Awaits <paramref name="action"/> and returns the exception of type <typeparamref name="TException"/> it must throw.</summary>
+    public static async Task<TException> ThrowsAsync<TException>(Func<Task> action, string what)
+        where TException : Exception
+    {
+        try
+        {
+            await action().ConfigureAwait(false);
+        }
+        catch (TException e)
+        {
+            return e;
+        }
+        throw new ScenarioFailedException(what + " should throw " + typeof(TException).Name + " but did not");
+    }
+
     private static string Show<T>(T value) => value switch
     {
         ushort u => "0x" + u.ToString("x4", CultureInfo.InvariantCulture),

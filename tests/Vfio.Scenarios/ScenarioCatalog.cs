@@ -6,7 +6,10 @@ internal static class ScenarioCatalog
     /// <summary>Every scenario, in the order they run: the uAPI basics, the kernel's rules at errno level, then the edu driver on the public API.</summary>
     public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. EduScenarios.All, .. ResetScenarios.All, .. InterruptScenarios.All, .. DmaScenarios.All, .. PciScenarios.All];
 
+    /// <summary>The mediated device scenarios, run on a machine with the kernel's mtty sample driver loaded (tests/vm/run-mdev-tests.sh).</summary>
+    public static IReadOnlyList<Scenario> Mdev { get; } = MdevScenarios.All;
+
     /// <summary>Finds a scenario by name.</summary>
     public static Scenario Named(string name) =>
-        All.FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
+        All.Concat(Mdev).FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
 }

@@ -50,6 +50,9 @@ public abstract class VfioDriver
         return best;
     }
 
+    /// <summary>True when the driver handles mediated devices of <paramref name="typeId"/>.</summary>
+    internal virtual bool HandlesMdevType(string typeId) => false;
+
     /// <summary>Creates the typed device for a device <see cref="Handles"/> accepted.</summary>
     internal abstract VfioDevice Create(VfioDeviceContext context);
 
@@ -203,7 +206,9 @@ public abstract class MdevDriver<TDevice> : VfioDriver
 
     internal override DriverBus Bus => DriverBus.Mdev;
 
-    internal override bool Handles(VfioDeviceContext context) => context is MdevDeviceContext c && TypeIds.Contains(c.TypeId, StringComparer.Ordinal);
+    internal override bool Handles(VfioDeviceContext context) => context is MdevDeviceContext c && HandlesMdevType(c.TypeId);
+
+    internal override bool HandlesMdevType(string typeId) => TypeIds.Contains(typeId, StringComparer.Ordinal);
 
     internal override VfioDevice Create(VfioDeviceContext context) => CreateDevice((MdevDeviceContext)context);
 }

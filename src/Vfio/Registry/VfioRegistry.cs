@@ -43,6 +43,7 @@ public sealed class VfioRegistry : IAsyncDisposable
     private readonly Dictionary<string, DeviceSet> _sets = new(StringComparer.Ordinal);
     private readonly List<VfioDriver> _drivers = [];
     private readonly Dictionary<VfioDevice, VfioDriver> _probed = [];
+    private readonly List<CreatedMdev> _created = [];
     private bool _disposed;
 
     /// <summary>Creates a registry.</summary>
@@ -392,12 +393,107 @@ public sealed class VfioRegistry : IAsyncDisposable
             {
                 continue;
             }
-            var (groupId, _) = ReadGroup(dir, name);
-            string? driver = Sysfs.ReadLinkName(dir + "/driver");
-            result.Add(new MdevDeviceContext(this, uuid, groupId, driver, type, parent: null));
+            result.Add(DescribeMdev(name, uuid, type));
         }
         return result;
     }
+
+    /// <summary>The mdev parents (<c>/sys/class/mdev_bus/*</c>) and the types each offers, read now.</summary>
+    public IReadOnlyList<MdevParent> DiscoverMdevParents()
+    {
+        var result = new List<MdevParent>();
+        foreach (string name in Sysfs.List("class/mdev_bus").Order(StringComparer.Ordinal))
+        {
+            if (TryDescribeMdevParent(name) is { } parent)
+            {
+                result.Add(parent);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Reads one mdev parent and its types from sysfs.</summary>
+    /// <param name="name">The parent's name under <c>/sys/class/mdev_bus</c> ("mtty").</param>
+    /// <exception cref="VfioNotFoundException">There is no such parent; the message lists those there are.</exception>
+    public MdevParent FindMdevParent(string name)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        return TryDescribeMdevParent(name) ?? throw new VfioNotFoundException(
+            $"No mdev parent {name} in {Kernel.Sys("class/mdev_bus")} (there are: {string.Join(", ", Sysfs.List("class/mdev_bus").DefaultIfEmpty("none"))}); load its parent driver (e.g. modprobe mtty).");
+    }
+
+    private MdevParent? TryDescribeMdevParent(string name)
+    {
+        string dir = "class/mdev_bus/" + name;
+        string[] typeIds = Sysfs.List(dir + "/mdev_supported_types");
+        if (typeIds.Length == 0 && !Sysfs.Exists(dir))
+        {
+            return null;
+        }
+        var parent = new MdevParent(this, name, dir);
+        var types = new List<MdevType>();
+        foreach (string id in typeIds.Order(StringComparer.Ordinal))
+        {
+            string typeDir = dir + "/mdev_supported_types/" + id;
+            types.Add(new MdevType(parent, id,
+                Sysfs.ReadText(typeDir + "/name") ?? id,
+                Sysfs.ReadText(typeDir + "/description"),
+                Sysfs.ReadText(typeDir + "/device_api") ?? string.Empty));
+        }
+        parent.Types = types;
+        return parent;
+    }
+
+    /// <summary>Describes an mdev that exists, from its sysfs folder.</summary>
+    internal MdevDeviceContext DescribeMdev(Guid uuid)
+    {
+        string name = uuid.ToString("D", CultureInfo.InvariantCulture);
+        string type = Sysfs.ReadLinkName("bus/mdev/devices/" + name + "/mdev_type")
+            ?? throw new VfioNotFoundException($"The mdev {name} has no mdev_type link in sysfs: it was removed.");
+        return DescribeMdev(name, uuid, type);
+    }
+
+    private MdevDeviceContext DescribeMdev(string name, Guid uuid, string type)
+    {
+        string dir = "bus/mdev/devices/" + name;
+        var (groupId, _) = ReadGroup(dir, name);
+        string? driver = Sysfs.ReadLinkName(dir + "/driver");
+        // The device's folder lives in its parent's: .../devices/virtual/mtty/mtty/<uuid>.
+        string? parent = Kernel.ReadLink(Kernel.Sys(dir), out string target) == 0 && target.Split('/') is { Length: >= 2 } parts
+            ? parts[^2]
+            : null;
+        return new MdevDeviceContext(this, uuid, groupId, driver, type, parent);
+    }
+
+    /// <summary>The mdevs this registry created and has not removed yet.</summary>
+    public IReadOnlyList<CreatedMdev> CreatedMdevs
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return [.. _created];
+            }
+        }
+    }
+
+    internal void RememberCreated(CreatedMdev mdev)
+    {
+        lock (_lock)
+        {
+            _created.Add(mdev);
+        }
+    }
+
+    internal void ForgetCreated(CreatedMdev mdev)
+    {
+        lock (_lock)
+        {
+            _created.Remove(mdev);
+        }
+    }
+
+    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
     /// <summary>
     /// Unregisters every device (waiting for their references), disposes the ones probed by a
@@ -410,6 +506,18 @@ public sealed class VfioRegistry : IAsyncDisposable
             return;
         }
         _disposed = true;
+        // Mdevs this registry created are removed (never any other): closed, unregistered, disposed, removed.
+        foreach (var mdev in CreatedMdevs)
+        {
+            try
+            {
+                await mdev.RemoveAsync().ConfigureAwait(false);
+            }
+            catch (VfioException e)
+            {
+                Log.MdevRemoveFailed(Logger, mdev.Uuid.ToString("D", CultureInfo.InvariantCulture), e);
+            }
+        }
         foreach (var device in Devices)
         {
             bool probed;
@@ -620,9 +728,10 @@ public sealed class VfioRegistry : IAsyncDisposable
             throw new VfioNotFoundException(
                 $"Device {name} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on) or load vfio with enable_unsafe_noiommu_mode=1.");
         }
-        string? groupName = Sysfs.ReadText("kernel/iommu_groups/" + group + "/name");
-        var kind = groupName == "vfio-noiommu" ? IommuGroupKind.NoIommu
-            : deviceDir.StartsWith("bus/mdev/", StringComparison.Ordinal) ? IommuGroupKind.Emulated
+        // An mdev's group is emulated; Linux names it "vfio-noiommu" as it names the no-IOMMU groups,
+        // so the bus decides first.
+        var kind = deviceDir.StartsWith("bus/mdev/", StringComparison.Ordinal) ? IommuGroupKind.Emulated
+            : Sysfs.ReadText("kernel/iommu_groups/" + group + "/name") == "vfio-noiommu" ? IommuGroupKind.NoIommu
             : IommuGroupKind.Iommu;
         return (id, kind);
     }

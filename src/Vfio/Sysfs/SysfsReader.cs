@@ -63,6 +63,9 @@ internal sealed class SysfsReader(VfioKernel kernel)
         return names;
     }
 
+    /// <summary>Whether a sysfs node exists (a folder, an attribute or a link's target).</summary>
+    public bool Exists(string relative) => kernel.ListDirectory(kernel.Sys(relative), out _) != -Errno.ENOENT;
+
     /// <summary>A hexadecimal attribute such as <c>vendor</c> (<c>0x1234</c>), or null when absent.</summary>
     public uint? ReadHex(string relative)
     {

@@ -48,7 +48,26 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.DmaFaults.Should().BeEmpty();
     }
 
+    public static TheoryData<string> MdevNames => [.. ScenarioCatalog.Mdev.Select(s => s.Name)];
+
+    /// <summary>The mdev scenarios on the simulated counterpart of the mdev VM (tests/vm/run-mdev-tests.sh): the mtty parent.</summary>
+    [Theory]
+    [MemberData(nameof(MdevNames))]
+    public async Task MdevScenarioPassesOnTheSimulatedKernel(string name)
+    {
+        var kernel = new SimulatedKernel();
+        kernel.AddMttyParent();
+        using var log = new StringWriter();
+        var context = new ScenarioContext(kernel, string.Empty, -1) { Log = log };
+        string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        output.WriteLine(log.ToString());
+        failure.Should().BeNull();
+        kernel.AssertNoLeaks();
+        kernel.ListDirectory(kernel.Sys("bus/mdev/devices"), out var mdevs).Should().Be(0);
+        mdevs.Should().BeEmpty("every scenario removes the mdevs it made");
+    }
+
     [Fact]
     public void EveryScenarioHasAUniqueName() =>
-        ScenarioCatalog.All.Select(s => s.Name).Should().OnlyHaveUniqueItems();
+        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Select(s => s.Name).Should().OnlyHaveUniqueItems();
 }

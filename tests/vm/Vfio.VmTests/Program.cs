@@ -1,6 +1,7 @@
 using System.Globalization;
 using EduDriver;
 using NvmeDriver;
+using MdevLifecycle;
 using Vfio.Scenarios;
 
 namespace Vfio.VmTests;
@@ -16,7 +17,8 @@ internal static class Program
     private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
-        + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]";
+        + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
+        + "       Vfio.VmTests --mdev | --mdev-sample [--verbose]";
 
     private static async Task<int> Main(string[] args)
     {
@@ -27,6 +29,16 @@ internal static class Program
         if (args.Length > 0 && args[0] == "--nvme-sample")
         {
             return await NvmeDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 0 && args[0] == "--mdev-sample")
+        {
+            return await MdevLifecycleProgram.RunAsync(["--real", .. args[1..]], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 0 && args[0] == "--mdev")
+        {
+            // The mdev machine (tests/vm/run-mdev-tests.sh): the mtty parent, no PCI device for vfio.
+            var mdevContext = new ScenarioContext(VfioKernel.Linux, string.Empty, -1) { Log = Console.Out };
+            return await ScenarioRunner.RunAsync(ScenarioCatalog.Mdev, mdevContext, Console.Out).ConfigureAwait(false) == 0 ? 0 : 1;
         }
 
         string? device = null;

@@ -1,0 +1,3 @@
+using MdevLifecycle;
+
+return await MdevLifecycleProgram.RunAsync(args, Console.Out).ConfigureAwait(false);
