@@ -4,7 +4,7 @@ namespace Vfio.Scenarios;
 internal static class ScenarioCatalog
 {
     /// <summary>Every scenario, in the order they run: the uAPI basics, the kernel's rules at errno level, then the edu driver on the public API.</summary>
-    public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. EduScenarios.All];
+    public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. EduScenarios.All, .. FeatureScenarios.All];
 
     /// <summary>Finds a scenario by name.</summary>
     public static Scenario Named(string name) =>

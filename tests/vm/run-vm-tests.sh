@@ -279,7 +279,7 @@ timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 \
   -drive file="$nvme_disk",if=none,id=nvme0,format=raw \
   -device nvme,serial=vfiovm0,drive=nvme0,addr=04.1 \
   -kernel "$kernel_dir/vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1" \
+  -append "console=ttyS0 intel_iommu=on no_timer_check quiet loglevel=3 panic=-1" \
   </dev/null >"$console" 2>"$qemu_err"
 qemu_rc=$?
 set -e

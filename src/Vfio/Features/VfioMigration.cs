@@ -118,20 +118,71 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
         var (fd, state) = Session("save", saving: true);
         bool stopCopy = state == VfioMigrationState.StopCopy;
         long? estimate = stopCopy && progress is not null ? StopCopyEstimate() : null;
-        var writer = PipeWriter.Create(destination, new StreamPipeWriterOptions(leaveOpen: true));
+        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 16 * ChunkSize, resumeWriterThreshold: 8 * ChunkSize, useSynchronizationContext: false));
         using var cancel = CancelSignal.Create(_device.Kernel, cancellationToken);
+
+        // The kernel side reads on a thread of its own: a STOP_COPY read may block until the device
+        // has data. The destination side is asynchronous. The pipe carries the bytes between them.
+        var producer = Task.Factory.StartNew(() => ReadSession(fd, stopCopy, pipe.Writer, cancel, cancellationToken),
+            CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         long total = 0;
         try
         {
+            var reader = pipe.Reader;
+            try
+            {
+                while (true)
+                {
+                    var result = await reader.ReadAsync(CancellationToken.None).ConfigureAwait(false);
+                    foreach (var segment in result.Buffer)
+                    {
+                        await destination.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
+                        total += segment.Length;
+                    }
+                    reader.AdvanceTo(result.Buffer.End);
+                    if (progress is not null && !result.Buffer.IsEmpty)
+                    {
+                        progress.Report(new MigrationProgress(total, stopCopy ? estimate : PreCopyEstimate(fd, total)));
+                    }
+                    if (result.IsCompleted)
+                    {
+                        break;
+                    }
+                }
+                await reader.CompleteAsync().ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                await reader.CompleteAsync(e).ConfigureAwait(false);
+                throw;
+            }
+        }
+        finally
+        {
+            // The producer ends once the reader completed (its flush reports it) or the token fired.
+            cancel.Signal();
+            await producer.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+        await producer.ConfigureAwait(false);
+        Log.MigrationSaved(_device.Registry.Logger, _device.Name, total, MigrationPlanner.Name(state));
+        return total;
+    }
+
+    private void ReadSession(SafeFd fd, bool stopCopy, PipeWriter writer, CancelSignal cancel, CancellationToken cancellationToken)
+    {
+        bool added = false;
+        try
+        {
+            fd.DangerousAddRef(ref added); // a state change meanwhile closes the session only after this transfer
             while (true)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                // In STOP_COPY a read may wait for the device; poll first, with the cancellation eventfd
+                // In STOP_COPY a read may wait for the device: poll first, with the cancellation eventfd
                 // beside the data fd. In PRE_COPY reads never wait (ENOMSG when nothing is there now).
-                if (stopCopy)
+                if (stopCopy && !cancel.WaitReadable(fd))
                 {
-                    await Task.Factory.StartNew(() => cancel.WaitReadable(fd), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
                     cancellationToken.ThrowIfCancellationRequested();
+                    break; // the reader went away
                 }
                 var memory = writer.GetMemory(ChunkSize);
                 long n = _device.Kernel.Read(fd, memory.Span);
@@ -149,26 +200,25 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
                     break;
                 }
                 writer.Advance((int)n);
-                total += n;
-                var flushed = await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
-                if (progress is not null)
-                {
-                    progress.Report(new MigrationProgress(total, stopCopy ? estimate : PreCopyEstimate(fd, total)));
-                }
-                if (flushed.IsCompleted)
+                if (writer.FlushAsync(CancellationToken.None).AsTask().GetAwaiter().GetResult().IsCompleted)
                 {
                     break;
                 }
             }
-            await writer.CompleteAsync().ConfigureAwait(false);
+            writer.Complete();
         }
         catch (Exception e)
         {
-            await writer.CompleteAsync(e).ConfigureAwait(false);
+            writer.Complete(e);
             throw;
         }
-        Log.MigrationSaved(_device.Registry.Logger, _device.Name, total, MigrationPlanner.Name(state));
-        return total;
+        finally
+        {
+            if (added)
+            {
+                fd.DangerousRelease();
+            }
+        }
     }
 
     /// <summary>
@@ -398,28 +448,29 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
             _fd = fd;
             if (fd is not null)
             {
-                _registration = token.Register(static state =>
-                {
-                    var self = (CancelSignal)state!;
-                    Span<byte> one = stackalloc byte[8];
-                    one[0] = 1;
-                    self._kernel.Write(self._fd!, one);
-                }, this);
+                _registration = token.Register(static state => ((CancelSignal)state!).Signal(), this);
             }
         }
 
         public static CancelSignal Create(VfioKernel kernel, CancellationToken token)
         {
-            if (!token.CanBeCanceled)
-            {
-                return new CancelSignal(kernel, null, token);
-            }
             VfioErrors.Check(kernel.EventFd(0, Flags.EFD_NONBLOCK, out var fd), "eventfd");
             return new CancelSignal(kernel, fd, token);
         }
 
-        /// <summary>Waits until <paramref name="data"/> is readable (or at its end) or the token is cancelled.</summary>
-        public void WaitReadable(SafeFd data)
+        /// <summary>Wakes a waiter: the token fired, or the transfer is over.</summary>
+        public void Signal()
+        {
+            if (_fd is not null && !_fd.IsClosed)
+            {
+                Span<byte> one = stackalloc byte[8];
+                one[0] = 1;
+                _kernel.Write(_fd, one);
+            }
+        }
+
+        /// <summary>Waits until <paramref name="data"/> is readable (or at its end); false when woken by <see cref="Signal"/> instead.</summary>
+        public bool WaitReadable(SafeFd data)
         {
             Span<PollFd> fds = stackalloc PollFd[2];
             fds[0] = new PollFd { fd = data.Value, events = Flags.POLLIN };
@@ -432,7 +483,7 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
                     continue;
                 }
                 VfioErrors.Check(n, "poll of the migration data session");
-                return;
+                return fds[1].revents == 0 || fds[0].revents != 0;
             }
         }
 

@@ -181,6 +181,27 @@ public class VfioMigrationTests : KernelTest
     }
 
     [Fact]
+    public async Task ADestinationThatFailsStopsTheTransferAndTheSessionCanBeRetried()
+    {
+        var model = new MigratableDeviceModel(stateSize: 1 << 20);
+        AddPci(A, 4, model);
+        var a = RegisterPci(A);
+        using var open = a.Open();
+        var migration = a.GetMigration();
+        migration.SetState(VfioMigrationState.StopCopy);
+        var act = () => migration.SaveAsync(new FailingStream());
+        await act.Should().ThrowAsync<IOException>().WithMessage("disk full");
+        Kernel.OpenFileCount(SimulatedFileKind.EventFd).Should().Be(0);
+
+        using var rest = new MemoryStream();
+        var reports = new List<MigrationProgress>();
+        long n = await migration.SaveAsync(rest, new SyncProgress(reports.Add));
+        n.Should().BeGreaterThan(0).And.BeLessThan((1 << 20) + 16, "the failed transfer consumed part of the stream");
+        reports.Should().NotBeEmpty();
+        reports[^1].BytesTransferred.Should().Be(n);
+    }
+
+    [Fact]
     public async Task PreCopyStreamsTheInitialDataThenDirtyDataThenTheFinalState()
     {
         var caps = VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.P2P | VfioMigrationCapabilities.PreCopy;
@@ -246,6 +267,12 @@ public class VfioMigrationTests : KernelTest
             second.Should().NotBeSameAs(first);
             second.GetState().Should().Be(VfioMigrationState.Running);
         }
+    }
+
+    private sealed class FailingStream : MemoryStream
+    {
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) =>
+            ValueTask.FromException(new IOException("disk full"));
     }
 
     /// <summary>A progress sink that reports on the calling thread (Progress&lt;T&gt; would post).</summary>
