@@ -177,7 +177,7 @@ internal static class EduScenarios
         }
     }
 
-    private static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
+    internal static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
     {
         using DeviceReference open = device.Open();
         await body(device).ConfigureAwait(false);

@@ -18,7 +18,31 @@ internal static unsafe class FeatureScenarios
         new("feature_migration_enotty", MigrationNotSupported),
         new("feature_dma_logging_and_data_size_enotty", LoggingAndDataSizeNotSupported),
         new("feature_low_power_entry_exit", LowPowerEntryExit),
+        new("feature_public_api_edu", PublicApi),
     ];
+
+    /// <summary>The same answers through the public API: a clear not-supported error, low power on and off.</summary>
+    public static Task PublicApi(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
+    {
+        Check.True(!device.ProbeFeature(VfioFeature.Migration, VfioFeatureAccess.Get), "edu claims migration");
+        try
+        {
+            device.GetMigration();
+            throw new ScenarioFailedException("GetMigration succeeded on edu");
+        }
+        catch (VfioNotSupportedException e)
+        {
+            context.Note(e.Message);
+            Check.Equal(Errno.ENOTTY, e.Errno, "GetMigration's errno");
+            Check.True(e.Message.StartsWith("Feature MIGRATION is not supported by this device", StringComparison.Ordinal), "message: " + e.Message);
+        }
+        Check.True(!device.ProbeFeature(VfioFeature.MigrationDataSize), "Linux 6.1 knows MIG_DATA_SIZE");
+        Check.True(device.ProbeFeature(VfioFeature.LowPowerEntry, VfioFeatureAccess.Set), "vfio-pci lacks LOW_POWER_ENTRY");
+        device.EnterLowPower();
+        device.ExitLowPower();
+        Check.Equal(0x010000edu, device.ReadIdentification(), "identification after low power");
+        return Task.CompletedTask;
+    });
 
     public static void HeaderChecks(ScenarioContext context) => WithDevice(context, device =>
     {
