@@ -62,6 +62,8 @@ public static class Errno
     public const int EDEADLK = 35;
     /// <summary>ENOSYS.</summary>
     public const int ENOSYS = 38;
+    /// <summary>ENOMSG: a PRE_COPY data session has no more data for now.</summary>
+    public const int ENOMSG = 42;
     /// <summary>ENODATA.</summary>
     public const int ENODATA = 61;
     /// <summary>EOVERFLOW.</summary>
@@ -102,6 +104,7 @@ public static class Errno
         ERANGE => nameof(ERANGE),
         EDEADLK => nameof(EDEADLK),
         ENOSYS => nameof(ENOSYS),
+        ENOMSG => nameof(ENOMSG),
         ENODATA => nameof(ENODATA),
         EOVERFLOW => nameof(EOVERFLOW),
         EOPNOTSUPP => nameof(EOPNOTSUPP),
@@ -131,6 +134,7 @@ public static class Errno
         ENOSPC => "No space left on device",
         ERANGE => "Numerical result out of range",
         ENOSYS => "Function not implemented",
+        ENOMSG => "No message of desired type",
         EOPNOTSUPP => "Operation not supported",
         ETIMEDOUT => "Connection timed out",
         _ => System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno),

@@ -109,4 +109,19 @@ internal static partial class Log
 
     [LoggerMessage(804, LogLevel.Debug, "Mdev {Uuid} was gone already when it was to be removed")]
     public static partial void MdevAlreadyGone(ILogger logger, string uuid);
+
+    [LoggerMessage(700, LogLevel.Debug, "Migration of {Device}: arc {From} -> {To}")]
+    public static partial void MigrationArc(ILogger logger, string device, string from, string to);
+
+    [LoggerMessage(701, LogLevel.Warning, "Migration of {Device}: arc {From} -> {To} failed with errno {Errno}; the device is in {Now}")]
+    public static partial void MigrationArcFailed(ILogger logger, string device, string from, string to, string now, int errno);
+
+    [LoggerMessage(702, LogLevel.Information, "Migration of {Device}: saved {Bytes} bytes in {State}")]
+    public static partial void MigrationSaved(ILogger logger, string device, long bytes, string state);
+
+    [LoggerMessage(703, LogLevel.Information, "Migration of {Device}: wrote {Bytes} bytes into RESUMING")]
+    public static partial void MigrationResumed(ILogger logger, string device, long bytes);
+
+    [LoggerMessage(704, LogLevel.Debug, "Migration of {Device}: data session closed on entering {State}")]
+    public static partial void MigrationSessionClosed(ILogger logger, string device, string state);
 }

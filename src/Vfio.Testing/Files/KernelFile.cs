@@ -20,6 +20,9 @@ public enum SimulatedFileKind
 
     /// <summary>A sysfs attribute or folder.</summary>
     Sysfs,
+
+    /// <summary>A migration data session, returned by a MIG_DEVICE_STATE SET into STOP_COPY, PRE_COPY or RESUMING.</summary>
+    MigrationData,
 }
 
 /// <summary>

@@ -22,12 +22,17 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
     {
         if (--Device.OpenCount == 0)
         {
+            DeviceFeatures.LastClose(Device);
             Kernel.LastCloseLocked(Device);
         }
     }
 
     public override int Ioctl(nuint request, nint argument)
     {
+        if (request == VfioUapi.VFIO_DEVICE_FEATURE)
+        {
+            return DeviceFeatures.Ioctl(Kernel, Device, (byte*)argument); // takes the model's lock, then the kernel's
+        }
         using (Kernel.Enter())
         {
             var model = Device.Model;
