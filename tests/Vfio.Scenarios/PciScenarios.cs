@@ -22,6 +22,7 @@ internal static class PciScenarios
         new("pci_msi_control_is_virtual", MsiControlIsVirtual),
         new("pci_command_bus_master", CommandBusMaster),
         new("pci_region_access_past_the_end", RegionAccessPastTheEnd),
+        new("pci_capabilities_nvme", NvmeCapabilities),
     ];
 
     public static Task ConfigHeader(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
@@ -104,4 +105,52 @@ internal static class PciScenarios
         Check.Equal(4L, context.Kernel.PRead(device.DeviceFd, eight, (long)(bar0.Offset + bar0.Size - 4)), "pread of 8 bytes at the last dword of BAR0");
         return Task.CompletedTask;
     });
+
+    /// <summary>
+    /// The capability lists of a PCI Express function: QEMU 7.2's NVMe controller bound to vfio-pci
+    /// (the one the NVMe sample drives), found by its class code. Its MSI-X table and pending bit
+    /// array sit in BAR0 after the doorbells, which is where the simulated NVMe model puts them too.
+    /// </summary>
+    public static async Task NvmeCapabilities(ScenarioContext context)
+    {
+        await using var registry = new VfioRegistry(context.Kernel);
+        PciDeviceContext? found = registry.DiscoverPci().FirstOrDefault(d => d.ClassCode == NvmeClassCode && d.KernelDriver == "vfio-pci");
+        if (found is null)
+        {
+            throw new ScenarioFailedException("no NVMe controller (class 0x010802) bound to vfio-pci on this machine");
+        }
+        var device = new PlainPciDevice(found);
+        registry.Register(device);
+        using (device.Open())
+        {
+            IReadOnlyList<PciCapability> capabilities = device.Capabilities;
+            IReadOnlyList<PciExtendedCapability> extended = device.ExtendedCapabilities;
+            context.Note($"{found.Name}: capabilities " + string.Join(", ", capabilities.Select(c => string.Create(CultureInfo.InvariantCulture, $"{c.Id}@0x{c.Offset:x2}"))));
+            context.Note($"{found.Name}: extended capabilities " + string.Join(", ", extended.Select(c => string.Create(CultureInfo.InvariantCulture, $"{c.Id}v{c.Version}@0x{c.Offset:x3}"))));
+
+            MsixCapability msix = device.ReadMsixCapability() ?? throw new ScenarioFailedException("no MSI-X capability");
+            context.Note(string.Create(CultureInfo.InvariantCulture,
+                $"MSI-X: {msix.TableSize} vectors, table BAR{msix.TableBar}+0x{msix.TableOffset:x}, PBA BAR{msix.PendingBitArrayBar}+0x{msix.PendingBitArrayOffset:x}"));
+            Check.Equal(65, msix.TableSize, "MSI-X table size (QEMU's msix_qsize default)");
+            Check.Equal((int)device.GetIrqInfo(PciIrq.Msix).Count, msix.TableSize, "the MSI-X IRQ count and the capability");
+            Check.Equal(0, msix.TableBar, "MSI-X table BAR");
+            Check.Equal(0, msix.PendingBitArrayBar, "MSI-X PBA BAR");
+            Check.True(msix.TableOffset >= 0x1000, "the MSI-X table overlaps the controller's registers");
+            Check.True(msix.PendingBitArrayOffset >= msix.TableOffset + (uint)(16 * msix.TableSize), "the PBA overlaps the MSI-X table");
+            Check.True(!msix.Enabled, "MSI-X reads as enabled before anyone enabled it");
+
+            PciExpressCapability express = device.ReadPciExpressCapability() ?? throw new ScenarioFailedException("no PCI Express capability");
+            context.Note(string.Create(CultureInfo.InvariantCulture,
+                $"PCI Express: version {express.Version}, {express.PortType}, FLR {express.SupportsFunctionLevelReset}, link x{express.LinkWidth} speed {express.LinkSpeed}"));
+            Check.Equal(2, express.Version, "PCI Express capability version");
+            Check.True(capabilities.Count(c => c.Id == PciCapabilityId.MsiX) == 1, "MSI-X is listed more than once");
+            Check.Equal(256UL * 16, device.GetRegionInfo(PciVfioDevice.ConfigRegion).Size, "config region size (a PCI Express function has 4 KiB)");
+        }
+        await registry.UnregisterAsync(device).ConfigureAwait(false);
+    }
+
+    private const uint NvmeClassCode = 0x010802;
+
+    /// <summary>A PCI function with no driver logic of its own: enough to read its config space.</summary>
+    private sealed class PlainPciDevice(PciDeviceContext context) : PciVfioDevice(context);
 }

@@ -8,7 +8,8 @@ namespace Vfio.Tests.Simulation;
 /// The scenario suite that runs in the VM against the real kernel, run here against the simulated
 /// kernel with the same machine: an edu function alone in group 3, and an edu function sharing its
 /// slot (and so group 4) with an NVMe controller bound to the host's nvme driver, and two edu
-/// functions of one slot behind a PCIe root port (bus 1, group 6).
+/// functions of one slot behind a PCIe root port (bus 1, group 6), and an NVMe controller alone in
+/// group 5 for the NVMe sample.
 /// </summary>
 public sealed class ScenarioTests(ITestOutputHelper output)
 {
@@ -24,6 +25,7 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.AddPciBridge("0000:00:05.0", secondaryBus: 1);
         kernel.AddPciDevice("0000:01:00.0", new EduDeviceModel(), iommuGroup: 6);
         kernel.AddPciDevice("0000:01:00.1", new EduDeviceModel(), iommuGroup: 6);
+        kernel.AddPciDevice("0000:00:06.0", new NvmeDeviceModel(), iommuGroup: 5);
         var context = new ScenarioContext(kernel, "0000:00:03.0", 3)
         {
             NotViableDeviceAddress = "0000:00:04.0",
