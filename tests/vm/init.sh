@@ -3,33 +3,10 @@
 # binds QEMU's edu devices to vfio-pci and runs the test program against them, then the edu
 # sample's program, then the NVMe sample's program on an NVMe controller taken from the kernel's
 # nvme driver, then powers off.
-# Lines starting with "vfio-vm:" are read by run-vm-tests.sh; keep their wording in step.
+# The common setup (mounts, modules, finish/fail) is in init-common.sh, sourced below.
+# Lines starting with "vfio-vm:" are read by run-vm-tests.sh and lib.sh; keep their wording in step.
 
-/bin/busybox --install -s /bin
-export PATH=/bin:/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-# The firmware may leave the console mid-line: start the first marker on a line of its own.
-echo
-echo "vfio-vm: init started"
-
-finish() {
-  sync
-  poweroff -f
-  sleep 5
-  exit 1
-}
-
-fail() {
-  echo "vfio-vm: setup failed: $*"
-  finish
-}
-
-while read -r module; do
-  insmod "/lib/modules/$module.ko" || fail "insmod $module.ko"
-done </lib/modules/load-order
+. /lib/init-common.sh
 
 vendor_id=0x1234
 device_id=0x11e8
@@ -123,16 +100,10 @@ bind_vfio "$nvme_address"
 
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1
-
-export HOME=/tmp TMPDIR=/tmp DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
 echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
 /bin/Vfio.VmTests --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
   $reset_args --hot-reset-group "$reset_group"
 echo "vfio-vm: program exited with status $?"
-echo "vfio-vm: sample begins"
-/bin/Vfio.VmTests --sample "$address"
-echo "vfio-vm: sample exited with status $?"
-echo "vfio-vm: nvme sample begins"
-/bin/Vfio.VmTests --nvme-sample "$nvme_address"
-echo "vfio-vm: nvme sample exited with status $?"
+run_program sample --sample "$address"
+run_program "nvme sample" --nvme-sample "$nvme_address"
 finish

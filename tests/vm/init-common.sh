@@ -1,0 +1,41 @@
+# Sourced by the /init of both VM suites' initramfs (init.sh, mdev-init.sh), which run it as
+# /lib/init-common.sh: mounts the kernel's file systems, prints "vfio-vm: init started", defines
+# finish (power off) and fail (report a setup failure, power off), and loads the modules listed
+# in /lib/modules/load-order. It also defines run_program for the test program's runs.
+# Lines starting with "vfio-vm:" are read by tests/vm/lib.sh; keep their wording in step.
+
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin HOME=/tmp TMPDIR=/tmp DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+# The firmware may leave the console mid-line: start the first marker on a line of its own.
+echo
+echo "vfio-vm: init started"
+
+finish() {
+  sync
+  poweroff -f
+  sleep 5
+  exit 1
+}
+
+fail() {
+  echo "vfio-vm: setup failed: $*"
+  finish
+}
+
+while read -r module; do
+  insmod "/lib/modules/$module.ko" || fail "insmod $module.ko"
+done </lib/modules/load-order
+
+# run_program MARKER ARG...: runs the test program framed by "vfio-vm: MARKER begins" and
+# "vfio-vm: MARKER exited with status S" (the frame the host prints a sample's output from).
+run_program() {
+  local marker="$1"
+  shift
+  echo "vfio-vm: $marker begins"
+  /bin/Vfio.VmTests "$@"
+  echo "vfio-vm: $marker exited with status $?"
+}
