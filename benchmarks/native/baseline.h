@@ -17,22 +17,21 @@ static inline long long now_ns(void)
 }
 
 /*
- * Reads N and BATCHES from the command line into *n and *batches. Returns 0 on success; on a bad
- * command line it prints why to stderr and returns 2, the exit code for the program to return.
+ * Reads N and BATCHES from the command line into *n and *batches. On a bad command line it prints
+ * why to stderr and exits with status 2.
  */
-static inline int parse_batch_args(int argc, char **argv, long *n, long *batches)
+static inline void parse_batch_args(int argc, char **argv, long *n, long *batches)
 {
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: %s N [BATCHES]\n", argv[0]);
-        return 2;
+        exit(2);
     }
     *n = strtol(argv[1], NULL, 10);
     *batches = argc == 3 ? strtol(argv[2], NULL, 10) : 5;
     if (*n <= 0 || *batches <= 0) {
         fprintf(stderr, "N and BATCHES must be positive\n");
-        return 2;
+        exit(2);
     }
-    return 0;
 }
 
 #endif
