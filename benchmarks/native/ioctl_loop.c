@@ -17,12 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+#include "baseline.h"
 
 /* Returns the number of failed calls (0 when all succeed). */
 static long run(int fd, long n)
@@ -38,16 +33,8 @@ static long run(int fd, long n)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: %s N [BATCHES]\n", argv[0]);
-        return 2;
-    }
-    long n = strtol(argv[1], NULL, 10);
-    long batches = argc == 3 ? strtol(argv[2], NULL, 10) : 5;
-    if (n <= 0 || batches <= 0) {
-        fprintf(stderr, "N and BATCHES must be positive\n");
-        return 2;
-    }
+    long n, batches;
+    parse_batch_args(argc, argv, &n, &batches);
 
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {

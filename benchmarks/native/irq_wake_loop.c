@@ -20,15 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "baseline.h"
+
 static int irq_fd, ack_fd;
 static long total;
-
-static long long now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* The interrupt handler loop: a blocking read per wake-up, then the acknowledgement. */
 static void *reader(void *arg)
@@ -60,16 +55,8 @@ static long signal_batch(long n)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: %s N [BATCHES]\n", argv[0]);
-        return 2;
-    }
-    long n = strtol(argv[1], NULL, 10);
-    long batches = argc == 3 ? strtol(argv[2], NULL, 10) : 5;
-    if (n <= 0 || batches <= 0) {
-        fprintf(stderr, "N and BATCHES must be positive\n");
-        return 2;
-    }
+    long n, batches;
+    parse_batch_args(argc, argv, &n, &batches);
     irq_fd = eventfd(0, EFD_CLOEXEC);
     ack_fd = eventfd(0, EFD_CLOEXEC);
     if (irq_fd < 0 || ack_fd < 0) {

@@ -6,6 +6,9 @@ namespace Vfio.Samples;
 /// <summary>Prints one line per step: its outcome, its time and what it found.</summary>
 internal sealed class StepReport(TextWriter output)
 {
+    /// <summary>How long any one step may wait for the device.</summary>
+    public static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(30);
+
     private readonly Stopwatch _total = Stopwatch.StartNew();
     private int _failed;
     private int _passed;

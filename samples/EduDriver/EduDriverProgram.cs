@@ -1,5 +1,3 @@
-using System.Globalization;
-using Microsoft.Extensions.Logging;
 using Vfio;
 using Vfio.Samples;
 using Vfio.Testing;
@@ -14,100 +12,21 @@ namespace EduDriver;
 /// </summary>
 public static class EduDriverProgram
 {
-    /// <summary>How long any one step may wait for the device.</summary>
-    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(30);
-
     /// <summary>Runs the program; returns its exit code (0 when every step passed).</summary>
     /// <param name="args">An optional PCI address and <c>--verbose</c> for the library's logs.</param>
     /// <param name="output">Where the report goes.</param>
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output)
+    public static Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output) => new PciSampleProgram<EduDevice>
     {
-        ArgumentNullException.ThrowIfNull(args);
-        ArgumentNullException.ThrowIfNull(output);
-        if (SampleCommandLine.Parse("EduDriver", args, output, out int exitCode) is not { } commandLine)
-        {
-            return exitCode;
-        }
-        var address = commandLine.Address;
-        using var loggerFactory = commandLine.CreateLoggerFactory();
-
-        SimulatedKernel? simulated = null;
-        VfioKernel kernel;
-        if (address is null)
-        {
-            simulated = new SimulatedKernel();
-            simulated.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
-            kernel = simulated;
-        }
-        else
-        {
-            kernel = VfioKernel.Linux;
-        }
-
-        var report = new StepReport(output);
-        report.Title("QEMU edu device driver on " + (simulated is null ? "the Linux kernel (/dev/vfio)" : "the simulated kernel (Vfio.Testing)"));
-        await using (var registry = new VfioRegistry(kernel, loggerFactory))
-        {
-            registry.AddDriver(new EduPciDriver());
-            EduDevice? device = null;
-            await report.StepAsync("probe", async () =>
-            {
-                var result = await registry.ProbeAsync().ConfigureAwait(false);
-                foreach (var failure in result.Failures)
-                {
-                    report.Detail($"{failure.Driver} failed on {failure.Device}: {failure.Error.Message}");
-                }
-                device = result.Registered.OfType<EduDevice>().FirstOrDefault(d => address is null || d.Address == address);
-                if (device is null)
-                {
-                    string where = address is null ? "any device" : address.Value.ToString();
-                    throw new InvalidOperationException($"no edu device (1234:11e8) bound to vfio-pci at {where}; bind it with: echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override && echo ADDRESS > /sys/bus/pci/drivers_probe");
-                }
-                return $"{result.Registered.Count} device(s) registered, edu at {device.Address}";
-            }).ConfigureAwait(false);
-            if (device is null)
-            {
-                return report.Finish();
-            }
-
-            bool opened = false;
-            DeviceReference reference = default;
-            await report.StepAsync("open", () =>
-            {
-                reference = device.Open();
-                opened = true;
-                return Task.FromResult($"{device.Address} (group {device.GroupId}, {device.Group?.Container?.IommuTypeName ?? "no"} IOMMU container, {device.InterruptMode} interrupts)");
-            }).ConfigureAwait(false);
-            if (opened)
-            {
-                try
-                {
-                    await RunStepsAsync(device, report).ConfigureAwait(false);
-                }
-                finally
-                {
-                    reference.Dispose();
-                }
-            }
-
-            await report.StepAsync("unregister", async () =>
-            {
-                using var timeout = new CancellationTokenSource(StepTimeout);
-                await registry.UnregisterAsync(device, timeout.Token).ConfigureAwait(false);
-                device.Dispose();
-                return "unregistered and disposed";
-            }).ConfigureAwait(false);
-        }
-        if (simulated is not null)
-        {
-            await report.StepAsync("leak check", () =>
-            {
-                simulated.AssertNoLeaks();
-                return Task.FromResult("no file, mapping or DMA mapping left open");
-            }).ConfigureAwait(false);
-        }
-        return report.Finish();
-    }
+        Name = "EduDriver",
+        Title = "QEMU edu device driver",
+        CreateDriver = () => new EduPciDriver(),
+        Simulated = ("0000:00:03.0", 3),
+        CreateModel = () => new EduDeviceModel(),
+        DescribeFound = device => $"edu at {device.Address}",
+        DescribeMissing = where => $"no edu device (1234:11e8) bound to vfio-pci at {where}; bind it with: echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override && echo ADDRESS > /sys/bus/pci/drivers_probe",
+        DescribeOpened = device => $"{device.InterruptMode} interrupts",
+        RunSteps = RunStepsAsync,
+    }.RunAsync(args, output);
 
     private static async Task RunStepsAsync(EduDevice device, StepReport report)
     {
@@ -133,7 +52,7 @@ public static class EduDriverProgram
 
         await report.StepAsync("factorial", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             uint result = await device.ComputeFactorialAsync(10, timeout.Token).ConfigureAwait(false);
             if (result != 3628800)
             {
@@ -145,7 +64,7 @@ public static class EduDriverProgram
         await report.StepAsync("dma round trip", async () =>
         {
             const int Size = 4096;
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             using var source = device.AllocateDmaBuffer(Size, DmaAccess.DeviceReads);
             using var destination = device.AllocateDmaBuffer(Size, DmaAccess.DeviceWrites);
             for (int i = 0; i < Size; i++)

@@ -20,9 +20,6 @@ public static class NvmeDriverProgram
     /// <summary>How many blocks it writes and reads back (one 4 KiB page of 512-byte blocks).</summary>
     public const int TestBlocks = 8;
 
-    /// <summary>How long any one step may wait for the device.</summary>
-    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(30);
-
     /// <summary>Runs the program; returns its exit code (0 when every step passed).</summary>
     /// <param name="args">An optional PCI address and <c>--verbose</c> for the library's logs.</param>
     /// <param name="output">Where the report goes.</param>
@@ -32,94 +29,18 @@ public static class NvmeDriverProgram
     /// <param name="args">Arguments as for <see cref="RunAsync(IReadOnlyList{string}, TextWriter)"/>, without an address.</param>
     /// <param name="output">Where the report goes.</param>
     /// <param name="model">The simulated controller, or null for a new one.</param>
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, NvmeDeviceModel? model)
+    public static Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, NvmeDeviceModel? model) => new PciSampleProgram<NvmeController>
     {
-        ArgumentNullException.ThrowIfNull(args);
-        ArgumentNullException.ThrowIfNull(output);
-        if (SampleCommandLine.Parse("NvmeDriver", args, output, out int exitCode) is not { } commandLine)
-        {
-            return exitCode;
-        }
-        var address = commandLine.Address;
-        using var loggerFactory = commandLine.CreateLoggerFactory();
-
-        SimulatedKernel? simulated = null;
-        VfioKernel kernel;
-        if (address is null)
-        {
-            simulated = new SimulatedKernel();
-            simulated.AddPciDevice("0000:00:05.0", model ?? new NvmeDeviceModel(), iommuGroup: 5);
-            kernel = simulated;
-        }
-        else
-        {
-            kernel = VfioKernel.Linux;
-        }
-
-        var report = new StepReport(output);
-        report.Title("NVMe controller driver on " + (simulated is null ? "the Linux kernel (/dev/vfio)" : "the simulated kernel (Vfio.Testing)"));
-        await using (var registry = new VfioRegistry(kernel, loggerFactory))
-        {
-            registry.AddDriver(new NvmePciDriver());
-            NvmeController? device = null;
-            await report.StepAsync("probe", async () =>
-            {
-                var result = await registry.ProbeAsync().ConfigureAwait(false);
-                foreach (var failure in result.Failures)
-                {
-                    report.Detail($"{failure.Driver} failed on {failure.Device}: {failure.Error.Message}");
-                }
-                device = result.Registered.OfType<NvmeController>().FirstOrDefault(d => address is null || d.Address == address);
-                if (device is null)
-                {
-                    string where = address is null ? "any device" : address.Value.ToString();
-                    throw new InvalidOperationException($"no NVMe controller (class 0x010802) bound to vfio-pci at {where}; unbind it from nvme and bind it with: echo ADDRESS > /sys/bus/pci/devices/ADDRESS/driver/unbind; echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override; echo ADDRESS > /sys/bus/pci/drivers_probe");
-                }
-                return $"{result.Registered.Count} device(s) registered, NVMe controller {device.VendorId:x4}:{device.DeviceId:x4} at {device.Address}";
-            }).ConfigureAwait(false);
-            if (device is null)
-            {
-                return report.Finish();
-            }
-
-            bool opened = false;
-            DeviceReference reference = default;
-            await report.StepAsync("open", () =>
-            {
-                reference = device.Open();
-                opened = true;
-                return Task.FromResult($"{device.Address} (group {device.GroupId}, {device.Group?.Container?.IommuTypeName ?? "no"} IOMMU container, BAR0 mapped)");
-            }).ConfigureAwait(false);
-            if (opened)
-            {
-                try
-                {
-                    await RunStepsAsync(device, report).ConfigureAwait(false);
-                }
-                finally
-                {
-                    reference.Dispose();
-                }
-            }
-
-            await report.StepAsync("unregister", async () =>
-            {
-                using var timeout = new CancellationTokenSource(StepTimeout);
-                await registry.UnregisterAsync(device, timeout.Token).ConfigureAwait(false);
-                device.Dispose();
-                return "unregistered and disposed";
-            }).ConfigureAwait(false);
-        }
-        if (simulated is not null)
-        {
-            await report.StepAsync("leak check", () =>
-            {
-                simulated.AssertNoLeaks();
-                return Task.FromResult("no file, mapping or DMA mapping left open");
-            }).ConfigureAwait(false);
-        }
-        return report.Finish();
-    }
+        Name = "NvmeDriver",
+        Title = "NVMe controller driver",
+        CreateDriver = () => new NvmePciDriver(),
+        Simulated = ("0000:00:05.0", 5),
+        CreateModel = () => model ?? new NvmeDeviceModel(),
+        DescribeFound = device => $"NVMe controller {device.VendorId:x4}:{device.DeviceId:x4} at {device.Address}",
+        DescribeMissing = where => $"no NVMe controller (class 0x010802) bound to vfio-pci at {where}; unbind it from nvme and bind it with: echo ADDRESS > /sys/bus/pci/devices/ADDRESS/driver/unbind; echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override; echo ADDRESS > /sys/bus/pci/drivers_probe",
+        DescribeOpened = _ => "BAR0 mapped",
+        RunSteps = RunStepsAsync,
+    }.RunAsync(args, output);
 
     private static async Task RunStepsAsync(NvmeController device, StepReport report)
     {
@@ -137,7 +58,7 @@ public static class NvmeDriverProgram
         bool ready = false;
         await report.StepAsync("disable", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             var took = await device.DisableAsync(timeout.Token).ConfigureAwait(false);
             return Ms($"CC.EN=0, CSTS.RDY=0 after {took.TotalMilliseconds:0.0} ms");
         }).ConfigureAwait(false);
@@ -150,7 +71,7 @@ public static class NvmeDriverProgram
 
         await report.StepAsync("enable", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             var took = await device.EnableAsync(timeout.Token).ConfigureAwait(false);
             ready = true;
             return Ms($"CC.EN=1 (4 KiB pages, IOSQES 6, IOCQES 4), CSTS.RDY=1 after {took.TotalMilliseconds:0.0} ms");
@@ -174,7 +95,7 @@ public static class NvmeDriverProgram
 
         await report.StepAsync("shutdown", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             var took = await device.DisableAsync(timeout.Token).ConfigureAwait(false);
             return Ms($"CC.EN=0, CSTS.RDY=0 after {took.TotalMilliseconds:0.0} ms; queue memory released");
         }).ConfigureAwait(false);
@@ -184,7 +105,7 @@ public static class NvmeDriverProgram
     {
         await report.StepAsync("identify ctrl", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             var id = await device.IdentifyControllerAsync(timeout.Token).ConfigureAwait(false);
             if (id.SubmissionEntrySize != 6 || id.CompletionEntrySize != 4)
             {
@@ -197,7 +118,7 @@ public static class NvmeDriverProgram
         NvmeNamespace? ns = null;
         await report.StepAsync("identify ns 1", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             var found = await device.IdentifyNamespaceAsync(1, timeout.Token).ConfigureAwait(false);
             if (found.BlockCount < TestLba + TestBlocks + 1)
             {
@@ -210,7 +131,7 @@ public static class NvmeDriverProgram
         bool queues = false;
         await report.StepAsync("io queues", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             await device.CreateIoQueuePairAsync(1, 64, timeout.Token).ConfigureAwait(false);
             queues = true;
             return $"CREATE I/O CQ 1 (64 entries, MSI-X vector {NvmeController.IoVector}), CREATE I/O SQ 1 (64 entries)";
@@ -225,7 +146,7 @@ public static class NvmeDriverProgram
         {
             await report.StepAsync("delete queues", async () =>
             {
-                using var timeout = new CancellationTokenSource(StepTimeout);
+                using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
                 await device.DeleteIoQueuePairAsync(timeout.Token).ConfigureAwait(false);
                 return "DELETE I/O SQ 1, DELETE I/O CQ 1";
             }).ConfigureAwait(false);
@@ -243,14 +164,14 @@ public static class NvmeDriverProgram
 
         await report.StepAsync("write", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             await device.WriteAsync(ns, TestLba, TestBlocks, source, timeout.Token).ConfigureAwait(false);
             return $"{TestBlocks} blocks at LBA {TestLba} ({bytes} bytes from IOVA 0x{source.Iova:x}, pattern seed {seed})";
         }).ConfigureAwait(false);
 
         await report.StepAsync("read back", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             destination.Span[..bytes].Fill(0xa5);
             await device.ReadAsync(ns, TestLba, TestBlocks, destination, timeout.Token).ConfigureAwait(false);
             var sent = source.Span[..bytes];
@@ -265,7 +186,7 @@ public static class NvmeDriverProgram
 
         await report.StepAsync("bad command", async () =>
         {
-            using var timeout = new CancellationTokenSource(StepTimeout);
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             try
             {
                 await device.ReadAsync(ns, ns.BlockCount - 1, 2, destination, timeout.Token).ConfigureAwait(false);

@@ -200,34 +200,27 @@ public abstract partial class PciVfioDevice : VfioDevice
 
     /// <summary>Reads the MSI capability.</summary>
     /// <returns>Its registers, or null when the function has no MSI capability.</returns>
-    public MsiCapability? ReadMsiCapability()
-    {
-        var config = ReadConfigSpace();
-        return Find(ReadCapabilities(config), PciCapabilityId.Msi) is { } cap ? config.Msi(cap.Offset) : null;
-    }
+    public MsiCapability? ReadMsiCapability() => ReadCapability(PciCapabilityId.Msi, static (config, offset) => config.Msi(offset));
 
     /// <summary>Reads the MSI-X capability.</summary>
     /// <returns>Its registers, or null when the function has no MSI-X capability.</returns>
-    public MsixCapability? ReadMsixCapability()
-    {
-        var config = ReadConfigSpace();
-        return Find(ReadCapabilities(config), PciCapabilityId.MsiX) is { } cap ? config.Msix(cap.Offset) : null;
-    }
+    public MsixCapability? ReadMsixCapability() => ReadCapability(PciCapabilityId.MsiX, static (config, offset) => config.Msix(offset));
 
     /// <summary>Reads the PCI Express capability.</summary>
     /// <returns>Its registers, or null for a conventional PCI function.</returns>
-    public PciExpressCapability? ReadPciExpressCapability()
-    {
-        var config = ReadConfigSpace();
-        return Find(ReadCapabilities(config), PciCapabilityId.PciExpress) is { } cap ? config.PciExpress(cap.Offset) : null;
-    }
+    public PciExpressCapability? ReadPciExpressCapability() => ReadCapability(PciCapabilityId.PciExpress, static (config, offset) => config.PciExpress(offset));
 
     /// <summary>Reads the power management capability.</summary>
     /// <returns>Its registers, or null when the function has no power management capability.</returns>
-    public PowerManagementCapability? ReadPowerManagementCapability()
+    public PowerManagementCapability? ReadPowerManagementCapability() => ReadCapability(PciCapabilityId.PowerManagement, static (config, offset) => config.PowerManagement(offset));
+
+    /// <summary>Reads config space once and, from it, the registers of the first capability with the id.</summary>
+    /// <returns>The registers, or null when the function has no such capability.</returns>
+    private T? ReadCapability<T>(PciCapabilityId id, Func<PciConfigSpace, int, T> read)
+        where T : class
     {
         var config = ReadConfigSpace();
-        return Find(ReadCapabilities(config), PciCapabilityId.PowerManagement) is { } cap ? config.PowerManagement(cap.Offset) : null;
+        return Find(ReadCapabilities(config), id) is { } cap ? read(config, cap.Offset) : null;
     }
 
     /// <summary>Reads the whole config region (256 bytes, or 4096 for PCI Express) in one pread.</summary>

@@ -125,37 +125,19 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
         // has data. The destination side is asynchronous. The pipe carries the bytes between them.
         var producer = Task.Factory.StartNew(() => ReadSession(fd, stopCopy, pipe.Writer, cancel, cancellationToken),
             CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        long total = 0;
+        long total;
         try
         {
-            var reader = pipe.Reader;
-            try
-            {
-                while (true)
+            total = await CopyAsync(
+                pipe.Reader,
+                async segment =>
                 {
-                    var result = await reader.ReadAsync(CancellationToken.None).ConfigureAwait(false);
-                    foreach (var segment in result.Buffer)
-                    {
-                        await destination.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
-                        total += segment.Length;
-                    }
-                    reader.AdvanceTo(result.Buffer.End);
-                    if (progress is not null && !result.Buffer.IsEmpty)
-                    {
-                        progress.Report(new MigrationProgress(total, stopCopy ? estimate : PreCopyEstimate(fd, total)));
-                    }
-                    if (result.IsCompleted)
-                    {
-                        break;
-                    }
-                }
-                await reader.CompleteAsync().ConfigureAwait(false);
-            }
-            catch (Exception e)
-            {
-                await reader.CompleteAsync(e).ConfigureAwait(false);
-                throw;
-            }
+                    await destination.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
+                    return segment.Length;
+                },
+                progress,
+                transferred => stopCopy ? estimate : PreCopyEstimate(fd, transferred),
+                CancellationToken.None).ConfigureAwait(false);
         }
         finally
         {
@@ -236,34 +218,12 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
         ArgumentNullException.ThrowIfNull(source);
         var (fd, _) = Session("resume", saving: false);
         var reader = PipeReader.Create(source, new StreamPipeReaderOptions(bufferSize: ChunkSize, leaveOpen: true));
-        long total = 0;
-        try
-        {
-            while (true)
-            {
-                var result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-                var buffer = result.Buffer;
-                foreach (var segment in buffer)
-                {
-                    total += WriteAll(fd, segment.Span);
-                }
-                reader.AdvanceTo(buffer.End);
-                if (!buffer.IsEmpty)
-                {
-                    progress?.Report(new MigrationProgress(total, null));
-                }
-                if (result.IsCompleted)
-                {
-                    break;
-                }
-            }
-            await reader.CompleteAsync().ConfigureAwait(false);
-        }
-        catch (Exception e)
-        {
-            await reader.CompleteAsync(e).ConfigureAwait(false);
-            throw;
-        }
+        long total = await CopyAsync(
+            reader,
+            segment => new ValueTask<long>(WriteAll(fd, segment.Span)),
+            progress,
+            static _ => null,
+            cancellationToken).ConfigureAwait(false);
         Log.MigrationResumed(_device.Registry.Logger, _device.Name, total);
         return total;
     }
@@ -292,6 +252,51 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
         CloseSession();
         _device.ForgetMigration(this);
         return true;
+    }
+
+    /// <summary>
+    /// Hands every segment <paramref name="reader"/> yields to <paramref name="write"/> until the
+    /// reader ends, reports the running total after each read that brought bytes, and completes the
+    /// reader (with the error, where one stops the transfer).
+    /// </summary>
+    /// <param name="reader">The bytes to move.</param>
+    /// <param name="write">Moves one segment on; returns how many bytes it moved.</param>
+    /// <param name="progress">Receives the running total, if any.</param>
+    /// <param name="estimate">The total size to report beside the bytes moved so far, or null.</param>
+    /// <param name="readCancellation">Stops a wait for the reader.</param>
+    /// <returns>The bytes <paramref name="write"/> moved in all.</returns>
+    private static async Task<long> CopyAsync(PipeReader reader, Func<ReadOnlyMemory<byte>, ValueTask<long>> write,
+        IProgress<MigrationProgress>? progress, Func<long, long?> estimate, CancellationToken readCancellation)
+    {
+        long total = 0;
+        try
+        {
+            while (true)
+            {
+                var result = await reader.ReadAsync(readCancellation).ConfigureAwait(false);
+                var buffer = result.Buffer;
+                foreach (var segment in buffer)
+                {
+                    total += await write(segment).ConfigureAwait(false);
+                }
+                reader.AdvanceTo(buffer.End);
+                if (progress is not null && !buffer.IsEmpty)
+                {
+                    progress.Report(new MigrationProgress(total, estimate(total)));
+                }
+                if (result.IsCompleted)
+                {
+                    break;
+                }
+            }
+            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            await reader.CompleteAsync(e).ConfigureAwait(false);
+            throw;
+        }
+        return total;
     }
 
     private long WriteAll(SafeFd fd, ReadOnlySpan<byte> data)

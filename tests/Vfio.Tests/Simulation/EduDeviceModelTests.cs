@@ -1,55 +1,31 @@
 using Vfio.Testing;
+using static Vfio.Tests.Simulation.RawPciFunction;
 
 namespace Vfio.Tests.Simulation;
 
 public sealed class EduDeviceModelTests : IAsyncLifetime
 {
     private const string Address = "0000:00:03.0";
-    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
     private readonly SimulatedKernel _kernel = new();
     private readonly EduDeviceModel _model = new();
-    private VfioRegistry _registry = null!;
-    private RawDevice _device = null!;
-    private DeviceReference _open;
+    private RawPciFunction _function = null!;
+    private PciVfioDevice _device = null!;
 
     public async Task InitializeAsync()
     {
-        _kernel.AddPciDevice(Address, _model, iommuGroup: 3);
-        _registry = new VfioRegistry(_kernel);
-        _device = new RawDevice(_registry.DiscoverPci(PciAddress.Parse(Address)));
-        _registry.Register(_device);
-        _open = _device.Open();
+        _function = new RawPciFunction(_kernel, Address, _model, iommuGroup: 3);
+        _device = _function.Device;
         await Task.CompletedTask;
     }
 
     public async Task DisposeAsync()
     {
         await _model.WhenIdleAsync();
-        _open.Dispose();
-        await _registry.UnregisterAsync(_device);
-        _device.Dispose();
-        await _registry.DisposeAsync();
-        _kernel.AssertNoLeaks();
+        await _function.DisposeAsync();
     }
 
-    /// <summary>Exposes BAR0 and DMA buffers of the function, with no edu logic of its own.</summary>
-    private sealed class RawDevice(PciDeviceContext context) : PciVfioDevice(context)
-    {
-        public MmioRegion Bar0 { get; private set; } = null!;
-
-        protected override void OnFirstOpen()
-        {
-            EnableCommand(memorySpace: true, busMaster: true);
-            Bar0 = OpenRegion(0);
-        }
-
-        protected override void OnLastClose() => Bar0.Dispose();
-    }
-
-    private MmioRegion Bar0 => _device.Bar0;
-
-    private static CancellationToken Soon() => new CancellationTokenSource(Timeout).Token;
+    private MmioRegion Bar0 => _function.Bar0;
 
     [Fact]
     public void ConfigSpaceIsQemusEduWithOnlyAnMsiCapability()

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using Vfio.Testing;
+using static Vfio.Tests.Simulation.RawPciFunction;
 
 namespace Vfio.Tests.Simulation;
 
@@ -15,23 +16,18 @@ public sealed class NvmeDeviceModelTests : IAsyncLifetime
     private const ulong Asq = 0x28;
     private const ulong Acq = 0x30;
     private const uint EnableWithEntrySizes = 1 | (6u << 16) | (4u << 20);
-    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
     private readonly SimulatedKernel _kernel = new();
     private readonly NvmeDeviceModel _model = new(serial: "TESTSERIAL", namespaceBlocks: 1024);
     private readonly List<DmaBuffer> _buffers = [];
-    private VfioRegistry _registry = null!;
-    private RawDevice _device = null!;
-    private DeviceReference _open;
+    private RawPciFunction _function = null!;
+    private PciVfioDevice _device = null!;
     private InterruptSet? _msix;
 
     public async Task InitializeAsync()
     {
-        _kernel.AddPciDevice(Address, _model, iommuGroup: 5);
-        _registry = new VfioRegistry(_kernel);
-        _device = new RawDevice(_registry.DiscoverPci(PciAddress.Parse(Address)));
-        _registry.Register(_device);
-        _open = _device.Open();
+        _function = new RawPciFunction(_kernel, Address, _model, iommuGroup: 5);
+        _device = _function.Device;
         await Task.CompletedTask;
     }
 
@@ -43,30 +39,10 @@ public sealed class NvmeDeviceModelTests : IAsyncLifetime
         {
             buffer.Dispose();
         }
-        _open.Dispose();
-        await _registry.UnregisterAsync(_device);
-        _device.Dispose();
-        await _registry.DisposeAsync();
-        _kernel.AssertNoLeaks();
+        await _function.DisposeAsync();
     }
 
-    /// <summary>Exposes BAR0 of the function, with no NVMe logic of its own.</summary>
-    private sealed class RawDevice(PciDeviceContext context) : PciVfioDevice(context)
-    {
-        public MmioRegion Bar0 { get; private set; } = null!;
-
-        protected override void OnFirstOpen()
-        {
-            EnableCommand(memorySpace: true, busMaster: true);
-            Bar0 = OpenRegion(0);
-        }
-
-        protected override void OnLastClose() => Bar0.Dispose();
-    }
-
-    private MmioRegion Bar0 => _device.Bar0;
-
-    private static CancellationToken Soon() => new CancellationTokenSource(Timeout).Token;
+    private MmioRegion Bar0 => _function.Bar0;
 
     [Fact]
     public void ConfigSpaceIsQemusNvmeControllerWithTheMsixTableAfterTheDoorbells()
