@@ -20,7 +20,7 @@
 #   irq_wake_ratio                >= 0.5   eventfd wake-ups/s through InterruptSet.WaitAsync / a C blocking-read loop
 #   irq_csharp_wakes_per_s        context  ping-pong wake-ups per second through the library
 #   irq_c_wakes_per_s             context  the same from C
-#   irq_alloc_bytes_per_event     == 0     managed bytes allocated per interrupt, every thread counted
+#   irq_alloc_bytes_per_event     == 0     managed bytes allocated per interrupt, every thread counted (slope between batch sizes)
 #   iova_translate_mops           >= 10    million host-to-IOVA translations per CPU-second, 64 K live DMA mappings
 #   iova_translate_wall_mops      context  the same loop by wall-clock time (lower on a loaded machine)
 #   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (the floor)
