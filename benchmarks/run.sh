@@ -23,7 +23,7 @@
 #   irq_alloc_bytes_per_event     == 0     managed bytes allocated per interrupt, every thread counted (slope between batch sizes)
 #   iova_translate_mops           >= 10    million host-to-IOVA translations per CPU-second, 64 K live DMA mappings
 #   iova_translate_wall_mops      context  the same loop by wall-clock time (lower on a loaded machine)
-#   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (the floor)
+#   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (for comparison)
 #   iova_translate_2threads_mops  context  two threads translating at once, wall-clock (lock-free reads)
 #   dma_map_us                    context  allocate + map one 4 KiB DMA buffer (simulated kernel)
 #   mmio_overhead_ratio           <= 1.2   MmioRegion 32-bit write + dependent read-back / raw pointer loop, same mapping
