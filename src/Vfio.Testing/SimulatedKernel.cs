@@ -239,14 +239,10 @@ public sealed partial class SimulatedKernel : VfioKernel
         file = null;
         if (SysfsRelative(path) is { } relative)
         {
-            int r = Sysfs.Resolve(relative, followLast: true, out var node);
+            int r = ResolveSysfsLocked(relative, followLast: true, out var node);
             if (r < 0)
             {
                 return r;
-            }
-            if (node.AccessError != 0)
-            {
-                return -node.AccessError;
             }
             int access = flags & 3;
             if (node is SysfsDirectory)
@@ -533,14 +529,10 @@ public sealed partial class SimulatedKernel : VfioKernel
         {
             if (SysfsRelative(path) is { } relative)
             {
-                int r = Sysfs.Resolve(relative, followLast: false, out var node);
+                int r = ResolveSysfsLocked(relative, followLast: false, out var node);
                 if (r < 0)
                 {
                     return r;
-                }
-                if (node.AccessError != 0)
-                {
-                    return -node.AccessError;
                 }
                 if (node is not SysfsLink link)
                 {
@@ -565,14 +557,10 @@ public sealed partial class SimulatedKernel : VfioKernel
         {
             if (SysfsRelative(path) is { } relative)
             {
-                int r = Sysfs.Resolve(relative, followLast: true, out var node);
+                int r = ResolveSysfsLocked(relative, followLast: true, out var node);
                 if (r < 0)
                 {
                     return r;
-                }
-                if (node.AccessError != 0)
-                {
-                    return -node.AccessError;
                 }
                 if (node is not SysfsDirectory dir)
                 {
@@ -598,6 +586,13 @@ public sealed partial class SimulatedKernel : VfioKernel
             }
             return DevNodeExistsLocked(trimmed) ? -Errno.ENOTDIR : -Errno.ENOENT;
         }
+    }
+
+    /// <summary>Resolves a sysfs path, failing with the node's injected access error (DenyAccess) as the kernel fails a permission check.</summary>
+    private int ResolveSysfsLocked(string relative, bool followLast, out SysfsNode node)
+    {
+        int r = Sysfs.Resolve(relative, followLast, out node);
+        return r < 0 ? r : -node.AccessError;
     }
 
     private bool DevNodeExistsLocked(string path) =>

@@ -94,9 +94,14 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>Resolves an eventfd number (eventfd_ctx_fdget): EBADF when not open, EINVAL when not an eventfd.</summary>
+    /// <summary>The eventfd behind <paramref name="fd"/>; a negative fd means none (null, no error), as vfio's set-irqs handlers read it.</summary>
     private int EventFdLocked(int fd, out EventFdFile? eventFd)
     {
         eventFd = null;
+        if (fd < 0)
+        {
+            return 0;
+        }
         var file = FileLocked(fd);
         if (file is null)
         {
@@ -217,15 +222,10 @@ public sealed partial class SimulatedKernel
         var line = r.Line(0);
         if (r.EventFd)
         {
-            int fd = r.FdAt(0);
-            EventFdFile? eventFd = null;
-            if (fd >= 0)
+            int e = EventFdLocked(r.FdAt(0), out EventFdFile? eventFd);
+            if (e < 0)
             {
-                int e = EventFdLocked(fd, out eventFd);
-                if (e < 0)
-                {
-                    return e;
-                }
+                return e;
             }
             if (!isIntx)
             {
@@ -397,15 +397,10 @@ public sealed partial class SimulatedKernel
             }
             if (r.EventFd)
             {
-                EventFdFile? eventFd = null;
-                int fd = r.FdAt(0);
-                if (fd >= 0)
+                int e = EventFdLocked(r.FdAt(0), out EventFdFile? eventFd);
+                if (e < 0)
                 {
-                    int e = EventFdLocked(fd, out eventFd);
-                    if (e < 0)
-                    {
-                        return e;
-                    }
+                    return e;
                 }
                 Replace(line, eventFd);
                 // The line is requested and enabled (unless masked): an interrupt the device raised
