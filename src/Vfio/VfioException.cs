@@ -29,6 +29,16 @@ public class VfioException : IOException
         Operation = string.Empty;
     }
 
+    /// <summary>Creates an exception for a rule the library enforces itself (no errno) that concerns an object.</summary>
+    private protected VfioException(string message, ErrorTarget target)
+        : base(message)
+    {
+        Operation = string.Empty;
+        GroupId = target.GroupId;
+        Device = target.Device;
+        RegionIndex = target.RegionIndex;
+    }
+
     internal VfioException(string message, string operation, int errno, ErrorTarget target)
         : base(message)
     {

@@ -127,7 +127,7 @@ public abstract partial class PciVfioDevice
         foreach (var dependency in dependencies)
         {
             string id = SetIdOf(dependency.Address);
-            if (!sets.ContainsKey(id) && Registry.FindDeviceSet(id) is { } set)
+            if (!sets.ContainsKey(id) && Registry.DeviceSets.TryFind(id, out var set))
             {
                 sets.Add(id, set);
             }
@@ -156,6 +156,7 @@ public abstract partial class PciVfioDevice
 
     private unsafe void HotResetLocked(IReadOnlyList<PciHotResetDependency> dependencies)
     {
+        LockAssert.Held(Set.Lock);
         var groupIds = dependencies.Select(d => d.GroupId).Append(GroupId).Distinct().Order().ToList();
         Log.HotResetScope(Registry.Logger, Name, dependencies.Count, string.Join(",", groupIds));
         var pinned = new List<IommuGroup>(groupIds.Count);
@@ -164,7 +165,7 @@ public abstract partial class PciVfioDevice
             var missingGroups = new List<int>();
             foreach (int id in groupIds)
             {
-                if (Registry.TryPinGroup(id, out var group))
+                if (Registry.LegacyBackend.TryPinGroup(id, out var group))
                 {
                     pinned.Add(group);
                 }
@@ -181,7 +182,7 @@ public abstract partial class PciVfioDevice
                     : Registry.Sysfs.ReadLinkName("bus/pci/devices/" + dependency.Address + "/driver") switch
                     {
                         null => "it is bound to no driver",
-                        string d when !VfioRegistry.IsVfioDriver(d) => "it is bound to " + d,
+                        string d when !SysfsDiscovery.IsVfioDriver(d) => "it is bound to " + d,
                         _ => null,
                     };
                 if (why is not null)
@@ -234,7 +235,7 @@ public abstract partial class PciVfioDevice
         {
             foreach (var group in pinned)
             {
-                Registry.ReleaseGroup(group);
+                Registry.LegacyBackend.ReleaseGroup(group, pinned: true);
             }
         }
     }

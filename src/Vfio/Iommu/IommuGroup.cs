@@ -24,7 +24,8 @@ public enum IommuGroupKind
 /// <summary>
 /// An open VFIO group: the process's one open of <c>/dev/vfio/N</c> (the kernel allows a single
 /// open), shared by the group's devices and counted by them. The last device to close unsets the
-/// container and closes the group.
+/// container and closes the group. Opening, attaching and closing are the legacy backend's
+/// (<see cref="ContainerBackend"/>), under the group's gate.
 /// </summary>
 public sealed class IommuGroup
 {
@@ -55,6 +56,9 @@ public sealed class IommuGroup
 
     /// <summary>How many open devices hold the group.</summary>
     public int OpenDeviceCount { get; internal set; }
+
+    /// <summary>How many operations that pass the group's file to the kernel (hot resets) hold it open besides its devices.</summary>
+    internal int PinCount { get; set; }
 
     internal SafeFd Fd { get; }
 
@@ -151,7 +155,7 @@ public sealed class IommuGroup
         foreach (string member in sysfs.List(groupDir))
         {
             string? driver = sysfs.ReadLinkName(groupDir + "/" + member + "/driver");
-            if (driver is not null && !VfioRegistry.IsVfioDriver(driver))
+            if (driver is not null && !SysfsDiscovery.IsVfioDriver(driver))
             {
                 blocking.Add($"{member} is bound to {driver}");
             }
@@ -173,25 +177,4 @@ public sealed class IommuGroup
 
     /// <inheritdoc/>
     public override string ToString() => $"group {Id} ({Kind})";
-}
-
-/// <summary>A group cannot be used because a device in it is bound to a kernel driver.</summary>
-public sealed class VfioGroupNotViableException : VfioException
-{
-    /// <summary>Creates the exception.</summary>
-    /// <param name="message">What is wrong and what to do.</param>
-    /// <param name="groupId">The group.</param>
-    /// <param name="blockingDevices">Each device that blocks the group, with its driver ("0000:03:00.1 is bound to ixgbe").</param>
-    public VfioGroupNotViableException(string message, int groupId, IReadOnlyList<string> blockingDevices)
-        : base(message)
-    {
-        NotViableGroupId = groupId;
-        BlockingDevices = blockingDevices;
-    }
-
-    /// <summary>The group that is not viable.</summary>
-    public int NotViableGroupId { get; }
-
-    /// <summary>Each device that blocks the group, with its driver.</summary>
-    public IReadOnlyList<string> BlockingDevices { get; }
 }

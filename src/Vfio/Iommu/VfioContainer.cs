@@ -1,4 +1,3 @@
-using System.Globalization;
 using Vfio.Interop;
 using static Vfio.Interop.Interop;
 
@@ -7,25 +6,22 @@ namespace Vfio;
 /// <summary>
 /// A VFIO container (<c>/dev/vfio/vfio</c>): the IOMMU context its groups share. The IOMMU type is
 /// chosen when the first group joins (type1v2 preferred, type1 as fallback, no-IOMMU for no-IOMMU
-/// groups); the container closes when its last group leaves.
+/// groups); the container closes when its last group leaves. Its DMA mappings are kept by its
+/// address space (<see cref="Type1AddressSpace"/>).
 /// </summary>
 public sealed class VfioContainer
 {
-    /// <summary>The type1 IOMMU driver's default <c>dma_entry_limit</c>: DMA mappings per container.</summary>
-    internal const int DefaultDmaEntryLimit = ushort.MaxValue;
+    // The backend's attach lock: guards _groups and IommuType while groups join and leave (see
+    // ContainerBackend). Held here only to assert it.
+    private readonly Lock _attachLock;
+    private IommuGroup[] _groups = [];
 
-    private readonly List<IommuGroup> _groups = [];
-    private readonly Lock _dmaLock = new();
-    private readonly HashSet<DmaBuffer> _buffers = [];
-    private readonly IovaTranslation _translation = new();
-    private IommuInfo? _iommuInfo;
-    private IovaAllocator? _iova;
-    private int? _entryLimit;
-
-    private VfioContainer(VfioRegistry registry, SafeFd fd)
+    private VfioContainer(VfioRegistry registry, SafeFd fd, Lock attachLock)
     {
         Registry = registry;
         Fd = fd;
+        _attachLock = attachLock;
+        AddressSpace = new Type1AddressSpace(registry, fd);
     }
 
     /// <summary>The registry that owns the container.</summary>
@@ -47,14 +43,51 @@ public sealed class VfioContainer
     public bool IsNoIommu => IommuType == VfioUapi.VFIO_NOIOMMU_IOMMU;
 
     /// <summary>The groups attached to the container.</summary>
-    public IReadOnlyList<IommuGroup> Groups => _groups.ToArray();
+    public IReadOnlyList<IommuGroup> Groups => Volatile.Read(ref _groups);
+
+    /// <summary>
+    /// The IOMMU's page sizes, valid IOVA ranges and mapping budget, as the kernel reported them when
+    /// first asked after the IOMMU was set (the budget shrinks as buffers are mapped: see
+    /// <see cref="QueryIommuInfo"/> and <see cref="DmaMappingsAvailable"/>).
+    /// </summary>
+    public IommuInfo IommuInfo => AddressSpace.IommuInfo;
+
+    /// <summary>How many DMA mappings the container holds.</summary>
+    public int DmaMappingCount => AddressSpace.DmaMappingCount;
+
+    /// <summary>
+    /// How many more DMA mappings the kernel allows in this container: its DMA_AVAIL report less the
+    /// mappings made since, or, on kernels that do not report it, the type1 driver's
+    /// <c>dma_entry_limit</c> (read from sysfs, 65535 by default) less the mappings held.
+    /// </summary>
+    public int DmaMappingsAvailable => AddressSpace.DmaMappingsAvailable;
 
     internal SafeFd Fd { get; }
 
-    internal int GroupCount => _groups.Count;
+    /// <summary>The container's DMA address space: its type1 IOMMU.</summary>
+    internal IommuAddressSpace AddressSpace { get; }
+
+    internal int GroupCount => Volatile.Read(ref _groups).Length;
+
+    /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
+    /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container).</exception>
+    public IommuInfo QueryIommuInfo() => AddressSpace.QueryIommuInfo();
+
+    /// <summary>
+    /// The IOVA of a host address inside any DMA buffer of this container; null when the address is in
+    /// none. O(log n) in the number of buffers and lock-free: it never waits for a map or an unmap.
+    /// </summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    public ulong? TranslateToIova(nint hostAddress) =>
+        AddressSpace.TryTranslateToIova(hostAddress, out ulong iova) ? iova : null;
+
+    /// <summary>The IOVA of a host address inside any DMA buffer of this container; false when it is in none. Lock-free, O(log n).</summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    /// <param name="iova">The device's address for it.</param>
+    public bool TryTranslateToIova(nint hostAddress, out ulong iova) => AddressSpace.TryTranslateToIova(hostAddress, out iova);
 
     /// <summary>Opens a new container and checks the API version.</summary>
-    internal static VfioContainer Open(VfioRegistry registry)
+    internal static VfioContainer Open(VfioRegistry registry, Lock attachLock)
     {
         var kernel = registry.Kernel;
         string path = kernel.Dev("vfio/vfio");
@@ -66,7 +99,7 @@ public sealed class VfioContainer
             {
                 throw new VfioException($"The kernel speaks VFIO API version {version}; this library speaks {VfioUapi.VFIO_API_VERSION}.");
             }
-            return new VfioContainer(registry, fd);
+            return new VfioContainer(registry, fd, attachLock);
         }
         catch
         {
@@ -84,8 +117,9 @@ public sealed class VfioContainer
     /// kernel accepts it only once a group is in). Returns the kernel's errno (negated) when it
     /// refuses the group, so the caller can try another container; throws for other failures.
     /// </summary>
-    internal unsafe int TryAttach(IommuGroup group)
+    internal unsafe int TryAttachLocked(IommuGroup group)
     {
+        LockAssert.Held(_attachLock);
         var kernel = Registry.Kernel;
         int containerFd = Fd.Value;
         int rc = kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_SET_CONTAINER, &containerFd);
@@ -93,7 +127,7 @@ public sealed class VfioContainer
         {
             return rc;
         }
-        if (_groups.Count == 0)
+        if (_groups.Length == 0)
         {
             try
             {
@@ -105,268 +139,29 @@ public sealed class VfioContainer
                 throw;
             }
         }
-        _groups.Add(group);
+        Volatile.Write(ref _groups, [.. _groups, group]);
         group.Container = this;
         return 0;
     }
 
     /// <summary>Detaches a group (VFIO_GROUP_UNSET_CONTAINER); every device file of it must be closed.</summary>
-    internal void Detach(IommuGroup group)
+    internal void DetachLocked(IommuGroup group)
     {
-        if (_groups.Count == 1 && _groups[0] == group)
+        LockAssert.Held(_attachLock);
+        if (_groups.Length == 1 && _groups[0] == group)
         {
-            UnmapAll();
+            AddressSpace.UnmapAll();
         }
-        _groups.Remove(group);
+        Volatile.Write(ref _groups, [.. _groups.Where(g => g != group)]);
         group.Container = null;
         VfioErrors.Check(Registry.Kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0), "VFIO_GROUP_UNSET_CONTAINER", group.ErrorTarget);
-        if (_groups.Count == 0)
+        if (_groups.Length == 0)
         {
             IommuType = 0;
         }
     }
 
     internal void Close() => Fd.Dispose();
-
-    /// <summary>
-    /// The IOMMU's page sizes, valid IOVA ranges and mapping budget, as the kernel reported them when
-    /// first asked after the IOMMU was set (the budget shrinks as buffers are mapped: see
-    /// <see cref="QueryIommuInfo"/> and <see cref="DmaMappingsAvailable"/>).
-    /// </summary>
-    public IommuInfo IommuInfo
-    {
-        get
-        {
-            lock (_dmaLock)
-            {
-                return IommuInfoLocked();
-            }
-        }
-    }
-
-    /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
-    /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container).</exception>
-    public IommuInfo QueryIommuInfo() => IommuInfo.Query(Registry.Kernel, Fd);
-
-    /// <summary>How many DMA mappings the container holds.</summary>
-    public int DmaMappingCount
-    {
-        get
-        {
-            lock (_dmaLock)
-            {
-                return _buffers.Count;
-            }
-        }
-    }
-
-    /// <summary>
-    /// How many more DMA mappings the kernel allows in this container: its DMA_AVAIL report less the
-    /// mappings made since, or, on kernels that do not report it, the type1 driver's
-    /// <c>dma_entry_limit</c> (read from sysfs, 65535 by default) less the mappings held.
-    /// </summary>
-    public int DmaMappingsAvailable
-    {
-        get
-        {
-            lock (_dmaLock)
-            {
-                return MappingsAvailableLocked();
-            }
-        }
-    }
-
-    /// <summary>
-    /// The IOVA of a host address inside any DMA buffer of this container; null when the address is in
-    /// none. O(log n) in the number of buffers and lock-free: it never waits for a map or an unmap.
-    /// </summary>
-    /// <param name="hostAddress">A host virtual address.</param>
-    public ulong? TranslateToIova(nint hostAddress) =>
-        _translation.TryTranslate(hostAddress, out ulong iova) ? iova : null;
-
-    /// <summary>The IOVA of a host address inside any DMA buffer of this container; false when it is in none. Lock-free, O(log n).</summary>
-    /// <param name="hostAddress">A host virtual address.</param>
-    /// <param name="iova">The device's address for it.</param>
-    public bool TryTranslateToIova(nint hostAddress, out ulong iova) => _translation.TryTranslate(hostAddress, out iova);
-
-    private IommuInfo IommuInfoLocked() => _iommuInfo ??= IommuInfo.Query(Registry.Kernel, Fd);
-
-    private int MappingsAvailableLocked()
-    {
-        var info = IommuInfoLocked();
-        if (info.DmaMappingsAvailable is uint reported)
-        {
-            // Asked while the container held no mapping (first use, or after the last group left).
-            return (int)Math.Max(0, reported - (long)_buffers.Count);
-        }
-        _entryLimit ??= ReadEntryLimit();
-        return Math.Max(0, _entryLimit.Value - _buffers.Count);
-    }
-
-    // Kernels before 5.10 do not report DMA_AVAIL: the module parameter says the limit.
-    private int ReadEntryLimit()
-    {
-        string? text = Registry.Sysfs.ReadText("module/vfio_iommu_type1/parameters/dma_entry_limit");
-        return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int limit) ? limit : DefaultDmaEntryLimit;
-    }
-
-    internal unsafe DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference, ulong alignment = 0)
-    {
-        lock (_dmaLock)
-        {
-            var info = IommuInfoLocked();
-            _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
-            if (MappingsAvailableLocked() == 0)
-            {
-                throw new VfioResourceLimitException(
-                    $"Cannot map a DMA buffer for {device.Name}: the container holds {_buffers.Count} DMA mappings, all the kernel allows " +
-                    "(the vfio_iommu_type1 module parameter dma_entry_limit). Use fewer, larger buffers, or raise the limit: " +
-                    "echo N > /sys/module/vfio_iommu_type1/parameters/dma_entry_limit (as root, before the container is opened).",
-                    VfioResourceLimitException.DmaEntryLimit);
-            }
-            ulong iova;
-            if (fixedIova is ulong wanted)
-            {
-                if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
-                }
-                if (wanted + length - 1 > device.DmaMask)
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
-                }
-                if (!_iova.Reserve(wanted, length))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
-                }
-                iova = wanted;
-            }
-            else
-            {
-                iova = _iova.Allocate(length, device.DmaMask, alignment)
-                    ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
-            }
-            var map = new vfio_iommu_type1_dma_map
-            {
-                argsz = (uint)sizeof(vfio_iommu_type1_dma_map),
-                flags = ((access & DmaAccess.DeviceReads) != 0 ? VfioUapi.VFIO_DMA_MAP_FLAG_READ : 0)
-                    | ((access & DmaAccess.DeviceWrites) != 0 ? VfioUapi.VFIO_DMA_MAP_FLAG_WRITE : 0),
-                vaddr = (ulong)memory.Address,
-                iova = iova,
-                size = length,
-            };
-            int rc = Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_IOMMU_MAP_DMA, &map);
-            if (rc < 0)
-            {
-                _iova.Free(iova);
-                throw MapError(-rc, iova, length, device);
-            }
-            var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
-            _buffers.Add(buffer);
-            _translation.Add(memory.Address, length, iova);
-            Log.DmaMapped(Registry.Logger, device.Name, iova, length);
-            return buffer;
-        }
-    }
-
-    private static string FormatRanges(IommuInfo info) =>
-        string.Join(", ", info.IovaRanges.Select(r => string.Create(CultureInfo.InvariantCulture, $"0x{r.Start:x}-0x{r.End:x}")));
-
-    // The kernel's refusals of VFIO_IOMMU_MAP_DMA, each turned into what to do about it.
-    private static VfioException MapError(int errno, ulong iova, ulong length, VfioDevice device)
-    {
-        string operation = string.Create(CultureInfo.InvariantCulture, $"VFIO_IOMMU_MAP_DMA 0x{iova:x}+0x{length:x}");
-        var target = device.ErrorTarget;
-        switch (errno)
-        {
-            case Errno.ENOMEM:
-                return new VfioResourceLimitException(
-                    VfioErrors.Create(errno, operation, target,
-                        "Pinning the buffer would exceed the locked-memory limit (RLIMIT_MEMLOCK): raise it with ulimit -l " +
-                        "(or LimitMEMLOCK= for a systemd service, memlock in /etc/security/limits.conf) to cover all DMA buffers, or run with CAP_IPC_LOCK").Message,
-                    VfioResourceLimitException.MemoryLock, operation, errno, target);
-            case Errno.ENOSPC:
-                return new VfioResourceLimitException(
-                    VfioErrors.Create(errno, operation, target,
-                        "The container reached the kernel's DMA mapping limit (the vfio_iommu_type1 module parameter dma_entry_limit): " +
-                        "use fewer, larger buffers, or raise it in /sys/module/vfio_iommu_type1/parameters/dma_entry_limit").Message,
-                    VfioResourceLimitException.DmaEntryLimit, operation, errno, target);
-            case Errno.EEXIST:
-                return VfioErrors.Create(errno, operation, target,
-                    "The kernel already maps part of this IOVA range in the container: a mapping made outside this library overlaps it");
-            case Errno.EINVAL:
-                return VfioErrors.Create(errno, operation, target,
-                    "The kernel refused the range: it must be page-aligned and inside the IOMMU's valid IOVA ranges");
-            default:
-                return VfioErrors.Create(errno, operation, target);
-        }
-    }
-
-    /// <summary>
-    /// Unmaps a buffer. When the kernel refuses, the container keeps it in its books (the device may
-    /// still reach it) and tries again when its last group leaves.
-    /// </summary>
-    internal unsafe void Unmap(DmaBuffer buffer)
-    {
-        lock (_dmaLock)
-        {
-            if (!_buffers.Contains(buffer))
-            {
-                return;
-            }
-            var unmap = new vfio_iommu_type1_dma_unmap
-            {
-                argsz = (uint)sizeof(vfio_iommu_type1_dma_unmap),
-                iova = buffer.Iova,
-                size = buffer.Length,
-            };
-            string operation = string.Create(CultureInfo.InvariantCulture, $"VFIO_IOMMU_UNMAP_DMA 0x{buffer.Iova:x}+0x{buffer.Length:x}");
-            VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_IOMMU_UNMAP_DMA, &unmap), operation);
-            _buffers.Remove(buffer);
-            _translation.Remove(buffer.HostAddress);
-            _iova?.Free(buffer.Iova);
-            Log.DmaUnmapped(Registry.Logger, buffer.Iova, buffer.Length);
-            if (unmap.size != buffer.Length)
-            {
-                throw new VfioException($"{operation} unmapped 0x{unmap.size:x} bytes: the container's mappings and the library's disagree.");
-            }
-        }
-    }
-
-    // The last group is leaving: unmap everything explicitly, then forget it (the kernel drops a
-    // container's mappings with its IOMMU anyway, so a failed unmap leaks nothing; it is logged).
-    private void UnmapAll()
-    {
-        DmaBuffer[] live;
-        lock (_dmaLock)
-        {
-            live = [.. _buffers];
-        }
-        if (live.Length > 0)
-        {
-            Log.DmaUnmappingAll(Registry.Logger, live.Length);
-        }
-        foreach (var buffer in live)
-        {
-            try
-            {
-                Unmap(buffer);
-            }
-            catch (VfioException e)
-            {
-                Log.DmaUnmapFailed(Registry.Logger, buffer.Iova, buffer.Length, e);
-            }
-            buffer.Orphan();
-        }
-        lock (_dmaLock)
-        {
-            _buffers.Clear();
-            _translation.Clear();
-            _iova = null;
-            _iommuInfo = null;
-            _entryLimit = null;
-        }
-    }
 
     private void SetIommu(IommuGroup group)
     {
@@ -392,5 +187,5 @@ public sealed class VfioContainer
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"container ({IommuTypeName}, {_groups.Count} groups)";
+    public override string ToString() => $"container ({IommuTypeName}, {GroupCount} groups)";
 }

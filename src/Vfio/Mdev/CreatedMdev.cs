@@ -56,7 +56,7 @@ public abstract class CreatedMdev : IAsyncDisposable
             DeviceCore.Dispose();
             MdevLifecycle.Remove(registry, Type, Uuid);
             Volatile.Write(ref _removed, true);
-            registry.ForgetCreated(this);
+            registry.CreatedMdevTable.Remove(this);
         }
         finally
         {
