@@ -35,6 +35,11 @@ public sealed class DeviceSet
     /// <summary>How many devices (constructed and not yet disposed) belong to the set.</summary>
     public int MemberCount => Volatile.Read(ref _members);
 
+    /// <summary>
+    /// The set's lock: guards <see cref="OpenCount"/>, each member's open count, device file and IOMMU
+    /// attachment, and runs first-open and last-close hooks. First in the lock order (see VfioRegistry);
+    /// several sets are taken in the order of their ids.
+    /// </summary>
     internal Lock Lock { get; } = new();
 
     internal int Join() => Interlocked.Increment(ref _members);

@@ -11,6 +11,8 @@ internal interface IDeviceResource
 
 public abstract partial class VfioDevice
 {
+    // What lives on the open device file; the list is its own lock, a leaf (resources are revoked
+    // after it is released).
     private readonly List<IDeviceResource> _resources = [];
 
     /// <summary>Describes a region (<c>VFIO_DEVICE_GET_REGION_INFO</c>), its capability chain parsed.</summary>

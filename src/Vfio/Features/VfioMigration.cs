@@ -27,6 +27,8 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
     private const int ChunkSize = 64 * 1024;
 
     private readonly VfioDevice _device;
+    // Guards _session, _sessionState and _disposed. A leaf: the session file is closed and the kernel
+    // called only after it is released (see the lock order in VfioRegistry).
     private readonly Lock _lock = new();
     private SafeFd? _session;
     private VfioMigrationState _sessionState;
