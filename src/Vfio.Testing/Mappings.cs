@@ -157,6 +157,7 @@ public sealed partial class SimulatedKernel
     /// <summary>Records a trapped mapping of a device file, which keeps the file open until munmap; the lock is held.</summary>
     internal TrappedMapping MapTrappedLocked(DeviceFile file, nuint length, int region, ulong regionOffset)
     {
+        AssertLocked();
         nuint span = (length + PageSize - 1) & ~(nuint)(PageSize - 1);
         nint address = (nint)_nextTrappedAddress;
         _nextTrappedAddress += (long)span + PageSize;
@@ -192,6 +193,7 @@ public sealed partial class SimulatedKernel
     /// <summary>The anonymous mapping that holds all of [start, start + length); the lock is held.</summary>
     internal VirtualMemoryArea? FindAnonymousLocked(ulong start, ulong length)
     {
+        AssertLocked();
         var keys = _areas.Keys;
         int lo = 0;
         int hi = keys.Count - 1;

@@ -196,7 +196,11 @@ public sealed partial class SimulatedKernel
         return parent;
     }
 
-    internal SimulatedDevice? FindDeviceLocked(string name) => _devices.GetValueOrDefault(name);
+    internal SimulatedDevice? FindDeviceLocked(string name)
+    {
+        AssertLocked();
+        return _devices.GetValueOrDefault(name);
+    }
 
     /// <summary>
     /// What writing <paramref name="text"/> to a type's <c>create</c> does in Linux 6.1 (create_store and
@@ -205,6 +209,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     internal int CreateMdevLocked(SimulatedMdevParent parent, SimulatedMdevType type, string text)
     {
+        AssertLocked();
         if (text.Length < 36 || text.Length > 37 || !Guid.TryParseExact(text[..36], "D", out var uuid))
         {
             return -Errno.EINVAL;
@@ -254,6 +259,7 @@ public sealed partial class SimulatedKernel
     /// <summary>remove_store: a number (kstrtoul, base 0); 0 does nothing, anything else removes the device.</summary>
     private int RemoveStoreLocked(SimulatedMdevDevice device, string value)
     {
+        AssertLocked();
         string text = value.EndsWith('\n') ? value[..^1] : value;
         ulong number;
         bool parsed = text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
@@ -273,6 +279,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     private int RemoveMdevLocked(SimulatedMdevDevice device)
     {
+        AssertLocked();
         if (!_devices.ContainsKey(device.Name))
         {
             return -Errno.ENODEV;
@@ -303,6 +310,7 @@ public sealed partial class SimulatedKernel
 
     internal void RemoveMdevParentLocked(SimulatedMdevParent parent)
     {
+        AssertLocked();
         if (parent.IsRemoved)
         {
             return;

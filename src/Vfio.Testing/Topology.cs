@@ -173,6 +173,7 @@ public sealed partial class SimulatedKernel
 
     private void AddDeviceLocked(SimulatedDevice device, string bus)
     {
+        AssertLocked();
         _devices.Add(device.Name, device);
         device.Group.Devices.Add(device);
         Sysfs.Directory(device.SysfsRelative).Link("iommu_group", "kernel/iommu_groups/" + Decimal(device.IommuGroup));
@@ -206,6 +207,7 @@ public sealed partial class SimulatedKernel
 
     private void RegisterDriverLocked(string bus, string driver)
     {
+        AssertLocked();
         var drivers = Sysfs.Directory(bus + "/drivers");
         if (drivers.Child(driver) is not null)
         {
@@ -232,18 +234,21 @@ public sealed partial class SimulatedKernel
 
     private int BindByNameLocked(string bus, string driver, string name)
     {
+        AssertLocked();
         var device = DeviceOnBus(bus, name);
         return device is null ? -Errno.ENODEV : BindLocked(device, driver, checkMatch: true);
     }
 
     private int UnbindByNameLocked(string bus, string driver, string name)
     {
+        AssertLocked();
         var device = DeviceOnBus(bus, name);
         return device is null || device.DriverName != driver ? -Errno.ENODEV : UnbindLocked(device);
     }
 
     private int ProbeLocked(string bus, string name)
     {
+        AssertLocked();
         var device = DeviceOnBus(bus, name);
         if (device is null)
         {
@@ -264,6 +269,7 @@ public sealed partial class SimulatedKernel
     /// <summary>Binds a device to a driver (device_driver_attach and the driver's probe); the lock is held.</summary>
     internal int BindLocked(SimulatedDevice device, string driver, bool checkMatch)
     {
+        AssertLocked();
         string bus = BusOf(device);
         if (checkMatch && !Matches(device, driver))
         {
@@ -301,6 +307,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     internal int UnbindLocked(SimulatedDevice device)
     {
+        AssertLocked();
         string? driver = device.DriverName;
         if (driver is null)
         {

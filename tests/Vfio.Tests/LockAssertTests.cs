@@ -77,4 +77,20 @@ public class LockAssertTests
         }
         set.OpenCount.Should().Be(1);
     }
+
+    [Fact]
+    public void ASimulatedKernelLockedMethodRunsOnlyUnderTheKernelLock()
+    {
+        var kernel = new Vfio.Testing.SimulatedKernel();
+        using (DebugAsserts.Expect())
+        {
+            var unlocked = () => kernel.FindDeviceLocked("0000:00:03.0");
+
+            unlocked.Should().Throw<DebugAssertFailedException>().WithMessage("*FindDeviceLocked requires the simulated kernel's lock*");
+        }
+        using (kernel.Enter())
+        {
+            kernel.FindDeviceLocked("0000:00:03.0").Should().BeNull();
+        }
+    }
 }

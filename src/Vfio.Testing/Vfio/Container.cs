@@ -99,6 +99,7 @@ public sealed partial class SimulatedKernel
 
     internal int CheckExtensionLocked(ContainerState container, nint extension)
     {
+        AssertLocked();
         if (container.Type1 is { } type1)
         {
             return Type1Iommu.CheckExtension(type1, extension);
@@ -117,6 +118,7 @@ public sealed partial class SimulatedKernel
 
     internal int SetIommuLocked(ContainerState container, nint type)
     {
+        AssertLocked();
         // Only a group in the container gives the privilege to enable an IOMMU, and there is no unset.
         if (container.Groups.Count == 0 || container.HasDriver)
         {
@@ -143,6 +145,7 @@ public sealed partial class SimulatedKernel
     /// <summary>VFIO_GROUP_SET_CONTAINER's checks and attach (vfio_container_attach_group); the lock is held.</summary>
     internal int AttachLocked(ContainerState container, IommuGroupState group)
     {
+        AssertLocked();
         bool noIommu = group.Kind == SimulatedGroupKind.NoIommu;
         // Real groups and no-IOMMU groups cannot mix.
         if (container.Groups.Count > 0 && container.NoIommu != noIommu)
@@ -165,6 +168,7 @@ public sealed partial class SimulatedKernel
     /// <summary>vfio_group_detach_container; the lock is held.</summary>
     internal void DetachLocked(IommuGroupState group)
     {
+        AssertLocked();
         var container = group.Container!;
         container.Groups.Remove(group);
         group.Container = null;
@@ -179,6 +183,12 @@ public sealed partial class SimulatedKernel
         Wake();
     }
 
-    private IEnumerable<ContainerState> LiveContainersLocked =>
-        _groups.Values.Select(g => g.Container).OfType<ContainerState>().Distinct();
+    private IEnumerable<ContainerState> LiveContainersLocked
+    {
+        get
+        {
+            AssertLocked();
+            return _groups.Values.Select(g => g.Container).OfType<ContainerState>().Distinct();
+        }
+    }
 }

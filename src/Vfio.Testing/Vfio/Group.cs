@@ -155,10 +155,18 @@ public sealed partial class SimulatedKernel
 {
     private readonly Dictionary<int, IommuGroupState> _groups = [];
 
-    internal IEnumerable<IommuGroupState> GroupsLocked => _groups.Values;
+    internal IEnumerable<IommuGroupState> GroupsLocked
+    {
+        get
+        {
+            AssertLocked();
+            return _groups.Values;
+        }
+    }
 
     internal IommuGroupState GroupLocked(int id, SimulatedGroupKind kind)
     {
+        AssertLocked();
         if (!_groups.TryGetValue(id, out var group))
         {
             group = new IommuGroupState(id, kind);
@@ -175,6 +183,7 @@ public sealed partial class SimulatedKernel
 
     private int OpenGroupLocked(string name, string path, out KernelFile? file)
     {
+        AssertLocked();
         file = null;
         var group = _groups.Values.FirstOrDefault(g => g.HasNode && g.NodeName == name);
         if (group is null)
@@ -199,6 +208,7 @@ public sealed partial class SimulatedKernel
     /// <summary>VFIO_GROUP_GET_DEVICE_FD after the name matched (vfio_device_open); the lock is held.</summary>
     internal int OpenDeviceLocked(GroupFile groupFile, SimulatedDevice device)
     {
+        AssertLocked();
         var group = groupFile.Group;
         if (device.OpenCount == 0)
         {
@@ -223,6 +233,7 @@ public sealed partial class SimulatedKernel
     /// <summary>The last device file closed (vfio_device_last_close); the lock is held.</summary>
     internal void LastCloseLocked(SimulatedDevice device)
     {
+        AssertLocked();
         var group = device.Group;
         device.LastCloseLocked();
         group.ContainerUsers--;
