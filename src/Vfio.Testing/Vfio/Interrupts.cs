@@ -310,7 +310,7 @@ public sealed partial class SimulatedKernel
                 var model = (PciDeviceModel)device.Model;
                 int index = r.Index;
                 int vectors = r.Start + r.Count;
-                Defer(() => model.SetMessageInterrupts(index, true, vectors));
+                Defer(() => model.VfioPci.Config.SetMessageInterrupts(index, true, vectors));
             }
             for (int i = 0; i < r.Count; i++)
             {
@@ -543,7 +543,7 @@ public sealed partial class SimulatedKernel
         device.EnabledVectors = 0;
         if (index is Msi or Msix && device.Model is PciDeviceModel model)
         {
-            Defer(() => model.SetMessageInterrupts(index, false));
+            Defer(() => model.VfioPci.Config.SetMessageInterrupts(index, false));
         }
     }
 

@@ -252,9 +252,10 @@ public class PciVfioDeviceTests : KernelTest
         var device = OpenWith(model, out var open);
         using (open)
         {
-            uint placeholder = model.ReadConfigRegister(0x100, 4);
+            uint placeholder = device.ReadConfig32(0x100);
             (placeholder & 0xf_ffff).Should().Be(0u, "vfio-pci clears the id and version of a hidden first capability");
             (placeholder >> 20).Should().Be(0x110u, "and keeps its next pointer");
+            (model.ReadConfigRegister(0x100, 4) & 0xf_ffff).Should().Be(0x10019u, "the device's own header is left as it is");
             device.ExtendedCapabilities.Should().Equal(
                 new PciExtendedCapability(PciExtendedCapabilityId.AdvancedErrorReporting, 2, 0x110),
                 new PciExtendedCapability(PciExtendedCapabilityId.AlternativeRoutingId, 1, 0x168));
@@ -268,7 +269,7 @@ public class PciVfioDeviceTests : KernelTest
         var device = OpenWith(model, out var open);
         using (open)
         {
-            model.ReadConfigRegister(0x100, 4).Should().Be(0u);
+            device.ReadConfig32(0x100).Should().Be(0u);
             device.ExtendedCapabilities.Should().BeEmpty();
         }
     }
