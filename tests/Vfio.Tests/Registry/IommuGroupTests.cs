@@ -54,6 +54,7 @@ public class IommuGroupTests : KernelTest
         var error = device.Invoking(d => d.Open()).Should().Throw<VfioGroupNotViableException>().Which;
 
         error.NotViableGroupId.Should().Be(5);
+        error.GroupId.Should().Be(5, "the base exception names the group too");
         error.BlockingDevices.Should().Equal("0000:00:03.1 is bound to e1000e");
         error.Message.Should().Contain("Group 5 is not viable: 0000:00:03.1 is bound to e1000e");
         Registry.Groups.Should().BeEmpty();
