@@ -33,13 +33,22 @@ public sealed partial class SimulatedKernel
         InitializePlatformSysfs();
     }
 
-    /// <summary>Finds a device by name (PCI address, platform name or mdev UUID), or null.</summary>
+    /// <summary>Finds a device by name (PCI address, platform name or mdev UUID).</summary>
     /// <param name="name">The device's name.</param>
-    public SimulatedDevice? FindDevice(string name)
+    /// <exception cref="KeyNotFoundException">The kernel has no such device.</exception>
+    public SimulatedDevice FindDevice(string name) =>
+        TryFindDevice(name, out var device) ? device : throw new KeyNotFoundException($"The simulated kernel has no device {name}.");
+
+    /// <summary>Finds a device by name (PCI address, platform name or mdev UUID).</summary>
+    /// <param name="name">The device's name.</param>
+    /// <param name="device">The device, when there is one.</param>
+    /// <returns>False when the kernel has no such device (an mdev removed, a name never added).</returns>
+    public bool TryFindDevice(string name, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out SimulatedDevice? device)
     {
         using (Enter())
         {
-            return _devices.GetValueOrDefault(name);
+            device = FindDeviceLocked(name);
+            return device is not null;
         }
     }
 
