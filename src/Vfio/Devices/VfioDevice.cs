@@ -48,10 +48,10 @@ public abstract partial class VfioDevice : IDisposable
 
     private long _refs;
 
-    // Guarded by Set.Lock: the open count, and the device file and attachment it opens and closes
-    // (both also read lock-free, through Volatile, by whoever holds an open reference).
+    // Guarded by Set.Lock: the open count, and the attachment (device file, group, address space)
+    // the first open makes and the last close undoes; read lock-free, through Volatile, by whoever
+    // holds an open reference.
     private int _openCount;
-    private SafeFd? _fd;
     private DeviceAttachment? _attachment;
 
     // Guards _state and the _released completion. A leaf (see the lock order in VfioRegistry).
@@ -117,7 +117,7 @@ public abstract partial class VfioDevice : IDisposable
     internal VfioKernel Kernel => Registry.Kernel;
 
     /// <summary>The device's kernel file while open; throws when it is not.</summary>
-    internal SafeFd DeviceFd => Volatile.Read(ref _fd) ?? throw new InvalidOperationException($"Device {Name} is not open.");
+    internal SafeFd DeviceFd => Volatile.Read(ref _attachment)?.DeviceFd ?? throw new InvalidOperationException($"Device {Name} is not open.");
 
     internal ErrorTarget ErrorTarget => new(GroupId: GroupId, Device: Name);
 
@@ -448,7 +448,6 @@ public abstract partial class VfioDevice : IDisposable
             Registry.Iommu.Detach(attachment);
             throw;
         }
-        Volatile.Write(ref _fd, attachment.DeviceFd);
         Volatile.Write(ref _attachment, attachment);
     }
 
@@ -458,7 +457,6 @@ public abstract partial class VfioDevice : IDisposable
     {
         LockAssert.Held(Set.Lock);
         RevokeResources();
-        Volatile.Write(ref _fd, null);
         var attachment = Interlocked.Exchange(ref _attachment, null);
         if (attachment is not null)
         {

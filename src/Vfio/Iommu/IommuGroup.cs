@@ -24,9 +24,10 @@ public enum IommuGroupKind
 /// <summary>
 /// An open VFIO group: the process's one open of <c>/dev/vfio/N</c> (the kernel allows a single
 /// open), shared by the group's devices and counted by them. The last device to close unsets the
-/// container and closes the group. Opening, attaching and closing are the legacy backend's
-/// (<see cref="ContainerBackend"/>), under the group's gate.
+/// container and closes the group.
 /// </summary>
+// Opening, attaching and closing are the legacy backend's (ContainerBackend), under the group's gate;
+// OpenDeviceCount and PinCount are guarded by that gate.
 public sealed class IommuGroup
 {
     private readonly VfioRegistry _registry;

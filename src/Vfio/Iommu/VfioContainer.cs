@@ -6,9 +6,10 @@ namespace Vfio;
 /// <summary>
 /// A VFIO container (<c>/dev/vfio/vfio</c>): the IOMMU context its groups share. The IOMMU type is
 /// chosen when the first group joins (type1v2 preferred, type1 as fallback, no-IOMMU for no-IOMMU
-/// groups); the container closes when its last group leaves. Its DMA mappings are kept by its
-/// address space (<see cref="Type1AddressSpace"/>).
+/// groups); the container closes when its last group leaves.
 /// </summary>
+// The container's DMA mappings are kept by its address space (Type1AddressSpace, an
+// IommuAddressSpace); the public DMA members here read it.
 public sealed class VfioContainer
 {
     // The backend's attach lock: guards _groups and IommuType while groups join and leave (see

@@ -10,27 +10,25 @@ namespace Vfio;
 /// a device is usable only between <see cref="Register"/> and <see cref="UnregisterAsync"/>, a
 /// group file is opened once and shared, device files close before their group is released.
 /// </summary>
-/// <remarks>
-/// <para>Where each concern lives, kept apart as the kernel keeps them: registration, probe and
-/// lookup here (vfio_main.c); groups and containers in <see cref="ContainerBackend"/> behind
-/// <see cref="IommuBackend"/> (group.c, container.c); DMA mappings in <see cref="IommuAddressSpace"/>;
-/// sysfs discovery in <see cref="SysfsDiscovery"/>; device sets in <see cref="DeviceSetTable"/>;
-/// the mdevs this registry created in <see cref="CreatedMdevTable"/>.</para>
-/// <para>Lock order: a thread that holds one of these locks takes only those further down the list.</para>
-/// <list type="number">
-/// <item><see cref="DeviceSet"/>'s lock: its devices' open counts, first open and last close, device
-/// files and attachments. Several sets are taken in the order of their ids (a hot reset).</item>
-/// <item>A group's gate (<see cref="ContainerBackend"/>): that group's open, attach, detach and close.</item>
-/// <item>The container attach lock (<see cref="ContainerBackend"/>): containers' groups and IOMMU types.</item>
-/// <item>An address space's DMA lock (<see cref="IommuAddressSpace"/>): its mappings.</item>
-/// </list>
-/// <para>Leaves, held for bookkeeping only, with no syscall and no other lock taken under them: this
-/// registry's lock, the backend's group table lock, the device set and created-mdev tables' locks, a
-/// device's state and resource locks, an interrupt set's and a migration's locks. Debug builds
-/// assert each rule where it applies (<see cref="LockAssert"/>).</para>
-/// </remarks>
 public sealed partial class VfioRegistry : IAsyncDisposable
 {
+    // Where each concern lives, kept apart as the kernel keeps them: registration, probe and lookup
+    // here (vfio_main.c); groups and containers in ContainerBackend behind IommuBackend (group.c,
+    // container.c); DMA mappings in IommuAddressSpace; sysfs discovery in SysfsDiscovery; device sets
+    // in DeviceSetTable; the mdevs this registry created in CreatedMdevTable.
+    //
+    // Lock order. A thread that holds one of these takes only those further down:
+    //   1. DeviceSet.Lock: its devices' open counts, first open and last close, device files and
+    //      IOMMU attachments. Several sets are taken in the order of their ids (a hot reset).
+    //   2. A group's gate (ContainerBackend): that group's open, attach, detach and close.
+    //   3. The container attach lock (ContainerBackend): containers' groups and IOMMU types.
+    //   4. An address space's DMA lock (IommuAddressSpace): its mappings.
+    // Leaves, held for bookkeeping only, with no syscall and no other lock taken under them: _lock
+    // below, the backend's group table lock, the device set and created-mdev tables' locks, a device's
+    // state and resource locks, an interrupt set's and a migration's locks. CreatedMdev's removal
+    // gate (async) comes before all of them. Every method that requires a lock asserts it in Debug
+    // builds (LockAssert), which the tests run.
+
     // Guards _devices, _drivers and _probed. A leaf (see the lock order above).
     private readonly Lock _lock = new();
     private readonly Dictionary<string, VfioDevice> _devices = new(StringComparer.Ordinal);
