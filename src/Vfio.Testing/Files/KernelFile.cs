@@ -41,11 +41,16 @@ internal abstract class KernelFile(SimulatedKernel kernel, string path)
     public abstract SimulatedFileKind Kind { get; }
 
     /// <summary>Takes a reference; the kernel lock is held.</summary>
-    public void Get() => _references++;
+    public void Get()
+    {
+        Kernel.AssertLocked();
+        _references++;
+    }
 
     /// <summary>Drops a reference and releases the file after the last; the kernel lock is held.</summary>
     public void Put()
     {
+        Kernel.AssertLocked();
         if (--_references == 0)
         {
             Release();

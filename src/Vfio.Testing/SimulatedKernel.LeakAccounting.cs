@@ -3,37 +3,6 @@ using System.Text;
 
 namespace Vfio.Testing;
 
-/// <summary>An open file descriptor of the simulated kernel.</summary>
-/// <param name="Fd">The descriptor number.</param>
-/// <param name="Kind">What it refers to.</param>
-/// <param name="Path">The path it was opened from, or the kernel's name for an anonymous file.</param>
-public sealed record SimulatedOpenFile(int Fd, SimulatedFileKind Kind, string Path);
-
-/// <summary>Thrown by <see cref="SimulatedKernel.AssertNoLeaks"/> when descriptors, mappings or DMA mappings are still open.</summary>
-public sealed class SimulatedLeakException : Exception
-{
-    /// <summary>Creates the exception.</summary>
-    public SimulatedLeakException()
-        : this("Kernel resources leaked.")
-    {
-    }
-
-    /// <summary>Creates the exception with a message.</summary>
-    /// <param name="message">What leaked.</param>
-    public SimulatedLeakException(string message)
-        : base(message)
-    {
-    }
-
-    /// <summary>Creates the exception with a message and a cause.</summary>
-    /// <param name="message">What leaked.</param>
-    /// <param name="innerException">The cause.</param>
-    public SimulatedLeakException(string message, Exception innerException)
-        : base(message, innerException)
-    {
-    }
-}
-
 public sealed partial class SimulatedKernel
 {
     /// <summary>The open descriptors, lowest number first.</summary>

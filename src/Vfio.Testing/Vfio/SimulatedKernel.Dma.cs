@@ -152,6 +152,7 @@ public sealed partial class SimulatedKernel
     /// <summary>Charges pinned bytes to the locked-memory limit; false when they would exceed it. The lock is held.</summary>
     internal bool TryLockLocked(ulong bytes)
     {
+        AssertLocked();
         if (_memlockLimit is ulong limit && (_lockedMemory + bytes > limit || _lockedMemory + bytes < bytes))
         {
             return false;
@@ -161,11 +162,16 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>Gives back pinned bytes; the lock is held.</summary>
-    internal void UnlockLocked(ulong bytes) => _lockedMemory -= bytes;
+    internal void UnlockLocked(ulong bytes)
+    {
+        AssertLocked();
+        _lockedMemory -= bytes;
+    }
 
     /// <summary>Takes hugepages for a MAP_HUGETLB mapping of <paramref name="length"/> bytes (rounded up); false when too few are free. The lock is held.</summary>
     internal bool TryTakeHugePagesLocked(nuint length, out int pages)
     {
+        AssertLocked();
         pages = checked((int)(((ulong)length + HugePageSize - 1) / HugePageSize));
         if (_hugePages - _hugePagesUsed < pages)
         {
@@ -176,7 +182,11 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>Returns hugepages of an unmapped MAP_HUGETLB mapping; the lock is held.</summary>
-    internal void PutHugePagesLocked(int pages) => _hugePagesUsed -= pages;
+    internal void PutHugePagesLocked(int pages)
+    {
+        AssertLocked();
+        _hugePagesUsed -= pages;
+    }
 
     // The sysfs files the library reads about DMA: the type1 driver's mapping limit and the 2 MiB pool.
     private void InitializeDma()
@@ -200,6 +210,7 @@ public sealed partial class SimulatedKernel
 
     private bool FaultLocked(SimulatedDevice device, ulong iova, int length, bool write, string reason)
     {
+        AssertLocked();
         _dmaFaults.Add(new DmaFault(device.Name, iova, length, write, reason));
         return false;
     }

@@ -56,6 +56,7 @@ public sealed partial class SimulatedKernel
     /// <summary>The functions a hot reset of <paramref name="device"/> reaches, by address; null when none is possible. The lock is held.</summary>
     internal List<SimulatedPciDevice>? ResetScopeLocked(SimulatedPciDevice device)
     {
+        AssertLocked();
         var (domain, bus, _) = PciLocation(device.Name);
         if (!_bridges.ContainsKey((domain, bus)))
         {
@@ -69,6 +70,7 @@ public sealed partial class SimulatedKernel
     /// <summary>VFIO_DEVICE_GET_PCI_HOT_RESET_INFO; the lock is held.</summary>
     internal unsafe int GetHotResetInfoLocked(SimulatedPciDevice device, byte* arg)
     {
+        AssertLocked();
         var hdr = (vfio_pci_hot_reset_info*)arg;
         if (hdr->argsz < HotResetHeaderSize)
         {
@@ -98,6 +100,7 @@ public sealed partial class SimulatedKernel
     /// <summary>VFIO_DEVICE_PCI_HOT_RESET; the lock is held. Every function of the scope is reset once the lock is released.</summary>
     internal unsafe int HotResetLocked(SimulatedPciDevice device, byte* arg)
     {
+        AssertLocked();
         var hdr = (vfio_pci_hot_reset*)arg;
         if (hdr->argsz < HotResetHeaderSize || hdr->flags != 0)
         {
