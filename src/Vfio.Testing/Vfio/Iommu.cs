@@ -38,7 +38,7 @@ internal sealed class DmaMapping(ulong iova, ulong size, ulong vaddr, bool read,
 /// The type1 IOMMU driver's data for one container (vfio_iommu): the mappings sorted by IOVA, the
 /// page sizes, the usable IOVA ranges and the count of mappings still allowed.
 /// </summary>
-internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2)
+internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaMappings
 {
     // The driver's settings, taken from the kernel when the IOMMU is set (as module parameters and
     // the IOMMU's geometry are fixed for a vfio_iommu's life).
