@@ -153,7 +153,6 @@ public sealed partial class SimulatedKernel
     /// </summary>
     private IDmaMappings? DmaMappingsLocked(SimulatedDevice device, out string reason)
     {
-        reason = string.Empty;
         if (IommufdBindingLocked(device) is { } binding)
         {
             reason = "the device is bound to an iommufd but attached to no page table (DMA is blocked)";

@@ -232,8 +232,8 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
 
     // ---- Map, copy, unmap --------------------------------------------------------------------
 
-    /// <summary>iopt_map_user_pages: maps [userVa, userVa + length) at iova (in with fixed, out otherwise).</summary>
-    public int Map(ulong userVa, ulong length, ref ulong iova, bool fixedIova, bool read, bool write)
+    /// <summary>iopt_map_user_pages: maps [userVa, userVa + length) at iova (in with FIXED_IOVA, out otherwise).</summary>
+    public int Map(ulong userVa, ulong length, ref ulong iova, uint flags)
     {
         if (userVa + length < userVa)
         {
@@ -246,8 +246,9 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
         }
         ulong uptr = userVa & ~(PageSize - 1);
         ulong startByte = userVa - uptr;
-        var pages = new IoasPages(uptr, (length + startByte + PageSize - 1) / PageSize, write, Context.Accounting);
-        return MapSlices([(pages, startByte, length)], length, ref iova, fixedIova, read, write);
+        bool writable = (flags & IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE) != 0;
+        var pages = new IoasPages(uptr, (length + startByte + PageSize - 1) / PageSize, writable, Context.Accounting);
+        return MapSlices([(pages, startByte, length)], length, ref iova, flags);
     }
 
     /// <summary>
@@ -285,14 +286,16 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     }
 
     /// <summary>iopt_map_pages: inserts one area per slice, back to back from iova, and pins them if a domain exists.</summary>
-    public int MapSlices(List<(IoasPages Pages, ulong StartByte, ulong Length)> slices, ulong length, ref ulong iova, bool fixedIova, bool read, bool write)
+    public int MapSlices(List<(IoasPages Pages, ulong StartByte, ulong Length)> slices, ulong length, ref ulong iova, uint flags)
     {
+        bool read = (flags & IommufdUapi.IOMMU_IOAS_MAP_READABLE) != 0;
+        bool write = (flags & IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE) != 0;
         // iopt_alloc_area_pages
         if ((length & (IovaAlignment - 1)) != 0 || length == 0)
         {
             return -Errno.EINVAL;
         }
-        if (!fixedIova)
+        if ((flags & IommufdUapi.IOMMU_IOAS_MAP_FIXED_IOVA) == 0)
         {
             int r = AllocateIova(slices[0].Pages.Uptr + slices[0].StartByte, length, out iova);
             if (r < 0)
@@ -657,26 +660,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     }
 
     /// <summary>The index of the last area starting at or below <paramref name="iova"/>, or -1.</summary>
-    private int FloorIndex(ulong iova)
-    {
-        int lo = 0;
-        int hi = _areas.Count - 1;
-        int found = -1;
-        while (lo <= hi)
-        {
-            int mid = (lo + hi) / 2;
-            if (_areas[mid].Iova <= iova)
-            {
-                found = mid;
-                lo = mid + 1;
-            }
-            else
-            {
-                hi = mid - 1;
-            }
-        }
-        return found;
-    }
+    private int FloorIndex(ulong iova) => IovaOrder.Floor(_areas, iova, static a => a.Iova);
 
     private static bool Intersects(ulong aStart, ulong aLast, ulong bStart, ulong bLast) => aStart <= bLast && bStart <= aLast;
 

@@ -304,15 +304,22 @@ internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaM
     }
 
     /// <summary>The index of the last mapping starting at or below <paramref name="iova"/>, or -1.</summary>
-    private int FloorIndex(ulong iova)
+    private int FloorIndex(ulong iova) => IovaOrder.Floor(_mappings, iova, static m => m.Iova);
+}
+
+/// <summary>Binary search over mappings kept sorted by their first IOVA (type1's and an IOAS's).</summary>
+internal static class IovaOrder
+{
+    /// <summary>The index of the last item starting at or below <paramref name="iova"/>, or -1.</summary>
+    public static int Floor<T>(List<T> sorted, ulong iova, Func<T, ulong> start)
     {
         int lo = 0;
-        int hi = _mappings.Count - 1;
+        int hi = sorted.Count - 1;
         int found = -1;
         while (lo <= hi)
         {
             int mid = (lo + hi) / 2;
-            if (_mappings[mid].Iova <= iova)
+            if (start(sorted[mid]) <= iova)
             {
                 found = mid;
                 lo = mid + 1;

@@ -548,28 +548,30 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     private const uint MapFlags = IommufdUapi.IOMMU_IOAS_MAP_FIXED_IOVA | IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE | IommufdUapi.IOMMU_IOAS_MAP_READABLE;
     private const uint Access = IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE | IommufdUapi.IOMMU_IOAS_MAP_READABLE;
 
+    /// <summary>
+    /// The checks map and copy share, before any IOAS is looked up: unknown flags or reserved bits
+    /// EOPNOTSUPP, an address or length of U64_MAX EOVERFLOW, no access EINVAL.
+    /// </summary>
+    private static int CheckMapFlags(uint flags, bool reserved, bool overflow) =>
+        (flags & ~MapFlags) != 0 || reserved ? -Errno.EOPNOTSUPP
+        : overflow ? -Errno.EOVERFLOW
+        : (flags & Access) == 0 ? -Errno.EINVAL
+        : 0;
+
     /// <summary>iommufd_ioas_map.</summary>
     private int Map(iommu_ioas_map* cmd, ref bool respond)
     {
-        if ((cmd->flags & ~MapFlags) != 0 || cmd->__reserved != 0)
+        int r = CheckMapFlags(cmd->flags, cmd->__reserved != 0, cmd->iova >= ulong.MaxValue || cmd->length >= ulong.MaxValue);
+        if (r < 0)
         {
-            return -Errno.EOPNOTSUPP;
-        }
-        if (cmd->iova >= ulong.MaxValue || cmd->length >= ulong.MaxValue)
-        {
-            return -Errno.EOVERFLOW;
-        }
-        if ((cmd->flags & Access) == 0)
-        {
-            return -Errno.EINVAL;
+            return r;
         }
         if (Get<IoasObject>(cmd->ioas_id) is not { } ioas)
         {
             return -Errno.ENOENT;
         }
         ulong iova = cmd->iova;
-        int r = ioas.Map(cmd->user_va, cmd->length, ref iova, (cmd->flags & IommufdUapi.IOMMU_IOAS_MAP_FIXED_IOVA) != 0,
-            (cmd->flags & IommufdUapi.IOMMU_IOAS_MAP_READABLE) != 0, (cmd->flags & IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE) != 0);
+        r = ioas.Map(cmd->user_va, cmd->length, ref iova, cmd->flags);
         if (r < 0)
         {
             return r;
@@ -582,23 +584,16 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// <summary>iommufd_ioas_copy: the source range must be covered by areas without a gap (ENOENT).</summary>
     private int Copy(iommu_ioas_copy* cmd, ref bool respond)
     {
-        if ((cmd->flags & ~MapFlags) != 0)
+        int r = CheckMapFlags(cmd->flags, false, cmd->length >= ulong.MaxValue || cmd->src_iova >= ulong.MaxValue || cmd->dst_iova >= ulong.MaxValue);
+        if (r < 0)
         {
-            return -Errno.EOPNOTSUPP;
-        }
-        if (cmd->length >= ulong.MaxValue || cmd->src_iova >= ulong.MaxValue || cmd->dst_iova >= ulong.MaxValue)
-        {
-            return -Errno.EOVERFLOW;
-        }
-        if ((cmd->flags & Access) == 0)
-        {
-            return -Errno.EINVAL;
+            return r;
         }
         if (Get<IoasObject>(cmd->src_ioas_id) is not { } source)
         {
             return -Errno.ENOENT;
         }
-        int r = source.Slices(cmd->src_iova, cmd->length, out var slices);
+        r = source.Slices(cmd->src_iova, cmd->length, out var slices);
         if (r < 0)
         {
             return r;
@@ -608,8 +603,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
             return -Errno.ENOENT;
         }
         ulong iova = cmd->dst_iova;
-        r = destination.MapSlices(slices, cmd->length, ref iova, (cmd->flags & IommufdUapi.IOMMU_IOAS_MAP_FIXED_IOVA) != 0,
-            (cmd->flags & IommufdUapi.IOMMU_IOAS_MAP_READABLE) != 0, (cmd->flags & IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE) != 0);
+        r = destination.MapSlices(slices, cmd->length, ref iova, cmd->flags);
         if (r < 0)
         {
             return r;
