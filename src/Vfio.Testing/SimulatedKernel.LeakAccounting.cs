@@ -51,14 +51,15 @@ public sealed partial class SimulatedKernel
         }
     }
 
-    /// <summary>The number of live IOMMU (DMA) mappings over all containers.</summary>
+    /// <summary>The number of live IOMMU (DMA) mappings over all containers and iommufd IO address spaces.</summary>
     public int DmaMappingCount
     {
         get
         {
             using (Enter())
             {
-                return LiveContainersLocked.Sum(c => c.Type1?.Count ?? 0);
+                return LiveContainersLocked.Sum(c => c.Type1?.Count ?? 0)
+                    + IommufdContextsLocked.SelectMany(c => c.Objects).OfType<IoasObject>().Sum(i => i.Areas.Count);
             }
         }
     }
@@ -68,7 +69,7 @@ public sealed partial class SimulatedKernel
 
     /// <summary>
     /// Throws a <see cref="SimulatedLeakException"/> listing every descriptor (number, kind, path),
-    /// memory mapping and DMA mapping still open.
+    /// memory mapping, DMA mapping and iommufd object (IO address space, bound device, page table) still open.
     /// </summary>
     public void AssertNoLeaks()
     {
@@ -89,6 +90,17 @@ public sealed partial class SimulatedKernel
                 {
                     string groups = string.Join(", ", container.Groups.Select(g => g.Id));
                     report.Append(CultureInfo.InvariantCulture, $"  DMA mapping iova 0x{m.Iova:x} ({m.Size} bytes) -> 0x{m.Vaddr:x}, container of group(s) {groups}\n");
+                }
+            }
+            foreach (var context in IommufdContextsLocked)
+            {
+                foreach (var obj in context.Objects)
+                {
+                    report.Append(CultureInfo.InvariantCulture, $"  iommufd {obj.Describe()}\n");
+                    foreach (var area in (obj as IoasObject)?.Areas ?? [])
+                    {
+                        report.Append(CultureInfo.InvariantCulture, $"  DMA mapping iova 0x{area.Iova:x} ({area.Length} bytes) -> 0x{area.UserVa:x}, IOAS {obj.Id}\n");
+                    }
                 }
             }
         }

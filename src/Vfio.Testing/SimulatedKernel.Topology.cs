@@ -289,7 +289,7 @@ public sealed partial class SimulatedKernel
             return -Errno.EBUSY;
         }
         // A kernel driver that uses the DMA API cannot probe while user space owns the group's DMA.
-        if (!IommuGroupState.DmaManagingDrivers.Contains(driver) && device.Group.Container is not null)
+        if (!IommuGroupState.DmaManagingDrivers.Contains(driver) && (device.Group.Container is not null || GroupHasBoundCdevLocked(device.Group)))
         {
             return -Errno.EBUSY;
         }
@@ -305,6 +305,10 @@ public sealed partial class SimulatedKernel
         device.DriverName = driver;
         Sysfs.Directory(device.SysfsRelative).Link("driver", bus + "/drivers/" + driver);
         Sysfs.Directory(bus + "/drivers/" + driver).Link(device.Name, device.SysfsRelative);
+        if (device.IsVfioBound)
+        {
+            RegisterVfioDeviceLocked(device);
+        }
         Wake();
         return 0;
     }
@@ -322,7 +326,8 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.ENODEV;
         }
-        while (device.IsVfioBound && device.OpenCount > 0)
+        // Open cdev files hold the registration even before they bind (vfio_unregister_group_dev waits).
+        while (device.IsVfioBound && (device.OpenCount > 0 || CdevFilesLocked(device) > 0))
         {
             ReleaseRequests++;
             if (device.Irqs.Length > Req && device.Model is PciDeviceModel)
@@ -335,6 +340,7 @@ public sealed partial class SimulatedKernel
         {
             return 0; // someone else unbound it while we waited
         }
+        UnregisterVfioDeviceLocked(device);
         device.DriverName = null;
         string bus = BusOf(device);
         Sysfs.Remove(device.SysfsRelative + "/driver");

@@ -286,12 +286,16 @@ public sealed partial class SimulatedKernel : VfioKernel
             file = new SysfsFile(this, path, node, flags);
             return 0;
         }
+        if (path.StartsWith(DevRoot + "/", StringComparison.Ordinal) && _devAccessErrors.TryGetValue(path, out int denied) && denied != 0)
+        {
+            return -denied;
+        }
+        if (OpenIommufdNodeLocked(path, out file) is int opened)
+        {
+            return opened;
+        }
         if (path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal))
         {
-            if (_devAccessErrors.TryGetValue(path, out int denied) && denied != 0)
-            {
-                return -denied;
-            }
             string name = path[(DevRoot.Length + "/vfio/".Length)..];
             if (name == "vfio")
             {
@@ -604,7 +608,12 @@ public sealed partial class SimulatedKernel : VfioKernel
             }
             if (trimmed == DevRoot)
             {
-                names = ["vfio"];
+                names = IommufdEnabled ? ["iommu", "vfio"] : ["vfio"];
+                return 0;
+            }
+            if (ListCdevFolderLocked(trimmed) is { } cdevs)
+            {
+                names = cdevs;
                 return 0;
             }
             if (trimmed == DevRoot + "/vfio")
@@ -627,14 +636,17 @@ public sealed partial class SimulatedKernel : VfioKernel
     private bool DevNodeExistsLocked(string path)
     {
         AssertLocked();
-        return path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal)
-            && DevVfioNamesLocked().Contains(path[(DevRoot.Length + "/vfio/".Length)..]);
+        return (path == DevRoot + "/iommu" && IommufdEnabled)
+            || CdevNamesLocked().Any(name => path == DevRoot + "/vfio/devices/" + name)
+            || (path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal)
+                && DevVfioNamesLocked().Contains(path[(DevRoot.Length + "/vfio/".Length)..]));
     }
 
     private IEnumerable<string> DevVfioNamesLocked()
     {
         AssertLocked();
-        return GroupsLocked.Where(g => g.HasNode).Select(g => g.NodeName).Prepend("vfio");
+        return GroupsLocked.Where(g => g.HasNode).Select(g => g.NodeName).Prepend("vfio")
+            .Concat(CdevNamesLocked().Any() ? ["devices"] : []);
     }
 
     internal static string Decimal(long value) => value.ToString(CultureInfo.InvariantCulture);

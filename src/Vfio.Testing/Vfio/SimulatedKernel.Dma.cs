@@ -114,11 +114,9 @@ public sealed partial class SimulatedKernel
             {
                 return FaultLocked(device, iova, data.Length, write, "bus mastering is disabled in the command register");
             }
-            var container = device.Group.Container;
-            if (container?.Type1 is not { } iommu)
+            if (DmaMappingsLocked(device, out string reason) is not { } iommu)
             {
-                return FaultLocked(device, iova, data.Length, write,
-                    container?.NoIommuDriver == true ? "DMA without an IOMMU is not simulated" : "the group is not in a container with an IOMMU");
+                return FaultLocked(device, iova, data.Length, write, reason);
             }
             int done = 0;
             while (done < data.Length)
@@ -147,6 +145,22 @@ public sealed partial class SimulatedKernel
             }
             return true;
         }
+    }
+
+    /// <summary>
+    /// The mappings the device's DMA goes through: its iommufd page table's IOAS when bound through
+    /// its cdev, else its group's type1 container; null with the reason the access faults. The lock is held.
+    /// </summary>
+    private IDmaMappings? DmaMappingsLocked(SimulatedDevice device, out string reason)
+    {
+        if (IommufdBindingLocked(device) is { } binding)
+        {
+            reason = "the device is bound to an iommufd but attached to no page table (DMA is blocked)";
+            return binding.Attached?.Ioas;
+        }
+        var container = device.Group.Container;
+        reason = container?.NoIommuDriver == true ? "DMA without an IOMMU is not simulated" : "the group is not in a container with an IOMMU";
+        return container?.Type1;
     }
 
     /// <summary>Charges pinned bytes to the locked-memory limit; false when they would exceed it. The lock is held.</summary>

@@ -46,6 +46,11 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.ENOENT;
         }
+        // Not while a device of the group is bound to an iommufd through its cdev (vfio_group_fops_open).
+        if (GroupHasBoundCdevLocked(group))
+        {
+            return -Errno.EBUSY;
+        }
         // One open file per group: the file is the handle on the group.
         if (group.OpenFile is not null)
         {
