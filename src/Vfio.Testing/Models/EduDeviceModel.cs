@@ -131,9 +131,6 @@ public sealed class EduDeviceModel : PciDeviceModel
     }
 
     /// <inheritdoc/>
-    public override bool SupportsReset => false;
-
-    /// <inheritdoc/>
     protected override ulong ReadBar(int bar, ulong offset, int size)
     {
         ulong ones = size >= 8 ? ulong.MaxValue : (1UL << (8 * size)) - 1;
