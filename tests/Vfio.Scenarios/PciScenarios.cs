@@ -23,6 +23,7 @@ internal static class PciScenarios
         new("pci_command_bus_master", CommandBusMaster),
         new("pci_region_access_past_the_end", RegionAccessPastTheEnd),
         new("pci_capabilities_nvme", NvmeCapabilities),
+        new("probe_reports_a_match_held_by_a_kernel_driver", ProbeReportsAMatchHeldByAKernelDriver),
     ];
 
     public static Task ConfigHeader(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
@@ -147,6 +148,34 @@ internal static class PciScenarios
             Check.Equal(256UL * 16, device.GetRegionInfo(PciVfioDevice.ConfigRegion).Size, "config region size (a PCI Express function has 4 KiB)");
         }
         await registry.UnregisterAsync(device).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A driver for NVMe controllers probes the machine: the controller bound to vfio-pci is registered,
+    /// the one the kernel's nvme driver holds is reported with that driver and the writes that would
+    /// hand it over, and the probe leaves it alone.
+    /// </summary>
+    public static async Task ProbeReportsAMatchHeldByAKernelDriver(ScenarioContext context)
+    {
+        await using var registry = new VfioRegistry(context.Kernel);
+        registry.AddDriver(new PlainNvmeDriver());
+        ProbeResult result = await registry.ProbeAsync().ConfigureAwait(false);
+        foreach (var skipped in result.NotOnVfio)
+        {
+            context.Note("not on vfio: " + skipped.Hint);
+        }
+        Check.True(result.Registered.Any(d => d.Name == FunctionResetScenarios.Nvme(context)), "the NVMe controller bound to vfio-pci was not registered");
+        var held = result.NotOnVfio.FirstOrDefault(n => n.KernelDriver == "nvme")
+            ?? throw new ScenarioFailedException("no NVMe controller held by the kernel's nvme driver was reported");
+        Check.Equal("plain-nvme", held.Driver, "the matching driver");
+        Check.True(held.Hint.Contains("driver_override", StringComparison.Ordinal) && held.Hint.Contains(held.Device + "/driver/unbind", StringComparison.Ordinal),
+            "the hint does not say how to hand the controller over: " + held.Hint);
+        Check.True(!registry.TryFind<PlainPciDevice>(held.Device, out _), held.Device + " was registered though the kernel's nvme driver holds it");
+    }
+
+    private sealed class PlainNvmeDriver() : PciDriver<PlainPciDevice>("plain-nvme", PciMatch.Class(NvmeClassCode))
+    {
+        protected internal override PlainPciDevice CreateDevice(PciDeviceContext context) => new(context);
     }
 
     private const uint NvmeClassCode = 0x010802;

@@ -23,8 +23,8 @@ namespace Vfio.Testing;
 /// fails; clearing CC.EN resets the controller (queues dropped) and clears CSTS.RDY at once.
 /// </para>
 /// <para>
-/// A submission queue tail doorbell starts the work on a thread-pool work item, as QEMU processes
-/// queues on a timer after the write returns; <see cref="WhenIdleAsync"/> waits for it. Commands and
+/// A submission queue tail doorbell schedules the work (<see cref="DeviceModel.ScheduleWork(Action)"/>),
+/// as QEMU processes queues on a timer after the write returns; <see cref="DeviceModel.WhenIdleAsync"/> waits for it. Commands and
 /// data move by DMA through the simulated IOMMU (PRP1, PRP2 and PRP lists); a command whose data
 /// transfer faults completes with Data Transfer Error; a submission or completion entry that cannot
 /// be read or written sets CSTS.CFS and stops the controller, as QEMU does.
@@ -94,7 +94,6 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     private readonly byte[] _storage;
     private readonly SubmissionQueue?[] _sqs = new SubmissionQueue?[MaxIoQueuePairs + 1];
     private readonly CompletionQueue?[] _cqs = new CompletionQueue?[MaxIoQueuePairs + 1];
-    private readonly List<Task> _work = [];
     private int _commands;
 
     /// <summary>Creates the controller as QEMU's <c>-device nvme,serial=SERIAL,drive=...</c> does.</summary>
@@ -119,6 +118,18 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         MsixTableOffset = MsixTable;
         MsixPbaOffset = MsixPba;
         InterruptPin = 1;
+        // QEMU 7.2's layout on q35's root bus: MSI-X at 0x40, PCI Express (a root complex integrated
+        // endpoint with FLR) at 0x80, power management with No_Soft_Reset at 0x60, listed in that order.
+        PlaceCapability(0x11, 0x40);
+        PlaceCapability(0x10, 0x80);
+        PlaceCapability(0x01, 0x60);
+        PowerManagementNoSoftReset = true;
+        FunctionLevelReset = true;
+        ExpressPortType = PciExpressPortType.RootComplexIntegratedEndpoint;
+        int express = FindCapability(0x10)!.Offset;
+        BinaryPrimitives.WriteUInt32LittleEndian(ConfigSpace[(express + 0x0c)..], 0x0000_0411); // link: 2.5 GT/s x1, L0s
+        BinaryPrimitives.WriteUInt32LittleEndian(ConfigSpace[(express + 0x24)..], 0x0030_0000); // device capabilities 2
+        SetWritable(express + 8, 2, 0x000f); // device control: the error reporting enables, as QEMU's wmask
         ResetRegisters();
     }
 
@@ -187,16 +198,6 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
-    /// <summary>Completes when the queue processing started so far has completed.</summary>
-    public Task WhenIdleAsync()
-    {
-        lock (Gate)
-        {
-            _work.RemoveAll(t => t.IsCompleted);
-            return Task.WhenAll([.. _work]);
-        }
-    }
-
     /// <inheritdoc/>
     protected override ulong ReadBar(int bar, ulong offset, int size)
     {
@@ -241,12 +242,15 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
-    /// <inheritdoc/>
+    /// <summary>
+    /// A function reset, as QEMU 7.2's nvme_pci_reset does it: the queues are dropped (and, as for any
+    /// QEMU PCI function, the MSI-X table masked), while the controller registers keep what was written
+    /// (the VM suite shows AQA unchanged across an FLR).
+    /// </summary>
     protected override void OnReset()
     {
         base.OnReset();
         ResetController();
-        ResetRegisters();
     }
 
     private uint Register32(int offset) => BinaryPrimitives.ReadUInt32LittleEndian(_registers.AsSpan(offset));
@@ -373,17 +377,8 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         Start();
     }
 
-    private void Start()
-    {
-        _work.RemoveAll(t => t.IsCompleted);
-        _work.Add(Task.Run(() =>
-        {
-            lock (Gate)
-            {
-                ProcessQueues();
-            }
-        }));
-    }
+    /// <summary>Processes the queues after the doorbell write returns, as QEMU does on a timer.</summary>
+    private void Start() => ScheduleWork(ProcessQueues);
 
     private bool Failed => (Register32(0x1c) & CstsFatal) != 0;
 

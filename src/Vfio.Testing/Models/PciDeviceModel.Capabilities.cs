@@ -13,7 +13,7 @@ public partial class PciDeviceModel
 
     private readonly List<PciModelCapability> _declared = [];
     private readonly List<PciModelCapability> _declaredExtended = [];
-    private readonly Dictionary<byte, int> _builtInPlacement = [];
+    private readonly List<(byte Id, int Offset)> _builtInPlacement = [];
     private List<PciModelCapability> _capabilities = [];
     private List<PciModelCapability> _extendedCapabilities = [];
     private byte[]? _config;
@@ -179,6 +179,8 @@ public partial class PciDeviceModel
     /// <summary>
     /// Puts a built-in capability (power management 0x01, MSI 0x05, PCI Express 0x10, MSI-X 0x11) at
     /// <paramref name="offset"/> instead of the first free place, as a real device or QEMU lays it out.
+    /// The placed ones come first in the list, in the order placed; then the other built-in ones (power
+    /// management, MSI, MSI-X, PCI Express), then the declared ones.
     /// </summary>
     /// <param name="id">The built-in capability's id.</param>
     /// <param name="offset">Its offset (dword aligned, from 0x40).</param>
@@ -193,7 +195,8 @@ public partial class PciDeviceModel
         {
             throw new ArgumentOutOfRangeException(nameof(offset), offset, "A capability sits dword aligned between 0x40 and 0xff.");
         }
-        _builtInPlacement[id] = offset;
+        _builtInPlacement.RemoveAll(p => p.Id == id);
+        _builtInPlacement.Add((id, offset));
     }
 
     /// <summary>The first capability with <paramref name="id"/> in the standard list, built in or declared; null when there is none. Lays config space out.</summary>
@@ -311,7 +314,9 @@ public partial class PciDeviceModel
         {
             list.Add(BuiltIn(PciExpressId, ExpressBody()));
         }
-        list.AddRange(_declared);
+        // Placed built-ins lead the list, in the order placed.
+        var placed = _builtInPlacement.Select(p => list.FirstOrDefault(c => c.Id == p.Id)).OfType<PciModelCapability>().ToList();
+        list = [.. placed, .. list.Except(placed), .. _declared];
         Place(list, 0x40, 0x100, alignment: 16, "the 192 bytes of config space after the header");
         for (int i = 0; i < list.Count; i++)
         {
@@ -378,7 +383,7 @@ public partial class PciDeviceModel
     }
 
     private PciModelCapability BuiltIn(byte id, (byte[] Body, byte[] Writable) contents) =>
-        new(this, id, extended: false, 0, contents.Body, contents.Writable, _builtInPlacement.TryGetValue(id, out int at) ? at : null);
+        new(this, id, extended: false, 0, contents.Body, contents.Writable, _builtInPlacement.FindIndex(p => p.Id == id) is int i and >= 0 ? _builtInPlacement[i].Offset : null);
 
     // Power management: PMC version 3 (PM 1.2), no PME; control/status with the power state writable.
     private (byte[], byte[]) PowerManagementBody()
@@ -429,6 +434,13 @@ public partial class PciDeviceModel
         BinaryPrimitives.WriteUInt32LittleEndian(body.AsSpan(0xa), 0x11);
         BinaryPrimitives.WriteUInt16LittleEndian(body.AsSpan(0x10), 0x11);
         return (body, writable);
+    }
+
+    /// <summary>For the built-in models of QEMU's devices: which bits of a register software may change, as QEMU's wmask has them. Lays config space out.</summary>
+    internal void SetWritable(int offset, int size, uint mask)
+    {
+        LayOut();
+        Writable(offset, size, mask);
     }
 
     private void Writable(int offset, int size, uint mask)

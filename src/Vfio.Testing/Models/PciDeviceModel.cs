@@ -317,7 +317,8 @@ public partial class PciDeviceModel : DeviceModel
 
     /// <summary>
     /// Raises interrupt <paramref name="vector"/> the way the function is set up to signal: MSI-X when
-    /// enabled, else MSI when enabled, else INTx unless the command register disables it.
+    /// enabled, else MSI when enabled, else INTx. An INTx the kernel holds back (masked, or disabled in
+    /// the command register) stays pending until it is let through, as a level-triggered line does.
     /// </summary>
     /// <param name="vector">The MSI or MSI-X vector (ignored for INTx).</param>
     public bool SignalInterrupt(int vector = 0)
@@ -330,7 +331,7 @@ public partial class PciDeviceModel : DeviceModel
         {
             return RaiseInterrupt(1, vector);
         }
-        return (Command & CommandIntxDisable) == 0 && RaiseInterrupt(0, 0);
+        return RaiseInterrupt(0, 0);
     }
 
     /// <summary>Reads a BAR register. By default BARs are plain memory (bytes never written read as zero).</summary>

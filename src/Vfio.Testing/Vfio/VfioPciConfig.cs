@@ -519,7 +519,10 @@ internal sealed partial class VfioPciConfig
             bool disabled = (Get(_vconfig, CommandOffset, 2) & PciDeviceModel.CommandIntxDisable) != 0;
             if (disabled != _virqDisabled)
             {
+                // vfio_pci_intx_mask / unmask: INTx held back meanwhile, and the device's own bit follows (pci_intx).
                 _virqDisabled = disabled;
+                uint physical = ReadDevice(CommandOffset, 2);
+                _device.WriteConfigRaw(CommandOffset, 2, disabled ? physical | PciDeviceModel.CommandIntxDisable : physical & ~(uint)PciDeviceModel.CommandIntxDisable);
                 if (_device.Device is { } function)
                 {
                     function.Kernel.SetVirqDisabled(function, disabled);

@@ -38,6 +38,21 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
         return result;
     }
 
+    /// <summary>The PCI functions not bound to a vfio driver (bound to a kernel driver or to none), described as far as sysfs says; a function without an IOMMU group has group -1.</summary>
+    public List<PciDeviceContext> PciNotOnVfio()
+    {
+        var result = new List<PciDeviceContext>();
+        foreach (string name in Sysfs.List("bus/pci/devices"))
+        {
+            string? driver = Sysfs.ReadLinkName("bus/pci/devices/" + name + "/driver");
+            if ((driver is null || !IsVfioDriver(driver)) && PciAddress.TryParse(name, CultureInfo.InvariantCulture, out var address))
+            {
+                result.Add(DescribePci(address, driver, requireGroup: false));
+            }
+        }
+        return result;
+    }
+
     /// <summary>Describes one PCI function, whatever it is bound to; throws when sysfs has no such function or it has no group.</summary>
     public PciDeviceContext DescribePci(PciAddress address) =>
         DescribePci(address, Sysfs.ReadLinkName("bus/pci/devices/" + address + "/driver"));
@@ -152,13 +167,13 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
     /// <summary>The names of the mdev parents there are, for an error that lists them.</summary>
     public string[] MdevParentNames() => Sysfs.List("class/mdev_bus");
 
-    private PciDeviceContext DescribePci(PciAddress address, string? driver)
+    private PciDeviceContext DescribePci(PciAddress address, string? driver, bool requireGroup = true)
     {
         string name = address.ToString();
         string dir = "bus/pci/devices/" + name;
         uint vendor = Sysfs.ReadHex(dir + "/vendor")
             ?? throw new VfioNotFoundException($"No PCI function {name} in sysfs ({registry.Kernel.Sys(dir)}).");
-        var (groupId, kind) = ReadGroup(dir, name);
+        var (groupId, kind) = requireGroup || Sysfs.ReadLinkName(dir + "/iommu_group") is not null ? ReadGroup(dir, name) : (-1, IommuGroupKind.Iommu);
         return new PciDeviceContext(registry, address, groupId, kind, driver,
             (ushort)vendor,
             (ushort)(Sysfs.ReadHex(dir + "/device") ?? 0),
