@@ -35,6 +35,13 @@ public abstract partial class DeviceModel
     internal object Gate { get; } = new();
 
     /// <summary>
+    /// The model's lock: held while every hook and every piece of scheduled work runs. Take it in
+    /// members a test reads from outside (a register's value, a counter), so that they see the
+    /// device between two hooks, never in the middle of one.
+    /// </summary>
+    protected object ModelLock => Gate;
+
+    /// <summary>
     /// Whether the device can be reset (VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET). True unless
     /// overridden. For a PCI function the kernel decides, as vfio-pci does (see <see cref="PciDeviceModel.SupportsReset"/>).
     /// </summary>

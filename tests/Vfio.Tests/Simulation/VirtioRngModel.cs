@@ -8,7 +8,9 @@ namespace Vfio.Tests.Simulation;
 /// Express), MSI-X with two vectors in BAR1, the virtio regions in a 16 KiB 64-bit BAR4, and five
 /// vendor-specific capabilities (common, ISR, device, notify, PCI configuration access) linked after
 /// MSI-X. The access capability's bar, offset, length and data are writable, as QEMU's wmask has them.
-/// The virtio registers themselves are not modelled (BAR4 is plain memory).
+/// Of the virtio registers only the device feature window is modelled (common configuration at
+/// BAR4 0x0: the select at 0x0, the 32 feature bits it selects at 0x4): VERSION_1 and, as
+/// iommu_platform=on makes it, ACCESS_PLATFORM; the rest of BAR4 is plain memory.
 /// </summary>
 internal sealed class VirtioRngModel : PciDeviceModel
 {
@@ -30,6 +32,25 @@ internal sealed class VirtioRngModel : PciDeviceModel
         AddVendorCapability(Cap(4, 0x2000), offset: 0x60); // device configuration
         AddVendorCapability(Cap(3, 0x1000), offset: 0x50); // ISR
         AddVendorCapability(Cap(1, 0x0000), offset: 0x40); // common configuration
+    }
+
+    private uint _featureSelect;
+
+    protected override ulong ReadBar(int bar, ulong offset, int size) => (bar, offset) switch
+    {
+        (4, 0x0) => _featureSelect,
+        (4, 0x4) => _featureSelect == 1 ? 0x3u : 0u, // VIRTIO_F_VERSION_1 (32), VIRTIO_F_ACCESS_PLATFORM (33)
+        _ => base.ReadBar(bar, offset, size),
+    };
+
+    protected override void WriteBar(int bar, ulong offset, int size, ulong value)
+    {
+        if (bar == 4 && offset == 0)
+        {
+            _featureSelect = (uint)value;
+            return;
+        }
+        base.WriteBar(bar, offset, size, value);
     }
 
     /// <summary>A virtio_pci_cap after its length byte: cfg_type, bar 4, padding, offset, length 0x1000 (and the notify multiplier).</summary>
