@@ -68,6 +68,12 @@ public abstract class SimulatedDevice
 
     internal int OpenCount { get; set; }
 
+    /// <summary>The vfio device index (<c>vfio-dev/vfioN</c>) while bound to a vfio driver, or -1.</summary>
+    internal int VfioIndex { get; set; } = -1;
+
+    /// <summary>Whether the device has a vfio cdev (<c>/dev/vfio/devices/vfioN</c>).</summary>
+    internal bool HasCdev { get; set; }
+
     /// <summary>The interrupt lines while the device is open, by IRQ index and vector.</summary>
     internal IrqLine[][] Irqs { get; set; } = [];
 

@@ -50,6 +50,7 @@ public sealed partial class SimulatedKernel : VfioKernel
     {
         InitializeSysfs();
         InitializeDma();
+        InitializeHost();
     }
 
     internal FileTable Files { get; } = new();
@@ -576,12 +577,17 @@ public sealed partial class SimulatedKernel : VfioKernel
             }
             if (trimmed == DevRoot)
             {
-                names = ["vfio"];
+                names = [.. DevRootNamesLocked()];
                 return 0;
             }
             if (trimmed == DevRoot + "/vfio")
             {
-                names = [.. DevVfioNamesLocked().Order(StringComparer.Ordinal)];
+                names = [.. DevVfioNamesLocked().Concat(DevVfioCdevNamesLocked().Any() ? ["devices"] : []).Order(StringComparer.Ordinal)];
+                return 0;
+            }
+            if (trimmed == DevRoot + "/vfio/devices" && DevVfioCdevNamesLocked().Any())
+            {
+                names = [.. DevVfioCdevNamesLocked()];
                 return 0;
             }
             return DevNodeExistsLocked(trimmed) ? -Errno.ENOTDIR : -Errno.ENOENT;

@@ -286,10 +286,22 @@ public sealed partial class SimulatedKernel
                 return probed;
             }
         }
+        if (driver == VfioPci && device is SimulatedPciDevice)
+        {
+            int probed = ProbeVfioPciLocked(device);
+            if (probed < 0)
+            {
+                return probed;
+            }
+        }
         RegisterDriverLocked(bus, driver);
         device.DriverName = driver;
         Sysfs.Directory(device.SysfsRelative).Link("driver", bus + "/drivers/" + driver);
         Sysfs.Directory(bus + "/drivers/" + driver).Link(device.Name, device.SysfsRelative);
+        if (device.IsVfioBound)
+        {
+            AddVfioDeviceLocked(device);
+        }
         Wake();
         return 0;
     }
@@ -323,6 +335,7 @@ public sealed partial class SimulatedKernel
         string bus = BusOf(device);
         Sysfs.Remove(device.SysfsRelative + "/driver");
         Sysfs.Remove(bus + "/drivers/" + driver + "/" + device.Name);
+        RemoveVfioDeviceLocked(device);
         Wake();
         return 0;
     }

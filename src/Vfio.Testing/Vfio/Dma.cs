@@ -152,7 +152,7 @@ public sealed partial class SimulatedKernel
     /// <summary>Charges pinned bytes to the locked-memory limit; false when they would exceed it. The lock is held.</summary>
     internal bool TryLockLocked(ulong bytes)
     {
-        if (_memlockLimit is ulong limit && (_lockedMemory + bytes > limit || _lockedMemory + bytes < bytes))
+        if (!IpcLockCapability && _memlockLimit is ulong limit && (_lockedMemory + bytes > limit || _lockedMemory + bytes < bytes))
         {
             return false;
         }
