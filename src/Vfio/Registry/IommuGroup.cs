@@ -142,7 +142,7 @@ public sealed class IommuGroup
         return false;
     }
 
-    /// <summary>The group's devices bound to a kernel driver other than vfio, each with its driver.</summary>
+    /// <summary>The group's devices bound to a kernel driver that uses the DMA API (not vfio, pci-stub or pcieport), each with its driver.</summary>
     internal static List<string> BlockingDevices(VfioRegistry registry, int id)
     {
         var sysfs = registry.Sysfs;
@@ -151,7 +151,7 @@ public sealed class IommuGroup
         foreach (string member in sysfs.List(groupDir))
         {
             string? driver = sysfs.ReadLinkName(groupDir + "/" + member + "/driver");
-            if (driver is not null && !VfioRegistry.IsVfioDriver(driver))
+            if (driver is not null && !KernelDrivers.ManagesDma(driver))
             {
                 blocking.Add($"{member} is bound to {driver}");
             }
