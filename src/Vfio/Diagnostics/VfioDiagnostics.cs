@@ -227,9 +227,9 @@ public static class VfioDiagnostics
 
             if (!noIommuParameter)
             {
-                Add("backend.noiommu", DiagnosticSeverity.Info, iommu || !_sysfs.Exists("module/vfio")
-                    ? "Unsafe no-IOMMU mode: not offered (vfio not loaded, or built without CONFIG_VFIO_NOIOMMU)."
-                    : $"Unsafe no-IOMMU mode: this vfio has none ({kernel.Sys(NoIommuParameter)} is missing: built without CONFIG_VFIO_NOIOMMU).");
+                Add("backend.noiommu", DiagnosticSeverity.Info, !_sysfs.Exists("module/vfio")
+                    ? "Unsafe no-IOMMU mode: unknown until vfio is loaded."
+                    : $"Unsafe no-IOMMU mode: this vfio has none ({kernel.Sys(NoIommuParameter)} is missing: built without CONFIG_VFIO_NOIOMMU){(iommu ? ", which an IOMMU makes unneeded" : "")}.");
             }
             else if (unsafeNoIommu)
             {

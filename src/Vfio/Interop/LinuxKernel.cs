@@ -160,8 +160,9 @@ internal sealed unsafe class LinuxKernel : VfioKernel
         }
         catch (DirectoryNotFoundException)
         {
+            // .NET reports opendir's ENOTDIR (a file, such as a sysfs attribute) as a missing folder too.
             names = [];
-            return -Errno.ENOENT;
+            return File.Exists(path) ? -Errno.ENOTDIR : -Errno.ENOENT;
         }
         catch (UnauthorizedAccessException)
         {

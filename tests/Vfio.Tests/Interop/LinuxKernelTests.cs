@@ -128,6 +128,7 @@ public unsafe class LinuxKernelTests
         names.Should().Contain("0");
 
         Kernel.ListDirectory("/nonexistent-folder", out _).Should().Be(-Errno.ENOENT);
+        Kernel.ListDirectory("/proc/self/status", out _).Should().Be(-Errno.ENOTDIR, "a file is there, as the simulated kernel answers for a sysfs attribute");
         Kernel.ReadLink("/nonexistent-link", out _).Should().Be(-Errno.ENOENT);
     }
 
