@@ -74,19 +74,7 @@ internal static class ShowCommand
             [.. Enumerable.Range(0, 64).Where(b => (iommu.PageSizes & (1UL << b)) != 0).Select(b => 1UL << b)],
             [.. iommu.IovaRanges.Select(r => new IovaRangeJson(Cli.Hex(r.Start), Cli.Hex(r.End)))],
             iommu.DmaMappingsAvailable);
-        var flags = new List<string>();
-        if (info.IsPci)
-        {
-            flags.Add("pci");
-        }
-        if (info.IsPlatform)
-        {
-            flags.Add("platform");
-        }
-        if (info.CanReset)
-        {
-            flags.Add("reset");
-        }
+        var flags = Named((info.IsPci, "pci"), (info.IsPlatform, "platform"), (info.CanReset, "reset"));
         var regions = new List<RegionJson>();
         for (int i = 0; i < info.RegionCount; i++)
         {
@@ -162,49 +150,15 @@ internal static class ShowCommand
         _ => "device-specific",
     };
 
-    private static List<string> RegionFlags(RegionAccess access)
-    {
-        var flags = new List<string>();
-        if ((access & RegionAccess.Read) != 0)
-        {
-            flags.Add("read");
-        }
-        if ((access & RegionAccess.Write) != 0)
-        {
-            flags.Add("write");
-        }
-        if ((access & RegionAccess.Mmap) != 0)
-        {
-            flags.Add("mmap");
-        }
-        if ((access & RegionAccess.Caps) != 0)
-        {
-            flags.Add("caps");
-        }
-        return flags;
-    }
+    private static List<string> RegionFlags(RegionAccess access) => Named(
+        ((access & RegionAccess.Read) != 0, "read"), ((access & RegionAccess.Write) != 0, "write"),
+        ((access & RegionAccess.Mmap) != 0, "mmap"), ((access & RegionAccess.Caps) != 0, "caps"));
 
-    private static List<string> IrqFlags(IrqInfo irq)
-    {
-        var flags = new List<string>();
-        if (irq.EventFd)
-        {
-            flags.Add("eventfd");
-        }
-        if (irq.Maskable)
-        {
-            flags.Add("maskable");
-        }
-        if (irq.AutoMasked)
-        {
-            flags.Add("automasked");
-        }
-        if (irq.NoResize)
-        {
-            flags.Add("noresize");
-        }
-        return flags;
-    }
+    private static List<string> IrqFlags(IrqInfo irq) =>
+        Named((irq.EventFd, "eventfd"), (irq.Maskable, "maskable"), (irq.AutoMasked, "automasked"), (irq.NoResize, "noresize"));
+
+    /// <summary>The names of the flags that are set, in order.</summary>
+    private static List<string> Named(params (bool Set, string Name)[] flags) => [.. flags.Where(f => f.Set).Select(f => f.Name)];
 
     private static string FeatureName(VfioFeature feature) => feature switch
     {

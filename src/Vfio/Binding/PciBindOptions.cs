@@ -18,7 +18,11 @@ public sealed record PciBindOptions
     /// <summary>The group to give the group node (and device cdevs) to; null leaves it.</summary>
     public int? NodeGroupId { get; init; }
 
-    /// <summary>How long to wait for <c>/dev/vfio/N</c> (or the device's cdev) to appear after binding. Default: 10 s.</summary>
+    /// <summary>
+    /// How long to wait for <c>/dev/vfio/N</c> (or the device's cdev) to appear after binding, and, when
+    /// restoring, for the original driver to be allowed to probe (EBUSY while a process still holds the
+    /// group attached to a container). Default: 10 s.
+    /// </summary>
     public TimeSpan NodeTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>
