@@ -335,7 +335,8 @@ public static class VfioDiagnostics
         {
             var nodes = new List<string>();
             string vfio = kernel.Dev("vfio");
-            if (kernel.ListDirectory(vfio, out string[] names) == 0)
+            bool folder = kernel.ListDirectory(vfio, out string[] names) == 0;
+            if (folder)
             {
                 nodes.AddRange(names.Where(n => n != "devices").Select(n => vfio + "/" + n));
                 if (kernel.ListDirectory(vfio + "/devices", out string[] cdevs) == 0)
@@ -349,7 +350,7 @@ public static class VfioDiagnostics
             }
             if (nodes.Count == 0)
             {
-                Add("permissions", DiagnosticSeverity.Info, $"No VFIO device nodes ({vfio} has none): nothing to check yet.");
+                Add("permissions", DiagnosticSeverity.Info, $"No VFIO device nodes ({(folder ? vfio + " is empty" : "no " + vfio)}): nothing to check yet.");
                 return;
             }
             var denied = new List<string>();
