@@ -182,6 +182,25 @@ public sealed class BindCommandsTests : CliTest
         device.Dispose();
     }
 
+    [Fact]
+    public async Task UnbindWithWaitShowsProgressWhileTheKernelAsksTheHolderAndFinishesWhenItLetsGo()
+    {
+        (await Run("bind", "0000:00:06.0")).ExitCode.Should().Be(0);
+        Kernel.ReleaseRequestInterval = TimeSpan.FromSeconds(1.5); // the kernel asks again after 1.5 s; the tool reports every second
+        await using var registry = new VfioRegistry(Kernel);
+        var device = new ReleasingDevice(registry.DiscoverPci(PciAddress.Parse("0000:00:06.0")));
+        registry.Register(device);
+        device.Opened = device.Open();
+
+        var result = await Run("unbind", "--restore", "--wait", "0000:00:06.0");
+
+        result.ExitCode.Should().Be(0, result.Error);
+        result.Error.Should().Contain("vfio: waiting for the process holding 0000:00:06.0 to release it");
+        _nvme.Driver.Should().Be("nvme");
+        await registry.UnregisterAsync(device);
+        device.Dispose();
+    }
+
     [Theory]
     [InlineData("--uid", "-1")]
     [InlineData("--gid", "x")]
@@ -215,4 +234,18 @@ public sealed class BindCommandsTests : CliTest
     }
 
     private sealed class PlainDevice(PciDeviceContext context) : PciVfioDevice(context);
+
+    /// <summary>A driver that closes its device at the kernel's second request for it, off the notifier's thread.</summary>
+    private sealed class ReleasingDevice(PciDeviceContext context) : PciVfioDevice(context)
+    {
+        public DeviceReference Opened { get; set; }
+
+        protected override void OnReleaseRequested(int count)
+        {
+            if (count >= 1)
+            {
+                _ = Task.Run(Opened.Dispose);
+            }
+        }
+    }
 }
