@@ -68,12 +68,6 @@ public abstract class SimulatedDevice
 
     internal int OpenCount { get; set; }
 
-    /// <summary>The vfio device index (<c>vfio-dev/vfioN</c>) while bound to a vfio driver, or -1.</summary>
-    internal int VfioIndex { get; set; } = -1;
-
-    /// <summary>Whether the device has a vfio cdev (<c>/dev/vfio/devices/vfioN</c>).</summary>
-    internal bool HasCdev { get; set; }
-
     /// <summary>The interrupt lines while the device is open, by IRQ index and vector.</summary>
     internal IrqLine[][] Irqs { get; set; } = [];
 
@@ -88,6 +82,7 @@ public abstract class SimulatedDevice
 
     internal void FirstOpenLocked()
     {
+        Kernel.AssertLocked();
         Irqs = Enumerable.Range(0, Model.IrqIndexCount)
             .Select(i => Enumerable.Range(0, Model.IrqCount(i)).Select(_ => new IrqLine()).ToArray())
             .ToArray();
@@ -97,10 +92,15 @@ public abstract class SimulatedDevice
     }
 
     /// <summary>The bus driver's open_device checks at the first open; 0 or a negative errno. The lock is held.</summary>
-    internal virtual int OpenDeviceLocked() => 0;
+    internal virtual int OpenDeviceLocked()
+    {
+        Kernel.AssertLocked();
+        return 0;
+    }
 
     internal void LastCloseLocked()
     {
+        Kernel.AssertLocked();
         Kernel.DisableIrqsLocked(this);
         Kernel.Defer(Model.Disable);
     }
@@ -204,6 +204,7 @@ public sealed class SimulatedPlatformDevice : SimulatedBusDevice
     /// <summary>vfio_platform_open_device: the device is reset; a failed reset fails the open while reset is required.</summary>
     internal override int OpenDeviceLocked()
     {
+        Kernel.AssertLocked();
         var model = Model;
         int failure = !model.HasResetHandler ? Errno.EINVAL : model.ResetErrno;
         return failure != 0 && ResetRequired ? -failure : 0;

@@ -26,7 +26,7 @@ public sealed class BindCommandsTests : CliTest
         result.Output.Should().Be(string.Join(Environment.NewLine,
             "ADDRESS       WAS   NOW       GROUP",
             "0000:00:06.0  nvme  vfio-pci  7",
-            $"Nodes: {Dev("vfio/7")}",
+            $"Nodes: {Dev("vfio/7")}, {Dev("vfio/devices/vfio0")}",
             "Give them back with: vfio unbind --restore 0000:00:06.0",
             ""));
         var record = JsonDocument.Parse(File.ReadAllText(RecordPath)).RootElement;
@@ -51,7 +51,9 @@ public sealed class BindCommandsTests : CliTest
         result.Json.GetProperty("nodes")[0].GetString().Should().Be(Dev("vfio/7"));
         Kernel.ProcessUserId = 1000;
         Kernel.ProcessGroupId = 100;
-        VfioDiagnostics.Run(Kernel).Findings.Single(f => f.Check == "permissions").Severity.Should().Be(DiagnosticSeverity.Ok, "the node is the user's now");
+        var permissions = VfioDiagnostics.Run(Kernel).Findings.Single(f => f.Check == "permissions");
+        permissions.Found.Should().NotContain(Dev("vfio/7")).And.NotContain(Dev("vfio/devices/vfio0"), "the nodes are the user's now")
+            .And.Contain(Dev("iommu") + " (crw-rw---- 0:0)", "iommufd's node stays root's");
     }
 
     [Fact]
@@ -166,7 +168,7 @@ public sealed class BindCommandsTests : CliTest
     {
         (await Run("bind", "0000:00:06.0")).ExitCode.Should().Be(0);
         await using var registry = new VfioRegistry(Kernel);
-        var device = new PlainDevice(registry.DiscoverPci(PciAddress.Parse("0000:00:06.0")));
+        var device = new PlainDevice(registry.FindPci(PciAddress.Parse("0000:00:06.0")));
         registry.Register(device);
         using (device.Open())
         {
@@ -188,7 +190,7 @@ public sealed class BindCommandsTests : CliTest
         (await Run("bind", "0000:00:06.0")).ExitCode.Should().Be(0);
         Kernel.ReleaseRequestInterval = TimeSpan.FromSeconds(1.5); // the kernel asks again after 1.5 s; the tool reports every second
         await using var registry = new VfioRegistry(Kernel);
-        var device = new ReleasingDevice(registry.DiscoverPci(PciAddress.Parse("0000:00:06.0")));
+        var device = new ReleasingDevice(registry.FindPci(PciAddress.Parse("0000:00:06.0")));
         registry.Register(device);
         device.Opened = device.Open();
 

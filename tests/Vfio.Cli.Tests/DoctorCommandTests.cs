@@ -39,7 +39,7 @@ public sealed class DoctorCommandTests : CliTest
         json.GetProperty("version").GetInt32().Should().Be(1);
         json.GetProperty("worst").GetString().Should().Be("error");
         json.GetProperty("iommuEnabled").GetBoolean().Should().BeTrue();
-        json.GetProperty("backends").EnumerateArray().Select(b => b.GetString()).Should().Equal("container");
+        json.GetProperty("backends").EnumerateArray().Select(b => b.GetString()).Should().Equal(["container"], "iommufd counts once a bound device shows its cdev");
         json.GetProperty("memlockLimit").GetUInt64().Should().Be(8UL << 20);
         json.GetProperty("hugePages")[0].GetProperty("pageSize").GetUInt64().Should().Be(2UL << 20);
         var memlock = json.GetProperty("findings").EnumerateArray().Single(f => f.GetProperty("check").GetString() == "memlock");

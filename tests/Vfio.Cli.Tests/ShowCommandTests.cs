@@ -87,7 +87,7 @@ public sealed class ShowCommandTests : CliTest
     public async Task AFunctionWhoseGroupAnotherProcessHasOpenIsRefusedSayingSo()
     {
         await using var registry = new VfioRegistry(Kernel);
-        var device = new PlainDevice(registry.DiscoverPci(PciAddress.Parse("0000:00:06.0")));
+        var device = new PlainDevice(registry.FindPci(PciAddress.Parse("0000:00:06.0")));
         registry.Register(device);
         using (device.Open())
         {

@@ -50,7 +50,7 @@ internal static class ShowCommand
         {
             return await cli.WithRegistryAsync(registry =>
             {
-                device = new InspectedDevice(registry.DiscoverPci(address));
+                device = new InspectedDevice(registry.FindPci(address));
                 registry.Register(device);
                 using (device.Open())
                 {

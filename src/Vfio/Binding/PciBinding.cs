@@ -188,7 +188,7 @@ public sealed class PciBinding : IAsyncDisposable
 
         private static string Dir(PciAddress address) => "bus/pci/devices/" + address;
 
-        public int GroupOf(PciAddress address) => PciFunction.ReadGroup(_sysfs, Dir(address)).Id ?? -1;
+        public int GroupOf(PciAddress address) => SysfsDiscovery.TryReadGroup(_sysfs, Dir(address)).Id ?? -1;
 
         // ---- Bind: check everything first ------------------------------------------------------
 
@@ -393,7 +393,7 @@ public sealed class PciBinding : IAsyncDisposable
                 var missing = new List<string>();
                 foreach (var group in plan.GroupBy(s => GroupOf(s.Address)))
                 {
-                    var (_, kind) = PciFunction.ReadGroup(_sysfs, Dir(group.First().Address));
+                    var (_, kind) = SysfsDiscovery.TryReadGroup(_sysfs, Dir(group.First().Address));
                     string node = IommuGroup.NodePathFor(kernel, group.Key, kind ?? IommuGroupKind.Iommu);
                     var cdevs = group.Select(s => CdevOf(s.Address)).ToList();
                     bool groupNode = Exists(node);
@@ -412,15 +412,15 @@ public sealed class PciBinding : IAsyncDisposable
                     return nodes;
                 }
                 var elapsed = Stopwatch.GetElapsedTime(started);
+                if (elapsed >= nextReport)
+                {
+                    progress?.Report(new PciBindingWait(string.Join(", ", missing) + " to appear", elapsed, options.NodeTimeout));
+                    nextReport = elapsed + options.ProgressInterval;
+                }
                 if (elapsed >= options.NodeTimeout)
                 {
                     throw new VfioNotFoundException(string.Create(CultureInfo.InvariantCulture,
                         $"{string.Join(", ", missing)} did not appear within {options.NodeTimeout.TotalSeconds:0.#} s of binding to vfio-pci: is devtmpfs mounted on {kernel.DevRoot}, or does an udev rule remove it? Nothing was kept."));
-                }
-                if (elapsed >= nextReport)
-                {
-                    progress?.Report(new PciBindingWait(string.Join(", ", missing) + " to appear", elapsed, options.NodeTimeout));
-                    nextReport += options.ProgressInterval;
                 }
                 await Task.Delay(PollInterval, cancellationToken).ConfigureAwait(false);
             }
@@ -553,18 +553,20 @@ public sealed class PciBinding : IAsyncDisposable
             while (true)
             {
                 var error = BindOriginal(function.Address, driver);
-                var elapsed = Stopwatch.GetElapsedTime(started);
-                if (error is not { Errno: Errno.EBUSY } || elapsed >= options.NodeTimeout)
+                if (error is not { Errno: Errno.EBUSY })
                 {
-                    return error is { Errno: Errno.EBUSY }
-                        ? new VfioBusyException(string.Create(CultureInfo.InvariantCulture,
-                            $"{driver} cannot take {function.Address} back: a process still holds IOMMU group {function.GroupId} attached to a VFIO container (EBUSY for {elapsed.TotalSeconds:0.#} s). Close it, then restore again."), error)
-                        : error;
+                    return error;
                 }
+                var elapsed = Stopwatch.GetElapsedTime(started);
                 if (elapsed >= nextReport)
                 {
                     progress?.Report(new PciBindingWait($"IOMMU group {function.GroupId} to be released so that {driver} can take {function.Address} back", elapsed, options.NodeTimeout));
-                    nextReport += options.ProgressInterval;
+                    nextReport = elapsed + options.ProgressInterval;
+                }
+                if (elapsed >= options.NodeTimeout)
+                {
+                    return new VfioBusyException(string.Create(CultureInfo.InvariantCulture,
+                        $"{driver} cannot take {function.Address} back: a process still holds IOMMU group {function.GroupId} attached to a VFIO container (EBUSY for {elapsed.TotalSeconds:0.#} s). Close it, then restore again."), error);
                 }
                 await Task.Delay(PollInterval, cancellationToken).ConfigureAwait(false);
             }

@@ -30,7 +30,7 @@ public sealed class PciBindingTests : KernelTest
         nvme.Driver.Should().Be("vfio-pci");
         nvme.DriverOverride.Should().Be("vfio-pci");
         binding.Functions.Should().Equal(new PciBoundFunction(NvmeAddress, 7, "nvme", null));
-        binding.Nodes.Should().Equal(Kernel.Dev("vfio/7"));
+        binding.Nodes.Should().Equal(Kernel.Dev("vfio/7"), Kernel.Dev("vfio/devices/vfio0"));
         NodeExists("vfio/7").Should().BeTrue();
 
         var after = await binding.RestoreAsync();
@@ -249,16 +249,26 @@ public sealed class PciBindingTests : KernelTest
     }
 
     [Fact]
-    public async Task WithDeviceCdevsTheCdevIsAmongTheNodesAndGetsTheOwnerToo()
+    public async Task TheDeviceCdevIsAmongTheNodesAndGetsTheOwnerToo()
     {
         AddNvme();
-        Kernel.DeviceCdevs = true;
 
         await using var binding = await PciBinding.BindAsync(Kernel, [NvmeAddress], new PciBindOptions { NodeUserId = 1000 });
 
         binding.Nodes.Should().Equal(Kernel.Dev("vfio/7"), Kernel.Dev("vfio/devices/vfio0"));
         Kernel.Stat(Kernel.Dev("vfio/devices/vfio0"), out var status).Should().Be(0);
         status.UserId.Should().Be(1000);
+    }
+
+    [Fact]
+    public async Task WithoutDeviceCdevsTheGroupNodeIsTheOnlyNode()
+    {
+        AddNvme();
+        Kernel.DeviceCdevEnabled = false;
+
+        await using var binding = await PciBinding.BindAsync(Kernel, [NvmeAddress]);
+
+        binding.Nodes.Should().Equal(Kernel.Dev("vfio/7"));
     }
 
     [Fact]

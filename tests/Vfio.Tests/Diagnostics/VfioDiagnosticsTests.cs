@@ -22,7 +22,7 @@ public sealed class VfioDiagnosticsTests
         report.Findings.Should().OnlyContain(f => f.Severity == DiagnosticSeverity.Ok || f.Severity == DiagnosticSeverity.Info);
         report.Worst.Should().BeOneOf(DiagnosticSeverity.Ok, DiagnosticSeverity.Info);
         report.IommuEnabled.Should().BeTrue();
-        report.Backends.Should().Be(VfioBackends.LegacyContainer);
+        report.Backends.Should().Be(VfioBackends.LegacyContainer | VfioBackends.Iommufd);
         report.MemoryLockLimit.Should().BeNull();
         report.HugePages.Should().Equal(new HugePagePool(2 << 20, 4, 4), new HugePagePool(1 << 30, 0, 0));
         report.Findings.Select(f => f.Check).Should().Equal("iommu", "modules", "backend.container", "backend.iommufd", "backend.noiommu",
@@ -162,14 +162,20 @@ public sealed class VfioDiagnosticsTests
     [Fact]
     public void IommufdAndDeviceCdevsAreReportedAsABackend()
     {
-        _kernel.IommufdLoaded = true;
-        _kernel.DeviceCdevs = true;
         _kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, 5);
 
-        var report = Run();
-
-        report.Backends.Should().Be(VfioBackends.LegacyContainer | VfioBackends.Iommufd);
+        Run().Backends.Should().Be(VfioBackends.LegacyContainer | VfioBackends.Iommufd);
         Finding("backend.iommufd").Found.Should().Contain(_kernel.Dev("iommu")).And.Contain("device cdevs (/dev/vfio/devices/vfioN): yes");
         Finding("permissions").Found.Should().Contain(_kernel.Dev("vfio/devices/vfio0")).And.Contain(_kernel.Dev("iommu"));
+    }
+
+    [Fact]
+    public void AKernelWithoutIommufdHasOnlyTheLegacyContainer()
+    {
+        _kernel.IommufdEnabled = false;
+        _kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, 5);
+
+        Run().Backends.Should().Be(VfioBackends.LegacyContainer);
+        Finding("backend.iommufd").Found.Should().Contain("No iommufd");
     }
 }

@@ -86,13 +86,14 @@ public sealed partial class SimulatedKernelTests
         (group.IsCharacterDevice, group.Permissions, group.UserId).Should().Be((true, 0x180u, 0u));
         _kernel.Stat(_kernel.Dev("vfio"), out var folder).Should().Be(0);
         folder.IsDirectory.Should().BeTrue();
-        _kernel.Stat(_kernel.Dev("iommu"), out _).Should().Be(-Errno.ENOENT, "iommufd is not loaded by default");
-
-        _kernel.IommufdLoaded = true;
         _kernel.Stat(_kernel.Dev("iommu"), out var iommu).Should().Be(0);
         iommu.Permissions.Should().Be(0x1b0u);
-        _kernel.ListDirectory(_kernel.DevRoot, out var names).Should().Be(0);
-        names.Should().Equal("iommu", "vfio");
+        _kernel.Stat(_kernel.Dev("vfio/devices/vfio0"), out var cdev).Should().Be(0);
+        (cdev.IsCharacterDevice, cdev.Permissions).Should().Be((true, 0x180u));
+
+        _kernel.IommufdEnabled = false;
+        _kernel.Stat(_kernel.Dev("iommu"), out _).Should().Be(-Errno.ENOENT);
+        _kernel.Stat(_kernel.Dev("vfio/devices/vfio0"), out _).Should().Be(-Errno.ENOENT);
     }
 
     [Fact]
@@ -129,21 +130,17 @@ public sealed partial class SimulatedKernelTests
     }
 
     [Fact]
-    public void WithDeviceCdevsABoundDeviceGetsTheLowestFreeIndexAndItsNode()
+    public void AVfioDeviceEntryHasADevAttributeOnlyWhenTheKernelGivesItACdev()
     {
-        _kernel.DeviceCdevs = true;
         var first = (SimulatedPciDevice)_kernel.FindDevice("0000:00:03.0")!;
+        Seam.ReadText(_kernel, first.SysfsPath + "/vfio-dev/vfio0/dev").Should().Be("511:0\n");
+
+        _kernel.DeviceCdevEnabled = false;
         first.Unbind();
         first.Bind("vfio-pci");
-        _kernel.AddPciDevice("0000:00:04.0", 0x1234, 0x11e8, 0x00ff00, 6);
 
-        Seam.ReadText(_kernel, first.SysfsPath + "/vfio-dev/vfio0/dev").Should().Be("511:0\n");
-        _kernel.ListDirectory(_kernel.Dev("vfio/devices"), out var cdevs).Should().Be(0);
-        cdevs.Should().Equal("vfio0", "vfio1");
-
-        first.Unbind();
-        _kernel.ListDirectory(_kernel.Dev("vfio/devices"), out cdevs).Should().Be(0);
-        cdevs.Should().Equal("vfio1");
+        _kernel.Stat(first.SysfsPath + "/vfio-dev/vfio0", out _).Should().Be(0, "Linux 6.1 has the vfio-dev entry too");
+        _kernel.Stat(first.SysfsPath + "/vfio-dev/vfio0/dev", out _).Should().Be(-Errno.ENOENT);
     }
 
     [Fact]

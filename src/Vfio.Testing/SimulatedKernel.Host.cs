@@ -3,25 +3,9 @@ using static Vfio.Interop.Interop;
 
 namespace Vfio.Testing;
 
-/// <summary>Whether the simulated machine has an IOMMU, and whether its kernel turned it on.</summary>
-public enum SimulatedIommuState
-{
-    /// <summary>
-    /// An Intel IOMMU the firmware describes (ACPI DMAR table) and the kernel enabled (<c>intel_iommu=on</c>):
-    /// <c>/sys/class/iommu/dmar0</c> and IOMMU groups.
-    /// </summary>
-    On,
-
-    /// <summary>The firmware describes an Intel IOMMU (ACPI DMAR table) but the kernel did not enable it: no IOMMU groups.</summary>
-    Off,
-
-    /// <summary>No IOMMU at all: no DMAR table, no <c>/sys/class/iommu</c> entry (a VM without a virtual IOMMU).</summary>
-    Absent,
-}
-
 /// <summary>
-/// The machine around VFIO that a tool inspects: the IOMMU, the loaded modules, iommufd and the
-/// device cdevs, the owner and mode of the device nodes, the process's identity and limits.
+/// The machine around VFIO that a tool inspects: the IOMMU, the loaded modules, the owner and mode of
+/// the device nodes, the process's identity and limits.
 /// </summary>
 public sealed partial class SimulatedKernel
 {
@@ -33,8 +17,6 @@ public sealed partial class SimulatedKernel
     private readonly Dictionary<string, (uint UserId, uint GroupId)> _nodeOwners = new(StringComparer.Ordinal);
     private SimulatedIommuState _iommu = SimulatedIommuState.On;
     private bool _vfioPciLoaded = true;
-    private bool _iommufd;
-    private bool _deviceCdevs;
 
     /// <summary>
     /// The IOMMU (<see cref="SimulatedIommuState.On"/> by default). Devices with IOMMU groups need it
@@ -95,59 +77,6 @@ public sealed partial class SimulatedKernel
                     Sysfs.Remove("module/vfio_pci");
                     Sysfs.Remove(PciBus + "/drivers/" + VfioPci);
                 }
-            }
-        }
-    }
-
-    /// <summary>
-    /// Whether iommufd is loaded (false by default, as in Debian's kernels): <c>/dev/iommu</c> and
-    /// <c>/sys/module/iommufd</c> exist. Only its presence is modelled: opening <c>/dev/iommu</c> fails with ENOENT.
-    /// </summary>
-    public bool IommufdLoaded
-    {
-        get
-        {
-            using (Enter())
-            {
-                return _iommufd;
-            }
-        }
-        set
-        {
-            using (Enter())
-            {
-                _iommufd = value;
-                if (value)
-                {
-                    Sysfs.Directory("module/iommufd");
-                }
-                else
-                {
-                    Sysfs.Remove("module/iommufd");
-                }
-            }
-        }
-    }
-
-    /// <summary>
-    /// Whether vfio devices have character devices (CONFIG_VFIO_DEVICE_CDEV, Linux 6.6; false by default):
-    /// a device bound to vfio-pci then has <c>vfio-dev/vfioN/dev</c> in sysfs and <c>/dev/vfio/devices/vfioN</c>.
-    /// Only their presence is modelled: opening the cdev fails with ENOENT. Applies to devices bound afterwards.
-    /// </summary>
-    public bool DeviceCdevs
-    {
-        get
-        {
-            using (Enter())
-            {
-                return _deviceCdevs;
-            }
-        }
-        set
-        {
-            using (Enter())
-            {
-                _deviceCdevs = value;
             }
         }
     }
@@ -226,6 +155,7 @@ public sealed partial class SimulatedKernel
 
     private void ShowIommuLocked()
     {
+        AssertLocked();
         var tables = Sysfs.Directory("firmware/acpi/tables");
         if (_iommu == SimulatedIommuState.Absent)
         {
@@ -249,6 +179,7 @@ public sealed partial class SimulatedKernel
     /// <summary>vfio-pci's probe in Linux 6.1: no bridges (header type other than normal), and a group it can use. The lock is held.</summary>
     private int ProbeVfioPciLocked(SimulatedDevice device)
     {
+        AssertLocked();
         uint classCode = ((PciDeviceModel)device.Model).ClassCode;
         if ((classCode >> 8) is 0x0604 or 0x0607 or 0x0609)
         {
@@ -261,59 +192,29 @@ public sealed partial class SimulatedKernel
         return 0;
     }
 
-    // ---- Device cdevs ----------------------------------------------------------------------------
-
-    /// <summary>Gives a device just bound to vfio-pci its vfio-dev entry (index: the lowest free) and, with cdevs, its node. The lock is held.</summary>
-    private void AddVfioDeviceLocked(SimulatedDevice device)
-    {
-        int index = 0;
-        while (_devices.Values.Any(d => d.VfioIndex == index))
-        {
-            index++;
-        }
-        device.VfioIndex = index;
-        device.HasCdev = _deviceCdevs;
-        var entry = Sysfs.Directory(device.SysfsRelative + "/vfio-dev/vfio" + Decimal(index));
-        if (device.HasCdev)
-        {
-            entry.Attribute("dev", () => "511:" + Decimal(index) + "\n");
-        }
-    }
-
-    /// <summary>Removes what <see cref="AddVfioDeviceLocked"/> added, and forgets the owners of nodes that are gone. The lock is held.</summary>
-    private void RemoveVfioDeviceLocked(SimulatedDevice device)
-    {
-        if (device.VfioIndex >= 0)
-        {
-            Sysfs.Remove(device.SysfsRelative + "/vfio-dev");
-            _nodeOwners.Remove(DevRoot + "/vfio/devices/vfio" + Decimal(device.VfioIndex));
-        }
-        device.VfioIndex = -1;
-        device.HasCdev = false;
-        if (!device.Group.HasNode)
-        {
-            _nodeOwners.Remove(DevRoot + "/vfio/" + device.Group.NodeName);
-        }
-    }
-
     // ---- Device nodes ----------------------------------------------------------------------------
 
-    /// <summary>The names in <c>/dev</c> the simulation has.</summary>
-    private IEnumerable<string> DevRootNamesLocked() => _iommufd ? ["iommu", "vfio"] : ["vfio"];
-
-    private IEnumerable<string> DevVfioCdevNamesLocked() =>
-        _devices.Values.Where(d => d.HasCdev).Select(d => "vfio" + Decimal(d.VfioIndex)).Order(StringComparer.Ordinal);
+    /// <summary>Forgets the owners of nodes that are gone (a group node, a cdev): one that comes back is root's again. The lock is held.</summary>
+    private void PruneNodeOwnersLocked()
+    {
+        AssertLocked();
+        foreach (string path in _nodeOwners.Keys.Where(p => DevNodeModeLocked(p) is null).ToList())
+        {
+            _nodeOwners.Remove(path);
+        }
+    }
 
     /// <summary>The mode of a node under the device root, or null when there is none. The lock is held.</summary>
     private uint? DevNodeModeLocked(string path)
     {
+        AssertLocked();
         if (path == DevRoot || path == DevRoot + "/vfio")
         {
             return DirectoryMode;
         }
         if (path == DevRoot + "/iommu")
         {
-            return _iommufd ? IommufdNodeMode : null;
+            return IommufdEnabled ? IommufdNodeMode : null;
         }
         if (path == DevRoot + "/vfio/vfio")
         {
@@ -321,12 +222,7 @@ public sealed partial class SimulatedKernel
         }
         if (path == DevRoot + "/vfio/devices")
         {
-            return DevVfioCdevNamesLocked().Any() ? DirectoryMode : null;
-        }
-        const string Cdevs = "/vfio/devices/";
-        if (path.StartsWith(DevRoot + Cdevs, StringComparison.Ordinal))
-        {
-            return DevVfioCdevNamesLocked().Contains(path[(DevRoot.Length + Cdevs.Length)..]) ? GroupNodeMode : null;
+            return CdevNamesLocked().Any() ? DirectoryMode : null;
         }
         return DevNodeExistsLocked(path) ? GroupNodeMode : null;
     }
