@@ -96,6 +96,11 @@ for dev in /sys/bus/pci/devices/*; do
   fi
 done
 [ -n "$nvme_address" ] || fail "no NVMe controller (class 0x010802) alone in its IOMMU group"
+
+# The vfio tool: bind the controller away from nvme, show it, give it back (cli-init.sh).
+dmesg -n 1
+. /lib/cli-init.sh
+cli_steps "$nvme_address" "$shared_address"
 bind_vfio "$nvme_address"
 
 # Kernel messages would interleave with the program's lines on the serial console.

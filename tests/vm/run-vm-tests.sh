@@ -7,6 +7,8 @@
 # same suite dotnet test runs on the simulated kernel) through the library's real P/Invoke path,
 # then the edu sample's program (samples/EduDriver), whose output it prints between markers, and
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
+# Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
+# host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
 #
 # Usage: tests/vm/run-vm-tests.sh [--reuse] [--no-apt] [--fresh] [--timeout SECONDS] [--verbose]
 #   --reuse       reuse the published program and the initramfs in the cache as they are, without
@@ -111,4 +113,5 @@ boot "$kernel_dir" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_ti
 read_results
 read_sample sample "edu sample"
 read_sample "nvme sample" "NVMe sample"
+read_sample cli "vfio tool (bind, show, unbind --restore)"
 finish_run

@@ -2,6 +2,7 @@ using System.Globalization;
 using EduDriver;
 using NvmeDriver;
 using MdevLifecycle;
+using Vfio.Cli;
 using Vfio.Scenarios;
 
 namespace Vfio.VmTests;
@@ -10,7 +11,8 @@ namespace Vfio.VmTests;
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS
 /// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
-/// edu sample's program, and as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's.
+/// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, and as
+/// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool.
 /// </summary>
 internal static class Program
 {
@@ -18,7 +20,8 @@ internal static class Program
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
-        + "       Vfio.VmTests --mdev | --mdev-sample [--verbose]";
+        + "       Vfio.VmTests --mdev | --mdev-sample [--verbose]\n"
+        + "       Vfio.VmTests --cli ARG... (the vfio tool)";
 
     private static async Task<int> Main(string[] args)
     {
@@ -29,6 +32,11 @@ internal static class Program
         if (args.Length > 0 && args[0] == "--nvme-sample")
         {
             return await NvmeDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 0 && args[0] == "--cli")
+        {
+            // The vfio tool itself, run as its Main runs it (tests/vm/cli-init.sh puts it behind /bin/vfio).
+            return await VfioCommandLine.RunAsync(args[1..], VfioKernel.Linux, Console.Out, Console.Error).ConfigureAwait(false);
         }
         if (args.Length > 0 && args[0] == "--mdev-sample")
         {
