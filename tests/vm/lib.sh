@@ -446,7 +446,7 @@ check_kernel_config() {
   need_tools make=make gcc=gcc flex=flex bison=bison bc=bc xz=xz-utils /usr/include/libelf.h=libelf-dev
   cache_temp "config-$source_version"
   unpack_kernel_source "$temp"
-  configure_kernel "$temp/linux" "$1"
+  configure_kernel "$temp/linux" "$1" || die "the kernel configuration of variant $1 lacks options (above; log: $temp/configure.log)"
 }
 
 # ---------------------------------------------------------------------------------------------
