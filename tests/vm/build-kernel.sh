@@ -40,9 +40,7 @@ for v in "${variants[@]}"; do variant_fragments "$v" >/dev/null; done
 mkdir -p "$cache"
 
 if [ "$check_only" = 1 ]; then
-  for v in "${variants[@]}"; do
-    check_kernel_config "$v"
-  done
+  check_kernel_configs "${variants[@]}"
   exit 0
 fi
 build_kernels "${variants[@]}"

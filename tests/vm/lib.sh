@@ -117,8 +117,16 @@ need_tools() {
 # run waits for the first instead of doing the same work twice.
 # ---------------------------------------------------------------------------------------------
 vfio_cache="${VFIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-dotnet}"
+# At exit (a signal included): stop the build still running in the background, delete the
+# temporary folders not published. Those a killed run left behind go after a day.
 temporaries=()
-trap 'rm -rf "${temporaries[@]}"' EXIT
+background_pid=""
+trap '[ -n "$background_pid" ] && kill -- "-$background_pid" 2>/dev/null; rm -rf "${temporaries[@]}"' EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+if [ -d "$vfio_cache/tmp" ]; then
+  find "$vfio_cache/tmp" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
+fi
 
 # cache_temp NAME: sets $temp (a caller's local, if it has one) to a new folder in the outside
 # cache (on its file system, so that publish_folder can rename it), deleted at exit unless published.
@@ -380,8 +388,12 @@ unpack_kernel_source() {
 make_with_progress() {
   local tree="$1" log="$2" label="$3" pid start=$SECONDS next rc
   shift 3
+  # In a process group of its own (set -m), so that an interrupted run stops all of make.
+  set -m
   (cd "$tree" && exec make -j"$(nproc)" "$@") >"$log" 2>&1 &
   pid=$!
+  set +m
+  background_pid=$pid
   next=$((SECONDS + 60))
   while kill -0 "$pid" 2>/dev/null; do
     sleep 2
@@ -392,6 +404,7 @@ make_with_progress() {
   done
   rc=0
   wait "$pid" || rc=$?
+  background_pid=""
   if [ "$rc" -ne 0 ]; then
     echo "$suite: the last lines of $log:" >&2
     tail -n 40 "$log" >&2
@@ -438,15 +451,17 @@ build_kernels() {
   cache_unlock
 }
 
-# check_kernel_config VARIANT: configures a scratch tree of the current source for VARIANT and
-# runs the check, without building or caching anything.
-check_kernel_config() {
-  local temp
+# check_kernel_configs VARIANT...: configures a scratch tree of the current source for each
+# VARIANT and runs the check, without building or caching anything.
+check_kernel_configs() {
+  local temp v
   kernel_source_package
   need_tools make=make gcc=gcc flex=flex bison=bison bc=bc xz=xz-utils /usr/include/libelf.h=libelf-dev
   cache_temp "config-$source_version"
   unpack_kernel_source "$temp"
-  configure_kernel "$temp/linux" "$1" || die "the kernel configuration of variant $1 lacks options (above; log: $temp/configure.log)"
+  for v in "$@"; do
+    configure_kernel "$temp/linux" "$v" || die "the kernel configuration of variant $v lacks options (above; log: $temp/configure.log)"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
