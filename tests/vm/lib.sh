@@ -23,12 +23,17 @@ say() { echo "$suite: $*"; }
 die() {
   echo "$suite: ERROR: $*" >&2
   echo "0 passed, 1 failed"
+  reported=1
   exit 1
 }
 
-# A command that fails outside a condition ends the script (set -e): say which, where.
+# A command that fails outside a condition ends the script (set -e) without a word: the ERR trap
+# (in functions and subshells too: set -E) notes which and where, and the exit trap below says it
+# when the script ends that way, not through die or its closing lines.
+reported=0
+last_failure=""
 set -E
-trap 'echo "$suite: ERROR: \"$BASH_COMMAND\" failed (exit code $?) at ${BASH_SOURCE[0]##*/} line $LINENO" >&2' ERR
+trap 'last_failure="\"$BASH_COMMAND\" failed (exit code $?) at ${BASH_SOURCE[0]##*/} line $LINENO"' ERR
 
 started=$SECONDS
 as_root=()
@@ -121,7 +126,16 @@ vfio_cache="${VFIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-dotnet}"
 # temporary folders not published. Those a killed run left behind go after a day.
 temporaries=()
 background_pid=""
-trap '[ -n "$background_pid" ] && kill -- "-$background_pid" 2>/dev/null; rm -rf "${temporaries[@]}"' EXIT
+on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ] && [ "$reported" = 0 ] && [ -n "$last_failure" ]; then
+    echo "$suite: ERROR: $last_failure" >&2
+    echo "0 passed, 1 failed"
+  fi
+  [ -n "$background_pid" ] && kill -- "-$background_pid" 2>/dev/null
+  rm -rf "${temporaries[@]}"
+}
+trap on_exit EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 if [ -d "$vfio_cache/tmp" ]; then
@@ -199,6 +213,11 @@ debian_update() {
   [ -n "$mirror" ] || die "found no Debian archive in the machine's apt sources (set VFIO_DEBIAN_MIRROR)"
   security="$(debian_mirror security)"
   cache_lock apt
+  if [ "${1:-}" != force ] && [ -f "$debian_dir/updated" ]; then
+    # Another run updated them while this one waited for the lock.
+    cache_unlock
+    return 0
+  fi
   mkdir -p "$debian_dir/lists/partial" "$debian_dir/cache/archives/partial"
   list=""
   for release in "${debian_suites[@]}"; do
@@ -363,11 +382,11 @@ configure_kernel() {
   fragments="$(variant_fragments "$2")"
   # shellcheck disable=SC2086
   (
-    cd "$tree"
-    make -s tinyconfig >>"$tree/../configure.log" 2>&1
-    apply_fragments .config $fragments
-    make -s olddefconfig >>"$tree/../configure.log" 2>&1
-    check_config .config $fragments
+    cd "$tree" &&
+      make -s tinyconfig >>"$tree/../configure.log" 2>&1 &&
+      apply_fragments .config $fragments &&
+      make -s olddefconfig >>"$tree/../configure.log" 2>&1 &&
+      check_config .config $fragments
   )
 }
 
@@ -384,10 +403,12 @@ unpack_kernel_source() {
 }
 
 # make_with_progress TREE LOG LABEL TARGET...: runs make in TREE, its output into LOG, printing a
-# progress line about once a minute; on failure prints the log's tail and dies.
+# progress line about once a minute (with the step count of the last such build, when LOG holds
+# one); on failure prints the log's tail and dies.
 make_with_progress() {
-  local tree="$1" log="$2" label="$3" pid start=$SECONDS next rc
+  local tree="$1" log="$2" label="$3" pid start=$SECONDS next rc of=""
   shift 3
+  [ -f "$log" ] && of=" of about $(grep -cE '^  (CC|AS|LD|AR)' "$log" || true)"
   # In a process group of its own (set -m), so that an interrupted run stops all of make.
   set -m
   (cd "$tree" && exec make -j"$(nproc)" "$@") >"$log" 2>&1 &
@@ -398,7 +419,7 @@ make_with_progress() {
   while kill -0 "$pid" 2>/dev/null; do
     sleep 2
     if [ "$SECONDS" -ge "$next" ]; then
-      say "$label: $(( (SECONDS - start) / 60 )) min, $(grep -cE '^  (CC|AS|LD|AR)' "$log") steps done, now $(grep -E '^  [A-Z]' "$log" | tail -n 1 | awk '{print $2}')"
+      say "$label: $(( (SECONDS - start) / 60 )) min, $(grep -cE '^  (CC|AS|LD|AR)' "$log") steps${of} done, now $(grep -E '^  [A-Z]' "$log" | tail -n 1 | awk '{print $2}')"
       next=$((SECONDS + 60))
     fi
   done
@@ -437,7 +458,7 @@ build_kernels() {
       || die "the archive moved $source_package on from $source_version while downloading; the lists are updated now: run again"
     for v in "${missing[@]}"; do
       say "configuring $source_package $source_version, variant $v..."
-      configure_kernel "$tree" "$v" || die "the kernel configuration of variant $v lacks options (above; log: $temp/configure.log)"
+      configure_kernel "$tree" "$v" || die "configuring variant $v failed or left options out (above; log: $temp/configure.log)"
       mkdir -p "$vfio_cache/logs"
       log="$vfio_cache/logs/build-$source_version-$v.log"
       make_with_progress "$tree" "$log" "building kernel $source_version $v" bzImage
@@ -460,7 +481,7 @@ check_kernel_configs() {
   cache_temp "config-$source_version"
   unpack_kernel_source "$temp"
   for v in "$@"; do
-    configure_kernel "$temp/linux" "$v" || die "the kernel configuration of variant $v lacks options (above; log: $temp/configure.log)"
+    configure_kernel "$temp/linux" "$v" || die "configuring variant $v failed or left options out (above; log: $temp/configure.log)"
   done
 }
 
@@ -671,10 +692,12 @@ prepare_kernel() {
   done
 }
 
-# matrix KERNEL_ID...: prints "ID MODE" for each of the suite's kernels and each of its modes,
-# keeping those --kernel and --mode selected; dies when a selection names nothing the suite runs.
+# matrix KERNEL_ID...: sets $runs to the lines "ID MODE" of each of the suite's kernels and each
+# of its modes, keeping those --kernel and --mode selected; dies when a selection names nothing
+# the suite runs.
 matrix() {
   local id mode ids=" $* " any=0
+  runs=""
   for id in $selected_kernels; do
     case "$ids" in *" $id "*) ;; *) die "this suite runs no kernel '$id' (it runs: $*)" ;; esac
   done
@@ -682,7 +705,7 @@ matrix() {
     [ -z "$selected_kernels" ] || [[ " $selected_kernels " == *" $id "* ]] || continue
     for mode in ${kernel_modes[$id]}; do
       [ -z "$selected_modes" ] || [[ " $selected_modes " == *" $mode "* ]] || continue
-      echo "$id $mode"
+      runs+="$id $mode"$'\n'
       any=1
     done
   done
@@ -697,7 +720,7 @@ matrix() {
 run_matrix() {
   local init="$1" id mode runs built=()
   shift
-  runs="$(matrix "$@")"
+  matrix "$@"
   for id in $(cut -d' ' -f1 <<<"$runs" | uniq); do
     case "$id" in vfio|vfio-compat) built+=("$id") ;; esac
   done
@@ -710,6 +733,7 @@ run_matrix() {
   total_skipped=0
   vm_seconds=0
   while read -r id mode; do
+    [ -n "$id" ] || continue
     prepare_kernel "$id"
     kernel_initramfs "$id"
     say "kernel $kernel_name ($id), mode $mode:"
@@ -884,17 +908,10 @@ boot() {
   fi
 }
 
-# read_results: prints the PASS/FAIL/SKIP lines of the console, sets $passed, $failed and
-# $skipped, and sets $problem to what went wrong with the guest or the test program ("" when
-# nothing did).
-read_results() {
-  local results setup_error status summary
-  results="$(grep -E '^(PASS|FAIL|SKIP) ' "$console.txt" || true)"
-  passed="$(grep -cE '^PASS ' <<<"$results" || true)"
-  failed="$(grep -cE '^FAIL ' <<<"$results" || true)"
-  skipped="$(grep -cE '^SKIP ' <<<"$results" || true)"
-  [ -n "$results" ] && printf '%s\n' "$results"
-
+# boot_problem: sets $problem to what went wrong with QEMU, the kernel or the guest's setup (""
+# when nothing did).
+boot_problem() {
+  local setup_error
   problem=""
   if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
     if ! grep -q 'vfio-vm: init started' "$console.txt"; then
@@ -910,6 +927,23 @@ read_results() {
     problem="the guest never reached /init (kernel panic or boot failure)"
   elif setup_error="$(grep -m1 'vfio-vm: setup failed' "$console.txt")"; then
     problem="${setup_error#*vfio-vm: }"
+  fi
+}
+
+# read_results: prints the PASS/FAIL/SKIP lines of the console, sets $passed, $failed and
+# $skipped, and sets $problem to what went wrong with the guest or the test program ("" when
+# nothing did).
+read_results() {
+  local results status summary
+  results="$(grep -E '^(PASS|FAIL|SKIP) ' "$console.txt" || true)"
+  passed="$(grep -cE '^PASS ' <<<"$results" || true)"
+  failed="$(grep -cE '^FAIL ' <<<"$results" || true)"
+  skipped="$(grep -cE '^SKIP ' <<<"$results" || true)"
+  [ -n "$results" ] && printf '%s\n' "$results"
+
+  boot_problem
+  if [ -n "$problem" ]; then
+    return 0
   elif ! grep -q 'vfio-vm: program exited' "$console.txt"; then
     problem="the guest stopped before the test program finished"
   else
@@ -978,6 +1012,7 @@ finish_matrix() {
   total="$total_passed passed, $total_failed failed"
   [ "$total_skipped" -gt 0 ] && total+=", $total_skipped skipped"
   echo "$total"
+  reported=1
   [ "$total_failed" -eq 0 ] && [ "$total_passed" -gt 0 ]
   exit $?
 }
