@@ -121,7 +121,8 @@ need_tools() {
 # folder, so a suite of another clone never sees half of it; long work holds a lock, so a second
 # run waits for the first instead of doing the same work twice.
 # ---------------------------------------------------------------------------------------------
-vfio_cache="${VFIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-dotnet}"
+# (HOME from the user database when the environment has none.)
+vfio_cache="${VFIO_CACHE:-${XDG_CACHE_HOME:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache}/vfio-dotnet}"
 # At exit (a signal included): stop the build still running in the background, delete the
 # temporary folders not published. Those a killed run left behind go after a day.
 temporaries=()
