@@ -14,7 +14,8 @@
 #
 # Cache: ${VFIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-dotnet}/kernels/SOURCE_VERSION-HASH/bzImage
 # (HASH: of the fragments' content); build logs in its logs/. A cold build takes about 16 minutes
-# on 2 cores; the second variant, built in the same tree, a few more.
+# on 2 idle cores (about 30 on a busy machine); the second variant, built in the same tree, under a
+# minute more.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -34,7 +34,7 @@
 # ${VFIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-dotnet}: Debian's packages (fetched with apt
 # through private sources and apt state there, the machine's own apt configuration untouched),
 # the kernels unpacked from them, and the kernels built from source (a cold build takes about
-# 16 minutes on 2 cores; tests/vm/build-kernel.sh builds them ahead). The program, initramfs and
+# 16 minutes on 2 idle cores; tests/vm/build-kernel.sh builds them ahead). The program, initramfs and
 # consoles are in tests/vm/.cache/ (git-ignored); the program is published again only when its
 # sources changed, and run-mdev-tests.sh runs the same one.
 #
