@@ -12,7 +12,7 @@ public enum SimulatedFileKind
     /// <summary>A group, opened from <c>/dev/vfio/N</c> or <c>/dev/vfio/noiommu-N</c>.</summary>
     Group,
 
-    /// <summary>A device, returned by <c>VFIO_GROUP_GET_DEVICE_FD</c>.</summary>
+    /// <summary>A device, returned by <c>VFIO_GROUP_GET_DEVICE_FD</c> or opened from <c>/dev/vfio/devices/vfioN</c>.</summary>
     Device,
 
     /// <summary>An eventfd.</summary>
@@ -23,6 +23,9 @@ public enum SimulatedFileKind
 
     /// <summary>A migration data session, returned by a MIG_DEVICE_STATE SET into STOP_COPY, PRE_COPY or RESUMING.</summary>
     MigrationData,
+
+    /// <summary>An iommufd context, opened from <c>/dev/iommu</c>.</summary>
+    Iommufd,
 }
 
 /// <summary>
@@ -41,11 +44,16 @@ internal abstract class KernelFile(SimulatedKernel kernel, string path)
     public abstract SimulatedFileKind Kind { get; }
 
     /// <summary>Takes a reference; the kernel lock is held.</summary>
-    public void Get() => _references++;
+    public void Get()
+    {
+        Kernel.AssertLocked();
+        _references++;
+    }
 
     /// <summary>Drops a reference and releases the file after the last; the kernel lock is held.</summary>
     public void Put()
     {
+        Kernel.AssertLocked();
         if (--_references == 0)
         {
             Release();

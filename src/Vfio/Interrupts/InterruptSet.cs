@@ -450,6 +450,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// <summary>Takes the lowest pending vector's count; the lock is held.</summary>
     private int TakeAnyPendingLocked()
     {
+        LockAssert.Held(_lock);
         for (int i = 0; i < _vectors.Length; i++)
         {
             if (_vectors[i].Pending > 0)
@@ -480,6 +481,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
         public void FailLocked(Exception failure)
         {
+            LockAssert.Held(owner._lock);
             _failure = failure;
             if (_waiting)
             {
@@ -492,6 +494,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         /// <summary>Completes the pending wait, if one is; the lock is held.</summary>
         protected bool TryCompleteCoreLocked(T result)
         {
+            LockAssert.Held(owner._lock);
             if (!_waiting)
             {
                 return false;
@@ -562,6 +565,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
         protected override bool TryTakeLocked(out ulong value)
         {
+            LockAssert.Held(Owner._lock);
             value = Pending;
             Pending = 0;
             return value > 0;

@@ -33,7 +33,7 @@ internal static class MdevLifecycle
         DeviceReference open = default;
         try
         {
-            context = registry.DescribeMdev(uuid);
+            context = registry.Discovery.DescribeMdev(uuid);
             device = driver.Create(context);
             if (device is not TDevice typed)
             {
@@ -43,7 +43,7 @@ internal static class MdevLifecycle
             registry.Register(device);
             open = device.Open();
             var created = new CreatedMdev<TDevice>(type, typed, open);
-            registry.RememberCreated(created);
+            registry.CreatedMdevTable.Add(created);
             return created;
         }
         catch (Exception e)

@@ -5,10 +5,12 @@ using static Vfio.Interop.Interop;
 namespace Vfio.Testing;
 
 /// <summary>
-/// PCI reset scopes and the two hot-reset ioctls of vfio-pci, as Linux 6.1 implements them
-/// (<c>vfio_pci_ioctl_get_pci_hot_reset_info</c>, <c>vfio_pci_ioctl_pci_hot_reset</c>). A function on
-/// a bus behind a bridge (<see cref="AddPciBridge"/>) is reset with its whole bus; a function on a
-/// bus without a parent bridge (the root bus) cannot be hot reset: ENODEV, as on real hardware.
+/// PCI reset scopes and the two hot-reset ioctls of vfio-pci (<c>vfio_pci_ioctl_get_pci_hot_reset_info</c>,
+/// <c>vfio_pci_ioctl_pci_hot_reset</c>): for a device opened through its group as Linux 6.1 does it
+/// (group ids, ownership proved by group fds), for one bound to an iommufd through its cdev as 6.6 and
+/// later do (devids, ownership through the iommufd, an empty fd array). A function on a bus behind a
+/// bridge (<see cref="AddPciBridge"/>) is reset with its whole bus; a function on a bus without a
+/// parent bridge (the root bus) cannot be hot reset: ENODEV, as on real hardware.
 /// </summary>
 public sealed partial class SimulatedKernel
 {
@@ -56,6 +58,7 @@ public sealed partial class SimulatedKernel
     /// <summary>The functions a hot reset of <paramref name="device"/> reaches, by address; null when none is possible. The lock is held.</summary>
     internal List<SimulatedPciDevice>? ResetScopeLocked(SimulatedPciDevice device)
     {
+        AssertLocked();
         var (domain, bus, _) = PciLocation(device.Name);
         if (!_bridges.ContainsKey((domain, bus)))
         {
@@ -69,6 +72,7 @@ public sealed partial class SimulatedKernel
     /// <summary>VFIO_DEVICE_GET_PCI_HOT_RESET_INFO; the lock is held.</summary>
     internal unsafe int GetHotResetInfoLocked(SimulatedPciDevice device, byte* arg)
     {
+        AssertLocked();
         var hdr = (vfio_pci_hot_reset_info*)arg;
         if (hdr->argsz < HotResetHeaderSize)
         {
@@ -85,21 +89,45 @@ public sealed partial class SimulatedKernel
             hdr->count = (uint)scope.Count;
             return -Errno.ENOSPC;
         }
+        // Opened as a cdev: devids in the caller's iommufd, and OWNED while nothing is NOT_OWNED (vfio_pci_fill_devs).
+        var iommufd = IommufdBindingLocked(device)?.Context;
+        uint flags = iommufd is null ? 0 : VfioUapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID | VfioUapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
         var devices = new Span<vfio_pci_dependent_device>(arg + HotResetHeaderSize, scope.Count);
         for (int i = 0; i < scope.Count; i++)
         {
             var (domain, bus, devfn) = PciLocation(scope[i].Name);
-            devices[i] = new vfio_pci_dependent_device { group_id = (uint)scope[i].IommuGroup, segment = (ushort)domain, bus = (byte)bus, devfn = (byte)devfn };
+            devices[i] = new vfio_pci_dependent_device { segment = (ushort)domain, bus = (byte)bus, devfn = (byte)devfn };
+            if (iommufd is null)
+            {
+                devices[i].group_id = (uint)scope[i].IommuGroup;
+                continue;
+            }
+            int id = scope[i].IsVfioBound ? iommufd.DeviceId(scope[i]) : -Errno.ENODEV; // not in the dev_set
+            devices[i].devid = id > 0 ? (uint)id
+                : id == -Errno.ENOENT ? (uint)VfioUapi.VFIO_PCI_DEVID_OWNED
+                : unchecked((uint)VfioUapi.VFIO_PCI_DEVID_NOT_OWNED);
+            if (devices[i].devid == unchecked((uint)VfioUapi.VFIO_PCI_DEVID_NOT_OWNED))
+            {
+                flags &= ~VfioUapi.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+            }
         }
         hdr->count = (uint)scope.Count;
+        hdr->flags = flags;
         return 0;
     }
 
     /// <summary>VFIO_DEVICE_PCI_HOT_RESET; the lock is held. Every function of the scope is reset once the lock is released.</summary>
     internal unsafe int HotResetLocked(SimulatedPciDevice device, byte* arg)
     {
+        AssertLocked();
         var hdr = (vfio_pci_hot_reset*)arg;
         if (hdr->argsz < HotResetHeaderSize || hdr->flags != 0)
+        {
+            return -Errno.EINVAL;
+        }
+        // The zero-length fd array is for cdev-opened devices only, and only it is.
+        var iommufd = IommufdBindingLocked(device)?.Context;
+        if ((hdr->count != 0) == (iommufd is not null))
         {
             return -Errno.EINVAL;
         }
@@ -107,29 +135,39 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.ENODEV;
         }
-        // One group per function at most; between 1 and that many files.
-        if (hdr->count == 0 || hdr->count > scope.Count)
+        Func<SimulatedPciDevice, bool> owned;
+        if (iommufd is not null)
         {
-            return -Errno.EINVAL;
+            // Owned through the iommufd: bound to it, or in a group a device bound to it is in.
+            owned = d => iommufd.DeviceId(d) is > 0 or -Errno.ENOENT;
         }
-        var fds = new ReadOnlySpan<int>(arg + HotResetHeaderSize, (int)hdr->count);
-        var groups = new List<IommuGroupState>(fds.Length);
-        foreach (int fd in fds)
+        else
         {
-            var file = FileLocked(fd);
-            if (file is null)
-            {
-                return -Errno.EBADF;
-            }
-            if (file is not GroupFile group)
+            // One group per function at most; no more files than that.
+            if (hdr->count > scope.Count)
             {
                 return -Errno.EINVAL;
             }
-            groups.Add(group.Group);
+            var fds = new ReadOnlySpan<int>(arg + HotResetHeaderSize, (int)hdr->count);
+            var groups = new List<IommuGroupState>(fds.Length);
+            foreach (int fd in fds)
+            {
+                var file = FileLocked(fd);
+                if (file is null)
+                {
+                    return -Errno.EBADF;
+                }
+                if (file is not GroupFile group)
+                {
+                    return -Errno.EINVAL;
+                }
+                groups.Add(group.Group);
+            }
+            owned = d => groups.Contains(d.Group);
         }
-        // Every function of the scope must be in the device set (bound to vfio-pci), and each of
-        // them must be in one of the groups given.
-        if (scope.Any(d => !d.IsVfioBound) || scope.Any(d => !groups.Contains(d.Group)))
+        // vfio_pci_dev_set_hot_reset: every function of the scope must be in the device set (bound to
+        // vfio-pci), and each of them owned by the caller.
+        if (scope.Any(d => !d.IsVfioBound) || !scope.All(owned))
         {
             return -Errno.EINVAL;
         }

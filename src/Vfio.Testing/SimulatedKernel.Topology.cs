@@ -33,13 +33,22 @@ public sealed partial class SimulatedKernel
         InitializePlatformSysfs();
     }
 
-    /// <summary>Finds a device by name (PCI address, platform name or mdev UUID), or null.</summary>
+    /// <summary>Finds a device by name (PCI address, platform name or mdev UUID).</summary>
     /// <param name="name">The device's name.</param>
-    public SimulatedDevice? FindDevice(string name)
+    /// <exception cref="KeyNotFoundException">The kernel has no such device.</exception>
+    public SimulatedDevice FindDevice(string name) =>
+        TryFindDevice(name, out var device) ? device : throw new KeyNotFoundException($"The simulated kernel has no device {name}.");
+
+    /// <summary>Finds a device by name (PCI address, platform name or mdev UUID).</summary>
+    /// <param name="name">The device's name.</param>
+    /// <param name="device">The device, when there is one.</param>
+    /// <returns>False when the kernel has no such device (an mdev removed, a name never added).</returns>
+    public bool TryFindDevice(string name, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out SimulatedDevice? device)
     {
         using (Enter())
         {
-            return _devices.GetValueOrDefault(name);
+            device = FindDeviceLocked(name);
+            return device is not null;
         }
     }
 
@@ -173,6 +182,7 @@ public sealed partial class SimulatedKernel
 
     private void AddDeviceLocked(SimulatedDevice device, string bus)
     {
+        AssertLocked();
         _devices.Add(device.Name, device);
         device.Group.Devices.Add(device);
         Sysfs.Directory(device.SysfsRelative).Link("iommu_group", "kernel/iommu_groups/" + Decimal(device.IommuGroup));
@@ -206,6 +216,7 @@ public sealed partial class SimulatedKernel
 
     private void RegisterDriverLocked(string bus, string driver)
     {
+        AssertLocked();
         var drivers = Sysfs.Directory(bus + "/drivers");
         if (drivers.Child(driver) is not null)
         {
@@ -232,18 +243,21 @@ public sealed partial class SimulatedKernel
 
     private int BindByNameLocked(string bus, string driver, string name)
     {
+        AssertLocked();
         var device = DeviceOnBus(bus, name);
         return device is null ? -Errno.ENODEV : BindLocked(device, driver, checkMatch: true);
     }
 
     private int UnbindByNameLocked(string bus, string driver, string name)
     {
+        AssertLocked();
         var device = DeviceOnBus(bus, name);
         return device is null || device.DriverName != driver ? -Errno.ENODEV : UnbindLocked(device);
     }
 
     private int ProbeLocked(string bus, string name)
     {
+        AssertLocked();
         var device = DeviceOnBus(bus, name);
         if (device is null)
         {
@@ -264,6 +278,7 @@ public sealed partial class SimulatedKernel
     /// <summary>Binds a device to a driver (device_driver_attach and the driver's probe); the lock is held.</summary>
     internal int BindLocked(SimulatedDevice device, string driver, bool checkMatch)
     {
+        AssertLocked();
         string bus = BusOf(device);
         if (checkMatch && !Matches(device, driver))
         {
@@ -274,7 +289,7 @@ public sealed partial class SimulatedKernel
             return -Errno.EBUSY;
         }
         // A kernel driver that uses the DMA API cannot probe while user space owns the group's DMA.
-        if (!IommuGroupState.DmaManagingDrivers.Contains(driver) && device.Group.Container is not null)
+        if (!IommuGroupState.DmaManagingDrivers.Contains(driver) && (device.Group.Container is not null || GroupHasBoundCdevLocked(device.Group)))
         {
             return -Errno.EBUSY;
         }
@@ -290,6 +305,10 @@ public sealed partial class SimulatedKernel
         device.DriverName = driver;
         Sysfs.Directory(device.SysfsRelative).Link("driver", bus + "/drivers/" + driver);
         Sysfs.Directory(bus + "/drivers/" + driver).Link(device.Name, device.SysfsRelative);
+        if (device.IsVfioBound)
+        {
+            RegisterVfioDeviceLocked(device);
+        }
         Wake();
         return 0;
     }
@@ -301,12 +320,14 @@ public sealed partial class SimulatedKernel
     /// </summary>
     internal int UnbindLocked(SimulatedDevice device)
     {
+        AssertLocked();
         string? driver = device.DriverName;
         if (driver is null)
         {
             return -Errno.ENODEV;
         }
-        while (device.IsVfioBound && device.OpenCount > 0)
+        // Open cdev files hold the registration even before they bind (vfio_unregister_group_dev waits).
+        while (device.IsVfioBound && (device.OpenCount > 0 || CdevFilesLocked(device) > 0))
         {
             ReleaseRequests++;
             if (device.Irqs.Length > Req && device.Model is PciDeviceModel)
@@ -319,6 +340,7 @@ public sealed partial class SimulatedKernel
         {
             return 0; // someone else unbound it while we waited
         }
+        UnregisterVfioDeviceLocked(device);
         device.DriverName = null;
         string bus = BusOf(device);
         Sysfs.Remove(device.SysfsRelative + "/driver");

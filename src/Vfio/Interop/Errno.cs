@@ -68,8 +68,14 @@ public static class Errno
     public const int ENODATA = 61;
     /// <summary>EOVERFLOW.</summary>
     public const int EOVERFLOW = 75;
+    /// <summary>EBADFD: a descriptor of the wrong kind (iommufd: the fd given is not an iommufd).</summary>
+    public const int EBADFD = 77;
+    /// <summary>EMSGSIZE: the output array is too short (iommufd's IOVA ranges say how long it must be).</summary>
+    public const int EMSGSIZE = 90;
     /// <summary>EOPNOTSUPP.</summary>
     public const int EOPNOTSUPP = 95;
+    /// <summary>EADDRINUSE: an IOVA range the call needs is taken (iommufd: by a mapping, a reservation or an allowed range).</summary>
+    public const int EADDRINUSE = 98;
     /// <summary>ETIMEDOUT.</summary>
     public const int ETIMEDOUT = 110;
 
@@ -107,7 +113,10 @@ public static class Errno
         ENOMSG => nameof(ENOMSG),
         ENODATA => nameof(ENODATA),
         EOVERFLOW => nameof(EOVERFLOW),
+        EBADFD => nameof(EBADFD),
+        EMSGSIZE => nameof(EMSGSIZE),
         EOPNOTSUPP => nameof(EOPNOTSUPP),
+        EADDRINUSE => nameof(EADDRINUSE),
         ETIMEDOUT => nameof(ETIMEDOUT),
         _ => "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
@@ -135,7 +144,10 @@ public static class Errno
         ERANGE => "Numerical result out of range",
         ENOSYS => "Function not implemented",
         ENOMSG => "No message of desired type",
+        EBADFD => "File descriptor in bad state",
+        EMSGSIZE => "Message too long",
         EOPNOTSUPP => "Operation not supported",
+        EADDRINUSE => "Address already in use",
         ETIMEDOUT => "Connection timed out",
         _ => System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno),
     };

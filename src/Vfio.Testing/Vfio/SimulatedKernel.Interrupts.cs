@@ -20,6 +20,7 @@ public sealed partial class SimulatedKernel
     /// <summary>VFIO_DEVICE_SET_IRQS (vfio_set_irqs_validate_and_prepare, then the bus driver); the lock is held.</summary>
     internal unsafe int SetIrqsLocked(SimulatedDevice device, vfio_irq_set* set)
     {
+        AssertLocked();
         const int MinSize = 20; // offsetofend(struct vfio_irq_set, count)
         var model = device.Model;
         uint flags = set->flags;
@@ -81,6 +82,7 @@ public sealed partial class SimulatedKernel
 
     private int SetPciIrqsLocked(IrqRequest r)
     {
+        AssertLocked();
         return (r.Index, r.Action) switch
         {
             (Intx, VfioUapi.VFIO_IRQ_SET_ACTION_MASK) => IntxMaskLocked(r, mask: true),
@@ -97,6 +99,7 @@ public sealed partial class SimulatedKernel
     /// <summary>The eventfd behind <paramref name="fd"/>; a negative fd means none (null, no error), as vfio's set-irqs handlers read it.</summary>
     private int EventFdLocked(int fd, out EventFdFile? eventFd)
     {
+        AssertLocked();
         eventFd = null;
         if (fd < 0)
         {
@@ -124,6 +127,7 @@ public sealed partial class SimulatedKernel
 
     private int IntxMaskLocked(IrqRequest r, bool mask)
     {
+        AssertLocked();
         var device = r.Device;
         if (device.ActiveIrqIndex != Intx || r.Start != 0 || r.Count != 1)
         {
@@ -192,6 +196,7 @@ public sealed partial class SimulatedKernel
 
     private static void UnmaskIntxLocked(SimulatedDevice device, IrqLine line)
     {
+        device.Kernel.AssertLocked();
         if (!line.Masked)
         {
             return;
@@ -208,6 +213,7 @@ public sealed partial class SimulatedKernel
 
     private int IntxTriggerLocked(IrqRequest r)
     {
+        AssertLocked();
         var device = r.Device;
         bool isIntx = device.ActiveIrqIndex == Intx;
         if (isIntx && r.Count == 0 && r.None)
@@ -254,6 +260,7 @@ public sealed partial class SimulatedKernel
 
     private int MsiTriggerLocked(IrqRequest r)
     {
+        AssertLocked();
         var device = r.Device;
         bool active = device.ActiveIrqIndex == r.Index;
         if (active && r.Count == 0 && r.None)
@@ -303,7 +310,7 @@ public sealed partial class SimulatedKernel
                 var model = (PciDeviceModel)device.Model;
                 int index = r.Index;
                 int vectors = r.Start + r.Count;
-                Defer(() => model.SetMessageInterrupts(index, true, vectors));
+                Defer(() => model.VfioPci.Config.SetMessageInterrupts(index, true, vectors));
             }
             for (int i = 0; i < r.Count; i++)
             {
@@ -333,6 +340,7 @@ public sealed partial class SimulatedKernel
 
     private int SingleTriggerLocked(IrqRequest r)
     {
+        AssertLocked();
         var line = r.Line(0);
         if (r.None)
         {
@@ -382,6 +390,7 @@ public sealed partial class SimulatedKernel
     /// <summary>vfio_platform_set_irqs_ioctl in Linux 6.1: one vector per index; only level-triggered lines are maskable.</summary>
     private int SetPlatformIrqsLocked(IrqRequest r)
     {
+        AssertLocked();
         var line = r.Line(0);
         var device = r.Device;
         if (r.Action == VfioUapi.VFIO_IRQ_SET_ACTION_TRIGGER)
@@ -473,6 +482,7 @@ public sealed partial class SimulatedKernel
 
     private static void SetPlatformMaskLocked(SimulatedDevice device, IrqLine line, bool mask)
     {
+        device.Kernel.AssertLocked();
         if (mask)
         {
             line.Masked = true;
@@ -495,6 +505,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     private static bool FirePlatformLocked(SimulatedDevice device, int index, IrqLine line, bool loopback)
     {
+        device.Kernel.AssertLocked();
         if (line.Masked || line.Trigger is null)
         {
             if (!loopback)
@@ -513,6 +524,7 @@ public sealed partial class SimulatedKernel
 
     private void DisableActiveLocked(SimulatedDevice device)
     {
+        AssertLocked();
         int index = device.ActiveIrqIndex;
         if (index < 0)
         {
@@ -531,13 +543,14 @@ public sealed partial class SimulatedKernel
         device.EnabledVectors = 0;
         if (index is Msi or Msix && device.Model is PciDeviceModel model)
         {
-            Defer(() => model.SetMessageInterrupts(index, false));
+            Defer(() => model.VfioPci.Config.SetMessageInterrupts(index, false));
         }
     }
 
     /// <summary>Every interrupt torn down at the last close of the device; the lock is held.</summary>
     internal void DisableIrqsLocked(SimulatedDevice device)
     {
+        AssertLocked();
         foreach (var lines in device.Irqs)
         {
             foreach (var line in lines)

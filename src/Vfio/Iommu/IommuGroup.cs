@@ -26,6 +26,8 @@ public enum IommuGroupKind
 /// open), shared by the group's devices and counted by them. The last device to close unsets the
 /// container and closes the group.
 /// </summary>
+// Opening, attaching and closing are the legacy backend's (ContainerBackend), under the group's gate;
+// OpenDeviceCount and PinCount are guarded by that gate.
 public sealed class IommuGroup
 {
     private readonly VfioRegistry _registry;
@@ -55,6 +57,9 @@ public sealed class IommuGroup
 
     /// <summary>How many open devices hold the group.</summary>
     public int OpenDeviceCount { get; internal set; }
+
+    /// <summary>How many operations that pass the group's file to the kernel (hot resets) hold it open besides its devices.</summary>
+    internal int PinCount { get; set; }
 
     internal SafeFd Fd { get; }
 
@@ -151,7 +156,7 @@ public sealed class IommuGroup
         foreach (string member in sysfs.List(groupDir))
         {
             string? driver = sysfs.ReadLinkName(groupDir + "/" + member + "/driver");
-            if (driver is not null && !VfioRegistry.IsVfioDriver(driver))
+            if (driver is not null && !SysfsDiscovery.IsVfioDriver(driver))
             {
                 blocking.Add($"{member} is bound to {driver}");
             }
@@ -173,25 +178,4 @@ public sealed class IommuGroup
 
     /// <inheritdoc/>
     public override string ToString() => $"group {Id} ({Kind})";
-}
-
-/// <summary>A group cannot be used because a device in it is bound to a kernel driver.</summary>
-public sealed class VfioGroupNotViableException : VfioException
-{
-    /// <summary>Creates the exception.</summary>
-    /// <param name="message">What is wrong and what to do.</param>
-    /// <param name="groupId">The group.</param>
-    /// <param name="blockingDevices">Each device that blocks the group, with its driver ("0000:03:00.1 is bound to ixgbe").</param>
-    public VfioGroupNotViableException(string message, int groupId, IReadOnlyList<string> blockingDevices)
-        : base(message)
-    {
-        NotViableGroupId = groupId;
-        BlockingDevices = blockingDevices;
-    }
-
-    /// <summary>The group that is not viable.</summary>
-    public int NotViableGroupId { get; }
-
-    /// <summary>Each device that blocks the group, with its driver.</summary>
-    public IReadOnlyList<string> BlockingDevices { get; }
 }

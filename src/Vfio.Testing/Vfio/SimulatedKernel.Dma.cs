@@ -114,11 +114,9 @@ public sealed partial class SimulatedKernel
             {
                 return FaultLocked(device, iova, data.Length, write, "bus mastering is disabled in the command register");
             }
-            var container = device.Group.Container;
-            if (container?.Type1 is not { } iommu)
+            if (DmaMappingsLocked(device, out string reason) is not { } iommu)
             {
-                return FaultLocked(device, iova, data.Length, write,
-                    container?.NoIommuDriver == true ? "DMA without an IOMMU is not simulated" : "the group is not in a container with an IOMMU");
+                return FaultLocked(device, iova, data.Length, write, reason);
             }
             int done = 0;
             while (done < data.Length)
@@ -149,9 +147,26 @@ public sealed partial class SimulatedKernel
         }
     }
 
+    /// <summary>
+    /// The mappings the device's DMA goes through: its iommufd page table's IOAS when bound through
+    /// its cdev, else its group's type1 container; null with the reason the access faults. The lock is held.
+    /// </summary>
+    private IDmaMappings? DmaMappingsLocked(SimulatedDevice device, out string reason)
+    {
+        if (IommufdBindingLocked(device) is { } binding)
+        {
+            reason = "the device is bound to an iommufd but attached to no page table (DMA is blocked)";
+            return binding.Attached?.Ioas;
+        }
+        var container = device.Group.Container;
+        reason = container?.NoIommuDriver == true ? "DMA without an IOMMU is not simulated" : "the group is not in a container with an IOMMU";
+        return container?.Type1;
+    }
+
     /// <summary>Charges pinned bytes to the locked-memory limit; false when they would exceed it. The lock is held.</summary>
     internal bool TryLockLocked(ulong bytes)
     {
+        AssertLocked();
         if (_memlockLimit is ulong limit && (_lockedMemory + bytes > limit || _lockedMemory + bytes < bytes))
         {
             return false;
@@ -161,11 +176,16 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>Gives back pinned bytes; the lock is held.</summary>
-    internal void UnlockLocked(ulong bytes) => _lockedMemory -= bytes;
+    internal void UnlockLocked(ulong bytes)
+    {
+        AssertLocked();
+        _lockedMemory -= bytes;
+    }
 
     /// <summary>Takes hugepages for a MAP_HUGETLB mapping of <paramref name="length"/> bytes (rounded up); false when too few are free. The lock is held.</summary>
     internal bool TryTakeHugePagesLocked(nuint length, out int pages)
     {
+        AssertLocked();
         pages = checked((int)(((ulong)length + HugePageSize - 1) / HugePageSize));
         if (_hugePages - _hugePagesUsed < pages)
         {
@@ -176,7 +196,11 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>Returns hugepages of an unmapped MAP_HUGETLB mapping; the lock is held.</summary>
-    internal void PutHugePagesLocked(int pages) => _hugePagesUsed -= pages;
+    internal void PutHugePagesLocked(int pages)
+    {
+        AssertLocked();
+        _hugePagesUsed -= pages;
+    }
 
     // The sysfs files the library reads about DMA: the type1 driver's mapping limit and the 2 MiB pool.
     private void InitializeDma()
@@ -200,6 +224,7 @@ public sealed partial class SimulatedKernel
 
     private bool FaultLocked(SimulatedDevice device, ulong iova, int length, bool write, string reason)
     {
+        AssertLocked();
         _dmaFaults.Add(new DmaFault(device.Name, iova, length, write, reason));
         return false;
     }

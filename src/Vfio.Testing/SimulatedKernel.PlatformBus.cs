@@ -40,6 +40,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     private int ProbeVfioPlatformLocked(SimulatedPlatformDevice device)
     {
+        AssertLocked();
         var model = device.Model;
         if (!model.HasResetHandler && _platformResetRequired)
         {

@@ -3,125 +3,6 @@ using Vfio.Interop;
 
 namespace Vfio.Testing;
 
-/// <summary>A type of mediated device a parent offers (a folder under <c>mdev_supported_types</c>).</summary>
-/// <param name="name">The type's short name (the kernel's <c>sysfs_name</c>); its folder is "&lt;parent driver&gt;-&lt;name&gt;".</param>
-/// <param name="maxInstances">
-/// How many devices of this type may exist at once; for a parent with a shared capacity
-/// (<see cref="SimulatedKernel.AddMdevParent(string, string, int, SimulatedMdevType[])"/>), an extra limit
-/// on top of it (<see cref="int.MaxValue"/> for none).
-/// </param>
-/// <param name="createModel">Creates the model of each new device.</param>
-/// <param name="description">The type's <c>description</c> attribute; null when the parent driver shows none (mtty shows none).</param>
-/// <param name="deviceApi">The device API it exposes ("vfio-pci", "vfio-platform", "vfio-ccw", "vfio-ap").</param>
-public sealed class SimulatedMdevType(string name, int maxInstances, Func<DeviceModel> createModel, string? description = null, string deviceApi = "vfio-pci")
-{
-    /// <summary>The type's short name.</summary>
-    public string Name { get; } = name;
-
-    /// <summary>
-    /// The type's <c>name</c> attribute (the kernel's <c>pretty_name</c>, "Single port serial"); the
-    /// attribute shows <see cref="Name"/> when null, as the kernel does.
-    /// </summary>
-    public string? PrettyName { get; init; }
-
-    /// <summary>How many devices of this type may exist at once.</summary>
-    public int MaxInstances { get; } = maxInstances;
-
-    /// <summary>
-    /// What one device of this type takes from its parent's shared capacity (mtty: its number of
-    /// serial ports); ignored when the parent has none.
-    /// </summary>
-    public int Units { get; init; } = 1;
-
-    /// <summary>The type's description, or null when the type has no <c>description</c> attribute.</summary>
-    public string? Description { get; } = description;
-
-    /// <summary>The device API ("vfio-pci").</summary>
-    public string DeviceApi { get; } = deviceApi;
-
-    internal Func<DeviceModel> CreateModel { get; } = createModel;
-
-    internal int Instances { get; set; }
-
-    internal SimulatedMdevParent? Parent { get; set; }
-
-    /// <summary>What <c>available_instances</c> shows: the parent driver's <c>get_available</c>.</summary>
-    internal int Available
-    {
-        get
-        {
-            int left = MaxInstances - Instances;
-            return Parent?.Capacity is { } _ ? Math.Min(left, Parent.FreeUnits / Units) : left;
-        }
-    }
-}
-
-/// <summary>A parent device that creates mediated devices (listed under <c>class/mdev_bus</c>).</summary>
-public sealed class SimulatedMdevParent
-{
-    internal SimulatedMdevParent(SimulatedKernel kernel, string name, string driver, int? capacity, IReadOnlyList<SimulatedMdevType> types)
-    {
-        Kernel = kernel;
-        Name = name;
-        Driver = driver;
-        Capacity = capacity;
-        FreeUnits = capacity ?? 0;
-        Types = types;
-    }
-
-    /// <summary>The parent's device name.</summary>
-    public string Name { get; }
-
-    /// <summary>The parent's driver, which also drives its mdevs.</summary>
-    public string Driver { get; }
-
-    /// <summary>The capacity its types share (mtty: 24 serial ports), or null when each type counts alone.</summary>
-    public int? Capacity { get; }
-
-    /// <summary>The types it offers.</summary>
-    public IReadOnlyList<SimulatedMdevType> Types { get; }
-
-    /// <summary>Whether the parent was removed (its driver unloaded), after which its sysfs folder is gone.</summary>
-    public bool IsRemoved { get; internal set; }
-
-    internal int FreeUnits { get; set; }
-
-    internal SimulatedKernel Kernel { get; }
-
-    internal string SysfsRelative => "devices/virtual/" + Driver + "/" + Name;
-
-    internal string TypeFolder(SimulatedMdevType type) => Driver + "-" + type.Name;
-
-    /// <summary>Creates a device of <paramref name="typeName"/> as writing its UUID to the type's <c>create</c> would.</summary>
-    /// <param name="uuid">The new device's UUID.</param>
-    /// <param name="typeName">The type's short name.</param>
-    public SimulatedMdevDevice Create(Guid uuid, string typeName)
-    {
-        var type = Types.FirstOrDefault(t => t.Name == typeName) ?? throw new ArgumentException("No type " + typeName, nameof(typeName));
-        using (Kernel.Enter())
-        {
-            int r = Kernel.CreateMdevLocked(this, type, uuid.ToString("D", CultureInfo.InvariantCulture));
-            if (r < 0)
-            {
-                throw new InvalidOperationException("Creating the mdev failed: " + Errno.Name(-r));
-            }
-            return (SimulatedMdevDevice)Kernel.FindDeviceLocked(uuid.ToString("D", CultureInfo.InvariantCulture))!;
-        }
-    }
-
-    /// <summary>
-    /// Removes the parent as unloading its driver would (<c>mdev_unregister_parent</c>): its mdevs are
-    /// removed (waiting while one is open), then its folders disappear.
-    /// </summary>
-    public void Remove()
-    {
-        using (Kernel.Enter())
-        {
-            Kernel.RemoveMdevParentLocked(this);
-        }
-    }
-}
-
 public sealed partial class SimulatedKernel
 {
     /// <summary>
@@ -196,7 +77,11 @@ public sealed partial class SimulatedKernel
         return parent;
     }
 
-    internal SimulatedDevice? FindDeviceLocked(string name) => _devices.GetValueOrDefault(name);
+    internal SimulatedDevice? FindDeviceLocked(string name)
+    {
+        AssertLocked();
+        return _devices.GetValueOrDefault(name);
+    }
 
     /// <summary>
     /// What writing <paramref name="text"/> to a type's <c>create</c> does in Linux 6.1 (create_store and
@@ -205,6 +90,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     internal int CreateMdevLocked(SimulatedMdevParent parent, SimulatedMdevType type, string text)
     {
+        AssertLocked();
         if (text.Length < 36 || text.Length > 37 || !Guid.TryParseExact(text[..36], "D", out var uuid))
         {
             return -Errno.EINVAL;
@@ -254,6 +140,7 @@ public sealed partial class SimulatedKernel
     /// <summary>remove_store: a number (kstrtoul, base 0); 0 does nothing, anything else removes the device.</summary>
     private int RemoveStoreLocked(SimulatedMdevDevice device, string value)
     {
+        AssertLocked();
         string text = value.EndsWith('\n') ? value[..^1] : value;
         ulong number;
         bool parsed = text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
@@ -273,6 +160,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     private int RemoveMdevLocked(SimulatedMdevDevice device)
     {
+        AssertLocked();
         if (!_devices.ContainsKey(device.Name))
         {
             return -Errno.ENODEV;
@@ -303,6 +191,7 @@ public sealed partial class SimulatedKernel
 
     internal void RemoveMdevParentLocked(SimulatedMdevParent parent)
     {
+        AssertLocked();
         if (parent.IsRemoved)
         {
             return;

@@ -3,37 +3,6 @@ using System.Text;
 
 namespace Vfio.Testing;
 
-/// <summary>An open file descriptor of the simulated kernel.</summary>
-/// <param name="Fd">The descriptor number.</param>
-/// <param name="Kind">What it refers to.</param>
-/// <param name="Path">The path it was opened from, or the kernel's name for an anonymous file.</param>
-public sealed record SimulatedOpenFile(int Fd, SimulatedFileKind Kind, string Path);
-
-/// <summary>Thrown by <see cref="SimulatedKernel.AssertNoLeaks"/> when descriptors, mappings or DMA mappings are still open.</summary>
-public sealed class SimulatedLeakException : Exception
-{
-    /// <summary>Creates the exception.</summary>
-    public SimulatedLeakException()
-        : this("Kernel resources leaked.")
-    {
-    }
-
-    /// <summary>Creates the exception with a message.</summary>
-    /// <param name="message">What leaked.</param>
-    public SimulatedLeakException(string message)
-        : base(message)
-    {
-    }
-
-    /// <summary>Creates the exception with a message and a cause.</summary>
-    /// <param name="message">What leaked.</param>
-    /// <param name="innerException">The cause.</param>
-    public SimulatedLeakException(string message, Exception innerException)
-        : base(message, innerException)
-    {
-    }
-}
-
 public sealed partial class SimulatedKernel
 {
     /// <summary>The open descriptors, lowest number first.</summary>
@@ -82,14 +51,15 @@ public sealed partial class SimulatedKernel
         }
     }
 
-    /// <summary>The number of live IOMMU (DMA) mappings over all containers.</summary>
+    /// <summary>The number of live IOMMU (DMA) mappings over all containers and iommufd IO address spaces.</summary>
     public int DmaMappingCount
     {
         get
         {
             using (Enter())
             {
-                return LiveContainersLocked.Sum(c => c.Type1?.Count ?? 0);
+                return LiveContainersLocked.Sum(c => c.Type1?.Count ?? 0)
+                    + IommufdContextsLocked.SelectMany(c => c.Objects).OfType<IoasObject>().Sum(i => i.Areas.Count);
             }
         }
     }
@@ -99,7 +69,7 @@ public sealed partial class SimulatedKernel
 
     /// <summary>
     /// Throws a <see cref="SimulatedLeakException"/> listing every descriptor (number, kind, path),
-    /// memory mapping and DMA mapping still open.
+    /// memory mapping, DMA mapping and iommufd object (IO address space, bound device, page table) still open.
     /// </summary>
     public void AssertNoLeaks()
     {
@@ -120,6 +90,17 @@ public sealed partial class SimulatedKernel
                 {
                     string groups = string.Join(", ", container.Groups.Select(g => g.Id));
                     report.Append(CultureInfo.InvariantCulture, $"  DMA mapping iova 0x{m.Iova:x} ({m.Size} bytes) -> 0x{m.Vaddr:x}, container of group(s) {groups}\n");
+                }
+            }
+            foreach (var context in IommufdContextsLocked)
+            {
+                foreach (var obj in context.Objects)
+                {
+                    report.Append(CultureInfo.InvariantCulture, $"  iommufd {obj.Describe()}\n");
+                    foreach (var area in (obj as IoasObject)?.Areas ?? [])
+                    {
+                        report.Append(CultureInfo.InvariantCulture, $"  DMA mapping iova 0x{area.Iova:x} ({area.Length} bytes) -> 0x{area.UserVa:x}, IOAS {obj.Id}\n");
+                    }
                 }
             }
         }
