@@ -377,16 +377,19 @@ check_config() {
   say "config check: all ${#want[@]} options of $(basename -a "$@" | tr '\n' ' ')as the fragments say"
 }
 
-# configure_kernel TREE VARIANT: tinyconfig, the variant's fragments, olddefconfig, the check.
+# configure_kernel TREE VARIANT: tinyconfig, the variant's fragments, olddefconfig, the check;
+# make's output goes to $configure_log ($vfio_cache/logs/configure-SOURCE_VERSION-VARIANT.log).
 configure_kernel() {
   local tree="$1" fragments
   fragments="$(variant_fragments "$2")"
+  mkdir -p "$vfio_cache/logs"
+  configure_log="$vfio_cache/logs/configure-$source_version-$2.log"
   # shellcheck disable=SC2086
   (
     cd "$tree" &&
-      make -s tinyconfig >>"$tree/../configure.log" 2>&1 &&
+      make -s tinyconfig >"$configure_log" 2>&1 &&
       apply_fragments .config $fragments &&
-      make -s olddefconfig >>"$tree/../configure.log" 2>&1 &&
+      make -s olddefconfig >>"$configure_log" 2>&1 &&
       check_config .config $fragments
   )
 }
@@ -459,7 +462,7 @@ build_kernels() {
       || die "the archive moved $source_package on from $source_version while downloading; the lists are updated now: run again"
     for v in "${missing[@]}"; do
       say "configuring $source_package $source_version, variant $v..."
-      configure_kernel "$tree" "$v" || die "configuring variant $v failed or left options out (above; log: $temp/configure.log)"
+      configure_kernel "$tree" "$v" || die "configuring variant $v failed or left options out (above; log: $configure_log)"
       mkdir -p "$vfio_cache/logs"
       log="$vfio_cache/logs/build-$source_version-$v.log"
       make_with_progress "$tree" "$log" "building kernel $source_version $v" bzImage
@@ -482,7 +485,7 @@ check_kernel_configs() {
   cache_temp "config-$source_version"
   unpack_kernel_source "$temp"
   for v in "$@"; do
-    configure_kernel "$temp/linux" "$v" || die "configuring variant $v failed or left options out (above; log: $temp/configure.log)"
+    configure_kernel "$temp/linux" "$v" || die "configuring variant $v failed or left options out (above; log: $configure_log)"
   done
 }
 
