@@ -1,7 +1,9 @@
 # Sourced by the /init of both VM suites' initramfs (init.sh, mdev-init.sh), which run it as
 # /lib/init-common.sh: mounts the kernel's file systems, prints "vfio-vm: init started", defines
 # finish (power off) and fail (report a setup failure, power off), and loads the modules listed
-# in /lib/modules/load-order. It also defines run_program for the test program's runs.
+# in /lib/modules/load-order. It reads the mode the host boots the guest in (vfio_vm_mode=MODE on
+# the kernel command line: legacy, legacy-compat or iommufd) into $vm_mode, exported to the
+# programs as VFIO_VM_MODE, and defines run_program for the test program's runs.
 # Lines starting with "vfio-vm:" are read by tests/vm/lib.sh; keep their wording in step.
 
 /bin/busybox --install -s /bin
@@ -13,6 +15,13 @@ mount -t tmpfs tmpfs /tmp
 # The firmware may leave the console mid-line: start the first marker on a line of its own.
 echo
 echo "vfio-vm: init started"
+
+vm_mode=legacy
+for word in $(cat /proc/cmdline); do
+  case "$word" in vfio_vm_mode=*) vm_mode="${word#vfio_vm_mode=}" ;; esac
+done
+export VFIO_VM_MODE="$vm_mode"
+echo "vfio-vm: kernel $(uname -r), mode $vm_mode"
 
 finish() {
   sync

@@ -106,7 +106,7 @@ bind_vfio "$nvme_address"
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1
 echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
-/bin/Vfio.VmTests --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
+/bin/Vfio.VmTests --mode "$vm_mode" --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
   $reset_args --hot-reset-group "$reset_group"
 echo "vfio-vm: program exited with status $?"
 run_program sample --sample "$address"
