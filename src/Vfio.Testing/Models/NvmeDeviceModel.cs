@@ -95,6 +95,7 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     private readonly SubmissionQueue?[] _sqs = new SubmissionQueue?[MaxIoQueuePairs + 1];
     private readonly CompletionQueue?[] _cqs = new CompletionQueue?[MaxIoQueuePairs + 1];
     private readonly List<Task> _work = [];
+    private readonly int[] _messages = new int[MsixTableSize];
     private int _commands;
 
     /// <summary>Creates the controller as QEMU's <c>-device nvme,serial=SERIAL,drive=...</c> does.</summary>
@@ -170,6 +171,22 @@ public sealed class NvmeDeviceModel : PciDeviceModel
             {
                 return _commands;
             }
+        }
+    }
+
+    /// <summary>
+    /// How many interrupts the controller sent for MSI-X vector <paramref name="vector"/> since it was
+    /// created: one per pass over the queues that posted completions to a completion queue created
+    /// with interrupts enabled (CDW11.IEN) on that vector; none for a polled completion queue.
+    /// </summary>
+    /// <param name="vector">The vector, 0 to <see cref="MsixTableSize"/> - 1.</param>
+    public int MessagesSent(int vector)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(vector);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(vector, MsixTableSize);
+        lock (Gate)
+        {
+            return _messages[vector];
         }
     }
 
@@ -449,6 +466,7 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     {
         if (MsixEnabled)
         {
+            _messages[vector]++;
             RaiseInterrupt(2, vector);
         }
         else if ((Register32(0x0c) & (1u << vector)) == 0)
