@@ -16,6 +16,10 @@ project="$here/Vfio.VmTests/Vfio.VmTests.csproj"
 program_name="Vfio.VmTests"
 program_dir="$shared_cache/program"
 
+# Host programs a suite adds to its initramfs (absolute paths), each copied into /bin with the
+# libraries ldd lists for it; empty unless the suite sets it after sourcing this file.
+initramfs_programs=()
+
 say() { echo "$suite: $*"; }
 die() {
   echo "$suite: ERROR: $*" >&2
@@ -147,6 +151,51 @@ copy_modules() {
   done
 }
 
+# The VFIO modules of Debian's 6.1 kernels, in the order busybox insmod loads them.
+vfio_modules=(irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci)
+
+# newest_cloud_kernel: the newest linux-image-6.1.0-N-cloud-amd64-unsigned package apt can install.
+newest_cloud_kernel() {
+  local n
+  for n in $(kernel_abis cloud-amd64); do
+    if [ -n "$(candidate "linux-image-6.1.0-$n-cloud-amd64-unsigned")" ]; then
+      echo "linux-image-6.1.0-$n-cloud-amd64-unsigned"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# cloud_kernel: sets $kernel_dir to Debian's 6.1 cloud kernel (its nvme driver built in), unpacked
+# in the shared cache ($shared_cache/kernel/VERSION: vmlinuz, config and the VFIO modules) by
+# whichever suite ran first; downloads the newest apt offers when none is there.
+cloud_kernel() {
+  local cache="$shared_cache" package unpacked version
+  kernel_dir="$(cached_kernel)"
+  if [ -z "$kernel_dir" ]; then
+    [ "$no_apt" = 1 ] && die "no kernel in $cache/kernel and --no-apt was given"
+    resolve_with_apt newest_cloud_kernel
+    package="$resolved"
+    [ -n "$package" ] || die "apt offers no linux-image-6.1.0-N-cloud-amd64-unsigned package"
+    say "fetching kernel $package..."
+    fetch_deb "$package" || die "apt-get download $package failed"
+    unpacked="$cache/unpacked"
+    rm -rf "$unpacked"
+    dpkg-deb -x "$deb" "$unpacked" || die "dpkg-deb -x $deb failed"
+    version="$(ls "$unpacked/lib/modules" | head -n 1)"
+    [ -n "$version" ] && [ -f "$unpacked/boot/vmlinuz-$version" ] || die "no kernel image in $deb"
+    kernel_dir="$cache/kernel/$version"
+    rm -rf "$kernel_dir"
+    mkdir -p "$kernel_dir/modules"
+    cp "$unpacked/boot/vmlinuz-$version" "$kernel_dir/vmlinuz"
+    cp "$unpacked/boot/config-$version" "$kernel_dir/config" 2>/dev/null || true
+    copy_modules "$unpacked/lib/modules/$version/kernel" "$kernel_dir/modules" "${vfio_modules[@]}"
+    rm -rf "$unpacked"
+    echo "$package" >"$kernel_dir/ready"
+  fi
+  say "kernel: $(cat "$kernel_dir/ready") ($(basename "$kernel_dir"))"
+}
+
 # ---------------------------------------------------------------------------------------------
 # The test program, published for linux-x64 once for both suites: NativeAOT when the toolchain
 # is available, self-contained single-file otherwise
@@ -210,13 +259,16 @@ publish_program() {
 # init script) and /lib/init-common.sh, which it sources
 # ---------------------------------------------------------------------------------------------
 # build_initramfs INIT KERNEL_DIR MODULE...: sets $initrd, rebuilt only when the program, the
-# kernel or the guest scripts changed.
+# kernel, the guest scripts or the programs in $initramfs_programs changed.
 build_initramfs() {
-  local init="$1" kernel_dir="$2" key root busybox_bin gcc_s m
+  local init="$1" kernel_dir="$2" key root busybox_bin gcc_s m extra
   shift 2
   initrd="$cache/initramfs.cpio.gz"
   key="$(cat "$program_dir/inputs") $(basename "$kernel_dir") $(cat "$kernel_dir/ready")"
   key="$key $(cat "$init" "$here/init-common.sh" | sha256sum | cut -d' ' -f1)"
+  if [ ${#initramfs_programs[@]} -gt 0 ]; then
+    key="$key $(sha256sum "${initramfs_programs[@]}" | sha256sum | cut -d' ' -f1)"
+  fi
   if [ -f "$initrd" ] && [ "$(cat "$initrd.key" 2>/dev/null)" = "$key" ]; then
     return 0
   fi
@@ -238,6 +290,10 @@ build_initramfs() {
   copy_libs "$busybox_bin"
   cp "$program_dir/$program_name" "$root/bin/$program_name"
   copy_libs "$program_dir/$program_name"
+  for extra in "${initramfs_programs[@]}"; do
+    cp -L "$extra" "$root/bin/$(basename "$extra")"
+    copy_libs "$extra"
+  done
   # glibc loads libgcc_s at run time (unwinding, thread cancellation) without ldd listing it.
   gcc_s="$(ldconfig -p 2>/dev/null | grep -m1 -oE '/[^ ]*x86-64[^ ]*/libgcc_s\.so\.1|/[^ ]*/libgcc_s\.so\.1' || true)"
   if [ -n "$gcc_s" ] && [ ! -e "$root$gcc_s" ]; then

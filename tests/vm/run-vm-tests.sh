@@ -39,49 +39,12 @@ mkdir -p "$cache"
 
 need_tools
 
-# ---------------------------------------------------------------------------------------------
-# Kernel: the newest linux-image-6.1.0-N-cloud-amd64-unsigned apt offers, unpacked, trimmed to
-# the image and the VFIO modules
-# ---------------------------------------------------------------------------------------------
-modules=(irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci)
-
-resolve_kernel_package() {
-  local n
-  for n in $(kernel_abis cloud-amd64); do
-    if [ -n "$(candidate "linux-image-6.1.0-$n-cloud-amd64-unsigned")" ]; then
-      echo "linux-image-6.1.0-$n-cloud-amd64-unsigned"
-      return 0
-    fi
-  done
-  return 1
-}
-
-kernel_dir="$(cached_kernel)"
-if [ -z "$kernel_dir" ]; then
-  [ "$no_apt" = 1 ] && die "no kernel in $cache/kernel and --no-apt was given"
-  resolve_with_apt resolve_kernel_package
-  package="$resolved"
-  [ -n "$package" ] || die "apt offers no linux-image-6.1.0-N-cloud-amd64-unsigned package"
-  say "fetching kernel $package..."
-  fetch_deb "$package" || die "apt-get download $package failed"
-  unpacked="$cache/unpacked"
-  rm -rf "$unpacked"
-  dpkg-deb -x "$deb" "$unpacked" || die "dpkg-deb -x $deb failed"
-  version="$(ls "$unpacked/lib/modules" | head -n 1)"
-  [ -n "$version" ] && [ -f "$unpacked/boot/vmlinuz-$version" ] || die "no kernel image in $deb"
-  kernel_dir="$cache/kernel/$version"
-  rm -rf "$kernel_dir"
-  mkdir -p "$kernel_dir/modules"
-  cp "$unpacked/boot/vmlinuz-$version" "$kernel_dir/vmlinuz"
-  cp "$unpacked/boot/config-$version" "$kernel_dir/config" 2>/dev/null || true
-  copy_modules "$unpacked/lib/modules/$version/kernel" "$kernel_dir/modules" "${modules[@]}"
-  rm -rf "$unpacked"
-  echo "$package" >"$kernel_dir/ready"
-fi
-say "kernel: $(cat "$kernel_dir/ready") ($(basename "$kernel_dir"))"
+# The kernel: the newest linux-image-6.1.0-N-cloud-amd64-unsigned apt offers, trimmed to the
+# image and the VFIO modules (lib.sh).
+cloud_kernel
 
 publish_program "$reuse"
-build_initramfs "$here/init.sh" "$kernel_dir" "${modules[@]}"
+build_initramfs "$here/init.sh" "$kernel_dir" "${vfio_modules[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # Boot
