@@ -10,7 +10,8 @@ namespace Vfio.VmTests;
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS
 /// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
-/// edu sample's program, and as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's.
+/// edu sample's program, and as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, and as
+/// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>).
 /// </summary>
 internal static class Program
 {
@@ -18,6 +19,7 @@ internal static class Program
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
+        + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
         + "       Vfio.VmTests --mdev | --mdev-sample [--verbose]";
 
     private static async Task<int> Main(string[] args)
@@ -29,6 +31,10 @@ internal static class Program
         if (args.Length > 0 && args[0] == "--nvme-sample")
         {
             return await NvmeDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 1 && args[0] == "--nvme-bench")
+        {
+            return await NvmeBench.RunAsync(["--device", .. args[1..]], Console.Out).ConfigureAwait(false);
         }
         if (args.Length > 0 && args[0] == "--mdev-sample")
         {
