@@ -9,10 +9,12 @@
 
 kernel_nvme=0000:00:04.0
 vfio_nvme=0000:00:05.0
-seconds=5
+seconds=3
+rounds=3
 for word in $(cat /proc/cmdline); do
   case "$word" in
     nvmebench_seconds=*) seconds="${word#*=}" ;;
+    nvmebench_rounds=*) rounds="${word#*=}" ;;
   esac
 done
 
@@ -36,5 +38,5 @@ echo "vfio-vm: kernel disk /dev/$disk at $kernel_nvme ($(cat /sys/block/$disk/si
 bind_vfio "$vfio_nvme"
 
 dmesg -n 1
-run_program "nvme bench" --nvme-bench "$vfio_nvme" --kernel-disk "/dev/$disk" --seconds "$seconds" --warm-up 1
+run_program "nvme bench" --nvme-bench "$vfio_nvme" --kernel-disk "/dev/$disk" --seconds "$seconds" --warm-up 1 --rounds "$rounds"
 finish

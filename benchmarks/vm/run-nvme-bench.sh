@@ -6,15 +6,18 @@
 # io_uring, io_uring polled and libaio, --direct=1); 00:05.0 is bound to vfio-pci and driven by the
 # NVMe sample's load generator through the library (completions polled or by MSI-X). The same
 # workloads run on both: 4 KiB random reads and writes at queue depth 1 and 32 over the first 32 MiB,
-# a fixed time each after 1 s of warm-up.
+# a fixed time each after 1 s of warm-up, in rounds that interleave the two sides so that load on a
+# shared machine falls on both alike (about 6 minutes of VM time with the defaults).
 #
 # Usage: benchmarks/vm/run-nvme-bench.sh [--reuse] [--no-apt] [--fresh] [--timeout SECONDS] [--verbose]
 #   --reuse       reuse the published program and the initramfs in the cache as they are (env VFIO_VM_REUSE=1)
 #   --no-apt      never call apt; the tools (fio among them) and a cached kernel must be there (env VFIO_VM_NO_APT=1)
 #   --fresh       delete the benchmark's cache first (env VFIO_VM_FRESH=1)
-#   --timeout S   limit for the VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 600)
+#   --timeout S   limit for the VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 1200)
 #   --verbose     show the whole serial console (env VFIO_VM_VERBOSE=1)
-#   env VFIO_NVME_BENCH_SECONDS   measured seconds per run (default 5)
+#   env VFIO_NVME_BENCH_SECONDS   measured seconds per run (default 3; each run adds 1 s of warm-up)
+#   env VFIO_NVME_BENCH_ROUNDS    rounds (default 3): each runs every workload on every driver, the
+#                                 drivers' order rotating; each figure is the run with the median IOPS
 #
 # Output: the guest's tables (IOPS, p50 and p99 latency per run; where the library's time per I/O
 # goes), then, on stdout, one "name: value" line per ratio, as benchmarks/run.sh prints:
@@ -33,11 +36,15 @@ cache="$here/.cache/nvme-bench"
 suite=nvme-bench
 
 . "$here/lib.sh"
+: "${VFIO_VM_TIMEOUT:=1200}"
 parse_options "--reuse --no-apt --fresh --timeout --verbose" "$@"
-seconds="${VFIO_NVME_BENCH_SECONDS:-5}"
-case "$seconds" in
-  ''|*[!0-9]*|0) echo "run-nvme-bench: VFIO_NVME_BENCH_SECONDS must be a positive number of seconds" >&2; exit 2 ;;
-esac
+seconds="${VFIO_NVME_BENCH_SECONDS:-3}"
+rounds="${VFIO_NVME_BENCH_ROUNDS:-3}"
+for value in "$seconds" "$rounds"; do
+  case "$value" in
+    ''|*[!0-9]*|0) echo "run-nvme-bench: VFIO_NVME_BENCH_SECONDS and VFIO_NVME_BENCH_ROUNDS must be positive whole numbers" >&2; exit 2 ;;
+  esac
+done
 
 if [ "$fresh" = 1 ]; then
   say "deleting the cache ($cache)"
@@ -60,8 +67,8 @@ done
 # where every clock read traps into QEMU (about 2 us); fio and the load generator read the clock
 # for every I/O. nvme.poll_queues=1 gives the kernel's controller the poll queue that fio's
 # polled io_uring engine (hipri) needs.
-say "booting (QEMU TCG, intel-iommu + nvme at 04.0 for the kernel + nvme at 05.0 for vfio-pci; $seconds s per run; limit ${vm_timeout}s)..."
-boot "$kernel_dir" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check tsc=reliable nvme.poll_queues=1 nvmebench_seconds=$seconds" \
+say "booting (QEMU TCG, intel-iommu + nvme at 04.0 for the kernel + nvme at 05.0 for vfio-pci; $rounds rounds of $seconds s runs; limit ${vm_timeout}s)..."
+boot "$kernel_dir" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check tsc=reliable nvme.poll_queues=1 nvmebench_seconds=$seconds nvmebench_rounds=$rounds" \
   -device intel-iommu,caching-mode=on \
   -drive file="$cache/kernel.img",if=none,id=nkernel,format=raw \
   -device nvme,serial=BENCHKERNEL,drive=nkernel,addr=04.0 \

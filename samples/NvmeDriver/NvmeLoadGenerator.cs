@@ -22,6 +22,12 @@ public sealed record NvmeLoadOptions
     /// <summary>The region of the namespace the commands go to, from its first block.</summary>
     public ulong RegionBytes { get; init; } = 32UL << 20;
 
+    /// <summary>
+    /// How many completions each queue pair takes before it writes its completion queue's head
+    /// doorbell (<see cref="NvmeQueuePair.CompletionsPerDoorbell"/>); 1 writes it every round.
+    /// </summary>
+    public int CompletionsPerDoorbell { get; init; } = 32;
+
     /// <summary>Completions by polling the completion queues or by MSI-X interrupt.</summary>
     public NvmeCompletionMode Completion { get; init; } = NvmeCompletionMode.Polling;
 
@@ -44,10 +50,10 @@ public sealed record NvmeLoadOptions
 
 /// <summary>Where the load generator's time per I/O went, measured with a clock read between the phases of each round.</summary>
 /// <param name="SubmissionNs">Writing the submission entries (block address, PRPs, command identifier).</param>
-/// <param name="SubmissionDoorbellNs">The submission queue tail doorbell write.</param>
+/// <param name="SubmissionDoorbellNs">The submission queue tail doorbell write (and the completion queue's head before it when the controller needs the room).</param>
 /// <param name="WaitNs">From the doorbell to the first completion seen: the device's work plus polling, or plus the interrupt's delivery and the waiter's wake-up.</param>
 /// <param name="CompletionScanNs">Taking the posted completion entries (phase tags, statuses, latencies).</param>
-/// <param name="CompletionDoorbellNs">The completion queue head doorbell write.</param>
+/// <param name="CompletionDoorbellNs">The completion queue head doorbell write, in the rounds that make it.</param>
 /// <param name="CommandsPerRound">Commands taken per round on average (each round submits, waits, takes and rings once).</param>
 /// <param name="EmptyPollsPerIo">Looks at an empty completion queue per I/O (polling).</param>
 /// <param name="WakeUpsPerIo">Interrupt waits that returned, per I/O (interrupts).</param>
@@ -114,6 +120,7 @@ public static class NvmeLoadGenerator
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Depth, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.Depth, NvmeController.MaxQueueEntries - 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.TransferBytes, ns.BlockSize);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.CompletionsPerDoorbell, 1);
         if (options.TransferBytes % ns.BlockSize != 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.TransferBytes, $"The transfer size is not a multiple of the {ns.BlockSize}-byte block.");
@@ -130,6 +137,7 @@ public static class NvmeLoadGenerator
             for (int i = 0; i < options.Queues; i++)
             {
                 var pair = await controller.CreateIoQueuePairAsync(options.FirstQueueId + i, QueueEntries(options.Depth), options.Completion, cancellationToken).ConfigureAwait(false);
+                pair.CompletionsPerDoorbell = options.CompletionsPerDoorbell;
                 try
                 {
                     workers.Add(new QueueWorker(controller, pair, ns, options, slots, options.Seed + (ulong)i));

@@ -40,6 +40,15 @@ public readonly record struct NvmeCompletion(uint Result, ushort SubmissionHead,
 /// by polling (<see cref="HasCompletion"/>) or by waiting for the queue's MSI-X vector
 /// (<see cref="WaitForInterruptAsync"/>).
 /// </para>
+/// <para>
+/// Each doorbell is a register write, which costs a VM exit when the controller is emulated or
+/// passed through to a virtual machine. The head doorbell only tells the controller that it has
+/// room in the completion queue, so it can wait: with <see cref="CompletionsPerDoorbell"/> above 1
+/// it is written once per that many completions taken, as DPDK batches a NIC's receive tail
+/// (rx_free_thresh). The controller never finds the queue full for it: before ringing the
+/// submission doorbell, the pair writes the head first whenever the entries taken and not yet
+/// handed back and the commands in flight could fill the completion queue.
+/// </para>
 /// <para>A queue pair has one user at a time: the I/O path is not thread-safe, and the two ways must not be mixed.</para>
 /// </remarks>
 public sealed class NvmeQueuePair : IDisposable
@@ -58,7 +67,7 @@ public sealed class NvmeQueuePair : IDisposable
     private int _tail;
     private int _rungTail;
     private int _head;
-    private bool _headMoved;
+    private int _taken;
     private bool _phase = true;
 
     internal NvmeQueuePair(NvmeController controller, MmioRegion bar0, int id, int entries, NvmeCompletionMode completion, int vector, int doorbellStride, bool prpLists)
@@ -126,6 +135,20 @@ public sealed class NvmeQueuePair : IDisposable
     /// <summary>How many commands are submitted and not yet taken from the completion queue.</summary>
     public int InFlight => Capacity - _freeCount;
 
+    /// <summary>
+    /// How many taken completions <see cref="RingCompletionDoorbell"/> lets accumulate before it writes
+    /// the head doorbell; 1 (the default) writes it whenever something was taken.
+    /// </summary>
+    public int CompletionsPerDoorbell
+    {
+        get;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            field = value;
+        }
+    } = 1;
+
     /// <summary>The command identifier the next submission takes, or -1 when the queue pair is full.</summary>
     public int NextCommandId => _freeCount == 0 ? -1 : _freeIds[_freeCount - 1];
 
@@ -170,11 +193,19 @@ public sealed class NvmeQueuePair : IDisposable
     public bool TrySubmitWrite(NvmeNamespace ns, ulong lba, int blocks, DmaBuffer source, ulong offset, out ushort commandId) =>
         TrySubmit(Transfer(NvmeOpcode.Write, ns, lba, blocks), source, offset, blocks * ns.BlockSize, out commandId);
 
-    /// <summary>Tells the controller of every entry written since the last ring: one write of the tail to the submission queue's doorbell.</summary>
+    /// <summary>
+    /// Tells the controller of every entry written since the last ring: one write of the tail to the
+    /// submission queue's doorbell (preceded by the completion queue's head when the controller could
+    /// otherwise run out of room to complete them).
+    /// </summary>
     public void RingSubmissionDoorbell()
     {
         if (_tail != _rungTail)
         {
+            if (_taken + InFlight > Capacity)
+            {
+                WriteHead();
+            }
             // The entries must be in memory before the controller learns of them.
             Interlocked.MemoryBarrier();
             _bar0.Write32(_submissionDoorbell, (uint)_tail);
@@ -217,17 +248,19 @@ public sealed class NvmeQueuePair : IDisposable
             _head = 0;
             _phase = !_phase;
         }
-        _headMoved = true;
+        _taken++;
         return true;
     }
 
-    /// <summary>Hands the completion queue's taken entries back to the controller: one write of the head to its doorbell.</summary>
+    /// <summary>
+    /// Hands the completion queue's taken entries back to the controller, one write of the head to
+    /// its doorbell, once <see cref="CompletionsPerDoorbell"/> of them have accumulated.
+    /// </summary>
     public void RingCompletionDoorbell()
     {
-        if (_headMoved)
+        if (_taken >= CompletionsPerDoorbell)
         {
-            _bar0.Write32(_completionDoorbell, (uint)_head);
-            _headMoved = false;
+            WriteHead();
         }
     }
 
@@ -368,6 +401,12 @@ public sealed class NvmeQueuePair : IDisposable
         }
         commandId = id;
         return true;
+    }
+
+    private void WriteHead()
+    {
+        _bar0.Write32(_completionDoorbell, (uint)_head);
+        _taken = 0;
     }
 
     private static SubmissionEntry Transfer(byte opcode, NvmeNamespace ns, ulong lba, int blocks)

@@ -190,6 +190,18 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
+    /// <summary>The head of completion queue <paramref name="queueId"/> as the driver last wrote it to its doorbell, or -1 when the queue does not exist.</summary>
+    /// <param name="queueId">The completion queue's id (0 for the admin queue).</param>
+    public int CompletionQueueHead(int queueId)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(queueId);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(queueId, MaxIoQueuePairs);
+        lock (Gate)
+        {
+            return _cqs[queueId]?.Head ?? -1;
+        }
+    }
+
     /// <summary>A copy of <paramref name="count"/> blocks of namespace 1 from <paramref name="lba"/>.</summary>
     /// <param name="lba">The first block.</param>
     /// <param name="count">How many blocks.</param>

@@ -97,6 +97,38 @@ public class NvmeQueuePairTests
     }
 
     [Fact]
+    public async Task TheHeadDoorbellWaitsForItsBatchOfCompletionsButNeverLetsTheCompletionQueueFill()
+    {
+        await using var nvme = await StartAsync();
+        var pair = await nvme.Controller.CreateIoQueuePairAsync(1, 4, NvmeCompletionMode.Polling, Soon());
+        pair.CompletionsPerDoorbell = 2;
+        using var data = nvme.Controller.AllocateDmaBuffer(3 * 4096, DmaAccess.DeviceWrites);
+
+        await RoundAsync(1);
+        nvme.Model.CompletionQueueHead(1).Should().Be(0, "one completion taken is below the batch of 2");
+        await RoundAsync(1);
+        nvme.Model.CompletionQueueHead(1).Should().Be(2, "the second completion makes the batch");
+
+        pair.CompletionsPerDoorbell = 100;
+        await RoundAsync(3);
+        nvme.Model.CompletionQueueHead(1).Should().Be(2, "three taken are below the batch of 100");
+        await RoundAsync(1);
+        nvme.Model.CompletionQueueHead(1).Should().Be(1, "3 taken and 1 in flight would fill the 4-entry queue: the head went first (2 + 3 wraps to 1)");
+
+        async Task RoundAsync(int commands)
+        {
+            for (int i = 0; i < commands; i++)
+            {
+                pair.TrySubmitRead(nvme.Namespace, 0, 8, data, (ulong)i * 4096, out _).Should().BeTrue();
+            }
+            pair.RingSubmissionDoorbell();
+            (await TakeAsync(pair, commands)).Should().HaveCount(commands);
+            pair.RingCompletionDoorbell();
+            await nvme.Model.WhenIdleAsync();
+        }
+    }
+
+    [Fact]
     public async Task APolledPairHasNoInterruptToWaitForAndItsOneCommandPathPolls()
     {
         await using var nvme = await StartAsync();
