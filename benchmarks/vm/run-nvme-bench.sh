@@ -75,16 +75,7 @@ boot "$kernel_dir" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_ti
   -drive file="$cache/vfio.img",if=none,id=nvfio,format=raw \
   -device nvme,serial=BENCHVFIO,drive=nvfio,addr=05.0
 
-problem=""
-if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
-  problem="guest hung: QEMU did not power off within ${vm_timeout}s"
-elif [ "$qemu_rc" -ne 0 ]; then
-  problem="QEMU failed with exit code $qemu_rc: $(tr '\n' ' ' <"$cache/qemu.err")"
-elif ! grep -q 'vfio-vm: init started' "$console.txt"; then
-  problem="the guest never reached /init (kernel panic or boot failure)"
-elif setup_error="$(grep -m1 'vfio-vm: setup failed' "$console.txt")"; then
-  problem="${setup_error#*vfio-vm: }"
-fi
+boot_problem
 grep -m1 'vfio-vm: kernel disk' "$console.txt" | sed "s/^vfio-vm: /$suite: /" || true
 read_sample "nvme bench" "NVMe benchmark"
 

@@ -348,15 +348,10 @@ boot() {
   fi
 }
 
-# read_results: prints the PASS/FAIL lines of the console, sets $passed and $failed, and sets
-# $problem to what went wrong with the guest or the test program ("" when nothing did).
-read_results() {
-  local results setup_error status summary
-  results="$(grep -E '^(PASS|FAIL) ' "$console.txt" || true)"
-  passed="$(grep -cE '^PASS ' <<<"$results" || true)"
-  failed="$(grep -cE '^FAIL ' <<<"$results" || true)"
-  [ -n "$results" ] && printf '%s\n' "$results"
-
+# boot_problem: sets $problem to what went wrong with QEMU, the kernel or the guest's setup (""
+# when nothing did).
+boot_problem() {
+  local setup_error
   problem=""
   if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
     if ! grep -q 'vfio-vm: init started' "$console.txt"; then
@@ -372,6 +367,21 @@ read_results() {
     problem="the guest never reached /init (kernel panic or boot failure)"
   elif setup_error="$(grep -m1 'vfio-vm: setup failed' "$console.txt")"; then
     problem="${setup_error#*vfio-vm: }"
+  fi
+}
+
+# read_results: prints the PASS/FAIL lines of the console, sets $passed and $failed, and sets
+# $problem to what went wrong with the guest or the test program ("" when nothing did).
+read_results() {
+  local results status summary
+  results="$(grep -E '^(PASS|FAIL) ' "$console.txt" || true)"
+  passed="$(grep -cE '^PASS ' <<<"$results" || true)"
+  failed="$(grep -cE '^FAIL ' <<<"$results" || true)"
+  [ -n "$results" ] && printf '%s\n' "$results"
+
+  boot_problem
+  if [ -n "$problem" ]; then
+    return 0
   elif ! grep -q 'vfio-vm: program exited' "$console.txt"; then
     problem="the guest stopped before the test program finished"
   else
