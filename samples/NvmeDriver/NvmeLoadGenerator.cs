@@ -78,15 +78,22 @@ public sealed record NvmeIoPhases(
 /// <param name="Ios">Commands completed within the measured time.</param>
 /// <param name="Elapsed">The measured time.</param>
 /// <param name="Latency">Submission-to-completion latencies of those commands.</param>
-/// <param name="AllocatedBytes">Managed bytes allocated by the whole process during the measured time.</param>
+/// <param name="LoopAllocatedBytes">
+/// Managed bytes the queues' loops allocated on the threads that ran them, over the measured rounds:
+/// the I/O path's own allocations (submitting, ringing, polling or starting the wait for an interrupt, taking completions).
+/// </param>
+/// <param name="ProcessAllocatedBytes">
+/// Managed bytes the whole process allocated, every thread, from the start of the measured time to
+/// the end of the run: the runtime's own work too (a thread-pool thread started, for one).
+/// </param>
 /// <param name="Phases">Where the time per I/O went.</param>
-public sealed record NvmeLoadResult(NvmeLoadOptions Options, long Ios, TimeSpan Elapsed, LatencyHistogram Latency, long AllocatedBytes, NvmeIoPhases Phases)
+public sealed record NvmeLoadResult(NvmeLoadOptions Options, long Ios, TimeSpan Elapsed, LatencyHistogram Latency, long LoopAllocatedBytes, long ProcessAllocatedBytes, NvmeIoPhases Phases)
 {
     /// <summary>Commands per second.</summary>
     public double Iops => Ios / Elapsed.TotalSeconds;
 
-    /// <summary>Managed bytes allocated per I/O (0 on an allocation-free path).</summary>
-    public double AllocatedBytesPerIo => Ios == 0 ? 0 : (double)AllocatedBytes / Ios;
+    /// <summary>Managed bytes the I/O path allocated per I/O (<see cref="LoopAllocatedBytes"/> / <see cref="Ios"/>; 0 on an allocation-free path).</summary>
+    public double AllocatedBytesPerIo => Ios == 0 ? 0 : (double)LoopAllocatedBytes / Ios;
 }
 
 /// <summary>
@@ -169,7 +176,7 @@ public static class NvmeLoadGenerator
                 latency.Add(worker.Latency);
                 phases.Add(worker.Phases);
             }
-            return new NvmeLoadResult(options, latency.Count, options.Duration, latency, run.AllocatedBytes, phases.PerIo(ClockReadNs()));
+            return new NvmeLoadResult(options, latency.Count, options.Duration, latency, phases.Allocated, run.AllocatedBytes, phases.PerIo(ClockReadNs()));
         }
         finally
         {
@@ -322,8 +329,13 @@ public static class NvmeLoadGenerator
             try
             {
                 var round = default(Round);
-                while (Submit(ref round))
+                while (true)
                 {
+                    long mark = GC.GetAllocatedBytesForCurrentThread();
+                    if (!Submit(ref round))
+                    {
+                        break;
+                    }
                     long spins = 0;
                     while (!_pair.HasCompletion)
                     {
@@ -333,7 +345,7 @@ public static class NvmeLoadGenerator
                         }
                     }
                     round.EmptyPolls = spins;
-                    Complete(ref round);
+                    Complete(ref round, mark);
                 }
             }
             finally
@@ -349,17 +361,29 @@ public static class NvmeLoadGenerator
             try
             {
                 var round = default(Round);
-                while (Submit(ref round))
+                while (true)
                 {
+                    // The loop may resume on another thread after each wait: allocations are counted
+                    // on each thread from the mark to the point it leaves it.
+                    long mark = GC.GetAllocatedBytesForCurrentThread();
+                    if (!Submit(ref round))
+                    {
+                        break;
+                    }
                     long wakeUps = 0;
+                    long allocated = 0;
                     while (!_pair.HasCompletion)
                     {
                         CheckProgress(round.Rung, cancellationToken);
-                        await _pair.WaitForInterruptAsync(cancellationToken).ConfigureAwait(false);
+                        var wait = _pair.WaitForInterruptAsync(cancellationToken);
+                        allocated += GC.GetAllocatedBytesForCurrentThread() - mark;
+                        await wait.ConfigureAwait(false);
+                        mark = GC.GetAllocatedBytesForCurrentThread();
                         wakeUps++;
                     }
                     round.WakeUps = wakeUps;
-                    Complete(ref round);
+                    round.Allocated = allocated;
+                    Complete(ref round, mark);
                 }
             }
             finally
@@ -397,8 +421,8 @@ public static class NvmeLoadGenerator
             return _pair.InFlight > 0;
         }
 
-        /// <summary>Takes every posted completion, rings the completion doorbell and counts the round.</summary>
-        private void Complete(ref Round round)
+        /// <summary>Takes every posted completion, rings the completion doorbell and counts the round (its allocations since <paramref name="mark"/> on this thread too).</summary>
+        private void Complete(ref Round round, long mark)
         {
             var run = _run!;
             round.Seen = Stopwatch.GetTimestamp();
@@ -423,6 +447,7 @@ public static class NvmeLoadGenerator
             round.Taken = Stopwatch.GetTimestamp();
             _pair.RingCompletionDoorbell();
             round.Finished = Stopwatch.GetTimestamp();
+            round.Allocated += GC.GetAllocatedBytesForCurrentThread() - mark;
             if (measured && round.Started >= run.MeasureFrom)
             {
                 Phases.Add(round, taken);
@@ -462,6 +487,7 @@ public static class NvmeLoadGenerator
         public long Finished;
         public long EmptyPolls;
         public long WakeUps;
+        public long Allocated;
     }
 
     /// <summary>Phase times summed over measured rounds.</summary>
@@ -477,8 +503,12 @@ public static class NvmeLoadGenerator
         private long _emptyPolls;
         private long _wakeUps;
 
+        /// <summary>Bytes the measured rounds allocated on their loops' threads.</summary>
+        public long Allocated { get; private set; }
+
         public void Add(in Round round, int commands)
         {
+            Allocated += round.Allocated;
             _submission += round.Written - round.Started;
             _doorbell += round.Rung - round.Written;
             _wait += round.Seen - round.Rung;
@@ -492,6 +522,7 @@ public static class NvmeLoadGenerator
 
         public void Add(PhaseTotals other)
         {
+            Allocated += other.Allocated;
             _submission += other._submission;
             _doorbell += other._doorbell;
             _wait += other._wait;

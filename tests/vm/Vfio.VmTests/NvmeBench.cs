@@ -186,7 +186,7 @@ internal static class NvmeBench
                 throw new InvalidOperationException("no command completed in the measured time");
             }
             var latency = result.Latency;
-            return new RunResult(workload, name, result.Iops, latency.Percentile(50), latency.Percentile(90), latency.Percentile(99), latency.Percentile(99.9), result.AllocatedBytes, result.Phases, null);
+            return new RunResult(workload, name, result.Iops, latency.Percentile(50), latency.Percentile(90), latency.Percentile(99), latency.Percentile(99.9), (result.LoopAllocatedBytes, result.ProcessAllocatedBytes), result.Phases, null);
         }
 #pragma warning disable CA1031 // a failed run is reported in the table and fails the benchmark
         catch (Exception e)
@@ -199,7 +199,7 @@ internal static class NvmeBench
     private static void PrintRuns(TextWriter output, List<RunResult> results)
     {
         output.WriteLine();
-        output.WriteLine($"{"workload",-15} {"driver",-23} {"IOPS",8} {"min-max IOPS",15} {"p50 us",8} {"p90 us",8} {"p99 us",8} {"p99.9 us",9} {"allocated",10}");
+        output.WriteLine($"{"workload",-15} {"driver",-23} {"IOPS",8} {"min-max IOPS",15} {"p50 us",8} {"p90 us",8} {"p99 us",8} {"p99.9 us",9} {"alloc B",12}");
         foreach (var runs in Runs.Of(results))
         {
             foreach (var failed in runs.All.Where(r => r.Error is not null))
@@ -212,9 +212,9 @@ internal static class NvmeBench
             }
             var ok = runs.Succeeded;
             string range = string.Create(CultureInfo.InvariantCulture, $"{ok[0].Iops:0}-{ok[^1].Iops:0}");
-            string allocated = r.AllocatedBytes is { } bytes ? string.Create(CultureInfo.InvariantCulture, $"{bytes} B") : "-";
+            string allocated = r.Allocated is { } bytes ? string.Create(CultureInfo.InvariantCulture, $"{bytes.Loop}/{bytes.Process}") : "-";
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{r.Workload.Name,-15} {r.Driver,-23} {r.Iops,8:0} {range,15} {r.P50.TotalMicroseconds,8:0.0} {r.P90.TotalMicroseconds,8:0.0} {r.P99.TotalMicroseconds,8:0.0} {r.P999.TotalMicroseconds,9:0.0} {allocated,10}"));
+                $"{r.Workload.Name,-15} {r.Driver,-23} {r.Iops,8:0} {range,15} {r.P50.TotalMicroseconds,8:0.0} {r.P90.TotalMicroseconds,8:0.0} {r.P99.TotalMicroseconds,8:0.0} {r.P999.TotalMicroseconds,9:0.0} {allocated,12}"));
         }
     }
 
@@ -270,7 +270,7 @@ internal static class NvmeBench
         public string Name => string.Create(CultureInfo.InvariantCulture, $"{Pattern} QD{Depth}");
     }
 
-    internal sealed record RunResult(Workload Workload, string Driver, double Iops, TimeSpan P50, TimeSpan P90, TimeSpan P99, TimeSpan P999, long? AllocatedBytes, NvmeIoPhases? Phases, string? Error)
+    internal sealed record RunResult(Workload Workload, string Driver, double Iops, TimeSpan P50, TimeSpan P90, TimeSpan P99, TimeSpan P999, (long Loop, long Process)? Allocated, NvmeIoPhases? Phases, string? Error)
     {
         public static RunResult Failed(Workload workload, string driver, Exception e) =>
             new(workload, driver, 0, TimeSpan.Zero, TimeSpan.Zero, TimeSpan.Zero, TimeSpan.Zero, null, null, $"{e.GetType().Name}: {e.Message}");
