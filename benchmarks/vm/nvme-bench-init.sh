@@ -10,7 +10,7 @@
 kernel_nvme=0000:00:04.0
 vfio_nvme=0000:00:05.0
 seconds=3
-rounds=3
+rounds=5
 for word in $(cat /proc/cmdline); do
   case "$word" in
     nvmebench_seconds=*) seconds="${word#*=}" ;;

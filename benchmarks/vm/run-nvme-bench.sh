@@ -7,7 +7,7 @@
 # NVMe sample's load generator through the library (completions polled or by MSI-X). The same
 # workloads run on both: 4 KiB random reads and writes at queue depth 1 and 32 over the first 32 MiB,
 # a fixed time each after 1 s of warm-up, in rounds that interleave the two sides so that load on a
-# shared machine falls on both alike (about 6 minutes of VM time with the defaults).
+# shared machine falls on both alike (about 8 minutes of VM time with the defaults).
 #
 # Usage: benchmarks/vm/run-nvme-bench.sh [--reuse] [--no-apt] [--fresh] [--timeout SECONDS] [--verbose]
 #   --reuse       reuse the published program and the initramfs in the cache as they are (env VFIO_VM_REUSE=1)
@@ -16,7 +16,7 @@
 #   --timeout S   limit for the VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 1200)
 #   --verbose     show the whole serial console (env VFIO_VM_VERBOSE=1)
 #   env VFIO_NVME_BENCH_SECONDS   measured seconds per run (default 3; each run adds 1 s of warm-up)
-#   env VFIO_NVME_BENCH_ROUNDS    rounds (default 3): each runs every workload on every driver, the
+#   env VFIO_NVME_BENCH_ROUNDS    rounds (default 5): each runs every workload on every driver, the
 #                                 drivers' order rotating; each figure is the run with the median IOPS
 #
 # Output: the guest's tables (IOPS, p50 and p99 latency per run; where the library's time per I/O
@@ -39,7 +39,7 @@ suite=nvme-bench
 : "${VFIO_VM_TIMEOUT:=1200}"
 parse_options "--reuse --no-apt --fresh --timeout --verbose" "$@"
 seconds="${VFIO_NVME_BENCH_SECONDS:-3}"
-rounds="${VFIO_NVME_BENCH_ROUNDS:-3}"
+rounds="${VFIO_NVME_BENCH_ROUNDS:-5}"
 for value in "$seconds" "$rounds"; do
   case "$value" in
     ''|*[!0-9]*|0) echo "run-nvme-bench: VFIO_NVME_BENCH_SECONDS and VFIO_NVME_BENCH_ROUNDS must be positive whole numbers" >&2; exit 2 ;;

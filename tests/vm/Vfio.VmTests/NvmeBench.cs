@@ -212,10 +212,12 @@ internal static class NvmeBench
             }
             var ok = runs.Succeeded;
             string range = string.Create(CultureInfo.InvariantCulture, $"{ok[0].Iops:0}-{ok[^1].Iops:0}");
-            string allocated = r.Allocated is { } bytes ? string.Create(CultureInfo.InvariantCulture, $"{bytes.Loop}/{bytes.Process}") : "-";
+            string allocated = r.Allocated is null ? "-" : string.Create(CultureInfo.InvariantCulture,
+                $"{ok.Max(run => run.Allocated!.Value.Loop)}/{ok.Max(run => run.Allocated!.Value.Process)}");
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{r.Workload.Name,-15} {r.Driver,-23} {r.Iops,8:0} {range,15} {r.P50.TotalMicroseconds,8:0.0} {r.P90.TotalMicroseconds,8:0.0} {r.P99.TotalMicroseconds,8:0.0} {r.P999.TotalMicroseconds,9:0.0} {allocated,12}"));
         }
+        output.WriteLine("alloc B: the most managed bytes any round's library run allocated in its measured seconds, by the I/O loop on its own threads / by the whole process (the runtime's own work too)");
     }
 
     private static void PrintPhases(TextWriter output, List<RunResult> results)
@@ -299,10 +301,10 @@ internal static class NvmeBench
         {
             string? device = null;
             string? disk = null;
-            double seconds = 5;
+            double seconds = 3;
             double warmUp = 1;
             ulong regionMib = 32;
-            int rounds = 3;
+            int rounds = 5;
             for (int i = 0; i + 1 < args.Count; i += 2)
             {
                 string value = args[i + 1];
