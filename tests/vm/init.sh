@@ -11,30 +11,6 @@
 vendor_id=0x1234
 device_id=0x11e8
 
-group_of() {
-  local link
-  link="$(readlink "/sys/bus/pci/devices/$1/iommu_group")" || return 1
-  echo "${link##*/}"
-}
-
-bind_vfio() {
-  local address="$1" dev="/sys/bus/pci/devices/$1" group driver waited=0
-  [ -e "$dev/iommu_group" ] || fail "$address has no IOMMU group (is the IOMMU on?)"
-  group="$(group_of "$address")"
-  if [ -e "$dev/driver" ]; then
-    echo "$address" >"$dev/driver/unbind" || fail "unbind $address"
-  fi
-  echo vfio-pci >"$dev/driver_override" || fail "driver_override of $address"
-  echo "$address" >/sys/bus/pci/drivers_probe || fail "drivers_probe $address"
-  while [ ! -c "/dev/vfio/$group" ]; do
-    [ "$waited" -ge 50 ] && fail "/dev/vfio/$group did not appear after binding $address"
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  driver="$(readlink "$dev/driver")"
-  [ "${driver##*/}" = vfio-pci ] || fail "$address is bound to '${driver##*/}', not vfio-pci"
-}
-
 # Two edu functions: one alone in its IOMMU group, one sharing its slot's group with an NVMe
 # controller that stays bound to the kernel's nvme driver (which makes that group not viable).
 address=""

@@ -19,6 +19,10 @@ project="$here/Vfio.VmTests/Vfio.VmTests.csproj"
 program_name="Vfio.VmTests"
 program_dir="$shared_cache/program"
 
+# Host programs a suite adds to its initramfs (absolute paths), each copied into /bin with the
+# libraries ldd lists for it; empty unless the suite sets it after sourcing this file.
+initramfs_programs=()
+
 say() { echo "$suite: $*"; }
 die() {
   echo "$suite: ERROR: $*" >&2
@@ -814,9 +818,12 @@ publish_program() {
 # build_base_initramfs INIT: sets $base_initrd, rebuilt only when the program or the guest scripts
 # changed.
 build_base_initramfs() {
-  local init="$1" key root busybox_bin gcc_s
+  local init="$1" key root busybox_bin gcc_s extra
   base_initrd="$cache/initramfs-base.cpio.gz"
   key="$(cat "$program_dir/inputs") $(cat "$init" "$here/init-common.sh" "$here/cli-init.sh" | sha256sum | cut -d' ' -f1)"
+  if [ ${#initramfs_programs[@]} -gt 0 ]; then
+    key="$key $(sha256sum "${initramfs_programs[@]}" | sha256sum | cut -d' ' -f1)"
+  fi
   if [ -f "$base_initrd" ] && [ "$(cat "$base_initrd.key" 2>/dev/null)" = "$key" ]; then
     return 0
   fi
@@ -838,6 +845,10 @@ build_base_initramfs() {
   copy_libs "$busybox_bin"
   cp "$program_dir/$program_name" "$root/bin/$program_name"
   copy_libs "$program_dir/$program_name"
+  for extra in "${initramfs_programs[@]}"; do
+    cp -L "$extra" "$root/bin/$(basename "$extra")"
+    copy_libs "$extra"
+  done
   # glibc loads libgcc_s at run time (unwinding, thread cancellation) without ldd listing it.
   gcc_s="$(ldconfig -p 2>/dev/null | grep -m1 -oE '/[^ ]*x86-64[^ ]*/libgcc_s\.so\.1|/[^ ]*/libgcc_s\.so\.1' || true)"
   if [ -n "$gcc_s" ] && [ ! -e "$root$gcc_s" ]; then

@@ -11,8 +11,9 @@ namespace Vfio.VmTests;
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS
 /// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
-/// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, and as
-/// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool. MODE is the
+/// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
+/// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
+/// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
 /// mode the host booted the kernel in (legacy, legacy-compat or iommufd; <see cref="ScenarioMode"/>).
 /// </summary>
 internal static class Program
@@ -21,6 +22,7 @@ internal static class Program
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
+        + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
         + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose]\n"
         + "       Vfio.VmTests --cli ARG... (the vfio tool)\n"
         + "       MODE: legacy (default), legacy-compat or iommufd";
@@ -39,6 +41,10 @@ internal static class Program
         {
             // The vfio tool itself, run as its Main runs it (tests/vm/cli-init.sh puts it behind /bin/vfio).
             return await VfioCommandLine.RunAsync(args[1..], VfioKernel.Linux, Console.Out, Console.Error).ConfigureAwait(false);
+        }
+        if (args.Length > 1 && args[0] == "--nvme-bench")
+        {
+            return await NvmeBench.RunAsync(["--device", .. args[1..]], Console.Out).ConfigureAwait(false);
         }
         if (args.Length > 0 && args[0] == "--mdev-sample")
         {
