@@ -88,12 +88,13 @@ public sealed partial class SimulatedKernel
         return ran;
     }
 
-    /// <summary>A piece of work, due <paramref name="delay"/> from now on the device clock.</summary>
-    internal DeviceWorkItem NewDeviceWork(TimeSpan delay, Action work)
+    /// <summary>Dates a piece of work: due <paramref name="delay"/> from now on the device clock, after everything scheduled before it.</summary>
+    internal void Stamp(ScheduledWork work, TimeSpan delay)
     {
         lock (_clockLock)
         {
-            return new DeviceWorkItem(work, _deviceTime + delay, ++_workSequence);
+            work.Due = _deviceTime + delay;
+            work.Sequence = ++_workSequence;
         }
     }
 
@@ -102,7 +103,7 @@ public sealed partial class SimulatedKernel
         int ran = 0;
         while (true)
         {
-            (DeviceModel Model, DeviceWorkItem Item)? next = null;
+            (DeviceModel Model, ScheduledWork Item)? next = null;
             foreach (var model in Models())
             {
                 if (model.NextDueWork(until) is { } item

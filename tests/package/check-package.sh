@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Packs Vfio and Vfio.Testing, then builds and tests, outside this repository and from those
-# packages alone, what a driver author writes: a driver (derived from PciVfioDevice) and a device
-# model of their own device (derived from PciDeviceModel: a declared vendor-specific capability, a
-# BAR, MSI-X, DMA, and completions scheduled on the kernel's device clock), with xunit tests that run
-# the driver against the model on the simulated kernel. The driver and model are the copy engine of
-# docs/device-models.md (samples/CopyEngine), copied as they are: proof that the guide's example
-# compiles and runs on the public API. The last line is "package consumer: ok" or the failure.
+# Packs Vfio, Vfio.Testing and Vfio.Cli, then builds and tests, outside this repository and from
+# those packages alone, what a driver author writes: a driver (derived from PciVfioDevice) and a
+# device model of their own device (derived from PciDeviceModel: a declared vendor-specific
+# capability, a BAR, MSI-X, DMA, and completions scheduled on the kernel's device clock), with xunit
+# tests that run the driver against the model on the simulated kernel. The driver and model are the
+# copy engine of docs/device-models.md (samples/CopyEngine), copied as they are: proof that the
+# guide's example compiles and runs on the public API. Then it installs the vfio tool from the same
+# feed and runs it, as a user does.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$(mktemp -d)"
@@ -13,8 +14,7 @@ trap 'rm -rf "$work"' EXIT
 
 version_of() { sed -n "s/.*Include=\"$1\" Version=\"\([^\"]*\)\".*/\1/p" "$repo/Directory.Packages.props"; }
 
-dotnet pack "$repo/src/Vfio/Vfio.csproj" -c Release -o "$work/feed" -p:Version=0.1.0-check >/dev/null
-dotnet pack "$repo/src/Vfio.Testing/Vfio.Testing.csproj" -c Release -o "$work/feed" -p:Version=0.1.0-check >/dev/null
+dotnet pack "$repo/Vfio.sln" -c Release -o "$work/feed" -p:Version=0.1.0-check >/dev/null
 mkdir -p "$work/consumer"
 cp "$repo/samples/CopyEngine/CopyEngineModel.cs" "$repo/samples/CopyEngine/CopyEngineDevice.cs" "$work/consumer/"
 # The local feed first; the machine's configured sources (a mirror, or nuget.org) for the rest.
@@ -120,3 +120,9 @@ else
   echo "package consumer: FAILED"
   exit 1
 fi
+
+# The tool, installed as a user installs it; `vfio list --json` runs on this machine's sysfs.
+dotnet tool install --tool-path "$work/tools" --add-source "$work/feed" Vfio.Cli --version 0.1.0-check >/dev/null
+"$work/tools/vfio" --version
+"$work/tools/vfio" list --json | grep -q '"version": 1'
+echo "package tool: ok"

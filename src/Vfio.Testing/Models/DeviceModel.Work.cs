@@ -4,9 +4,10 @@ namespace Vfio.Testing;
 // kernel's terms (SimulatedKernel.DeviceWork), always with the model's lock held.
 public abstract partial class DeviceModel
 {
-    // Guards the queue below; the innermost lock (taken under the Gate and under the kernel lock).
+    // Guards the queue below and each ScheduledWork's scheduling state; taken under the Gate, before
+    // the kernel's device clock lock (never the other way round).
     private readonly Lock _workLock = new();
-    private readonly List<DeviceWorkItem> _work = [];
+    private readonly List<ScheduledWork> _work = [];
     private bool _working;
     private TaskCompletionSource? _idle;
     private Exception? _workFailure;
@@ -36,7 +37,7 @@ public abstract partial class DeviceModel
         {
             if (_workFailure is { } failure)
             {
-                return Task.FromException(new InvalidOperationException($"Work of the device model {GetType().Name} failed: {failure.Message}", failure));
+                return Task.FromException(WorkFailed(failure));
             }
             if (_work.Count == 0 && !_working)
             {
@@ -65,7 +66,9 @@ public abstract partial class DeviceModel
     /// (<see cref="DeviceWorkMode.Manual"/>: <see cref="SimulatedKernel.RunDeviceWork"/>,
     /// <see cref="SimulatedKernel.AdvanceDeviceTime"/>).</para>
     /// <para>A reset of the device does not cancel scheduled work; the work checks the device's state
-    /// when it runs (a completion for a queue that no longer exists does nothing).</para>
+    /// when it runs (a completion for a queue that no longer exists does nothing). Work scheduled from
+    /// a hot path (a doorbell) is better made once with <see cref="CreateWork"/> and scheduled with
+    /// <see cref="ScheduleWork(ScheduledWork, TimeSpan)"/>, which allocates nothing.</para>
     /// </remarks>
     /// <param name="delay">How much device time passes before it runs (0 or more).</param>
     /// <param name="work">What the device does.</param>
@@ -73,24 +76,63 @@ public abstract partial class DeviceModel
     protected void ScheduleWork(TimeSpan delay, Action work)
     {
         ArgumentNullException.ThrowIfNull(work);
+        Schedule(new ScheduledWork(this, work), delay);
+    }
+
+    /// <summary>
+    /// Makes a piece of work the model schedules again and again (a pass over its queues after each
+    /// doorbell, say) with <see cref="ScheduleWork(ScheduledWork, TimeSpan)"/>.
+    /// </summary>
+    /// <param name="work">What the device does each time.</param>
+    protected ScheduledWork CreateWork(Action work)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        return new ScheduledWork(this, work);
+    }
+
+    /// <summary>
+    /// Schedules work made by <see cref="CreateWork"/>, as <see cref="ScheduleWork(TimeSpan, Action)"/>
+    /// does, unless it is scheduled already and has not started: then nothing changes (the run to come
+    /// sees whatever asked for it again). Allocates nothing.
+    /// </summary>
+    /// <param name="work">Work of this model.</param>
+    /// <param name="delay">How much device time passes before it runs (0 or more).</param>
+    /// <exception cref="InvalidOperationException">The model is not in a kernel.</exception>
+    protected void ScheduleWork(ScheduledWork work, TimeSpan delay = default)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        if (!ReferenceEquals(work.Owner, this))
+        {
+            throw new ArgumentException("The work belongs to another model.", nameof(work));
+        }
+        Schedule(work, delay);
+    }
+
+    private void Schedule(ScheduledWork work, TimeSpan delay)
+    {
         ArgumentOutOfRangeException.ThrowIfLessThan(delay, TimeSpan.Zero);
         var kernel = Device?.Kernel ?? throw new InvalidOperationException("A device model schedules work once it is in a kernel (its hooks run there).");
-        var item = kernel.NewDeviceWork(delay, work);
         bool start;
         lock (_workLock)
         {
-            _work.Add(item);
+            if (work.Scheduled)
+            {
+                return;
+            }
+            kernel.Stamp(work, delay);
+            work.Scheduled = true;
+            _work.Add(work);
             start = !_working && kernel.DeviceWork == DeviceWorkMode.Background;
             _working |= start;
         }
         if (start)
         {
-            _ = Task.Run(DrainWork);
+            QueueDrain();
         }
     }
 
     /// <summary>The work of this model due by <paramref name="now"/> that comes first (earliest due, then first scheduled), or null.</summary>
-    internal DeviceWorkItem? NextDueWork(TimeSpan now)
+    internal ScheduledWork? NextDueWork(TimeSpan now)
     {
         lock (_workLock)
         {
@@ -98,7 +140,7 @@ public abstract partial class DeviceModel
             {
                 return null; // a background drain owns the queue until it empties
             }
-            DeviceWorkItem? next = null;
+            ScheduledWork? next = null;
             foreach (var item in _work)
             {
                 if (item.Due <= now && (next is null || item.Due < next.Due || (item.Due == next.Due && item.Sequence < next.Sequence)))
@@ -111,7 +153,7 @@ public abstract partial class DeviceModel
     }
 
     /// <summary>Runs one piece of work the kernel took from <see cref="NextDueWork"/>, under the Gate; a failure propagates to the caller.</summary>
-    internal void RunWork(DeviceWorkItem item)
+    internal void RunWork(ScheduledWork item)
     {
         lock (_workLock)
         {
@@ -119,6 +161,7 @@ public abstract partial class DeviceModel
             {
                 return;
             }
+            item.Scheduled = false;
             _working = true;
         }
         try
@@ -130,16 +173,36 @@ public abstract partial class DeviceModel
         }
         finally
         {
-            FinishWork();
+            lock (_workLock)
+            {
+                _working = false;
+                CompleteIdleLocked();
+            }
         }
     }
+
+    /// <summary>Starts the background worker when work is waiting and none runs (the kernel turned background work on).</summary>
+    internal void StartBackgroundWork()
+    {
+        lock (_workLock)
+        {
+            if (_working || _work.Count == 0)
+            {
+                return;
+            }
+            _working = true;
+        }
+        QueueDrain();
+    }
+
+    private void QueueDrain() => ThreadPool.UnsafeQueueUserWorkItem(_drain, preferLocal: false);
 
     /// <summary>The background worker: runs the queue in order until it is empty (or the kernel's mode became manual).</summary>
     private void DrainWork()
     {
         while (true)
         {
-            DeviceWorkItem item;
+            ScheduledWork item;
             lock (_workLock)
             {
                 if (_work.Count == 0 || Device?.Kernel.DeviceWork != DeviceWorkMode.Background)
@@ -150,6 +213,7 @@ public abstract partial class DeviceModel
                 }
                 item = _work[0];
                 _work.RemoveAt(0);
+                item.Scheduled = false;
             }
             try
             {
@@ -170,29 +234,6 @@ public abstract partial class DeviceModel
         }
     }
 
-    private void FinishWork()
-    {
-        lock (_workLock)
-        {
-            _working = false;
-            CompleteIdleLocked();
-        }
-    }
-
-    /// <summary>Starts the background worker when work is waiting and none runs (the kernel turned background work on).</summary>
-    internal void StartBackgroundWork()
-    {
-        lock (_workLock)
-        {
-            if (_working || _work.Count == 0)
-            {
-                return;
-            }
-            _working = true;
-        }
-        _ = Task.Run(DrainWork);
-    }
-
     private void CompleteIdleLocked()
     {
         if (_work.Count > 0 || _working || _idle is not { } idle)
@@ -202,23 +243,20 @@ public abstract partial class DeviceModel
         _idle = null;
         if (_workFailure is { } failure)
         {
-            idle.SetException(new InvalidOperationException($"Work of the device model {GetType().Name} failed: {failure.Message}", failure));
+            idle.SetException(WorkFailed(failure));
         }
         else
         {
             idle.SetResult();
         }
     }
-}
 
-/// <summary>One piece of scheduled device work.</summary>
-internal sealed class DeviceWorkItem(Action work, TimeSpan due, long sequence)
-{
-    public Action Work { get; } = work;
+    private InvalidOperationException WorkFailed(Exception failure) =>
+        new($"Work of the device model {GetType().Name} failed: {failure.Message}", failure);
 
-    /// <summary>When it is due on the kernel's device clock.</summary>
-    public TimeSpan Due { get; } = due;
-
-    /// <summary>The kernel-wide order of scheduling, which breaks ties between equal due times.</summary>
-    public long Sequence { get; } = sequence;
+    /// <summary>The model's own thread-pool work item, so that starting the background worker allocates nothing.</summary>
+    private sealed class WorkDrain(DeviceModel model) : IThreadPoolWorkItem
+    {
+        public void Execute() => model.DrainWork();
+    }
 }

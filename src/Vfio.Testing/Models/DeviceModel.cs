@@ -23,7 +23,11 @@ public abstract partial class DeviceModel
 {
     private protected DeviceModel()
     {
+        _drain = new WorkDrain(this);
     }
+
+    // The model's own thread-pool work item for its background work (DeviceModel.Work.cs).
+    private readonly WorkDrain _drain;
 
     /// <summary>The kernel device that hosts this model, once it was added to a kernel.</summary>
     internal SimulatedDevice? Device { get; set; }

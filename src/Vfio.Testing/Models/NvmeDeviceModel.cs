@@ -23,8 +23,9 @@ namespace Vfio.Testing;
 /// fails; clearing CC.EN resets the controller (queues dropped) and clears CSTS.RDY at once.
 /// </para>
 /// <para>
-/// A submission queue tail doorbell schedules the work (<see cref="DeviceModel.ScheduleWork(Action)"/>),
-/// as QEMU processes queues on a timer after the write returns; <see cref="DeviceModel.WhenIdleAsync"/> waits for it. Commands and
+/// A doorbell write schedules a pass over the queues (<see cref="DeviceModel.ScheduleWork(ScheduledWork, TimeSpan)"/>:
+/// one pass at a time, the model's own reusable work, so the write allocates nothing), as QEMU
+/// processes queues on a timer after the write returns; <see cref="DeviceModel.WhenIdleAsync"/> waits for it. Commands and
 /// data move by DMA through the simulated IOMMU (PRP1, PRP2 and PRP lists); a command whose data
 /// transfer faults completes with Data Transfer Error; a submission or completion entry that cannot
 /// be read or written sets CSTS.CFS and stops the controller, as QEMU does.
@@ -94,6 +95,8 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     private readonly byte[] _storage;
     private readonly SubmissionQueue?[] _sqs = new SubmissionQueue?[MaxIoQueuePairs + 1];
     private readonly CompletionQueue?[] _cqs = new CompletionQueue?[MaxIoQueuePairs + 1];
+    private readonly ScheduledWork _pass;
+    private readonly int[] _messages = new int[MsixTableSize];
     private int _commands;
 
     /// <summary>Creates the controller as QEMU's <c>-device nvme,serial=SERIAL,drive=...</c> does.</summary>
@@ -130,6 +133,7 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         BinaryPrimitives.WriteUInt32LittleEndian(ConfigSpace[(express + 0x0c)..], 0x0000_0411); // link: 2.5 GT/s x1, L0s
         BinaryPrimitives.WriteUInt32LittleEndian(ConfigSpace[(express + 0x24)..], 0x0030_0000); // device capabilities 2
         SetWritable(express + 8, 2, 0x000f); // device control: the error reporting enables, as QEMU's wmask
+        _pass = CreateWork(ProcessQueues);
         ResetRegisters();
     }
 
@@ -181,6 +185,34 @@ public sealed class NvmeDeviceModel : PciDeviceModel
             {
                 return _commands;
             }
+        }
+    }
+
+    /// <summary>
+    /// How many interrupts the controller sent for MSI-X vector <paramref name="vector"/> since it was
+    /// created: one per pass over the queues that posted completions to a completion queue created
+    /// with interrupts enabled (CDW11.IEN) on that vector; none for a polled completion queue.
+    /// </summary>
+    /// <param name="vector">The vector, 0 to <see cref="MsixTableSize"/> - 1.</param>
+    public int MessagesSent(int vector)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(vector);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(vector, MsixTableSize);
+        lock (Gate)
+        {
+            return _messages[vector];
+        }
+    }
+
+    /// <summary>The head of completion queue <paramref name="queueId"/> as the driver last wrote it to its doorbell, or -1 when the queue does not exist.</summary>
+    /// <param name="queueId">The completion queue's id (0 for the admin queue).</param>
+    public int CompletionQueueHead(int queueId)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(queueId);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(queueId, MaxIoQueuePairs);
+        lock (Gate)
+        {
+            return _cqs[queueId]?.Head ?? -1;
         }
     }
 
@@ -377,8 +409,12 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         Start();
     }
 
-    /// <summary>Processes the queues after the doorbell write returns, as QEMU does on a timer.</summary>
-    private void Start() => ScheduleWork(ProcessQueues);
+    /// <summary>
+    /// Schedules a pass over the queues unless one is scheduled already (it will see this doorbell too:
+    /// a pass reads the doorbells under the lock the write holds). The work is the model's own, so a
+    /// doorbell write allocates nothing, as a driver's I/O path may expect.
+    /// </summary>
+    private void Start() => ScheduleWork(_pass);
 
     private bool Failed => (Register32(0x1c) & CstsFatal) != 0;
 
@@ -444,6 +480,7 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     {
         if (MsixEnabled)
         {
+            _messages[vector]++;
             RaiseInterrupt(2, vector);
         }
         else if ((Register32(0x0c) & (1u << vector)) == 0)
@@ -734,6 +771,8 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
         return StatusSuccess;
     }
+
+    /// <summary>The model's one reusable thread-pool work item: a pass over the queues.</summary>
 
     private sealed class SubmissionQueue(int id, ulong address, int size, int cqid)
     {

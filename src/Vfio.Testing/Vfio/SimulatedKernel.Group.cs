@@ -21,10 +21,19 @@ public sealed partial class SimulatedKernel
         AssertLocked();
         if (!_groups.TryGetValue(id, out var group))
         {
+            if (kind == SimulatedGroupKind.Iommu && _iommu != SimulatedIommuState.On)
+            {
+                throw new InvalidOperationException($"The IOMMU is {_iommu}: a device cannot have an IOMMU group (use SimulatedGroupKind.NoIommu with UnsafeNoIommuMode).");
+            }
             group = new IommuGroupState(id, kind);
             _groups.Add(id, group);
             Sysfs.Directory("kernel/iommu_groups/" + Decimal(id) + "/devices");
             Sysfs.Directory("kernel/iommu_groups/" + Decimal(id)).Attribute("type", () => kind == SimulatedGroupKind.Iommu ? "DMA\n" : "identity\n");
+            if (kind == SimulatedGroupKind.NoIommu)
+            {
+                // vfio_noiommu_group_alloc names the group, which is how user space tells it apart.
+                Sysfs.Directory("kernel/iommu_groups/" + Decimal(id)).Attribute("name", () => "vfio-noiommu\n");
+            }
         }
         else if (group.Kind != kind)
         {

@@ -305,8 +305,8 @@ public sealed partial class VfioRegistry : IAsyncDisposable
         string name = context.Name;
         string held = context.KernelDriver is { } kernelDriver ? $"the kernel's {kernelDriver} driver holds it" : "no driver holds it";
         string unbind = context.KernelDriver is null ? string.Empty : $"echo {name} > {Kernel.Sys("bus/pci/devices/" + name + "/driver/unbind")}; ";
-        string hint = $"{name} matches driver {driver.Name} but is not bound to vfio-pci ({held}). To drive it, as root: "
-            + $"{unbind}echo vfio-pci > {Kernel.Sys("bus/pci/devices/" + name + "/driver_override")}; echo {name} > {Kernel.Sys("bus/pci/drivers_probe")}; then probe again"
+        string hint = $"{name} matches driver {driver.Name} but is not bound to vfio-pci ({held}). To drive it, as root: `vfio bind {name}` "
+            + $"(PciBinding.BindAsync from code), or {unbind}echo vfio-pci > {Kernel.Sys("bus/pci/devices/" + name + "/driver_override")}; echo {name} > {Kernel.Sys("bus/pci/drivers_probe")}; then probe again"
             + (context.GroupId < 0 ? ". It has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on) first." : ".");
         return new ProbeNotOnVfio(name, driver.Name, context.KernelDriver, hint);
     }
