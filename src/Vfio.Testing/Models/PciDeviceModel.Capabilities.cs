@@ -335,6 +335,10 @@ public partial class PciDeviceModel
         if (IsExpress && extended.Count > 0)
         {
             Place(extended, 0x100, ConfigSpaceSize, alignment: 8, "4 KiB of config space");
+            if (extended[0].PlacedOffset != 0x100)
+            {
+                throw new InvalidOperationException($"The first extended capability ({extended[0]}) sits at 0x100, where the list starts, not at 0x{extended[0].PlacedOffset:x}.");
+            }
             for (int i = 0; i < extended.Count; i++)
             {
                 var capability = extended[i];
