@@ -65,6 +65,15 @@ internal static partial class Log
     [LoggerMessage(552, LogLevel.Warning, "An ErrorDetected handler of {Device} in group {GroupId} threw")]
     public static partial void ErrorHandlerFailed(ILogger logger, string device, int groupId, Exception exception);
 
+    [LoggerMessage(560, LogLevel.Warning, "Waking the interrupt thread of {Set} to stop it failed ({Errno}); it stops at its next stop check, within {IntervalMs} ms")]
+    public static partial void InterruptWakeFailed(ILogger logger, string set, string errno, long intervalMs);
+
+    [LoggerMessage(561, LogLevel.Error, "The interrupt thread of {Set} did not stop within {WaitMs} ms (a continuation running inline on it blocks?); its eventfds are closed when it stops")]
+    public static partial void InterruptThreadStuck(ILogger logger, string set, long waitMs);
+
+    [LoggerMessage(562, LogLevel.Error, "The interrupt thread of {Set} stopped: the kernel refused its call; every wait of the set now fails")]
+    public static partial void InterruptPollerFailed(ILogger logger, string set, Exception exception);
+
     [LoggerMessage(600, LogLevel.Debug, "Hot reset of {Device} affects {Count} functions in groups {Groups}")]
     public static partial void HotResetScope(ILogger logger, string device, int count, string groups);
 
