@@ -29,6 +29,8 @@
 #   mmio_overhead_ratio           <= 1.2   MmioRegion 32-bit write + dependent read-back / raw pointer loop, same mapping
 #   mmio_raw_ns, mmio_typed_ns    context  ns per write + read pair, raw and through MmioRegion
 #   mmio_independent_ratio        context  the same with independent accesses (throughput-bound worst case)
+#   device_ref_pair_ns            < 20     ns per uncontended VfioDevice.TryGet + DeviceReference.Dispose
+#   device_ref_alloc_bytes_per_pair context managed bytes per pair (the reference every copy shares)
 #
 # The ratio is the median over rounds of (fastest C# batch / fastest C batch), the two sides run
 # back to back in each round; ns values are medians over rounds of the fastest batch. Background

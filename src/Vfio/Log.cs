@@ -26,6 +26,9 @@ internal static partial class Log
     [LoggerMessage(7, LogLevel.Warning, "The last-close hook of {Device} in group {GroupId} threw; the device is closed anyway")]
     public static partial void LastCloseFailed(ILogger logger, string device, int groupId, Exception exception);
 
+    [LoggerMessage(8, LogLevel.Error, "An {Kind}reference to {Device} in group {GroupId} was released twice: a copy of a DeviceReference was disposed after the reference it copies. The second release was ignored; dispose only one copy. At:\n{Stack}")]
+    public static partial void DeviceReferenceReleasedTwice(ILogger logger, string device, int groupId, string kind, string stack);
+
     [LoggerMessage(10, LogLevel.Debug, "Opened group {GroupId} ({Kind})")]
     public static partial void GroupOpened(ILogger logger, int groupId, IommuGroupKind kind);
 
