@@ -109,6 +109,13 @@ public sealed partial class SimulatedKernel
     private const long TrappedBase = 0x7e00_0000_0000;
 
     private readonly SortedList<nint, VirtualMemoryArea> _areas = [];
+
+    /// <summary>
+    /// The machine's memory as the simulation sees it: the runtime's view of the host by default. An
+    /// anonymous mapping longer than this is refused with ENOMEM, as Linux's default overcommit
+    /// heuristic refuses a single mapping larger than RAM plus swap.
+    /// </summary>
+    public ulong MemoryBytes { get; set; } = (ulong)GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
     private long _nextTrappedAddress = TrappedBase;
 
     internal override int Mmap(SafeFd? fd, nuint length, int prot, int flags, long offset, out SafeMapping mapping)
@@ -126,6 +133,10 @@ public sealed partial class SimulatedKernel
         }
         if (fd is null)
         {
+            if ((ulong)length > MemoryBytes)
+            {
+                return -Errno.ENOMEM; // more than the machine has: __vm_enough_memory refuses it
+            }
             using (Enter())
             {
                 int hugePages = 0;
@@ -133,7 +144,16 @@ public sealed partial class SimulatedKernel
                 {
                     return -Errno.ENOMEM; // the pool cannot cover the mapping
                 }
-                var memory = new AnonymousMemory(length, hugePages > 0 ? (nuint)HugePageSize : PageSize);
+                AnonymousMemory memory;
+                try
+                {
+                    memory = new AnonymousMemory(length, hugePages > 0 ? (nuint)HugePageSize : PageSize);
+                }
+                catch (OutOfMemoryException)
+                {
+                    PutHugePagesLocked(hugePages);
+                    return -Errno.ENOMEM; // the process that hosts the simulation could not get it
+                }
                 _areas.Add(memory.Address, new VirtualMemoryArea(memory.Address, length, hugePages > 0 ? "anonymous hugepage memory" : "anonymous memory", memory, null, hugePages));
                 mapping = new SafeMapping(this, memory.Address, length);
                 return 0;

@@ -273,4 +273,19 @@ public sealed unsafe class SimulatedKernelTests : IDisposable
         twice.Should().Throw<InvalidOperationException>();
         below.Should().Throw<ArgumentException>();
     }
+
+    [Fact]
+    public void AnAnonymousMappingLargerThanTheMachinesMemoryIsRefusedWithEnomem()
+    {
+        _kernel.MemoryBytes = 1UL << 30;
+
+        ulong twoGiB = 2UL << 30;
+        ulong oneTiB = 1UL << 40;
+
+        _kernel.Mmap(null, (nuint)twoGiB, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE, 0, out _).Should().Be(-Errno.ENOMEM);
+        _kernel.Mmap(null, (nuint)oneTiB, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE, 0, out _).Should().Be(-Errno.ENOMEM);
+        _kernel.Mmap(null, 0x1000, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE, 0, out var small).Should().Be(0);
+        small.Dispose();
+        _kernel.MappingCount.Should().Be(0);
+    }
 }
