@@ -77,6 +77,15 @@ internal static partial class Log
     [LoggerMessage(562, LogLevel.Error, "The interrupt thread of {Set} stopped: the kernel refused its call; every wait of the set now fails")]
     public static partial void InterruptPollerFailed(ILogger logger, string set, Exception exception);
 
+    [LoggerMessage(570, LogLevel.Error, "munmap of {Region} at 0x{Address:x} ({Length} bytes) failed ({Errno}); the range stays mapped (all-ones, no longer reaching the device) until the region's next Dispose retries it")]
+    public static partial void RegionUnmapFailed(ILogger logger, string region, nint address, ulong length, string errno);
+
+    [LoggerMessage(571, LogLevel.Error, "Mapping {Region} again after its device's memory came back failed; it keeps reading all-ones until the memory is enabled again")]
+    public static partial void RegionRemapFailed(ILogger logger, string region, Exception exception);
+
+    [LoggerMessage(572, LogLevel.Error, "Putting all-ones in place of {Region} at its revoke failed ({Errno}); it was unmapped instead")]
+    public static partial void RegionRevokeFailed(ILogger logger, string region, string errno);
+
     [LoggerMessage(600, LogLevel.Debug, "Hot reset of {Device} affects {Count} functions in groups {Groups}")]
     public static partial void HotResetScope(ILogger logger, string device, int count, string groups);
 

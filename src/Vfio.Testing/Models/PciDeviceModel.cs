@@ -42,6 +42,7 @@ public class PciDeviceModel : DeviceModel
     private byte[] _writable = [];
     private byte[] _resetConfig = [];
     private int _msiOffset;
+    private int _pmOffset;
     private int _msixOffset;
     private bool _sealed;
     private byte _interruptPin = 1;
@@ -249,6 +250,12 @@ public class PciDeviceModel : DeviceModel
 
     /// <summary>Whether memory decoding is on (command bit 1); region reads and writes of memory BARs fail with EIO otherwise.</summary>
     public bool MemorySpaceEnabled => (Command & CommandMemory) != 0;
+
+    /// <summary>The power state in the power management capability's PMCSR: 0 (D0) to 3 (D3hot); 0 without the capability.</summary>
+    public int PowerState => _pmOffset == 0 ? 0 : (int)(ReadConfigRegister(_pmOffset + 4, 2) & 3);
+
+    /// <summary>vfio-pci's <c>__vfio_pci_memory_enabled</c>: memory space on and the function above D3.</summary>
+    internal override bool MappedMemoryReachable => MemorySpaceEnabled && PowerState < 3;
 
     /// <summary>Whether I/O decoding is on (command bit 0).</summary>
     public bool IoSpaceEnabled => (Command & CommandIo) != 0;
@@ -515,6 +522,7 @@ public class PciDeviceModel : DeviceModel
             switch (id)
             {
                 case 0x01:
+                    _pmOffset = offset;
                     BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0003);
                     Writable(offset + 4, 2, 0x0003);
                     break;
@@ -823,9 +831,10 @@ public class PciDeviceModel : DeviceModel
             {
                 return NoSuchRegion;
             }
-            // vfio-pci refuses access to a BAR whose decoding is off.
+            // vfio-pci refuses access to a BAR whose decoding is off, and to a memory BAR in D3.
             ushort command = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(CommandOffset));
-            if ((command & (bar.Kind == PciBarKind.Io ? CommandIo : CommandMemory)) == 0)
+            if ((command & (bar.Kind == PciBarKind.Io ? CommandIo : CommandMemory)) == 0
+                || (bar.Kind != PciBarKind.Io && _pmOffset != 0 && (BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(_pmOffset + 4)) & 3) == 3))
             {
                 return -Errno.EIO;
             }

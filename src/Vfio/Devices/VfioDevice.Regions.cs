@@ -39,10 +39,21 @@ public abstract partial class VfioDevice
     public void WriteRegion(int index, ulong offset, ReadOnlySpan<byte> source)
     {
         var info = GetRegionInfoForAccess(index, offset, source.Length);
-        long n = VfioErrors.Check(Kernel.PWrite(DeviceFd, source, (long)(info.Offset + offset)), "pwrite", ErrorTarget with { RegionIndex = index });
-        if (n != source.Length)
+        bool gated = GateRegionWrite(index, offset, source);
+        try
         {
-            throw new VfioException($"Writing {source.Length} bytes at 0x{offset:x} of region {index} of {Name} wrote {n}.");
+            long n = VfioErrors.Check(Kernel.PWrite(DeviceFd, source, (long)(info.Offset + offset)), "pwrite", ErrorTarget with { RegionIndex = index });
+            if (n != source.Length)
+            {
+                throw new VfioException($"Writing {source.Length} bytes at 0x{offset:x} of region {index} of {Name} wrote {n}.");
+            }
+        }
+        finally
+        {
+            if (gated)
+            {
+                ResumeMappedRegions();
+            }
         }
     }
 
@@ -56,7 +67,8 @@ public abstract partial class VfioDevice
 
     /// <summary>
     /// Resets the device (<c>VFIO_DEVICE_RESET</c>). The kernel saves config space before and restores
-    /// it after; device state is lost; DMA mappings and interrupt eventfds stay.
+    /// it after; device state is lost; DMA mappings and interrupt eventfds stay. Mapped regions read
+    /// all-ones while it runs and are mapped again after (see <see cref="MmioRegion"/>).
     /// </summary>
     /// <exception cref="VfioNotSupportedException">The device reports no reset support (no <c>VFIO_DEVICE_FLAGS_RESET</c>); the kernel is not called.</exception>
     public void Reset()
@@ -65,7 +77,16 @@ public abstract partial class VfioDevice
         {
             throw new VfioNotSupportedException($"Device {Name} does not support VFIO_DEVICE_RESET (its info flags lack RESET): it has no reset of its own. A PCI device may still be reset with its slot or bus (PciVfioDevice.HotReset).");
         }
-        VfioErrors.Check(Kernel.Ioctl(DeviceFd, VfioUapi.VFIO_DEVICE_RESET, 0), "VFIO_DEVICE_RESET", ErrorTarget);
+        var fd = DeviceFd;
+        SuspendMappedRegions();
+        try
+        {
+            VfioErrors.Check(Kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_RESET, 0), "VFIO_DEVICE_RESET", ErrorTarget);
+        }
+        finally
+        {
+            ResumeMappedRegions();
+        }
     }
 
     internal void TrackResource(IDeviceResource resource)

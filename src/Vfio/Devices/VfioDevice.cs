@@ -440,6 +440,7 @@ public abstract partial class VfioDevice : IDisposable
                 fd.Dispose();
                 throw;
             }
+            ResetMemoryGate();
             Volatile.Write(ref _fd, fd);
             Volatile.Write(ref _group, group);
         }
