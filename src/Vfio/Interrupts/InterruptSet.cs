@@ -20,8 +20,8 @@ namespace Vfio;
 /// </para>
 /// <para>
 /// A wait is decided under the set's lock (by an interrupt, its cancellation, or disposal, whichever
-/// comes first) and completed after the lock is released, so nothing that runs a continuation or
-/// waits for a cancellation callback ever holds the lock. Stopping the poller never waits without
+/// comes first). Nothing under the lock waits for another thread, and no continuation runs under it:
+/// a queued continuation is completed there, an inline one after the lock is released. Stopping the poller never waits without
 /// bound: its wake-up write is retried when interrupted, a full counter counts as signalled, and an
 /// idle poller looks every <see cref="StopCheckInterval"/> whether it was stopped, so it stops even
 /// when the wake-up could not be written.
@@ -627,15 +627,16 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
     /// <summary>
     /// A single reusable waiter of <typeparamref name="T"/>. A wait is decided under the set's lock by
-    /// the first of its interrupt, its cancellation or a failure, and completed by <see cref="Completion.Signal"/>
-    /// after the lock is released: a cancellation callback that waits for the lock never waits for a
-    /// thread that waits for it, and a continuation never runs under the lock.
+    /// the first of its interrupt, its cancellation or a failure; nothing under the lock waits for
+    /// another thread (a cancellation registration is only unregistered, which never waits for a
+    /// running callback), and a continuation never runs under the lock: a queued one is completed
+    /// there, an inline one by <see cref="Completion.Signal"/> after the lock is released.
     /// </summary>
     private abstract class Waiter<T>(InterruptSet owner) : IValueTaskSource<T>
     {
         private ManualResetValueTaskSourceCore<T> _core = new() { RunContinuationsAsynchronously = true };
         private bool _armed; // a wait is pending and not yet decided; the lock guards it
-        private int _signaller; // the thread between deciding a wait and signalling it, 0 when none
+        private int _signaller; // the thread between deciding a wait inline and signalling it, 0 when none
         private Exception? _failure;
         private CancellationToken _token;
         private CancellationTokenRegistration _registration;
@@ -701,11 +702,32 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         private Completion DecideLocked(T result, Exception? error, bool inline)
         {
             _armed = false;
-            Volatile.Write(ref _signaller, Environment.CurrentManagedThreadId);
             var registration = _registration;
             _registration = default;
             _token = default;
-            return new Completion(this, result, error, registration, inline);
+            if (!inline)
+            {
+                // The continuation is queued, so nothing foreign runs here: completing under the lock
+                // orders the completion before any re-arm, as a new wait takes the lock first.
+                registration.Unregister(); // never waits for a callback already running
+                Complete(result, error, runContinuationsAsynchronously: true);
+                return new Completion(null, result, error, default, decided: true);
+            }
+            Volatile.Write(ref _signaller, Environment.CurrentManagedThreadId);
+            return new Completion(this, result, error, registration, decided: true);
+        }
+
+        private void Complete(T result, Exception? error, bool runContinuationsAsynchronously)
+        {
+            _core.RunContinuationsAsynchronously = runContinuationsAsynchronously;
+            if (error is null)
+            {
+                _core.SetResult(result);
+            }
+            else
+            {
+                _core.SetException(error);
+            }
         }
 
         /// <summary>
@@ -726,10 +748,10 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         }
 
         /// <summary>
-        /// Re-arming the core while an earlier wait is decided but not yet signalled would lose that
-        /// signal, so a new wait lets the signalling thread finish first: a few instructions, unless this
-        /// thread is the signaller itself (a continuation running inline re-arms from inside the signal,
-        /// after the core is done with it).
+        /// Re-arming the core while an earlier wait is decided inline but not yet signalled would lose
+        /// that signal, so a new wait lets the signalling thread finish first: a few instructions (the
+        /// continuation, when registered, runs inside the signal on that very thread), unless this
+        /// thread is the signaller itself (an inline continuation re-arming after the core is done with it).
         /// </summary>
         private void WaitForSignaller()
         {
@@ -741,10 +763,14 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
             }
         }
 
-        /// <summary>A wait decided under the set's lock, to be signalled once the lock is released.</summary>
-        public readonly struct Completion(Waiter<T> waiter, T result, Exception? error, CancellationTokenRegistration registration, bool inline)
+        /// <summary>
+        /// A wait decided under the set's lock. A wait whose continuation is queued was completed under
+        /// the lock already; one whose continuation runs inline is completed by <see cref="Signal"/>,
+        /// once the lock is released, since the continuation runs inside the completion.
+        /// </summary>
+        public readonly struct Completion(Waiter<T>? waiter, T result, Exception? error, CancellationTokenRegistration registration, bool decided)
         {
-            public bool Decided => waiter is not null;
+            public bool Decided => decided;
 
             public void Signal()
             {
@@ -754,15 +780,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 }
                 // Unregister never waits for a callback already running; that callback finds the wait decided.
                 registration.Unregister();
-                waiter._core.RunContinuationsAsynchronously = !inline;
-                if (error is null)
-                {
-                    waiter._core.SetResult(result);
-                }
-                else
-                {
-                    waiter._core.SetException(error);
-                }
+                waiter.Complete(result, error, runContinuationsAsynchronously: false);
                 Interlocked.CompareExchange(ref waiter._signaller, 0, Environment.CurrentManagedThreadId);
             }
         }
