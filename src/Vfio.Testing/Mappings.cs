@@ -253,6 +253,26 @@ public sealed partial class SimulatedKernel
                 return 0;
             }
         }
+        SafeMapping? mapped = null;
+        int result = MapFile(fd, length, prot, flags, offset, (file, source) =>
+        {
+            nuint span = (length + PageSize - 1) & ~(nuint)(PageSize - 1);
+            nint address = (nint)_nextTrappedAddress;
+            _nextTrappedAddress += (long)span + PageSize;
+            AddFileAreaLocked(address, length, file, source);
+            mapped = new TrappedMapping(this, address, length);
+            return 0;
+        });
+        mapping = mapped!;
+        return result;
+    }
+
+    /// <summary>
+    /// The common part of mapping a file: its reference for the call, its own checks (what it maps),
+    /// then <paramref name="place"/> under the kernel lock to put the mapping in the address space.
+    /// </summary>
+    private int MapFile(SafeFd fd, nuint length, int prot, int flags, long offset, Func<KernelFile, MappingSource, int> place)
+    {
         int r = Acquire(fd, out var file);
         if (r < 0)
         {
@@ -267,12 +287,7 @@ public sealed partial class SimulatedKernel
             }
             using (Enter())
             {
-                nuint span = (length + PageSize - 1) & ~(nuint)(PageSize - 1);
-                nint address = (nint)_nextTrappedAddress;
-                _nextTrappedAddress += (long)span + PageSize;
-                AddFileAreaLocked(address, length, file, source);
-                mapping = new TrappedMapping(this, address, length);
-                return 0;
+                return place(file, source);
             }
         }
         finally
@@ -299,64 +314,50 @@ public sealed partial class SimulatedKernel
         }
     }
 
-    private unsafe int MmapFixedCore(nint address, nuint length, int prot, int flags, SafeFd fd, long offset)
+    private int MmapFixedCore(nint address, nuint length, int prot, int flags, SafeFd fd, long offset)
     {
         int sharing = flags & (Flags.MAP_SHARED | Flags.MAP_PRIVATE);
         if (length == 0 || sharing == 0 || sharing == (Flags.MAP_SHARED | Flags.MAP_PRIVATE) || ((offset | address) & (PageSize - 1)) != 0)
         {
             return -Errno.EINVAL;
         }
-        int r = Acquire(fd, out var file);
-        if (r < 0)
+        return MapFile(fd, length, prot, flags, offset, (file, source) => PlaceFixedLocked(address, length, file, source));
+    }
+
+    /// <summary>
+    /// Puts a file mapping at [address, + length) in place of what is there. Where it lands decides
+    /// what it is: over the simulation's real memory, a private file copy is written into that memory;
+    /// in the trapped range, it is reached the trapped way. The simulation cannot place a mapping
+    /// anywhere else. The lock is held.
+    /// </summary>
+    private unsafe int PlaceFixedLocked(nint address, nuint length, KernelFile file, MappingSource source)
+    {
+        var memory = RealMemoryUnderLocked(address, length);
+        bool trapped = (long)address >= TrappedBase;
+        if (memory is null && !trapped)
         {
-            return r;
+            return -Errno.EINVAL;
         }
-        try
+        if (memory is not null && source.Contents is null)
         {
-            r = file.Map(length, prot, flags, offset, out var source);
-            if (r < 0)
-            {
-                return r;
-            }
-            using (Enter())
-            {
-                // Where the new mapping lands decides what it is: over the simulation's real memory, a
-                // private file copy is written into that memory; in the trapped range, it is reached the
-                // trapped way. The simulation cannot place a mapping anywhere else.
-                var memory = RealMemoryUnderLocked(address, length);
-                bool trapped = (long)address >= TrappedBase;
-                if (memory is null && !trapped)
-                {
-                    return -Errno.EINVAL;
-                }
-                if (memory is not null && source.Contents is null)
-                {
-                    return -Errno.EINVAL; // a device region cannot live in real memory here
-                }
-                RemoveRangeLocked(address, length);
-                if (memory is not null)
-                {
-                    // Word by word, so that an access on another thread meets the old bytes or the new, as with the kernel's page swap.
-                    var contents = source.Contents!;
-                    for (nuint i = 0; i + 8 <= length; i += 8)
-                    {
-                        ulong word = i + 8 <= (nuint)contents.Length ? BinaryPrimitives.ReadUInt64LittleEndian(contents.AsSpan((int)i)) : 0;
-                        Volatile.Write(ref *(ulong*)(address + (nint)i), word);
-                    }
-                    memory.Get();
-                    _areas.Add(address, new VirtualMemoryArea(address, length, "private copy of " + file.Path, memory, null));
-                }
-                else
-                {
-                    AddFileAreaLocked(address, length, file, source);
-                }
-                return 0;
-            }
+            return -Errno.EINVAL; // a device region cannot live in real memory here
         }
-        finally
+        RemoveRangeLocked(address, length);
+        if (memory is null)
         {
-            Release(file);
+            AddFileAreaLocked(address, length, file, source);
+            return 0;
         }
+        // Word by word, so that an access on another thread meets the old bytes or the new, as with the kernel's page swap.
+        var contents = source.Contents!;
+        for (nuint i = 0; i + 8 <= length; i += 8)
+        {
+            ulong word = i + 8 <= (nuint)contents.Length ? BinaryPrimitives.ReadUInt64LittleEndian(contents.AsSpan((int)i)) : 0;
+            Volatile.Write(ref *(ulong*)(address + (nint)i), word);
+        }
+        memory.Get();
+        _areas.Add(address, new VirtualMemoryArea(address, length, "private copy of " + file.Path, memory, null));
+        return 0;
     }
 
     /// <summary>Records a mapping of <paramref name="file"/> as <paramref name="source"/> describes it; the lock is held.</summary>

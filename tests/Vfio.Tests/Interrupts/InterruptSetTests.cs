@@ -277,27 +277,11 @@ public class InterruptSetTests : KernelTest
 
         for (int round = 0; round < 400; round++)
         {
-            for (int v = 0; v < Vectors; v++)
-            {
-                cancels[v] = new CancellationTokenSource();
-                waits[v] = msix.WaitAsync(v, cancels[v].Token).AsTask();
-            }
+            ArmWaits(msix, cancels, waits);
 
             race.Round(
-                () =>
-                {
-                    for (int v = 0; v < Vectors; v++)
-                    {
-                        sim.Model.RaiseInterrupt(PciIrq.Msix, v);
-                    }
-                },
-                () =>
-                {
-                    for (int v = Vectors - 1; v >= 0; v--)
-                    {
-                        cancels[v].Cancel();
-                    }
-                });
+                () => RaiseEach(sim, Vectors),
+                () => CancelFromTheTop(cancels));
 
             for (int v = 0; v < Vectors; v++)
             {
@@ -477,28 +461,12 @@ public class InterruptSetTests : KernelTest
         {
             var msix = device.EnableInterrupts(PciIrq.Msix, count: Vectors);
             msix.RunContinuationsInline = round % 2 == 1;
-            for (int v = 0; v < Vectors; v++)
-            {
-                cancels[v] = new CancellationTokenSource();
-                waits[v] = msix.WaitAsync(v, cancels[v].Token).AsTask();
-            }
+            ArmWaits(msix, cancels, waits);
             var any = msix.WaitAnyAsync().AsTask();
 
             race.Round(
-                () =>
-                {
-                    for (int v = 0; v < Vectors; v++)
-                    {
-                        sim.Model.RaiseInterrupt(PciIrq.Msix, v);
-                    }
-                },
-                () =>
-                {
-                    for (int v = Vectors - 1; v >= 0; v--)
-                    {
-                        cancels[v].Cancel();
-                    }
-                },
+                () => RaiseEach(sim, Vectors),
+                () => CancelFromTheTop(cancels),
                 msix.Dispose);
 
             foreach (var wait in waits)
@@ -556,11 +524,7 @@ public class InterruptSetTests : KernelTest
         for (int round = 0; round < Rounds; round++)
         {
             var msix = device.EnableInterrupts(PciIrq.Msix, count: Vectors);
-            for (int v = 0; v < Vectors; v++)
-            {
-                cancels[v] = new CancellationTokenSource();
-                waits[v] = msix.WaitAsync(v, cancels[v].Token).AsTask();
-            }
+            ArmWaits(msix, cancels, waits);
 
             race.Round(
                 () =>
@@ -570,10 +534,7 @@ public class InterruptSetTests : KernelTest
                     {
                         spin.SpinOnce();
                     }
-                    for (int v = Vectors - 1; v >= 0; v--)
-                    {
-                        cancels[v].Cancel();
-                    }
+                    CancelFromTheTop(cancels);
                 },
                 msix.Dispose);
 
@@ -597,5 +558,33 @@ public class InterruptSetTests : KernelTest
         }
 
         (cancelled + disposed).Should().Be(Rounds * Vectors, "every wait ended, cancelled or disposed (which of the two wins depends on the machine's timing)");
+    }
+
+    /// <summary>A wait on every vector of <paramref name="set"/>, each with its own token.</summary>
+    private static void ArmWaits(InterruptSet set, CancellationTokenSource[] cancels, Task<ulong>[] waits)
+    {
+        for (int v = 0; v < waits.Length; v++)
+        {
+            cancels[v] = new CancellationTokenSource();
+            waits[v] = set.WaitAsync(v, cancels[v].Token).AsTask();
+        }
+    }
+
+    /// <summary>Raises MSI-X vectors 0 to <paramref name="count"/> - 1, in that order.</summary>
+    private static void RaiseEach(SimulatedPciDevice sim, int count)
+    {
+        for (int v = 0; v < count; v++)
+        {
+            sim.Model.RaiseInterrupt(PciIrq.Msix, v);
+        }
+    }
+
+    /// <summary>Cancels the tokens from the last vector's down, against the poller's order.</summary>
+    private static void CancelFromTheTop(CancellationTokenSource[] cancels)
+    {
+        for (int v = cancels.Length - 1; v >= 0; v--)
+        {
+            cancels[v].Cancel();
+        }
     }
 }
