@@ -30,7 +30,7 @@ internal sealed class DeviceReferenceBenchmark : IBenchmark
         var kernel = new SimulatedKernel();
         kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, iommuGroup: 5);
         var registry = new VfioRegistry(kernel);
-        using var device = new PlainDevice(registry.DiscoverPci(PciAddress.Parse("0000:00:03.0", null)));
+        using var device = new PlainDevice(registry.FindPci(PciAddress.Parse("0000:00:03.0", null)));
         registry.Register(device);
         try
         {

@@ -82,6 +82,7 @@ public abstract class SimulatedDevice
 
     internal void FirstOpenLocked()
     {
+        Kernel.AssertLocked();
         Irqs = Enumerable.Range(0, Model.IrqIndexCount)
             .Select(i => Enumerable.Range(0, Model.IrqCount(i)).Select(_ => new IrqLine()).ToArray())
             .ToArray();
@@ -91,10 +92,15 @@ public abstract class SimulatedDevice
     }
 
     /// <summary>The bus driver's open_device checks at the first open; 0 or a negative errno. The lock is held.</summary>
-    internal virtual int OpenDeviceLocked() => 0;
+    internal virtual int OpenDeviceLocked()
+    {
+        Kernel.AssertLocked();
+        return 0;
+    }
 
     internal void LastCloseLocked()
     {
+        Kernel.AssertLocked();
         Kernel.DisableIrqsLocked(this);
         Kernel.Defer(Model.Disable);
     }
@@ -198,6 +204,7 @@ public sealed class SimulatedPlatformDevice : SimulatedBusDevice
     /// <summary>vfio_platform_open_device: the device is reset; a failed reset fails the open while reset is required.</summary>
     internal override int OpenDeviceLocked()
     {
+        Kernel.AssertLocked();
         var model = Model;
         int failure = !model.HasResetHandler ? Errno.EINVAL : model.ResetErrno;
         return failure != 0 && ResetRequired ? -failure : 0;

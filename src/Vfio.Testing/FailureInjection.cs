@@ -9,6 +9,7 @@ namespace Vfio.Testing;
 /// </summary>
 internal sealed class FailureInjection
 {
+    // _byNumber is the lock for both lists; a leaf, taken at the start of every seam call.
     private readonly List<(long CallNumber, int Errno)> _byNumber = [];
     private readonly List<(SimulatedCall Kind, int Errno, nuint? Request)> _byKind = [];
     private readonly List<(InterruptSet Set, SimulatedCall Kind, int Errno)> _byPoller = [];

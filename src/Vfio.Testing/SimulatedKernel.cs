@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using Vfio.Interop;
 using static Vfio.Interop.Interop;
 
@@ -26,6 +28,10 @@ public sealed partial class SimulatedKernel : VfioKernel
 {
     internal const int PageSize = 4096;
 
+    // The kernel lock: guards every piece of kernel state (files, sysfs, groups, containers, IOMMUs,
+    // devices' interrupt lines, memory accounting). Lock order: a device model's Gate, then this lock,
+    // then an eventfd's gate; device model hooks never run under it (they are deferred until the
+    // outermost holder leaves, see Enter). Every *Locked member asserts it is held (AssertLocked).
     private readonly object _sync = new();
     private readonly FailureInjection _injection = new();
     private readonly Dictionary<string, int> _devAccessErrors = new(StringComparer.Ordinal);
@@ -48,11 +54,16 @@ public sealed partial class SimulatedKernel : VfioKernel
     public SimulatedKernel(string sysfsRoot, string devRoot)
         : base(CheckRoot(sysfsRoot), CheckRoot(devRoot))
     {
-        InitializeSysfs();
-        InitializeDma();
+        Files = new FileTable(this);
+        using (Enter())
+        {
+            InitializeSysfs();
+            InitializeDma();
+            InitializeHost();
+        }
     }
 
-    internal FileTable Files { get; } = new();
+    internal FileTable Files { get; }
 
     internal SysfsTree Sysfs { get; } = new();
 
@@ -93,12 +104,21 @@ public sealed partial class SimulatedKernel : VfioKernel
         }
     }
 
+    /// <summary>Asserts (Debug builds) that the calling thread holds the kernel lock: the first statement of every <c>*Locked</c> member.</summary>
+    [Conditional("DEBUG")]
+    internal void AssertLocked([CallerMemberName] string caller = "") => LockAssert.Held(_sync, "the simulated kernel's lock", caller);
+
     /// <summary>Runs <paramref name="action"/> once the kernel lock is released; the lock is held.</summary>
-    internal void Defer(Action action) => (_deferred ??= []).Add(action);
+    internal void Defer(Action action)
+    {
+        AssertLocked();
+        (_deferred ??= []).Add(action);
+    }
 
     /// <summary>Waits for a <see cref="Wake"/> or the timeout, releasing the kernel lock meanwhile; the lock is held once.</summary>
     internal void WaitLocked(TimeSpan timeout)
     {
+        AssertLocked();
         int depth = _lockDepth;
         _lockDepth = 0;
         Monitor.Wait(_sync, timeout);
@@ -106,7 +126,11 @@ public sealed partial class SimulatedKernel : VfioKernel
     }
 
     /// <summary>Wakes the threads in <see cref="WaitLocked"/>; the lock is held.</summary>
-    internal void Wake() => Monitor.PulseAll(_sync);
+    internal void Wake()
+    {
+        AssertLocked();
+        Monitor.PulseAll(_sync);
+    }
 
     internal readonly struct KernelLock(SimulatedKernel kernel) : IDisposable
     {
@@ -254,6 +278,7 @@ public sealed partial class SimulatedKernel : VfioKernel
 
     private int OpenLocked(string path, int flags, out KernelFile? file)
     {
+        AssertLocked();
         file = null;
         if (SysfsRelative(path) is { } relative)
         {
@@ -280,12 +305,16 @@ public sealed partial class SimulatedKernel : VfioKernel
             file = new SysfsFile(this, path, node, flags);
             return 0;
         }
+        if (path.StartsWith(DevRoot + "/", StringComparison.Ordinal) && _devAccessErrors.TryGetValue(path, out int denied) && denied != 0)
+        {
+            return -denied;
+        }
+        if (OpenIommufdNodeLocked(path, out file) is int opened)
+        {
+            return opened;
+        }
         if (path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal))
         {
-            if (_devAccessErrors.TryGetValue(path, out int denied) && denied != 0)
-            {
-                return -denied;
-            }
             string name = path[(DevRoot.Length + "/vfio/".Length)..];
             if (name == "vfio")
             {
@@ -374,7 +403,11 @@ public sealed partial class SimulatedKernel : VfioKernel
     }
 
     /// <summary>The file behind a raw descriptor number, for ioctls that take one (set-container, SET_IRQS); the lock is held.</summary>
-    internal KernelFile? FileLocked(int fd) => fd < 0 ? null : Files.Get(fd);
+    internal KernelFile? FileLocked(int fd)
+    {
+        AssertLocked();
+        return fd < 0 ? null : Files.Get(fd);
+    }
 
     internal override unsafe int Ioctl(SafeFd fd, nuint request, void* arg) => IoctlCore(fd, request, (nint)arg);
 
@@ -594,7 +627,12 @@ public sealed partial class SimulatedKernel : VfioKernel
             }
             if (trimmed == DevRoot)
             {
-                names = ["vfio"];
+                names = IommufdEnabled ? ["iommu", "vfio"] : ["vfio"];
+                return 0;
+            }
+            if (ListCdevFolderLocked(trimmed) is { } cdevs)
+            {
+                names = cdevs;
                 return 0;
             }
             if (trimmed == DevRoot + "/vfio")
@@ -609,16 +647,26 @@ public sealed partial class SimulatedKernel : VfioKernel
     /// <summary>Resolves a sysfs path, failing with the node's injected access error (DenyAccess) as the kernel fails a permission check.</summary>
     private int ResolveSysfsLocked(string relative, bool followLast, out SysfsNode node)
     {
+        AssertLocked();
         int r = Sysfs.Resolve(relative, followLast, out node);
         return r < 0 ? r : -node.AccessError;
     }
 
-    private bool DevNodeExistsLocked(string path) =>
-        path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal)
-        && DevVfioNamesLocked().Contains(path[(DevRoot.Length + "/vfio/".Length)..]);
+    private bool DevNodeExistsLocked(string path)
+    {
+        AssertLocked();
+        return (path == DevRoot + "/iommu" && IommufdEnabled)
+            || CdevNamesLocked().Any(name => path == DevRoot + "/vfio/devices/" + name)
+            || (path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal)
+                && DevVfioNamesLocked().Contains(path[(DevRoot.Length + "/vfio/".Length)..]));
+    }
 
-    private IEnumerable<string> DevVfioNamesLocked() =>
-        GroupsLocked.Where(g => g.HasNode).Select(g => g.NodeName).Prepend("vfio");
+    private IEnumerable<string> DevVfioNamesLocked()
+    {
+        AssertLocked();
+        return GroupsLocked.Where(g => g.HasNode).Select(g => g.NodeName).Prepend("vfio")
+            .Concat(CdevNamesLocked().Any() ? ["devices"] : []);
+    }
 
     internal static string Decimal(long value) => value.ToString(CultureInfo.InvariantCulture);
 }

@@ -29,6 +29,16 @@ public class VfioException : IOException
         Operation = string.Empty;
     }
 
+    /// <summary>Creates an exception for a rule the library enforces itself (no errno) that concerns an object.</summary>
+    private protected VfioException(string message, ErrorTarget target)
+        : base(message)
+    {
+        Operation = string.Empty;
+        GroupId = target.GroupId;
+        Device = target.Device;
+        RegionIndex = target.RegionIndex;
+    }
+
     internal VfioException(string message, string operation, int errno, ErrorTarget target)
         : base(message)
     {
@@ -57,94 +67,4 @@ public class VfioException : IOException
 
     /// <summary>The region index concerned, if any.</summary>
     public int? RegionIndex { get; }
-}
-
-/// <summary>The object or path was not there (ENOENT, ENODEV).</summary>
-public class VfioNotFoundException : VfioException
-{
-    /// <inheritdoc cref="VfioException(string)"/>
-    public VfioNotFoundException(string message) : base(message) { }
-
-    /// <inheritdoc cref="VfioException(string, Exception)"/>
-    public VfioNotFoundException(string message, Exception innerException) : base(message, innerException) { }
-
-    /// <inheritdoc cref="VfioException()"/>
-    public VfioNotFoundException() { }
-
-    internal VfioNotFoundException(string message, string operation, int errno, ErrorTarget target)
-        : base(message, operation, errno, target) { }
-}
-
-/// <summary>The caller lacks the permission (EACCES, EPERM).</summary>
-public class VfioAccessDeniedException : VfioException
-{
-    /// <inheritdoc cref="VfioException(string)"/>
-    public VfioAccessDeniedException(string message) : base(message) { }
-
-    /// <inheritdoc cref="VfioException(string, Exception)"/>
-    public VfioAccessDeniedException(string message, Exception innerException) : base(message, innerException) { }
-
-    /// <inheritdoc cref="VfioException()"/>
-    public VfioAccessDeniedException() { }
-
-    internal VfioAccessDeniedException(string message, string operation, int errno, ErrorTarget target)
-        : base(message, operation, errno, target) { }
-}
-
-/// <summary>Something else holds the object (EBUSY).</summary>
-public class VfioBusyException : VfioException
-{
-    /// <inheritdoc cref="VfioException(string)"/>
-    public VfioBusyException(string message) : base(message) { }
-
-    /// <inheritdoc cref="VfioException(string, Exception)"/>
-    public VfioBusyException(string message, Exception innerException) : base(message, innerException) { }
-
-    /// <inheritdoc cref="VfioException()"/>
-    public VfioBusyException() { }
-
-    internal VfioBusyException(string message, string operation, int errno, ErrorTarget target)
-        : base(message, operation, errno, target) { }
-}
-
-/// <summary>The kernel or the device does not support the operation (ENOTTY, EOPNOTSUPP).</summary>
-public class VfioNotSupportedException : VfioException
-{
-    /// <inheritdoc cref="VfioException(string)"/>
-    public VfioNotSupportedException(string message) : base(message) { }
-
-    /// <inheritdoc cref="VfioException(string, Exception)"/>
-    public VfioNotSupportedException(string message, Exception innerException) : base(message, innerException) { }
-
-    /// <inheritdoc cref="VfioException()"/>
-    public VfioNotSupportedException() { }
-
-    internal VfioNotSupportedException(string message, string operation, int errno, ErrorTarget target)
-        : base(message, operation, errno, target) { }
-}
-
-/// <summary>The object an error concerns: an IOMMU group, a device, a region.</summary>
-internal readonly record struct ErrorTarget(int? GroupId = null, string? Device = null, int? RegionIndex = null)
-{
-    public static ErrorTarget None => default;
-
-    public static ErrorTarget Group(int groupId) => new(GroupId: groupId);
-
-    public override string ToString()
-    {
-        var parts = new List<string>(3);
-        if (GroupId is int g)
-        {
-            parts.Add("group " + g.ToString(CultureInfo.InvariantCulture));
-        }
-        if (Device is not null)
-        {
-            parts.Add("device " + Device);
-        }
-        if (RegionIndex is int r)
-        {
-            parts.Add("region " + r.ToString(CultureInfo.InvariantCulture));
-        }
-        return string.Join(", ", parts);
-    }
 }

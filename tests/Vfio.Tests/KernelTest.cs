@@ -6,7 +6,8 @@ namespace Vfio.Tests;
 /// A test against the simulated kernel: a fresh <see cref="SimulatedKernel"/>, a registry on it that
 /// logs into <see cref="Logs"/>, helpers to add PCI functions and create devices for them. After each
 /// test every registry is disposed, every device the test created is disposed, and the kernel must
-/// have nothing open (no descriptor, mapping or DMA mapping) and the registries no group or container.
+/// have nothing open (no descriptor, mapping or DMA mapping), the registries no group or container,
+/// and no Debug.Assert (a lock rule among them) may have failed.
 /// </summary>
 public abstract class KernelTest : IAsyncLifetime
 {
@@ -48,7 +49,7 @@ public abstract class KernelTest : IAsyncLifetime
 
     /// <summary>Constructs a device for a function the kernel has (init: nothing registered), disposed after the test.</summary>
     private protected RecordingPciDevice CreatePci(string address = "0000:00:03.0", VfioRegistry? registry = null) =>
-        Track(new RecordingPciDevice((registry ?? Registry).DiscoverPci(PciAddress.Parse(address, null))));
+        Track(new RecordingPciDevice((registry ?? Registry).FindPci(PciAddress.Parse(address, null))));
 
     /// <summary>Constructs and registers a device for a function the kernel has.</summary>
     private protected RecordingPciDevice RegisterPci(string address = "0000:00:03.0", VfioRegistry? registry = null)
@@ -90,5 +91,6 @@ public abstract class KernelTest : IAsyncLifetime
             registry.Containers.Should().BeEmpty("every container is closed when its last group leaves");
         }
         Kernel.AssertNoLeaks();
+        DebugAsserts.Failures.Should().BeEmpty("no lock rule or other Debug.Assert of the library or the simulated kernel may fail");
     }
 }

@@ -14,6 +14,8 @@ internal sealed class EventFdFile(SimulatedKernel kernel, ulong initialValue, in
     private const int EfdSemaphore = 1;
     private const ulong Max = ulong.MaxValue - 1;
 
+    // Guards _count, _consumer and _waiters; readers block on it (Monitor.Wait). Taken under the kernel
+    // lock (an interrupt signalled by the kernel), never the other way round; the consumer runs outside it.
     private readonly object _gate = new();
     private readonly List<PollWaiter> _waiters = [];
     private readonly bool _nonBlocking = (flags & Flags.EFD_NONBLOCK) != 0;
@@ -163,6 +165,7 @@ internal sealed class EventFdFile(SimulatedKernel kernel, ulong initialValue, in
 
     private void WakeLocked()
     {
+        LockAssert.Held(_gate);
         Monitor.PulseAll(_gate);
         foreach (var waiter in _waiters)
         {

@@ -2,18 +2,26 @@ namespace Vfio.Testing;
 
 /// <summary>
 /// The process's descriptor table: numbers start at 3 (0-2 are the standard streams) and the lowest
-/// free number is reused first, as Linux does. Accessed under the kernel lock.
+/// free number is reused first, as Linux does. Accessed under the kernel lock, which every member asserts.
 /// </summary>
-internal sealed class FileTable
+internal sealed class FileTable(SimulatedKernel kernel)
 {
     private readonly Dictionary<int, KernelFile> _files = [];
     private readonly SortedSet<int> _free = [];
     private int _next = 3;
 
-    public int Count => _files.Count;
+    public int Count
+    {
+        get
+        {
+            kernel.AssertLocked();
+            return _files.Count;
+        }
+    }
 
     public int Install(KernelFile file)
     {
+        kernel.AssertLocked();
         int fd;
         if (_free.Count > 0)
         {
@@ -28,10 +36,15 @@ internal sealed class FileTable
         return fd;
     }
 
-    public KernelFile? Get(int fd) => _files.GetValueOrDefault(fd);
+    public KernelFile? Get(int fd)
+    {
+        kernel.AssertLocked();
+        return _files.GetValueOrDefault(fd);
+    }
 
     public KernelFile? Remove(int fd)
     {
+        kernel.AssertLocked();
         if (!_files.Remove(fd, out var file))
         {
             return null;
@@ -40,6 +53,12 @@ internal sealed class FileTable
         return file;
     }
 
-    public IEnumerable<(int Fd, KernelFile File)> All =>
-        _files.OrderBy(p => p.Key).Select(p => (p.Key, p.Value));
+    public IEnumerable<(int Fd, KernelFile File)> All
+    {
+        get
+        {
+            kernel.AssertLocked();
+            return _files.OrderBy(p => p.Key).Select(p => (p.Key, p.Value));
+        }
+    }
 }

@@ -12,7 +12,7 @@ public enum SimulatedFileKind
     /// <summary>A group, opened from <c>/dev/vfio/N</c> or <c>/dev/vfio/noiommu-N</c>.</summary>
     Group,
 
-    /// <summary>A device, returned by <c>VFIO_GROUP_GET_DEVICE_FD</c>.</summary>
+    /// <summary>A device, returned by <c>VFIO_GROUP_GET_DEVICE_FD</c> or opened from <c>/dev/vfio/devices/vfioN</c>.</summary>
     Device,
 
     /// <summary>An eventfd.</summary>
@@ -26,6 +26,9 @@ public enum SimulatedFileKind
 
     /// <summary>An anonymous memory file, from <c>memfd_create</c>.</summary>
     MemFd,
+
+    /// <summary>An iommufd context, opened from <c>/dev/iommu</c>.</summary>
+    Iommufd,
 }
 
 /// <summary>
@@ -44,11 +47,16 @@ internal abstract class KernelFile(SimulatedKernel kernel, string path)
     public abstract SimulatedFileKind Kind { get; }
 
     /// <summary>Takes a reference; the kernel lock is held.</summary>
-    public void Get() => _references++;
+    public void Get()
+    {
+        Kernel.AssertLocked();
+        _references++;
+    }
 
     /// <summary>Drops a reference and releases the file after the last; the kernel lock is held.</summary>
     public void Put()
     {
+        Kernel.AssertLocked();
         if (--_references == 0)
         {
             Release();

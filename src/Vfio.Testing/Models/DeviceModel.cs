@@ -25,7 +25,10 @@ public abstract class DeviceModel
     /// <summary>The kernel device that hosts this model, once it was added to a kernel.</summary>
     internal SimulatedDevice? Device { get; set; }
 
-    /// <summary>Serialises the model's hooks.</summary>
+    /// <summary>
+    /// Serialises the model's hooks: every register hook and reset runs under it. Taken before the
+    /// kernel lock, never under it (the kernel defers model calls until its lock is released).
+    /// </summary>
     internal object Gate { get; } = new();
 
     /// <summary>Whether the device can be reset (VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET). True unless overridden.</summary>
@@ -78,8 +81,15 @@ public abstract class DeviceModel
     {
         lock (Gate)
         {
-            OnReset();
+            ResetLocked();
         }
+    }
+
+    /// <summary>Resets the device's registers; the Gate is held.</summary>
+    internal void ResetLocked()
+    {
+        LockAssert.Held(Gate);
+        OnReset();
     }
 
     /// <summary>
@@ -144,9 +154,36 @@ public abstract class DeviceModel
     /// </summary>
     internal virtual bool MappedMemoryReachable => true;
 
-    internal abstract ulong ReadMapped(int index, ulong offset, int size);
+    /// <summary>A read of a mapped region (a trapped mmap access): the register, under the Gate.</summary>
+    internal ulong ReadMapped(int index, ulong offset, int size)
+    {
+        lock (Gate)
+        {
+            return ReadRegisterLocked(index, offset, size);
+        }
+    }
 
-    internal abstract void WriteMapped(int index, ulong offset, int size, ulong value);
+    /// <summary>A write to a mapped region (a trapped mmap access): the register, under the Gate.</summary>
+    internal void WriteMapped(int index, ulong offset, int size, ulong value)
+    {
+        lock (Gate)
+        {
+            WriteRegisterLocked(index, offset, size, value);
+        }
+    }
+
+    /// <summary>A pread or pwrite of a region's registers, in the pieces <see cref="Chunked"/> makes; the Gate is held.</summary>
+    internal long AccessRegistersLocked(int index, ulong offset, Span<byte> data, bool write)
+    {
+        LockAssert.Held(Gate);
+        return Chunked(offset, data, write, (o, s) => ReadRegisterLocked(index, o, s), (o, s, v) => WriteRegisterLocked(index, o, s, v));
+    }
+
+    /// <summary>Reads a register of a region (a BAR, a platform resource) as the device answers it; the Gate is held.</summary>
+    private protected abstract ulong ReadRegisterLocked(int region, ulong offset, int size);
+
+    /// <summary>Writes a register of a region as the device takes it; the Gate is held.</summary>
+    private protected abstract void WriteRegisterLocked(int region, ulong offset, int size, ulong value);
 
     /// <summary>Splits an access into naturally aligned pieces of at most 4 bytes, as vfio-pci's region access does.</summary>
     internal static long Chunked(ulong offset, Span<byte> data, bool write, Func<ulong, int, ulong> read, Action<ulong, int, ulong> store)

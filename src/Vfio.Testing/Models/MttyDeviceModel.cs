@@ -145,9 +145,9 @@ public sealed class MttyDeviceModel : PciDeviceModel
         return result;
     }
 
-    internal override ulong ReadMapped(int index, ulong offset, int size) => throw new InvalidOperationException("mtty regions cannot be mapped.");
+    private protected override ulong ReadRegisterLocked(int region, ulong offset, int size) => throw new InvalidOperationException("mtty regions cannot be mapped.");
 
-    internal override void WriteMapped(int index, ulong offset, int size, ulong value) => throw new InvalidOperationException("mtty regions cannot be mapped.");
+    private protected override void WriteRegisterLocked(int region, ulong offset, int size, ulong value) => throw new InvalidOperationException("mtty regions cannot be mapped.");
 
     private ulong ReadConfigPiece(ulong offset, int size)
     {

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Numerics;
-using Vfio.Interop;
 
 namespace Vfio.Testing;
 
@@ -24,16 +23,19 @@ public enum PciBarKind
 /// (plain memory unless overridden), interrupts and DMA.
 /// </summary>
 /// <remarks>
-/// Define BARs, interrupt counts and identity before the model is added to a kernel with
-/// <see cref="SimulatedKernel.AddPciDevice(string, PciDeviceModel, int, string?)"/>; they are fixed from then on.
+/// <para>Define BARs, interrupt counts and identity before the model is added to a kernel with
+/// <see cref="SimulatedKernel.AddPciDevice(string, PciDeviceModel, int, string?)"/>; they are fixed from then on.</para>
+/// <para>The model is the device alone. What vfio-pci does to it (the device file's regions and
+/// interrupts, config space virtualisation, hidden capabilities, enabling it at the first open) is
+/// the simulated kernel's: Vfio/VfioPciCore.cs and Vfio/VfioPciConfig.cs.</para>
 /// </remarks>
 public class PciDeviceModel : DeviceModel
 {
-    private const int CommandOffset = 0x04;
-    private const ushort CommandIo = 0x1;
-    private const ushort CommandMemory = 0x2;
-    private const ushort CommandMaster = 0x4;
-    private const ushort CommandIntxDisable = 0x400;
+    internal const int CommandOffset = 0x04;
+    internal const ushort CommandIo = 0x1;
+    internal const ushort CommandMemory = 0x2;
+    internal const ushort CommandMaster = 0x4;
+    internal const ushort CommandIntxDisable = 0x400;
     private const int MaxBackedBar = 64 << 20;
 
     private readonly Bar?[] _bars = new Bar?[6];
@@ -41,6 +43,7 @@ public class PciDeviceModel : DeviceModel
     private byte[] _config = [];
     private byte[] _writable = [];
     private byte[] _resetConfig = [];
+    private VfioPciCore? _vfioPci;
     private int _msiOffset;
     private int _pmOffset;
     private int _msixOffset;
@@ -53,8 +56,6 @@ public class PciDeviceModel : DeviceModel
     private ulong? _msixPbaOffset;
     private bool _powerManagement = true;
     private bool _functionLevelReset;
-    private byte _msiVirtualControl;
-    private int _msiQmax;
     private readonly List<(byte Id, int Length)> _extraCapabilities = [];
     private readonly List<(ushort Id, byte Version, int Length)> _extendedCapabilities = [];
 
@@ -202,10 +203,10 @@ public class PciDeviceModel : DeviceModel
 
     /// <summary>
     /// Adds a standard capability with no behaviour (its body reads as zeros) after the built-in ones
-    /// (power management, MSI, MSI-X, PCI Express). As vfio-pci does, the device file does not show a
-    /// capability vfio-pci does not virtualize (slot id, hot swap, debug port, CompactPCI CRC, hot-plug
-    /// controller, bridge subsystem id, AGP 8x, secure device, enhanced allocation and any id above
-    /// 0x14): the list skips it, though its bytes stay where they are.
+    /// (power management, MSI, MSI-X, PCI Express). The device file, as vfio-pci presents it, does not
+    /// show a capability vfio-pci does not virtualize (slot id, hot swap, debug port, CompactPCI CRC,
+    /// hot-plug controller, bridge subsystem id, AGP 8x, secure device, enhanced allocation and any id
+    /// above 0x14): the list skips it, though its bytes stay where they are.
     /// </summary>
     /// <param name="id">The capability id.</param>
     /// <param name="length">Its length in bytes, at least 2 (the header).</param>
@@ -219,7 +220,7 @@ public class PciDeviceModel : DeviceModel
 
     /// <summary>
     /// Adds an extended capability (PCI Express functions only) with no behaviour; the extended list
-    /// starts at 0x100 in the order added. As vfio-pci does, the device file hides the ones vfio-pci
+    /// starts at 0x100 in the order added. The device file, as vfio-pci presents it, hides the ones vfio-pci
     /// does not virtualize (it knows AER, VC, serial number, power budgeting, MFVC, vendor specific,
     /// ACS, ARI, ATS, SR-IOV, multicast, PRI, resizable BAR, DPA, TPH, LTR and DVSEC): the list skips
     /// a hidden one, and a hidden first one becomes a header with id 0 that only links to the next.
@@ -254,8 +255,20 @@ public class PciDeviceModel : DeviceModel
     /// <summary>The power state in the power management capability's PMCSR: 0 (D0) to 3 (D3hot); 0 without the capability.</summary>
     public int PowerState => _pmOffset == 0 ? 0 : (int)(ReadConfigRegister(_pmOffset + 4, 2) & 3);
 
-    /// <summary>vfio-pci's <c>__vfio_pci_memory_enabled</c>: memory space on and the function above D3.</summary>
-    internal override bool MappedMemoryReachable => MemorySpaceEnabled && PowerState < 3;
+    /// <summary>Whether vfio-pci lets a mapped access reach the BARs now (<see cref="VfioPciCore.MemoryEnabledLocked"/>).</summary>
+    internal override bool MappedMemoryReachable
+    {
+        get
+        {
+            lock (Gate)
+            {
+                return VfioPci.MemoryEnabledLocked();
+            }
+        }
+    }
+
+    /// <summary>PMCSR's offset in config space (the power management capability + 4), 0 without the capability.</summary>
+    internal int PmcsrOffset => _pmOffset == 0 ? 0 : _pmOffset + 4;
 
     /// <summary>Whether I/O decoding is on (command bit 0).</summary>
     public bool IoSpaceEnabled => (Command & CommandIo) != 0;
@@ -314,7 +327,7 @@ public class PciDeviceModel : DeviceModel
     {
         lock (Gate)
         {
-            return (uint)ReadStore(_config, (ulong)offset, size);
+            return ReadConfigRaw(offset, size);
         }
     }
 
@@ -385,16 +398,6 @@ public class PciDeviceModel : DeviceModel
     {
         _resetConfig.CopyTo(_config, 0);
         Array.Clear(_barMemory);
-    }
-
-    internal override void ResetKeepingConfig()
-    {
-        lock (Gate)
-        {
-            byte[] saved = (byte[])_config.Clone();
-            OnReset();
-            saved.CopyTo(_config, 0);
-        }
     }
 
     private byte[] BarMemory(int bar)
@@ -553,93 +556,31 @@ public class PciDeviceModel : DeviceModel
                     break;
             }
         }
-        PresentCapabilitiesAsVfio(c, capabilities, offsets);
+        c[0x34] = (byte)(capabilities.Count > 0 ? offsets[0] : 0);
+        c[0x06] = capabilities.Count > 0 ? (byte)(c[0x06] | 0x10) : (byte)(c[0x06] & ~0x10);
         if (IsExpress)
         {
             LayOutExtendedCapabilities(c);
         }
         _resetConfig = (byte[])_config.Clone();
+        _vfioPci = new VfioPciCore(this, new VfioPciConfig(this, _config));
     }
 
-    /// <summary>
-    /// vfio_cap_init: the capability pointer and each next pointer skip the capabilities vfio-pci
-    /// hides (pci_cap_length is 0 for them, or the id is above PCI_CAP_ID_MAX); the status register's
-    /// capability-list bit is cleared when none is left.
-    /// </summary>
-    private static void PresentCapabilitiesAsVfio(Span<byte> c, List<(byte Id, int Size)> capabilities, int[] offsets)
-    {
-        int pointer = 0x34;
-        bool any = false;
-        for (int i = 0; i < capabilities.Count; i++)
-        {
-            if (IsHiddenByVfio(capabilities[i].Id))
-            {
-                continue;
-            }
-            c[pointer] = (byte)offsets[i];
-            pointer = offsets[i] + 1;
-            any = true;
-        }
-        c[pointer] = 0;
-        c[0x06] = any ? (byte)(c[0x06] | 0x10) : (byte)(c[0x06] & ~0x10);
-    }
-
-    private static bool IsHiddenByVfio(byte id) => id is 0x04 or 0x06 or 0x0a or 0x0b or 0x0c or 0x0d or 0x0e or 0x0f or 0 or > 0x13;
-
-    /// <summary>The extended capabilities vfio-pci keeps (pci_ext_cap_length is not 0 for them).</summary>
-    private static bool IsShownByVfio(ushort id) => id is 0x01 or 0x02 or 0x03 or 0x04 or 0x08 or 0x09 or 0x0b or 0x0d or 0x0e
-        or 0x0f or 0x10 or 0x12 or 0x13 or 0x15 or 0x16 or 0x17 or 0x18 or 0x23;
-
-    /// <summary>
-    /// Lays the extended capabilities out from 0x100 and presents them as vfio_ecap_init does: a hidden
-    /// capability is skipped by its predecessor's next pointer; a hidden first one keeps only its
-    /// next pointer (id and version read as 0); with none left shown, the header at 0x100 reads 0.
-    /// </summary>
+    /// <summary>Lays the extended capabilities out from 0x100, each linked to the next, in the order added.</summary>
     private void LayOutExtendedCapabilities(Span<byte> c)
     {
         var list = _extendedCapabilities;
-        var offsets = new int[list.Count];
         int offset = 0x100;
         for (int i = 0; i < list.Count; i++)
         {
-            offsets[i] = offset;
-            offset += (list[i].Length + 7) & ~7;
-            if (offsets[i] + list[i].Length > ConfigSpaceSize)
+            var (id, version, length) = list[i];
+            if (offset + length > ConfigSpaceSize)
             {
                 throw new InvalidOperationException("The extended capabilities do not fit in 4 KiB of config space.");
             }
-        }
-        int previous = -1;
-        bool shown = false;
-        for (int i = 0; i < list.Count; i++)
-        {
-            var (id, version, _) = list[i];
-            int next = i == list.Count - 1 ? 0 : offsets[i + 1];
-            bool hidden = !IsShownByVfio(id);
-            if (hidden && previous >= 0)
-            {
-                // The device's own header stays; the predecessor's next pointer skips it.
-                BinaryPrimitives.WriteUInt32LittleEndian(c[offsets[i]..], id | ((uint)version << 16) | ((uint)next << 20));
-                continue;
-            }
-            uint header = hidden ? (uint)next << 20 : id | ((uint)version << 16) | ((uint)next << 20);
-            BinaryPrimitives.WriteUInt32LittleEndian(c[offsets[i]..], header);
-            if (previous >= 0)
-            {
-                uint prev = BinaryPrimitives.ReadUInt32LittleEndian(c[previous..]);
-                BinaryPrimitives.WriteUInt32LittleEndian(c[previous..], (prev & 0xf_ffff) | ((uint)offsets[i] << 20));
-            }
-            previous = offsets[i];
-            shown |= !hidden;
-        }
-        if (previous >= 0)
-        {
-            uint last = BinaryPrimitives.ReadUInt32LittleEndian(c[previous..]);
-            BinaryPrimitives.WriteUInt32LittleEndian(c[previous..], last & 0xf_ffff);
-        }
-        if (!shown)
-        {
-            BinaryPrimitives.WriteUInt32LittleEndian(c[0x100..], 0);
+            int next = i == list.Count - 1 ? 0 : offset + ((length + 7) & ~7);
+            BinaryPrimitives.WriteUInt32LittleEndian(c[offset..], id | ((uint)version << 16) | ((uint)next << 20));
+            offset = next;
         }
     }
 
@@ -653,212 +594,96 @@ public class PciDeviceModel : DeviceModel
         }
     }
 
-    /// <summary>Sets or clears bits of the command register as the kernel's PCI core does.</summary>
-    private void UpdateCommand(ushort set, ushort clear)
+    /// <summary>Where the MSI capability is (0: none).</summary>
+    internal int MsiOffset => _msiOffset;
+
+    /// <summary>Where the MSI-X capability is (0: none).</summary>
+    internal int MsixOffset => _msixOffset;
+
+    /// <summary>vfio-pci's handling of this function, once the model is in a kernel.</summary>
+    internal VfioPciCore VfioPci => _vfioPci ?? throw new InvalidOperationException("The model is not in a kernel yet.");
+
+    internal Bar? BarAt(int index) => _bars[index];
+
+    /// <summary>The function's config registers as they are, past every hook: for the kernel's own accesses. The Gate is held.</summary>
+    internal uint ReadConfigRaw(int offset, int size)
     {
-        lock (Gate)
-        {
-            ushort command = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(CommandOffset));
-            BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(CommandOffset), (ushort)((command | set) & ~clear));
-        }
+        LockAssert.Held(Gate);
+        return (uint)ReadStore(_config, (ulong)offset, size);
     }
 
-    /// <summary>
-    /// The kernel enabling or disabling MSI or MSI-X (pci_alloc_irq_vectors and pci_free_irq_vectors).
-    /// Enabling MSI also sets the multiple message enable field for <paramref name="vectors"/> and,
-    /// as vfio_msi_enable does, remembers that count (msi_qmax) to limit what user space may enable.
-    /// </summary>
-    internal void SetMessageInterrupts(int irqIndex, bool enabled, int vectors = 1)
+    /// <summary>The kernel's own writes to the function's config registers (the PCI core's enable, MSI set-up), past the writable masks. The Gate is held.</summary>
+    internal void WriteConfigRaw(int offset, int size, uint value)
     {
-        lock (Gate)
-        {
-            int offset = irqIndex == 1 ? _msiOffset : _msixOffset;
-            if (offset == 0)
-            {
-                return;
-            }
-            ushort bit = irqIndex == 1 ? (ushort)1 : (ushort)0x8000;
-            ushort control = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(offset + 2));
-            control = enabled ? (ushort)(control | bit) : (ushort)(control & ~bit);
-            if (irqIndex == 1 && enabled)
-            {
-                _msiQmax = BitOperations.Log2(BitOperations.RoundUpToPowerOf2((uint)Math.Max(vectors, 1)));
-                control = (ushort)((control & ~0x70) | (_msiQmax << 4));
-            }
-            BinaryPrimitives.WriteUInt16LittleEndian(_config.AsSpan(offset + 2), control);
-        }
+        LockAssert.Held(Gate);
+        WriteStore(_config, (ulong)offset, size, value);
     }
 
-    /// <summary>
-    /// Config space as vfio-pci presents it (vfio_pci_config.c): the low byte of the MSI message
-    /// control is virtual. It holds what the device had when the device file was opened, then what
-    /// user space wrote; enabling MSI through VFIO_DEVICE_SET_IRQS does not show in it.
-    /// </summary>
-    private uint ReadConfigThroughVfio(int offset, int size)
+    /// <summary>A config access through the model's hooks, as a config cycle from the kernel reaches the device. The Gate is held.</summary>
+    internal uint ReadConfigThroughHook(int offset, int size)
     {
-        uint value = ReadConfig(offset, size);
-        int control = _msiOffset + 2;
-        if (_msiOffset != 0 && control >= offset && control < offset + size)
-        {
-            int shift = (control - offset) * 8;
-            value = (value & ~(0xffu << shift)) | ((uint)_msiVirtualControl << shift);
-        }
-        return value;
+        LockAssert.Held(Gate);
+        return ReadConfig(offset, size);
     }
 
-    /// <summary>
-    /// vfio_msi_config_write: a write to the MSI control's low byte lands in the virtual byte; the
-    /// kernel then writes it to the device with the enable bit cleared unless it has MSI on, and the
-    /// enabled vector count limited to what it allocated. The rest of the capability is not writable.
-    /// </summary>
-    private void WriteConfigThroughVfio(int offset, int size, uint value)
+    /// <inheritdoc cref="ReadConfigThroughHook"/>
+    internal void WriteConfigThroughHook(int offset, int size, uint value)
     {
-        int control = _msiOffset + 2;
-        if (_msiOffset == 0 || control < offset || control >= offset + size)
-        {
-            WriteConfig(offset, size, value);
-            return;
-        }
-        _msiVirtualControl = (byte)(value >> ((control - offset) * 8));
-        ushort hardware = (ushort)ReadConfig(control, 2);
-        ushort flags = (ushort)((hardware & 0xff00) | _msiVirtualControl);
-        if ((hardware & 1) == 0)
-        {
-            flags &= unchecked((ushort)~1);
-        }
-        if (((flags & 0x70) >> 4) > _msiQmax)
-        {
-            flags = (ushort)((flags & ~0x70) | (_msiQmax << 4));
-        }
-        WriteConfig(control, 2, flags);
+        LockAssert.Held(Gate);
+        WriteConfig(offset, size, value);
     }
 
-    internal override void Enable()
+    /// <summary>pci_dev_save_and_disable's copy of config space. The Gate is held.</summary>
+    internal byte[] SaveConfigLocked()
     {
-        // vfio_pci_core_enable: reset, then pci_enable_device turns on decoding for the BARs present,
-        // and INTx is unmasked at the device.
-        base.Enable();
-        ushort decode = 0;
-        foreach (var bar in _bars)
-        {
-            if (bar is not null)
-            {
-                decode |= bar.Kind == PciBarKind.Io ? CommandIo : CommandMemory;
-            }
-        }
-        UpdateCommand(decode, CommandIntxDisable);
-        if (_msiOffset != 0)
-        {
-            // vfio_config_init copies the device's MSI control into the virtual config space.
-            _msiVirtualControl = (byte)ReadConfigRegister(_msiOffset + 2, 1);
-        }
+        LockAssert.Held(Gate);
+        return (byte[])_config.Clone();
     }
 
-    internal override void Disable()
+    /// <summary>pci_dev_restore: config space back as saved. The Gate is held.</summary>
+    internal void RestoreConfigLocked(byte[] saved)
     {
-        UpdateCommand(0, CommandMaster);
-        SetMessageInterrupts(1, false);
-        SetMessageInterrupts(2, false);
-        base.Disable();
+        LockAssert.Held(Gate);
+        saved.CopyTo(_config, 0);
     }
 
-    internal override uint InfoFlags => VfioUapi.VFIO_DEVICE_FLAGS_PCI;
+    // The device file's view of the function is vfio-pci's (Vfio/VfioPciCore.cs).
 
-    internal override int RegionCount => (int)VfioUapi.VFIO_PCI_NUM_REGIONS;
+    internal override uint InfoFlags => VfioPciCore.InfoFlags;
 
-    internal override int IrqIndexCount => (int)VfioUapi.VFIO_PCI_NUM_IRQS;
+    internal override int RegionCount => VfioPciCore.RegionCount;
 
-    /// <summary>vfio-pci answers EINVAL for the VGA region of a function that does not decode VGA, as none here does.</summary>
-    internal override bool HasRegion(int index) => base.HasRegion(index) && index != (int)VfioUapi.VFIO_PCI_VGA_REGION_INDEX;
+    internal override int IrqIndexCount => VfioPciCore.IrqIndexCount;
 
-    internal override RegionDescriptor DescribeRegion(int index)
+    internal override bool HasRegion(int index) => VfioPciCore.HasRegion(index);
+
+    internal override RegionDescriptor DescribeRegion(int index) => VfioPci.DescribeRegion(index);
+
+    internal override bool DescribeIrq(int index, out uint flags, out int count) => VfioPci.DescribeIrq(index, out flags, out count);
+
+    internal override int RefusePastEnd(int index) => VfioPciCore.RefusePastEnd(index);
+
+    internal override long AccessRegion(int index, ulong offset, Span<byte> data, bool write) => VfioPci.AccessRegion(index, offset, data, write);
+
+    internal override void Enable() => VfioPci.Enable();
+
+    internal override void Disable() => VfioPci.Disable();
+
+    internal override void ResetKeepingConfig() => VfioPci.ResetKeepingConfig();
+
+    private protected override ulong ReadRegisterLocked(int region, ulong offset, int size)
     {
-        const uint ReadWrite = VfioUapi.VFIO_REGION_INFO_FLAG_READ | VfioUapi.VFIO_REGION_INFO_FLAG_WRITE;
-        if (index < 6)
-        {
-            if (_bars[index] is not { } bar)
-            {
-                return RegionDescriptor.None;
-            }
-            uint flags = ReadWrite | (bar.Mappable ? VfioUapi.VFIO_REGION_INFO_FLAG_MMAP : 0);
-            return new RegionDescriptor(bar.Size, flags, bar.Sparse, MsixVectors > 0 && index == MsixBar);
-        }
-        return index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX
-            ? new RegionDescriptor((ulong)ConfigSpaceSize, ReadWrite)
-            : RegionDescriptor.None; // no expansion ROM, no VGA
+        LockAssert.Held(Gate);
+        return ReadBar(region, offset, size);
     }
 
-    internal override bool DescribeIrq(int index, out uint flags, out int count)
+    private protected override void WriteRegisterLocked(int region, ulong offset, int size, ulong value)
     {
-        flags = VfioUapi.VFIO_IRQ_INFO_EVENTFD;
-        count = 0;
-        switch (index)
-        {
-            case 0:
-                flags |= VfioUapi.VFIO_IRQ_INFO_MASKABLE | VfioUapi.VFIO_IRQ_INFO_AUTOMASKED;
-                count = InterruptPin != 0 ? 1 : 0;
-                return true;
-            case 1:
-                flags |= VfioUapi.VFIO_IRQ_INFO_NORESIZE;
-                count = MsiVectors;
-                return true;
-            case 2:
-                flags |= VfioUapi.VFIO_IRQ_INFO_NORESIZE;
-                count = MsixVectors;
-                return true;
-            case 3 when IsExpress:
-            case 4:
-                flags |= VfioUapi.VFIO_IRQ_INFO_NORESIZE;
-                count = 1;
-                return true;
-            default:
-                return false;
-        }
+        LockAssert.Held(Gate);
+        WriteBar(region, offset, size, value);
     }
 
-    /// <summary>vfio_config_do_rw refuses an access to config space that runs past its end with EFAULT.</summary>
-    internal override int RefusePastEnd(int index) => index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX ? -Errno.EFAULT : 0;
-
-    internal override long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
-    {
-        lock (Gate)
-        {
-            if (index == (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX)
-            {
-                return Chunked(offset, data, write, (o, s) => ReadConfigThroughVfio((int)o, s), (o, s, v) => WriteConfigThroughVfio((int)o, s, (uint)v));
-            }
-            if (index >= 6 || _bars[index] is not { } bar)
-            {
-                return NoSuchRegion;
-            }
-            // vfio-pci refuses access to a BAR whose decoding is off, and to a memory BAR in D3.
-            ushort command = BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(CommandOffset));
-            if ((command & (bar.Kind == PciBarKind.Io ? CommandIo : CommandMemory)) == 0
-                || (bar.Kind != PciBarKind.Io && _pmOffset != 0 && (BinaryPrimitives.ReadUInt16LittleEndian(_config.AsSpan(_pmOffset + 4)) & 3) == 3))
-            {
-                return -Errno.EIO;
-            }
-            return Chunked(offset, data, write, (o, s) => ReadBar(index, o, s), (o, s, v) => WriteBar(index, o, s, v));
-        }
-    }
-
-    internal override ulong ReadMapped(int index, ulong offset, int size)
-    {
-        lock (Gate)
-        {
-            return ReadBar(index, offset, size);
-        }
-    }
-
-    internal override void WriteMapped(int index, ulong offset, int size, ulong value)
-    {
-        lock (Gate)
-        {
-            WriteBar(index, offset, size, value);
-        }
-    }
-
-    private sealed class Bar(ulong size, PciBarKind kind, bool prefetchable, bool mappable)
+    internal sealed class Bar(ulong size, PciBarKind kind, bool prefetchable, bool mappable)
     {
         public ulong Size { get; } = size;
 

@@ -180,23 +180,19 @@ public class PlatformDeviceModel : DeviceModel
     {
         lock (Gate)
         {
-            return Chunked(offset, data, write, (o, s) => ReadRegister(index, o, s), (o, s, v) => WriteRegister(index, o, s, v));
+            return AccessRegistersLocked(index, offset, data, write);
         }
     }
 
-    internal override ulong ReadMapped(int index, ulong offset, int size)
+    private protected override ulong ReadRegisterLocked(int region, ulong offset, int size)
     {
-        lock (Gate)
-        {
-            return ReadRegister(index, offset, size);
-        }
+        LockAssert.Held(Gate);
+        return ReadRegister(region, offset, size);
     }
 
-    internal override void WriteMapped(int index, ulong offset, int size, ulong value)
+    private protected override void WriteRegisterLocked(int region, ulong offset, int size, ulong value)
     {
-        lock (Gate)
-        {
-            WriteRegister(index, offset, size, value);
-        }
+        LockAssert.Held(Gate);
+        WriteRegister(region, offset, size, value);
     }
 }

@@ -20,6 +20,8 @@ internal static unsafe class DeviceFeatures
     /// <summary>LOG_MAX_RANGES: as many ranges as fit in one page.</summary>
     private const int MaxLogRanges = SimulatedKernel.PageSize / 16;
 
+    // Each device's state is its own lock (guards Engaged and Wakeup), a leaf: the wake-up eventfd is
+    // put under the kernel lock only after it is released.
     private static readonly ConditionalWeakTable<SimulatedDevice, LowPower> LowPowerStates = [];
 
     public static int Ioctl(SimulatedKernel kernel, SimulatedDevice device, byte* argument)
@@ -102,6 +104,7 @@ internal static unsafe class DeviceFeatures
     /// <summary>Forgets the device's low power state on its last close (vfio-pci's close_device); the kernel lock is held.</summary>
     public static void LastClose(SimulatedDevice device)
     {
+        device.Kernel.AssertLocked();
         if (LowPowerStates.TryGetValue(device, out var state))
         {
             LowPowerStates.Remove(device);

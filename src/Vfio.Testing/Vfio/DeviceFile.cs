@@ -4,12 +4,13 @@ using static Vfio.Interop.Interop;
 namespace Vfio.Testing;
 
 /// <summary>
-/// A device file returned by VFIO_GROUP_GET_DEVICE_FD: the info ioctls, SET_IRQS, reset, region
-/// reads and writes at <c>index &lt;&lt; 40</c> as vfio-pci and vfio-platform lay them out, and mmap of
-/// regions that allow it. Mappings hold the file, so the device is closed only after the last munmap
-/// (or after the last mapping of it is replaced in place).
+/// A device file returned by VFIO_GROUP_GET_DEVICE_FD (or, bound to an iommufd, opened from the device's
+/// cdev: <see cref="DeviceCdevFile"/>): the info ioctls, SET_IRQS, reset, region reads and writes at
+/// <c>index &lt;&lt; 40</c> as vfio-pci and vfio-platform lay them out, and mmap of regions that allow
+/// it. Mappings hold the file, so the device is closed only after the last munmap (or after the last
+/// mapping of it is replaced in place).
 /// </summary>
-internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedDevice device) : KernelFile(kernel, path)
+internal unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedDevice device) : KernelFile(kernel, path)
 {
     /// <summary>VFIO_PCI_OFFSET_SHIFT and VFIO_PLATFORM_OFFSET_SHIFT.</summary>
     public const int OffsetShift = 40;
@@ -24,9 +25,12 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
         if (--Device.OpenCount == 0)
         {
             DeviceFeatures.LastClose(Device);
-            Kernel.LastCloseLocked(Device);
+            LastClose();
         }
     }
+
+    /// <summary>vfio_df_device_last_close after the driver's close: the group's container use ends.</summary>
+    protected virtual void LastClose() => Kernel.LastCloseLocked(Device);
 
     public override int Ioctl(nuint request, nint argument)
     {
@@ -94,6 +98,10 @@ internal sealed unsafe class DeviceFile(SimulatedKernel kernel, string path, Sim
             if (request == VfioUapi.VFIO_DEVICE_PCI_HOT_RESET && Device is SimulatedPciDevice target)
             {
                 return Kernel.HotResetLocked(target, (byte*)argument);
+            }
+            if (request == VfioUapi.VFIO_DEVICE_BIND_IOMMUFD)
+            {
+                return Kernel.BindGroupDeviceFileLocked((byte*)argument);
             }
             return -Errno.ENOTTY;
         }

@@ -38,7 +38,7 @@ internal sealed class DmaMapping(ulong iova, ulong size, ulong vaddr, bool read,
 /// The type1 IOMMU driver's data for one container (vfio_iommu): the mappings sorted by IOVA, the
 /// page sizes, the usable IOVA ranges and the count of mappings still allowed.
 /// </summary>
-internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2)
+internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaMappings
 {
     // The driver's settings, taken from the kernel when the IOMMU is set (as module parameters and
     // the IOMMU's geometry are fixed for a vfio_iommu's life).
@@ -304,15 +304,22 @@ internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2)
     }
 
     /// <summary>The index of the last mapping starting at or below <paramref name="iova"/>, or -1.</summary>
-    private int FloorIndex(ulong iova)
+    private int FloorIndex(ulong iova) => IovaOrder.Floor(_mappings, iova, static m => m.Iova);
+}
+
+/// <summary>Binary search over mappings kept sorted by their first IOVA (type1's and an IOAS's).</summary>
+internal static class IovaOrder
+{
+    /// <summary>The index of the last item starting at or below <paramref name="iova"/>, or -1.</summary>
+    public static int Floor<T>(List<T> sorted, ulong iova, Func<T, ulong> start)
     {
         int lo = 0;
-        int hi = _mappings.Count - 1;
+        int hi = sorted.Count - 1;
         int found = -1;
         while (lo <= hi)
         {
             int mid = (lo + hi) / 2;
-            if (_mappings[mid].Iova <= iova)
+            if (start(sorted[mid]) <= iova)
             {
                 found = mid;
                 lo = mid + 1;

@@ -14,36 +14,6 @@ public sealed record PciHotResetDependency(PciAddress Address, int GroupId)
     public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"{Address} (group {GroupId})");
 }
 
-/// <summary>
-/// A hot reset was refused before reaching the kernel because the caller does not own every
-/// function the reset would reach. The kernel requires a file of every affected group, and every
-/// affected function bound to vfio-pci; the message names each function and group that is missing.
-/// </summary>
-public sealed class VfioHotResetNotOwnedException : VfioException
-{
-    /// <summary>Creates the exception.</summary>
-    /// <param name="message">What is missing and what to do.</param>
-    /// <param name="device">The device whose hot reset was asked for.</param>
-    /// <param name="unownedDevices">Each affected function that is not owned, with why.</param>
-    /// <param name="unownedGroups">Each affected group this registry has not open.</param>
-    public VfioHotResetNotOwnedException(string message, string device, IReadOnlyList<string> unownedDevices, IReadOnlyList<int> unownedGroups)
-        : base(message)
-    {
-        ResetDevice = device;
-        UnownedDevices = unownedDevices;
-        UnownedGroups = unownedGroups;
-    }
-
-    /// <summary>The device whose hot reset was asked for.</summary>
-    public string ResetDevice { get; }
-
-    /// <summary>Each affected function that is not owned, with why ("0000:01:00.1 (group 5): group 5 is not open in this registry").</summary>
-    public IReadOnlyList<string> UnownedDevices { get; }
-
-    /// <summary>Each affected group this registry has not open.</summary>
-    public IReadOnlyList<int> UnownedGroups { get; }
-}
-
 public abstract partial class PciVfioDevice
 {
     // Functions behind one bridge; the kernel answers ENOSPC with the real count when it is more.
@@ -127,7 +97,7 @@ public abstract partial class PciVfioDevice
         foreach (var dependency in dependencies)
         {
             string id = SetIdOf(dependency.Address);
-            if (!sets.ContainsKey(id) && Registry.FindDeviceSet(id) is { } set)
+            if (!sets.ContainsKey(id) && Registry.DeviceSets.TryFind(id, out var set))
             {
                 sets.Add(id, set);
             }
@@ -156,6 +126,7 @@ public abstract partial class PciVfioDevice
 
     private unsafe void HotResetLocked(IReadOnlyList<PciHotResetDependency> dependencies)
     {
+        LockAssert.Held(Set.Lock);
         var groupIds = dependencies.Select(d => d.GroupId).Append(GroupId).Distinct().Order().ToList();
         Log.HotResetScope(Registry.Logger, Name, dependencies.Count, string.Join(",", groupIds));
         var pinned = new List<IommuGroup>(groupIds.Count);
@@ -164,7 +135,7 @@ public abstract partial class PciVfioDevice
             var missingGroups = new List<int>();
             foreach (int id in groupIds)
             {
-                if (Registry.TryPinGroup(id, out var group))
+                if (Registry.LegacyBackend.TryPinGroup(id, out var group))
                 {
                     pinned.Add(group);
                 }
@@ -181,7 +152,7 @@ public abstract partial class PciVfioDevice
                     : Registry.Sysfs.ReadLinkName("bus/pci/devices/" + dependency.Address + "/driver") switch
                     {
                         null => "it is bound to no driver",
-                        string d when !VfioRegistry.IsVfioDriver(d) => "it is bound to " + d,
+                        string d when !SysfsDiscovery.IsVfioDriver(d) => "it is bound to " + d,
                         _ => null,
                     };
                 if (why is not null)
@@ -245,7 +216,7 @@ public abstract partial class PciVfioDevice
         {
             foreach (var group in pinned)
             {
-                Registry.ReleaseGroup(group);
+                Registry.LegacyBackend.ReleaseGroup(group, pinned: true);
             }
         }
     }

@@ -48,7 +48,7 @@ public abstract partial class PciVfioDevice
         int known = Volatile.Read(ref _pmcsr);
         if (known < 0)
         {
-            known = FindCapability(PciCapabilityId.PowerManagement) is { } pm ? pm.Offset + 4 : 0;
+            known = TryFindCapability(PciCapabilityId.PowerManagement, out var pm) ? pm.Offset + 4 : 0;
             Volatile.Write(ref _pmcsr, known);
         }
         return known;

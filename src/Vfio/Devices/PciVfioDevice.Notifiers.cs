@@ -47,6 +47,7 @@ public abstract partial class PciVfioDevice
 
     private protected override void OnDeviceFileOpened()
     {
+        LockAssert.Held(Set.Lock);
         _kernelRequests = 0;
         _errorNotifier = null;
         InterruptSet.Notifier(this, PciIrq.Req, _ =>
@@ -65,6 +66,7 @@ public abstract partial class PciVfioDevice
 
     private void WireErrorNotifier()
     {
+        LockAssert.Held(Set.Lock);
         _errorNotifier = InterruptSet.Notifier(this, PciIrq.Err, count =>
         {
             Log.DeviceErrorReported(Registry.Logger, Name, GroupId, count);

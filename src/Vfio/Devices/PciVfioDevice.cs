@@ -180,22 +180,31 @@ public abstract partial class PciVfioDevice : VfioDevice
 
     /// <summary>Finds the first standard capability with an id.</summary>
     /// <param name="id">The capability id.</param>
-    /// <returns>The capability, or null when the function has none (or vfio-pci hides it).</returns>
-    public PciCapability? FindCapability(PciCapabilityId id) => Find(ReadCapabilities(ReadConfigSpace()), id);
+    /// <param name="capability">The capability, when found.</param>
+    /// <returns>False when the function has none (or vfio-pci hides it).</returns>
+    public bool TryFindCapability(PciCapabilityId id, out PciCapability capability)
+    {
+        var found = Find(ReadCapabilities(ReadConfigSpace()), id);
+        capability = found.GetValueOrDefault();
+        return found.HasValue;
+    }
 
     /// <summary>Finds the first extended capability with an id.</summary>
     /// <param name="id">The extended capability id.</param>
-    /// <returns>The capability, or null when the function has none (or vfio-pci hides it).</returns>
-    public PciExtendedCapability? FindExtendedCapability(PciExtendedCapabilityId id)
+    /// <param name="capability">The capability, when found.</param>
+    /// <returns>False when the function has none (or vfio-pci hides it).</returns>
+    public bool TryFindExtendedCapability(PciExtendedCapabilityId id, out PciExtendedCapability capability)
     {
-        foreach (var capability in ReadExtendedCapabilities(ReadConfigSpace()))
+        foreach (var candidate in ReadExtendedCapabilities(ReadConfigSpace()))
         {
-            if (capability.Id == id)
+            if (candidate.Id == id)
             {
-                return capability;
+                capability = candidate;
+                return true;
             }
         }
-        return null;
+        capability = default;
+        return false;
     }
 
     /// <summary>Reads the MSI capability.</summary>

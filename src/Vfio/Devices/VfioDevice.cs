@@ -47,12 +47,17 @@ public abstract partial class VfioDevice : IDisposable
     private const long CountMask = Dying - 1;
 
     private long _refs;
+
+    // Guarded by Set.Lock: the open count, and the attachment (device file, group, address space)
+    // the first open makes and the last close undoes; read lock-free, through Volatile, by whoever
+    // holds an open reference.
     private int _openCount;
+    private DeviceAttachment? _attachment;
+
+    // Guards _state and the _released completion. A leaf (see the lock order in VfioRegistry).
+    private readonly Lock _stateLock = new();
     private TaskCompletionSource _released = NewCompletion();
     private VfioDeviceState _state;
-    private SafeFd? _fd;
-    private IommuGroup? _group;
-    private readonly Lock _stateLock = new();
 
     private protected VfioDevice(VfioDeviceContext context)
     {
@@ -61,7 +66,7 @@ public abstract partial class VfioDevice : IDisposable
         Name = context.Name;
         GroupId = context.GroupId;
         GroupKind = context.GroupKind;
-        Set = Registry.JoinDeviceSet(context.SetId);
+        Set = Registry.DeviceSets.Join(context.SetId);
         context.Constructed = this;
         Logger = Registry.LoggerFactory.CreateLogger(GetType());
         _state = VfioDeviceState.Initialized;
@@ -101,7 +106,7 @@ public abstract partial class VfioDevice : IDisposable
     public int ReferenceCount => (int)(Volatile.Read(ref _refs) & CountMask);
 
     /// <summary>The group the device's kernel file came through, while the device is open.</summary>
-    public IommuGroup? Group => Volatile.Read(ref _group);
+    public IommuGroup? Group => Volatile.Read(ref _attachment)?.Group;
 
     /// <summary>What the kernel reported for the device when it was opened.</summary>
     public VfioDeviceInfo? Info { get; private set; }
@@ -112,9 +117,12 @@ public abstract partial class VfioDevice : IDisposable
     internal VfioKernel Kernel => Registry.Kernel;
 
     /// <summary>The device's kernel file while open; throws when it is not.</summary>
-    internal SafeFd DeviceFd => Volatile.Read(ref _fd) ?? throw new InvalidOperationException($"Device {Name} is not open.");
+    internal SafeFd DeviceFd => Volatile.Read(ref _attachment)?.DeviceFd ?? throw new InvalidOperationException($"Device {Name} is not open.");
 
     internal ErrorTarget ErrorTarget => new(GroupId: GroupId, Device: Name);
+
+    /// <summary>Where the device's DMA buffers are mapped, while the device is open.</summary>
+    internal IommuAddressSpace? AddressSpace => Volatile.Read(ref _attachment)?.AddressSpace;
 
     /// <summary>
     /// Takes a reference, unless unregistering has begun or the device is not registered
@@ -156,7 +164,7 @@ public abstract partial class VfioDevice : IDisposable
                 {
                     try
                     {
-                        OpenKernelDevice();
+                        OpenKernelDeviceLocked();
                     }
                     catch (VfioException e) when (DescribeOpenFailure(e) is { } described)
                     {
@@ -169,7 +177,7 @@ public abstract partial class VfioDevice : IDisposable
                     }
                     catch
                     {
-                        CloseKernelDevice();
+                        CloseKernelDeviceLocked();
                         throw;
                     }
                 }
@@ -202,7 +210,7 @@ public abstract partial class VfioDevice : IDisposable
             _state = VfioDeviceState.Disposed;
         }
         Dispose(disposing: true);
-        Registry.LeaveDeviceSet(Set);
+        Registry.DeviceSets.Leave(Set);
         GC.SuppressFinalize(this);
     }
 
@@ -298,7 +306,7 @@ public abstract partial class VfioDevice : IDisposable
                 }
                 finally
                 {
-                    CloseKernelDevice();
+                    CloseKernelDeviceLocked();
                 }
             }
         }
@@ -425,43 +433,35 @@ public abstract partial class VfioDevice : IDisposable
         return false;
     }
 
-    private void OpenKernelDevice()
+    // The first open: attach the device to an IOMMU address space (for the legacy backend: its
+    // group, opened and attached to a container as needed) and obtain its device file.
+    private void OpenKernelDeviceLocked()
     {
-        var group = Registry.AcquireGroup(GroupId, GroupKind, Name);
+        LockAssert.Held(Set.Lock);
+        var attachment = Registry.Iommu.Attach(this);
         try
         {
-            var fd = group.GetDeviceFd(Name);
-            try
-            {
-                Info = VfioDeviceInfo.Query(Kernel, fd, ErrorTarget);
-            }
-            catch
-            {
-                fd.Dispose();
-                throw;
-            }
-            ResetMemoryGate();
-            Volatile.Write(ref _fd, fd);
-            Volatile.Write(ref _group, group);
+            Info = VfioDeviceInfo.Query(Kernel, attachment.DeviceFd, ErrorTarget);
         }
         catch
         {
-            Registry.ReleaseGroup(group);
+            Registry.Iommu.Detach(attachment);
             throw;
         }
+        ResetMemoryGate();
+        Volatile.Write(ref _attachment, attachment);
     }
 
-    // Device file first, then the group: the group's container cannot be unset while a device file
-    // is open (EBUSY).
-    private void CloseKernelDevice()
+    // What lives on the device file goes first, then the file, then the group (the backend's Detach
+    // closes them in that order: the group's container cannot be unset while a device file is open).
+    private void CloseKernelDeviceLocked()
     {
+        LockAssert.Held(Set.Lock);
         RevokeResources();
-        var fd = Interlocked.Exchange(ref _fd, null);
-        var group = Interlocked.Exchange(ref _group, null);
-        fd?.Dispose();
-        if (group is not null)
+        var attachment = Interlocked.Exchange(ref _attachment, null);
+        if (attachment is not null)
         {
-            Registry.ReleaseGroup(group);
+            Registry.Iommu.Detach(attachment);
         }
     }
 

@@ -49,17 +49,17 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
 {
     private readonly VfioDevice _device;
     private readonly SafeMapping _memory;
-    private VfioContainer? _container;
+    private IommuAddressSpace? _space;
     private DeviceReference _reference;
     private int _state; // 0 mapped, 1 unmapped (revoked), 2 disposed
 
     /// <summary>The size of a hugepage DMA buffers use: 2 MiB.</summary>
     public const ulong HugePageSize = 2UL << 20;
 
-    internal DmaBuffer(VfioDevice device, VfioContainer container, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
+    internal DmaBuffer(VfioDevice device, IommuAddressSpace space, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
     {
         _device = device;
-        _container = container;
+        _space = space;
         _memory = memory;
         Iova = iova;
         Length = length;
@@ -122,8 +122,8 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
 
     bool IDeviceResource.Revoke() => Unmap();
 
-    /// <summary>The container dropped every mapping (its last group left): nothing to unmap any more.</summary>
-    internal void Orphan() => Volatile.Write(ref _container, null);
+    /// <summary>The address space dropped every mapping (its last device left): nothing to unmap any more.</summary>
+    internal void Orphan() => Volatile.Write(ref _space, null);
 
     private bool Unmap()
     {
@@ -131,16 +131,16 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         {
             return false;
         }
-        var container = Interlocked.Exchange(ref _container, null);
+        var space = Interlocked.Exchange(ref _space, null);
         try
         {
-            container?.Unmap(this);
+            space?.Unmap(this);
         }
         catch (VfioException e)
         {
-            // Dispose and device close must not throw; the container keeps the mapping and unmaps it
-            // again when its last group leaves (the kernel drops it with the IOMMU in any case).
-            Log.DmaUnmapFailed(container!.Registry.Logger, Iova, Length, e);
+            // Dispose and device close must not throw; the address space keeps the mapping and unmaps
+            // it again when its last device leaves (the kernel drops it with the IOMMU in any case).
+            Log.DmaUnmapFailed(space!.Registry.Logger, Iova, Length, e);
         }
         finally
         {
@@ -160,9 +160,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         {
             throw new ArgumentOutOfRangeException(nameof(pages), pages, "Not a DmaPages value.");
         }
-        var container = device.Group?.Container
+        var space = device.AddressSpace
             ?? throw new InvalidOperationException($"Device {device.Name} is not open: open it before allocating DMA memory.");
-        ulong page = container.IommuInfo.MinPageSize;
+        ulong page = space.IommuInfo.MinPageSize;
         if (!device.TryGet(out var reference))
         {
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
@@ -174,7 +174,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             // The IOVA range first: a buffer the container cannot map costs no memory.
             bool huge = pages != DmaPages.Normal;
             ulong size = RoundUp(length, huge ? Math.Max(page, HugePageSize) : page);
-            reserved = container.ReserveIova(device, size, iova, huge ? HugePageSize : 0);
+            reserved = space.ReserveIova(device, size, iova, huge ? HugePageSize : 0);
             if (huge)
             {
                 int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB, 0, out memory);
@@ -182,10 +182,10 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
                 {
                     Log.HugePagesFallback(device.Registry.Logger, device.Name);
                     huge = false;
-                    container.ReleaseIova(reserved.Value);
+                    space.ReleaseIova(reserved.Value);
                     reserved = null;
                     size = RoundUp(length, page);
-                    reserved = container.ReserveIova(device, size, iova);
+                    reserved = space.ReserveIova(device, size, iova);
                 }
                 else if (rc == -Errno.ENOMEM)
                 {
@@ -207,7 +207,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             }
             ulong mappedAt = reserved.Value;
             reserved = null; // Map gives the range back itself when the kernel refuses
-            var buffer = container.Map(device, memory!, mappedAt, size, access, reference);
+            var buffer = space.Map(device, memory!, mappedAt, size, access, reference);
             buffer.IsHugePages = huge;
             device.TrackResource(buffer);
             return buffer;
@@ -216,7 +216,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         {
             if (reserved is ulong unused)
             {
-                container.ReleaseIova(unused);
+                space.ReleaseIova(unused);
             }
             memory?.Dispose();
             reference.Dispose();

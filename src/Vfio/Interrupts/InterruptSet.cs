@@ -614,6 +614,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// <summary>Takes the lowest pending vector's count; the lock is held.</summary>
     private int TakeAnyPendingLocked()
     {
+        LockAssert.Held(_lock);
         for (int i = 0; i < _vectors.Length; i++)
         {
             if (_vectors[i].Pending > 0)
@@ -686,12 +687,16 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         }
 
         /// <summary>Decides the pending wait, if one is, with <paramref name="result"/>; the lock is held.</summary>
-        protected Completion TryDecideCoreLocked(T result, bool inline) =>
-            _armed ? DecideLocked(result, null, inline) : default;
+        protected Completion TryDecideCoreLocked(T result, bool inline)
+        {
+            LockAssert.Held(owner._lock);
+            return _armed ? DecideLocked(result, null, inline) : default;
+        }
 
         /// <summary>Fails the pending wait, if one is, and every later one; the lock is held.</summary>
         public Completion FailLocked(Exception failure)
         {
+            LockAssert.Held(owner._lock);
             _failure = failure;
             return _armed ? DecideLocked(default!, failure, inline: false) : default;
         }
@@ -701,6 +706,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
         private Completion DecideLocked(T result, Exception? error, bool inline)
         {
+            LockAssert.Held(owner._lock);
             _armed = false;
             var registration = _registration;
             _registration = default;
@@ -795,6 +801,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
         protected override bool TryTakeLocked(out ulong value)
         {
+            LockAssert.Held(Owner._lock);
             value = Pending;
             Pending = 0;
             return value > 0;

@@ -8,6 +8,8 @@ namespace Vfio;
 /// </summary>
 public abstract class CreatedMdev : IAsyncDisposable
 {
+    // Serialises removal (an async gate: unregistering awaits): guards _open and _removed. Taken
+    // before any lock of the registry or the device.
     private readonly SemaphoreSlim _gate = new(1, 1);
     private DeviceReference _open;
     private bool _removed;
@@ -56,7 +58,7 @@ public abstract class CreatedMdev : IAsyncDisposable
             DeviceCore.Dispose();
             MdevLifecycle.Remove(registry, Type, Uuid);
             Volatile.Write(ref _removed, true);
-            registry.ForgetCreated(this);
+            registry.CreatedMdevTable.Remove(this);
         }
         finally
         {

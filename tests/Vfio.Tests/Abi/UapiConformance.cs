@@ -17,19 +17,42 @@ internal sealed record UapiConformanceReport(
 {
     public string Summary =>
         $"ABI: {Structs} structs, {Fields} fields, {Constants} constants checked " +
-        $"({Enums} enum types; {AbsentFromHeader.Count} newer items absent from this header; " +
+        $"({Enums} enum types; {AbsentFromHeader.Count} items absent from this header, newer or removed; " +
         $"{PaddingSkipped.Count} padding fields skipped)";
 }
 
 /// <summary>
-/// Proves the C# view of <c>&lt;linux/vfio.h&gt;</c> against the header itself: writes a C program with a
-/// <c>_Static_assert</c> for the size of every struct, the offset and size of every field and the value
-/// of every constant and ioctl number, and compiles it with gcc. gcc reports every failed assertion, and
-/// each assertion's message names its item and the C# value.
+/// Proves the C# view of <c>&lt;linux/vfio.h&gt;</c> and <c>&lt;linux/iommufd.h&gt;</c> against the headers
+/// themselves: writes a C program with a <c>_Static_assert</c> for the size of every struct, the offset
+/// and size of every field and the value of every constant and ioctl number, and compiles it with gcc.
+/// gcc reports every failed assertion, and each assertion's message names its item and the C# value.
+/// <c>&lt;linux/iommufd.h&gt;</c> is included where it exists (Linux 6.2 and later); its items are guarded.
 /// </summary>
 internal static partial class UapiConformance
 {
     private const string MessagePrefix = "ABI ";
+
+    /// <summary>The headers the check includes, the optional one only where it exists.</summary>
+    private const string Includes =
+        "#include <linux/vfio.h>\n" +
+        "#if __has_include(<linux/iommufd.h>)\n" +
+        "#include <linux/iommufd.h>\n" +
+        "#endif\n";
+
+    /// <summary>
+    /// gcc arguments that put an unpacked header tree (<c>…/usr/include</c> of a linux-libc-dev) ahead of
+    /// the machine's own, its multiarch <c>asm/</c> folder included.
+    /// </summary>
+    public static async Task<IReadOnlyList<string>> IncludeArgumentsAsync(string includeFolder, string gcc = "gcc")
+    {
+        var multiarch = (await Gcc.RunAsync(gcc, ["-print-multiarch"], string.Empty)).StdOut.Trim();
+        var arguments = new List<string> { "-isystem", includeFolder };
+        if (multiarch.Length > 0 && Directory.Exists(Path.Combine(includeFolder, multiarch)))
+        {
+            arguments.AddRange(["-isystem", Path.Combine(includeFolder, multiarch)]);
+        }
+        return arguments;
+    }
 
     public static async Task<UapiConformanceReport> CheckAsync(UapiModel model, string gcc = "gcc", IReadOnlyList<string>? extraArguments = null)
     {
@@ -66,7 +89,8 @@ internal static partial class UapiConformance
 
         var mirrored = present.Constants.Select(c => c.Name).ToHashSet(StringComparer.Ordinal);
         var notMirrored = macros
-            .Where(m => m.Key.StartsWith("VFIO_", StringComparison.Ordinal) && !m.Value && !mirrored.Contains(m.Key))
+            .Where(m => (m.Key.StartsWith("VFIO_", StringComparison.Ordinal) || m.Key.StartsWith("IOMMU_", StringComparison.Ordinal))
+                && !m.Value && !mirrored.Contains(m.Key))
             .Select(m => m.Key)
             .Order(StringComparer.Ordinal)
             .ToList();
@@ -87,7 +111,7 @@ internal static partial class UapiConformance
     {
         var c = new StringBuilder();
         c.AppendLine("/* Generated from the C# uAPI view; every assertion names its item. */");
-        c.AppendLine("#include <linux/vfio.h>");
+        c.Append(Includes);
         c.AppendLine();
         fieldCount = 0;
         foreach (var s in model.Structs)
@@ -138,7 +162,7 @@ internal static partial class UapiConformance
     /// </summary>
     private static async Task<Dictionary<string, bool>> HeaderMacrosAsync(string gcc, IReadOnlyList<string> extraArguments)
     {
-        var result = await Gcc.RunAsync(gcc, ["-dM", "-E", "-x", "c", .. extraArguments, "-"], "#include <linux/vfio.h>\n");
+        var result = await Gcc.RunAsync(gcc, ["-dM", "-E", "-x", "c", .. extraArguments, "-"], Includes);
         if (result.ExitCode != 0)
         {
             throw new InvalidOperationException(

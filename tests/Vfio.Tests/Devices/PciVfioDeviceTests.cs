@@ -93,8 +93,9 @@ public class PciVfioDeviceTests : KernelTest
             device.Capabilities.Select(c => c.Id).Should().Equal(
                 PciCapabilityId.PowerManagement, PciCapabilityId.Msi, PciCapabilityId.MsiX, PciCapabilityId.PciExpress);
             device.Capabilities[0].Offset.Should().Be(0x40);
-            device.FindCapability(PciCapabilityId.MsiX).Should().Be(device.Capabilities[2]);
-            device.FindCapability(PciCapabilityId.VendorSpecific).Should().BeNull();
+            device.TryFindCapability(PciCapabilityId.MsiX, out var msix).Should().BeTrue();
+            msix.Should().Be(device.Capabilities[2]);
+            device.TryFindCapability(PciCapabilityId.VendorSpecific, out _).Should().BeFalse();
         }
     }
 
@@ -177,7 +178,8 @@ public class PciVfioDeviceTests : KernelTest
         var device = OpenWith(model, out var open);
         using (open)
         {
-            int control = device.FindCapability(PciCapabilityId.Msi)!.Value.Offset + 2;
+            device.TryFindCapability(PciCapabilityId.Msi, out var msi).Should().BeTrue();
+            int control = msi.Offset + 2;
 
             device.WriteConfig8(control, (byte)(device.ReadConfig8(control) | 1));
 
@@ -218,8 +220,9 @@ public class PciVfioDeviceTests : KernelTest
                 new PciExtendedCapability(PciExtendedCapabilityId.AdvancedErrorReporting, 2, 0x100),
                 new PciExtendedCapability(PciExtendedCapabilityId.SerialNumber, 1, 0x148),
                 new PciExtendedCapability(PciExtendedCapabilityId.LatencyToleranceReporting, 1, 0x158));
-            device.FindExtendedCapability(PciExtendedCapabilityId.SerialNumber)!.Value.Offset.Should().Be(0x148);
-            device.FindExtendedCapability(PciExtendedCapabilityId.SingleRootIov).Should().BeNull();
+            device.TryFindExtendedCapability(PciExtendedCapabilityId.SerialNumber, out var serial).Should().BeTrue();
+            serial.Offset.Should().Be(0x148);
+            device.TryFindExtendedCapability(PciExtendedCapabilityId.SingleRootIov, out _).Should().BeFalse();
         }
     }
 
@@ -252,9 +255,10 @@ public class PciVfioDeviceTests : KernelTest
         var device = OpenWith(model, out var open);
         using (open)
         {
-            uint placeholder = model.ReadConfigRegister(0x100, 4);
+            uint placeholder = device.ReadConfig32(0x100);
             (placeholder & 0xf_ffff).Should().Be(0u, "vfio-pci clears the id and version of a hidden first capability");
             (placeholder >> 20).Should().Be(0x110u, "and keeps its next pointer");
+            (model.ReadConfigRegister(0x100, 4) & 0xf_ffff).Should().Be(0x10019u, "the device's own header is left as it is");
             device.ExtendedCapabilities.Should().Equal(
                 new PciExtendedCapability(PciExtendedCapabilityId.AdvancedErrorReporting, 2, 0x110),
                 new PciExtendedCapability(PciExtendedCapabilityId.AlternativeRoutingId, 1, 0x168));
@@ -268,7 +272,7 @@ public class PciVfioDeviceTests : KernelTest
         var device = OpenWith(model, out var open);
         using (open)
         {
-            model.ReadConfigRegister(0x100, 4).Should().Be(0u);
+            device.ReadConfig32(0x100).Should().Be(0u);
             device.ExtendedCapabilities.Should().BeEmpty();
         }
     }
@@ -286,7 +290,7 @@ public class PciVfioDeviceTests : KernelTest
         using (open)
         {
             device.Capabilities.Should().Equal(new PciCapability(PciCapabilityId.PowerManagement, 0x40), new PciCapability(PciCapabilityId.Msi, 0x50));
-            device.FindCapability(PciCapabilityId.MsiX).Should().BeNull();
+            device.TryFindCapability(PciCapabilityId.MsiX, out _).Should().BeFalse();
             Logs.Entries.Should().Contain(e => e.EventId.Id == 500 && e.Message.Contains("loops back to offset 40", StringComparison.Ordinal));
         }
     }

@@ -212,13 +212,13 @@ public class VfioDeviceLifetimeTests : KernelTest
     {
         var registry = NewRegistry();
         var device = new RecordingPciDevice(TestContexts.Pci(registry, "0000:00:04.0"));
-        registry.FindDeviceSet("pci-slot:0000:00:04").Should().NotBeNull();
+        registry.DeviceSets.TryFind("pci-slot:0000:00:04", out _).Should().BeTrue();
 
         device.Dispose();
 
         device.Disposed.Should().BeTrue();
         device.State.Should().Be(VfioDeviceState.Disposed);
-        registry.FindDeviceSet("pci-slot:0000:00:04").Should().BeNull("the last member left the set");
+        registry.DeviceSets.TryFind("pci-slot:0000:00:04", out _).Should().BeFalse("the last member left the set");
         registry.Invoking(r => r.Register(device)).Should().Throw<InvalidOperationException>();
     }
 

@@ -116,7 +116,7 @@ public class DmaBufferTests : KernelTest
     public void ABufferTheDmaMaskCannotHoldIsRefusedBeforeAnyMemoryIsAllocated()
     {
         AddPci();
-        var device = Track(new NarrowDmaDevice(Registry.DiscoverPci(PciAddress.Parse("0000:00:03.0"))));
+        var device = Track(new NarrowDmaDevice(Registry.FindPci(PciAddress.Parse("0000:00:03.0"))));
         Registry.Register(device);
         using var open = device.Open();
         int references = device.ReferenceCount;

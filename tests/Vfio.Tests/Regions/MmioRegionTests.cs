@@ -259,7 +259,8 @@ public partial class MmioRegionTests : KernelTest
         using (bar0)
         {
             bar0.Write32(4, 0x600d);
-            int pm = device.FindCapability(PciCapabilityId.PowerManagement)!.Value.Offset;
+            device.TryFindCapability(PciCapabilityId.PowerManagement, out var capability).Should().BeTrue();
+            int pm = capability.Offset;
 
             device.WriteConfig16(pm + 4, 3);
 
@@ -284,6 +285,10 @@ public partial class MmioRegionTests : KernelTest
             bar0.IsSuspended.Should().BeTrue();
             bar0.Read32(8).Should().Be(0xffffffff);
             device.ExitLowPower();
+            bar0.Read32(8).Should().Be(0x1234);
+            device.SetFeature(VfioFeature.LowPowerEntry, []);
+            bar0.Read32(8).Should().Be(0xffffffff, "the generic feature call is gated the same way");
+            device.SetFeature(VfioFeature.LowPowerExit, []);
             bar0.Read32(8).Should().Be(0x1234);
         }
     }

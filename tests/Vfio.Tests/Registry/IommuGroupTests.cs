@@ -54,6 +54,7 @@ public class IommuGroupTests : KernelTest
         var error = device.Invoking(d => d.Open()).Should().Throw<VfioGroupNotViableException>().Which;
 
         error.NotViableGroupId.Should().Be(5);
+        error.GroupId.Should().Be(5, "the base exception names the group too");
         error.BlockingDevices.Should().Equal("0000:00:03.1 is bound to e1000e");
         error.Message.Should().Contain("Group 5 is not viable: 0000:00:03.1 is bound to e1000e");
         Registry.Groups.Should().BeEmpty();
@@ -127,6 +128,80 @@ public class IommuGroupTests : KernelTest
         group.Container.Should().BeNull("the container was unset");
         Kernel.OpenFileCountTotal.Should().Be(0);
         Logs.Named("GroupDetached").Should().ContainSingle().Which["GroupId"].Should().Be(5);
+    }
+
+    [Fact]
+    public async Task DevicesOfOneGroupInTwoSetsOpenedAtOnceShareOneOpenOfTheGroupFile()
+    {
+        // Two slots, one group: the devices' set locks differ, so only the group's gate keeps the
+        // second open from opening the group file again (which the kernel refuses with EBUSY).
+        AddPci();
+        AddPci("0000:00:04.0");
+        var first = RegisterPci();
+        var second = RegisterPci("0000:00:04.0");
+        Task<DeviceReference>? secondOpening = null;
+        using var secondStarted = new ManualResetEventSlim();
+        Logs.OnEntry = entry =>
+        {
+            if (entry.EventId.Name == "ContainerOpened" && secondOpening is null)
+            {
+                // The first open is attaching its group: the second starts now.
+                secondOpening = Task.Run(() =>
+                {
+                    secondStarted.Set();
+                    return second.Open();
+                });
+                secondStarted.Wait(Guard);
+            }
+        };
+
+        using var firstOpen = first.Open();
+        using var secondOpen = await secondOpening!.WaitAsync(Guard);
+
+        var group = Registry.Groups.Should().ContainSingle().Which;
+        group.OpenDeviceCount.Should().Be(2);
+        second.Group.Should().BeSameAs(group);
+        Kernel.OpenFileCount(SimulatedFileKind.Group).Should().Be(1);
+        Logs.Named("GroupOpened").Should().ContainSingle();
+    }
+
+    [Fact]
+    public void TheRegistryAnswersWhileAGroupIsBeingAttached()
+    {
+        // The group table is locked for bookkeeping only, never across the open and attach syscalls.
+        AddPci();
+        var device = RegisterPci();
+        bool? answered = null;
+        Logs.OnEntry = entry =>
+        {
+            if (entry.EventId.Name == "ContainerOpened")
+            {
+                answered = Task.Run(() => Registry.Groups.Count + Registry.Containers.Count).Wait(Guard);
+            }
+        };
+
+        using var open = device.Open();
+
+        answered.Should().BeTrue("another thread reads the registry's groups and containers while the first group attaches");
+    }
+
+    [Fact]
+    public void AHotResetPinIsNotCountedAsAnOpenDevice()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        var group = device.Group!;
+
+        Registry.LegacyBackend.TryPinGroup(5, out var pinned).Should().BeTrue();
+        pinned.Should().BeSameAs(group);
+        group.OpenDeviceCount.Should().Be(1);
+        group.PinCount.Should().Be(1);
+
+        Registry.LegacyBackend.ReleaseGroup(group, pinned: true);
+        group.PinCount.Should().Be(0);
+        Registry.Groups.Should().ContainSingle("the open device still holds the group");
+        Registry.LegacyBackend.TryPinGroup(6, out _).Should().BeFalse("group 6 is not open");
     }
 
     [Fact]

@@ -168,9 +168,9 @@ public sealed unsafe class PciDeviceModelTests : IDisposable
         _kernel.Mmap(_opened.Device, 0x1000, Flags.PROT_READ, Flags.MAP_SHARED, 7L << 40, out _).Should().Be(-Errno.EINVAL, "config space cannot be mapped");
 
         _opened.Device.Dispose();
-        _kernel.FindDevice("0000:00:03.0")!.IsOpen.Should().BeTrue("the mapping holds the device file");
+        _kernel.FindDevice("0000:00:03.0").IsOpen.Should().BeTrue("the mapping holds the device file");
         mapping.Dispose();
-        _kernel.FindDevice("0000:00:03.0")!.IsOpen.Should().BeFalse();
+        _kernel.FindDevice("0000:00:03.0").IsOpen.Should().BeFalse();
     }
 
     [Fact]

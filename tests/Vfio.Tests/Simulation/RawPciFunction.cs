@@ -23,7 +23,7 @@ internal sealed class RawPciFunction : IAsyncDisposable
         _kernel = kernel;
         kernel.AddPciDevice(address, model, iommuGroup);
         _registry = new VfioRegistry(kernel);
-        _device = new RawDevice(_registry.DiscoverPci(PciAddress.Parse(address)));
+        _device = new RawDevice(_registry.FindPci(PciAddress.Parse(address)));
         _registry.Register(_device);
         _open = _device.Open();
     }

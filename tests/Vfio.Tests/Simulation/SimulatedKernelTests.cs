@@ -4,7 +4,7 @@ using static Vfio.Interop.Interop;
 
 namespace Vfio.Tests.Simulation;
 
-public sealed unsafe class SimulatedKernelTests : IDisposable
+public sealed unsafe partial class SimulatedKernelTests : IDisposable
 {
     private readonly SimulatedKernel _kernel = new();
 
@@ -202,11 +202,11 @@ public sealed unsafe class SimulatedKernelTests : IDisposable
     }
 
     [Fact]
-    public void DevVfioListsTheContainerNodeAndGroupsWithVfioDevices()
+    public void DevVfioListsTheContainerNodeGroupsWithVfioDevicesAndTheCdevFolder()
     {
         _kernel.AddPciDevice("0000:00:04.0", 0x8086, 0x10d3, 0x020000, iommuGroup: 6, driver: "e1000e");
         _kernel.ListDirectory(_kernel.Dev("vfio"), out var names).Should().Be(0);
-        names.Should().Equal("5", "vfio");
+        names.Should().Equal("5", "devices", "vfio");
     }
 
     [Fact]

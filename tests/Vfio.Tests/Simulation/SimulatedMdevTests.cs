@@ -60,9 +60,9 @@ public sealed class SimulatedMdevTests
         string remove = "bus/mdev/devices/" + uuid + "/remove";
         Write(remove, "yes").Should().Be(-Errno.EINVAL);
         Write(remove, "0").Should().Be(1);
-        _kernel.FindDevice(uuid).Should().NotBeNull();
+        _kernel.TryFindDevice(uuid, out _).Should().BeTrue();
         Write(remove, "0x1\n").Should().Be(4);
-        _kernel.FindDevice(uuid).Should().BeNull();
+        _kernel.TryFindDevice(uuid, out _).Should().BeFalse();
         Read(Types + "mtty-1/available_instances").Should().Be("24\n");
     }
 
@@ -75,7 +75,7 @@ public sealed class SimulatedMdevTests
         _kernel.ReadLink(_kernel.Sys("bus/mdev/devices/" + uuid + "/iommu_group"), out var group).Should().Be(0);
         group.Should().EndWith("iommu_groups/0");
         Read("kernel/iommu_groups/0/name").Should().Be("vfio-noiommu\n");
-        _kernel.FindDevice(uuid)!.GroupKind.Should().Be(SimulatedGroupKind.Emulated);
+        _kernel.FindDevice(uuid).GroupKind.Should().Be(SimulatedGroupKind.Emulated);
     }
 
     [Fact]
@@ -83,9 +83,9 @@ public sealed class SimulatedMdevTests
     {
         string uuid = Guid.NewGuid().ToString();
         Write(Types + "mtty-1/create", uuid);
-        var parent = ((SimulatedMdevDevice)_kernel.FindDevice(uuid)!).Parent;
+        var parent = ((SimulatedMdevDevice)_kernel.FindDevice(uuid)).Parent;
         parent.Remove();
-        _kernel.FindDevice(uuid).Should().BeNull();
+        _kernel.TryFindDevice(uuid, out _).Should().BeFalse();
         _kernel.ListDirectory(_kernel.Sys("class/mdev_bus"), out var parents).Should().Be(0);
         parents.Should().BeEmpty();
         _kernel.AssertNoLeaks();

@@ -45,14 +45,14 @@ public sealed class SysfsTreeTests : IDisposable
         Seam.WriteText(_kernel, _kernel.Sys("bus/pci/devices/0000:00:04.0/driver_override"), "vfio-pci\n").Should().Be(9);
         Seam.WriteText(_kernel, _kernel.Sys("bus/pci/drivers/e1000e/unbind"), "0000:00:04.0").Should().Be(12);
         Seam.WriteText(_kernel, _kernel.Sys("bus/pci/drivers_probe"), "0000:00:04.0").Should().Be(12);
-        _kernel.FindDevice("0000:00:04.0")!.Driver.Should().Be("vfio-pci");
+        _kernel.FindDevice("0000:00:04.0").Driver.Should().Be("vfio-pci");
         using (Seam.Group(_kernel, 6))
         {
         }
         Seam.WriteText(_kernel, _kernel.Sys("bus/pci/drivers/vfio-pci/unbind"), "0000:00:04.0").Should().Be(12);
         Seam.WriteText(_kernel, _kernel.Sys("bus/pci/devices/0000:00:04.0/driver_override"), "\n").Should().Be(1);
         Seam.WriteText(_kernel, _kernel.Sys("bus/pci/drivers/e1000e/bind"), "0000:00:04.0").Should().Be(12);
-        _kernel.FindDevice("0000:00:04.0")!.Driver.Should().Be("e1000e");
+        _kernel.FindDevice("0000:00:04.0").Driver.Should().Be("e1000e");
     }
 
     [Fact]
@@ -70,7 +70,7 @@ public sealed class SysfsTreeTests : IDisposable
         using var container = Seam.Container(_kernel);
         using var group = Seam.Group(_kernel, 5);
         Seam.SetContainer(_kernel, group, container).Should().Be(0);
-        var act = () => ((SimulatedPciDevice)_kernel.FindDevice("0000:00:03.1")!).Bind("e1000e");
+        var act = () => ((SimulatedPciDevice)_kernel.FindDevice("0000:00:03.1")).Bind("e1000e");
         act.Should().Throw<InvalidOperationException>().WithMessage("*EBUSY*");
     }
 
@@ -80,7 +80,7 @@ public sealed class SysfsTreeTests : IDisposable
         var opened = Seam.OpenDevice(_kernel, 5, "0000:00:03.0");
         using var request = Seam.EventFd(_kernel);
         Seam.SetIrqEventFds(_kernel, opened.Device, VfioUapi.VFIO_PCI_REQ_IRQ_INDEX, 0, request.Value).Should().Be(0);
-        var device = (SimulatedPciDevice)_kernel.FindDevice("0000:00:03.0")!;
+        var device = (SimulatedPciDevice)_kernel.FindDevice("0000:00:03.0");
         var unbind = Task.Run(device.Unbind);
         Seam.ReadCounter(_kernel, request).Should().BeGreaterThan(0, "the kernel asked for the device back");
         unbind.IsCompleted.Should().BeFalse();

@@ -24,9 +24,12 @@ internal sealed class FlexibleArrayAttribute(string name, Type elementType) : At
 internal sealed class PaddingAttribute : Attribute;
 
 /// <summary>
-/// Marks a struct, constant or enum value that appeared in a later <c>&lt;linux/vfio.h&gt;</c> than the
-/// oldest one the library supports. The ABI test checks it only where <see cref="GuardMacro"/> is
-/// defined by the header it compiles against, and reports it as absent otherwise.
+/// Marks a struct, field, constant or enum value that appeared in a later uAPI header
+/// (<c>&lt;linux/vfio.h&gt;</c>, <c>&lt;linux/iommufd.h&gt;</c>) than the oldest one the library supports.
+/// The ABI test checks it only where <see cref="GuardMacro"/> is defined by the header it compiles
+/// against, and reports it as absent otherwise. A struct that grew keeps its newest layout here with
+/// the newer fields marked: against an older header the test drops them and expects the size of what
+/// is left (rounded to the struct's alignment), as the C compiler lays the older struct out.
 /// </summary>
 [AttributeUsage(AttributeTargets.Struct | AttributeTargets.Field, AllowMultiple = false, Inherited = false)]
 internal sealed class UapiSinceAttribute(string kernelVersion, string guardMacro) : Attribute
@@ -36,4 +39,19 @@ internal sealed class UapiSinceAttribute(string kernelVersion, string guardMacro
 
     /// <summary>A macro the header defines exactly when it has the item.</summary>
     public string GuardMacro { get; } = guardMacro;
+}
+
+/// <summary>
+/// Marks a constant a later uAPI header removed (or renamed to a reserved name). The ABI test checks it
+/// only where <see cref="ReplacementMacro"/> is not defined by the header it compiles against, and
+/// reports it as removed otherwise.
+/// </summary>
+[AttributeUsage(AttributeTargets.Field, AllowMultiple = false, Inherited = false)]
+internal sealed class UapiRemovedAttribute(string kernelVersion, string replacementMacro) : Attribute
+{
+    /// <summary>The first kernel whose uAPI header lacks the item, e.g. "6.13".</summary>
+    public string KernelVersion { get; } = kernelVersion;
+
+    /// <summary>A macro the header defines exactly when the item is gone (its reserved replacement).</summary>
+    public string ReplacementMacro { get; } = replacementMacro;
 }

@@ -26,7 +26,8 @@ internal static partial class VfioUapi
     /// <summary>The IOMMU enforces DMA cache coherence; may change as groups are added or removed.</summary>
     public const int VFIO_DMA_CC_IOMMU = 4;
     public const int VFIO_EEH = 5;
-    /// <summary>Two-stage IOMMU; implies v2.</summary>
+    /// <summary>Two-stage IOMMU; implies v2. Never implemented by type1; 6.13 reserved the number (nesting is iommufd's).</summary>
+    [UapiRemoved("6.13", "__VFIO_RESERVED_TYPE1_NESTING_IOMMU")]
     public const int VFIO_TYPE1_NESTING_IOMMU = 6;
     public const int VFIO_SPAPR_TCE_v2_IOMMU = 7;
     /// <summary>

@@ -3,7 +3,8 @@ using System.Runtime.InteropServices;
 namespace Vfio.Interop;
 
 // <linux/vfio.h>: the device fd's info ioctls (device, region, irq), their capabilities, SET_IRQS,
-// reset, the vfio-pci region and irq indexes, PCI hot reset, ioeventfd, and the mdev display plane.
+// reset, the vfio-pci region and irq indexes, PCI hot reset, ioeventfd, the mdev display plane, and
+// the device cdev's iommufd ioctls (bind, attach, detach).
 
 internal static partial class VfioUapi
 {
@@ -18,12 +19,21 @@ internal static partial class VfioUapi
     public const uint VFIO_DEVICE_FLAGS_FSL_MC = 1u << 6;
     public const uint VFIO_DEVICE_FLAGS_CAPS = 1u << 7;
 
-    // Device info capability ids. The kernel of this header defines only the s390 zPCI ones; their
-    // payloads live in <linux/vfio_zdev.h> and are not mirrored here.
+    // Device info capability ids. The s390 zPCI ones' payloads live in <linux/vfio_zdev.h> and are
+    // not mirrored here.
     public const uint VFIO_DEVICE_INFO_CAP_ZPCI_BASE = 1;
     public const uint VFIO_DEVICE_INFO_CAP_ZPCI_GROUP = 2;
     public const uint VFIO_DEVICE_INFO_CAP_ZPCI_UTIL = 3;
     public const uint VFIO_DEVICE_INFO_CAP_ZPCI_PFIP = 4;
+    /// <summary>vfio-pci: the PCIe AtomicOp completer widths the root port supports (vfio_device_info_cap_pci_atomic_comp).</summary>
+    [UapiSince("6.5", "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP")]
+    public const uint VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP = 5;
+    [UapiSince("6.5", "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP")]
+    public const uint VFIO_PCI_ATOMIC_COMP32 = 1u << 0;
+    [UapiSince("6.5", "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP")]
+    public const uint VFIO_PCI_ATOMIC_COMP64 = 1u << 1;
+    [UapiSince("6.5", "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP")]
+    public const uint VFIO_PCI_ATOMIC_COMP128 = 1u << 2;
 
     // ---- VFIO_DEVICE_GET_REGION_INFO ----
     public static readonly nuint VFIO_DEVICE_GET_REGION_INFO = Ioc._IO(VFIO_TYPE, VFIO_BASE + 8);
@@ -146,7 +156,25 @@ internal static partial class VfioUapi
     // ---- PCI hot reset ----
     /// <summary>ENOSPC when the buffer is too small (argsz and count then say how much is needed); ENODEV if unsupported.</summary>
     public static readonly nuint VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = Ioc._IO(VFIO_TYPE, VFIO_BASE + 12);
-    /// <summary>The caller proves ownership of every affected group by passing an fd for each.</summary>
+    /// <summary>
+    /// Set on the info of a device opened as a cdev: the entries carry devids (of the caller's iommufd),
+    /// not group ids.
+    /// </summary>
+    [UapiSince("6.6", "VFIO_PCI_HOT_RESET_FLAG_DEV_ID")]
+    public const uint VFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1u << 0;
+    /// <summary>With DEV_ID: the caller owns every affected device, so the reset may be called with an empty fd array.</summary>
+    [UapiSince("6.6", "VFIO_PCI_HOT_RESET_FLAG_DEV_ID")]
+    public const uint VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1u << 1;
+    /// <summary>A dependent device without a devid in the caller's iommufd but in an IOMMU group the caller owns.</summary>
+    [UapiSince("6.6", "VFIO_PCI_DEVID_OWNED")]
+    public const int VFIO_PCI_DEVID_OWNED = 0;
+    /// <summary>A dependent device the caller does not own (not bound to a vfio driver, or opened elsewhere).</summary>
+    [UapiSince("6.6", "VFIO_PCI_DEVID_NOT_OWNED")]
+    public const int VFIO_PCI_DEVID_NOT_OWNED = -1;
+    /// <summary>
+    /// Legacy API: the caller proves ownership of every affected group by passing an fd for each. On a
+    /// cdev the fd array is empty, and the ownership comes from the iommufd (FLAG_DEV_ID_OWNED).
+    /// </summary>
     public static readonly nuint VFIO_DEVICE_PCI_HOT_RESET = Ioc._IO(VFIO_TYPE, VFIO_BASE + 13);
 
     // ---- mdev display ----
@@ -167,8 +195,36 @@ internal static partial class VfioUapi
     public const uint VFIO_DEVICE_IOEVENTFD_32 = 1u << 2;
     public const uint VFIO_DEVICE_IOEVENTFD_64 = 1u << 3;
     public const uint VFIO_DEVICE_IOEVENTFD_SIZE_MASK = 0xf;
+
+    // ---- The device cdev (/dev/vfio/devices/vfioN) and iommufd ----
+    /// <summary>
+    /// Binds a device opened through its cdev to an iommufd and returns its devid there. Every other
+    /// device ioctl fails with EINVAL until then; closing the device file unbinds.
+    /// </summary>
+    [UapiSince("6.6", "VFIO_DEVICE_BIND_IOMMUFD")]
+    public static readonly nuint VFIO_DEVICE_BIND_IOMMUFD = Ioc._IO(VFIO_TYPE, VFIO_BASE + 18);
+    /// <summary>token_uuid_ptr carries the VF token a VF of a PF with VFIO_DEVICE_FEATURE_PCI_VF_TOKEN needs.</summary>
+    [UapiSince("6.17", "VFIO_DEVICE_BIND_FLAG_TOKEN")]
+    public const uint VFIO_DEVICE_BIND_FLAG_TOKEN = 1u << 0;
+    /// <summary>
+    /// Attaches a bound device to an IOAS or HWPT (pt_id; out: the HWPT used). Attaching again while
+    /// attached replaces the page table.
+    /// </summary>
+    [UapiSince("6.6", "VFIO_DEVICE_ATTACH_IOMMUFD_PT")]
+    public static readonly nuint VFIO_DEVICE_ATTACH_IOMMUFD_PT = Ioc._IO(VFIO_TYPE, VFIO_BASE + 19);
+    [UapiSince("6.15", "VFIO_DEVICE_ATTACH_PASID")]
+    public const uint VFIO_DEVICE_ATTACH_PASID = 1u << 0;
+    /// <summary>Detaches a device from its page table; its DMA is blocked afterwards.</summary>
+    [UapiSince("6.6", "VFIO_DEVICE_DETACH_IOMMUFD_PT")]
+    public static readonly nuint VFIO_DEVICE_DETACH_IOMMUFD_PT = Ioc._IO(VFIO_TYPE, VFIO_BASE + 20);
+    [UapiSince("6.15", "VFIO_DEVICE_DETACH_PASID")]
+    public const uint VFIO_DEVICE_DETACH_PASID = 1u << 0;
 }
 
+/// <summary>
+/// 6.7 named the tail padding <c>pad</c> (making the struct 24 bytes, and where the kernel puts the
+/// first capability); older headers end at cap_offset (20 bytes). The kernel takes either size.
+/// </summary>
 [StructLayout(LayoutKind.Sequential)]
 internal struct vfio_device_info
 {
@@ -180,6 +236,19 @@ internal struct vfio_device_info
     public uint num_irqs;
     /// <summary>Offset of the first capability from the start of this struct (when FLAGS_CAPS).</summary>
     public uint cap_offset;
+    // No vfio.h macro arrived with it; IOMMU_HWPT_GET_DIRTY_BITMAP is of the same release.
+    [UapiSince("6.7", "IOMMU_HWPT_GET_DIRTY_BITMAP")]
+    public uint pad;
+}
+
+[UapiSince("6.5", "VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP")]
+[StructLayout(LayoutKind.Sequential)]
+internal struct vfio_device_info_cap_pci_atomic_comp
+{
+    public vfio_info_cap_header header;
+    /// <summary>VFIO_PCI_ATOMIC_COMP* bits.</summary>
+    public uint flags;
+    public uint reserved;
 }
 
 /// <summary>
@@ -269,14 +338,21 @@ internal struct vfio_irq_set
     public uint count;
 }
 
-[StructLayout(LayoutKind.Sequential)]
+/// <summary>
+/// The C struct starts with a union: <c>group_id</c> for a device opened through its group,
+/// <c>devid</c> (with VFIO_PCI_HOT_RESET_FLAG_DEV_ID) for one opened as a cdev.
+/// </summary>
+[StructLayout(LayoutKind.Explicit, Size = 8)]
 internal struct vfio_pci_dependent_device
 {
-    public uint group_id;
-    public ushort segment;
-    public byte bus;
+    [FieldOffset(0)] public uint group_id;
+    /// <summary>The devid in the caller's iommufd, VFIO_PCI_DEVID_OWNED (0) or VFIO_PCI_DEVID_NOT_OWNED (~0).</summary>
+    [UapiSince("6.6", "VFIO_PCI_DEVID_OWNED")]
+    [FieldOffset(0)] public uint devid;
+    [FieldOffset(4)] public ushort segment;
+    [FieldOffset(6)] public byte bus;
     /// <summary>PCI_SLOT(devfn) = devfn >> 3, PCI_FUNC(devfn) = devfn &amp; 7.</summary>
-    public byte devfn;
+    [FieldOffset(7)] public byte devfn;
 }
 
 [FlexibleArray("devices", typeof(vfio_pci_dependent_device))]
@@ -331,4 +407,42 @@ internal struct vfio_device_ioeventfd
     public ulong data;
     /// <summary>-1 de-assigns.</summary>
     public int fd;
+}
+
+/// <summary>The layout of 6.17 and later (token_uuid_ptr); 6.6 ended at out_devid (16 bytes). The kernel takes either size.</summary>
+[UapiSince("6.6", "VFIO_DEVICE_BIND_IOMMUFD")]
+[StructLayout(LayoutKind.Sequential)]
+internal struct vfio_device_bind_iommufd
+{
+    public uint argsz;
+    public uint flags;
+    public int iommufd;
+    public uint out_devid;
+    /// <summary>A pointer to a 16-byte UUID, read only with VFIO_DEVICE_BIND_FLAG_TOKEN.</summary>
+    [UapiSince("6.17", "VFIO_DEVICE_BIND_FLAG_TOKEN")]
+    public ulong token_uuid_ptr;
+}
+
+/// <summary>The layout of 6.15 and later (pasid); 6.6 ended at pt_id (12 bytes). The kernel takes either size.</summary>
+[UapiSince("6.6", "VFIO_DEVICE_ATTACH_IOMMUFD_PT")]
+[StructLayout(LayoutKind.Sequential)]
+internal struct vfio_device_attach_iommufd_pt
+{
+    public uint argsz;
+    public uint flags;
+    /// <summary>In: an IOAS or HWPT id. Out: the HWPT the device is attached to.</summary>
+    public uint pt_id;
+    [UapiSince("6.15", "VFIO_DEVICE_ATTACH_PASID")]
+    public uint pasid;
+}
+
+/// <summary>The layout of 6.15 and later (pasid); 6.6 ended at flags (8 bytes). The kernel takes either size.</summary>
+[UapiSince("6.6", "VFIO_DEVICE_DETACH_IOMMUFD_PT")]
+[StructLayout(LayoutKind.Sequential)]
+internal struct vfio_device_detach_iommufd_pt
+{
+    public uint argsz;
+    public uint flags;
+    [UapiSince("6.15", "VFIO_DEVICE_DETACH_PASID")]
+    public uint pasid;
 }

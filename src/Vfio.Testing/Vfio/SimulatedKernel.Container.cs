@@ -1,0 +1,142 @@
+using Vfio.Interop;
+
+namespace Vfio.Testing;
+
+public sealed partial class SimulatedKernel
+{
+    private static readonly SimulatedIovaRange[] DefaultIovaRanges =
+    [
+        // Intel VT-d with 39-bit addresses: everything but the interrupt range at 0xfee00000.
+        new(0, 0xfedf_ffff),
+        new(0xfef0_0000, 0x7f_ffff_ffff),
+    ];
+
+    private IReadOnlyList<SimulatedIovaRange> _iovaRanges = DefaultIovaRanges;
+
+    /// <summary>
+    /// The most DMA mappings one container may hold (the type1 driver's <c>dma_entry_limit</c>
+    /// module parameter, 65535 by default). Applies to containers whose IOMMU is set afterwards.
+    /// </summary>
+    public int DmaEntryLimit { get; set; } = ushort.MaxValue;
+
+    /// <summary>The IOMMU page sizes as a bitmap (4 KiB, 2 MiB and 1 GiB by default); the smallest is the map granularity.</summary>
+    public ulong IommuPageSizes { get; set; } = 0x4020_1000;
+
+    /// <summary>The usable IOVA ranges reported by VFIO_IOMMU_GET_INFO and enforced by VFIO_IOMMU_MAP_DMA.</summary>
+    public IReadOnlyList<SimulatedIovaRange> IovaRanges
+    {
+        get => _iovaRanges;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            _iovaRanges = [.. value];
+        }
+    }
+
+    /// <summary>
+    /// Whether the vfio module was loaded with <c>enable_unsafe_noiommu_mode</c>: the no-IOMMU driver
+    /// answers VFIO_CHECK_EXTENSION(VFIO_NOIOMMU_IOMMU) and no-IOMMU groups can be used.
+    /// </summary>
+    public bool UnsafeNoIommuMode { get; set; }
+
+    private static bool DriverAllowed(ContainerState container, bool noIommuDriver) =>
+        container.Groups.Count == 0 || container.NoIommu == noIommuDriver;
+
+    private int NoIommuCheckExtension(nint extension) =>
+        UnsafeNoIommuMode && extension == VfioUapi.VFIO_NOIOMMU_IOMMU ? 1 : 0;
+
+    internal int CheckExtensionLocked(ContainerState container, nint extension)
+    {
+        AssertLocked();
+        if (container.Type1 is { } type1)
+        {
+            return Type1Iommu.CheckExtension(type1, extension);
+        }
+        if (container.NoIommuDriver)
+        {
+            return NoIommuCheckExtension(extension);
+        }
+        // No driver yet: the first registered driver (allowed for these groups) that says yes.
+        if (DriverAllowed(container, noIommuDriver: false) && Type1Iommu.CheckExtension(null, extension) > 0)
+        {
+            return Type1Iommu.CheckExtension(null, extension);
+        }
+        return DriverAllowed(container, noIommuDriver: true) ? NoIommuCheckExtension(extension) : 0;
+    }
+
+    internal int SetIommuLocked(ContainerState container, nint type)
+    {
+        AssertLocked();
+        // Only a group in the container gives the privilege to enable an IOMMU, and there is no unset.
+        if (container.Groups.Count == 0 || container.HasDriver)
+        {
+            return -Errno.EINVAL;
+        }
+        int result = -Errno.ENODEV;
+        if (DriverAllowed(container, noIommuDriver: false) && Type1Iommu.CheckExtension(null, type) > 0)
+        {
+            if (type is VfioUapi.VFIO_TYPE1_IOMMU or VfioUapi.VFIO_TYPE1v2_IOMMU)
+            {
+                container.Type1 = new Type1Iommu(this, type == VfioUapi.VFIO_TYPE1v2_IOMMU);
+                return 0;
+            }
+            result = -Errno.EINVAL; // the driver knows the extension but cannot open with it
+        }
+        if (DriverAllowed(container, noIommuDriver: true) && NoIommuCheckExtension(type) > 0)
+        {
+            container.NoIommuDriver = true;
+            return 0;
+        }
+        return result;
+    }
+
+    /// <summary>VFIO_GROUP_SET_CONTAINER's checks and attach (vfio_container_attach_group); the lock is held.</summary>
+    internal int AttachLocked(ContainerState container, IommuGroupState group)
+    {
+        AssertLocked();
+        bool noIommu = group.Kind == SimulatedGroupKind.NoIommu;
+        // Real groups and no-IOMMU groups cannot mix.
+        if (container.Groups.Count > 0 && container.NoIommu != noIommu)
+        {
+            return -Errno.EPERM;
+        }
+        // Claiming DMA ownership fails while a device of the group is bound to a kernel driver.
+        if (group.Kind == SimulatedGroupKind.Iommu && !group.Viable)
+        {
+            return -Errno.EPERM;
+        }
+        group.Container = container;
+        group.ContainerUsers = 1;
+        container.NoIommu = noIommu;
+        container.Groups.Add(group);
+        Wake();
+        return 0;
+    }
+
+    /// <summary>vfio_group_detach_container; the lock is held.</summary>
+    internal void DetachLocked(IommuGroupState group)
+    {
+        AssertLocked();
+        var container = group.Container!;
+        container.Groups.Remove(group);
+        group.Container = null;
+        group.ContainerUsers = 0;
+        // The last group leaving deprivileges the container: its IOMMU driver goes, with the mappings.
+        if (container.Groups.Count == 0)
+        {
+            container.Type1?.Clear();
+            container.Type1 = null;
+            container.NoIommuDriver = false;
+        }
+        Wake();
+    }
+
+    private IEnumerable<ContainerState> LiveContainersLocked
+    {
+        get
+        {
+            AssertLocked();
+            return _groups.Values.Select(g => g.Container).OfType<ContainerState>().Distinct();
+        }
+    }
+}

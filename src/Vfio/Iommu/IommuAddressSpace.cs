@@ -1,0 +1,241 @@
+using System.Globalization;
+using Vfio.Interop;
+
+namespace Vfio;
+
+/// <summary>
+/// An IOMMU address space that maps DMA: the books of every <see cref="DmaBuffer"/> mapped into it
+/// (IOVA allocation inside the IOMMU's valid ranges and below a device's mask, the lock-free
+/// host-to-IOVA translation, the kernel's mapping budget) around the map and unmap calls of one IOMMU
+/// interface. <see cref="Type1AddressSpace"/> is the legacy one, a container's type1 IOMMU; an
+/// iommufd IOAS (<c>IOMMU_IOAS_MAP</c> / <c>IOMMU_IOAS_UNMAP</c>) is the other kind, built beside it
+/// (see <see cref="IommuBackend"/>). DMA buffers talk to this class only.
+/// </summary>
+internal abstract class IommuAddressSpace
+{
+    // Guards _buffers, _iova, _iommuInfo and _entryLimit, and orders map and unmap calls. Taken after
+    // the container attach lock (a group leaving unmaps everything) and before nothing: no other lock
+    // is taken while it is held. The map and unmap ioctls are made under it, so that the books and
+    // the kernel's mappings never disagree.
+    private readonly Lock _dmaLock = new();
+    private readonly HashSet<DmaBuffer> _buffers = [];
+    private readonly IovaTranslation _translation = new();
+    private IommuInfo? _iommuInfo;
+    private IovaAllocator? _iova;
+    private int? _entryLimit;
+
+    private protected IommuAddressSpace(VfioRegistry registry)
+    {
+        Registry = registry;
+    }
+
+    /// <summary>The registry whose devices map into the address space.</summary>
+    public VfioRegistry Registry { get; }
+
+    /// <summary>The IOMMU's info as first asked after the IOMMU was set; see <see cref="VfioContainer.IommuInfo"/>.</summary>
+    public IommuInfo IommuInfo
+    {
+        get
+        {
+            lock (_dmaLock)
+            {
+                return IommuInfoLocked();
+            }
+        }
+    }
+
+    /// <summary>How many DMA mappings the address space holds.</summary>
+    public int DmaMappingCount
+    {
+        get
+        {
+            lock (_dmaLock)
+            {
+                return _buffers.Count;
+            }
+        }
+    }
+
+    /// <summary>How many more DMA mappings the kernel allows; see <see cref="VfioContainer.DmaMappingsAvailable"/>.</summary>
+    public int DmaMappingsAvailable
+    {
+        get
+        {
+            lock (_dmaLock)
+            {
+                return MappingsAvailableLocked();
+            }
+        }
+    }
+
+    /// <summary>The IOVA of a host address inside any DMA buffer mapped here; false when it is in none. Lock-free, O(log n).</summary>
+    public bool TryTranslateToIova(nint hostAddress, out ulong iova) => _translation.TryTranslate(hostAddress, out iova);
+
+    /// <summary>Asks the kernel for the IOMMU's info now: the mapping budget as it stands.</summary>
+    public abstract IommuInfo QueryIommuInfo();
+
+    /// <summary>Maps <paramref name="length"/> bytes at <paramref name="hostAddress"/> at <paramref name="iova"/>; 0 or a negative errno.</summary>
+    private protected abstract int MapCore(nint hostAddress, ulong iova, ulong length, DmaAccess access);
+
+    /// <summary>Unmaps the range; 0 or a negative errno, with the bytes the kernel unmapped.</summary>
+    private protected abstract int UnmapCore(ulong iova, ulong length, out ulong unmapped);
+
+    /// <summary>The name of the unmap call, for errors ("VFIO_IOMMU_UNMAP_DMA").</summary>
+    private protected abstract string UnmapOperation { get; }
+
+    /// <summary>The mapping limit when the kernel reports no budget of its own.</summary>
+    private protected abstract int ReadEntryLimit();
+
+    /// <summary>The error for a refused map: which limit or rule the kernel's errno stands for, and what to do.</summary>
+    private protected abstract VfioException MapError(int errno, ulong iova, ulong length, VfioDevice device);
+
+    /// <summary>The error for a map refused before the kernel is asked, because the mapping budget is spent.</summary>
+    private protected abstract VfioResourceLimitException BudgetSpent(VfioDevice device, int mappings);
+
+    /// <summary>
+    /// Reserves the IOVA range for a buffer of <paramref name="length"/> bytes before its memory is
+    /// allocated, so that a buffer the address space cannot map costs no memory: the mapping budget,
+    /// the IOMMU's valid ranges, the device's DMA mask and the free space are checked here. Give the
+    /// range to <see cref="Map"/>, or back with <see cref="ReleaseIova"/>.
+    /// </summary>
+    internal ulong ReserveIova(VfioDevice device, ulong length, ulong? fixedIova, ulong alignment = 0)
+    {
+        lock (_dmaLock)
+        {
+            var info = IommuInfoLocked();
+            _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
+            if (MappingsAvailableLocked() == 0)
+            {
+                throw BudgetSpent(device, _buffers.Count);
+            }
+            if (fixedIova is not ulong wanted)
+            {
+                return _iova.Allocate(length, device.DmaMask, alignment)
+                    ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
+            }
+            if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
+            }
+            if (wanted + length - 1 > device.DmaMask)
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
+            }
+            if (!_iova.Reserve(wanted, length))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
+            }
+            return wanted;
+        }
+    }
+
+    /// <summary>Gives back a range from <see cref="ReserveIova"/> that was not mapped.</summary>
+    internal void ReleaseIova(ulong iova)
+    {
+        lock (_dmaLock)
+        {
+            _iova?.Free(iova);
+        }
+    }
+
+    /// <summary>Maps <paramref name="memory"/> at an IOVA range from <see cref="ReserveIova"/>; on failure the range is given back.</summary>
+    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
+    {
+        lock (_dmaLock)
+        {
+            int rc = MapCore(memory.Address, iova, length, access);
+            if (rc < 0)
+            {
+                _iova?.Free(iova);
+                throw MapError(-rc, iova, length, device);
+            }
+            var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
+            _buffers.Add(buffer);
+            _translation.Add(memory.Address, length, iova);
+            Log.DmaMapped(Registry.Logger, device.Name, iova, length);
+            return buffer;
+        }
+    }
+
+    /// <summary>
+    /// Unmaps a buffer. When the kernel refuses, the address space keeps it in its books (the device
+    /// may still reach it) and tries again when its last device leaves.
+    /// </summary>
+    internal void Unmap(DmaBuffer buffer)
+    {
+        lock (_dmaLock)
+        {
+            if (!_buffers.Contains(buffer))
+            {
+                return;
+            }
+            string operation = string.Create(CultureInfo.InvariantCulture, $"{UnmapOperation} 0x{buffer.Iova:x}+0x{buffer.Length:x}");
+            VfioErrors.Check(UnmapCore(buffer.Iova, buffer.Length, out ulong unmapped), operation);
+            _buffers.Remove(buffer);
+            _translation.Remove(buffer.HostAddress);
+            _iova?.Free(buffer.Iova);
+            Log.DmaUnmapped(Registry.Logger, buffer.Iova, buffer.Length);
+            if (unmapped != buffer.Length)
+            {
+                throw new VfioException($"{operation} unmapped 0x{unmapped:x} bytes: the container's mappings and the library's disagree.");
+            }
+        }
+    }
+
+    // The last device is leaving: unmap everything explicitly, then forget it (the kernel drops the
+    // mappings with the IOMMU anyway, so a failed unmap leaks nothing; it is logged).
+    internal void UnmapAll()
+    {
+        DmaBuffer[] live;
+        lock (_dmaLock)
+        {
+            live = [.. _buffers];
+        }
+        if (live.Length > 0)
+        {
+            Log.DmaUnmappingAll(Registry.Logger, live.Length);
+        }
+        foreach (var buffer in live)
+        {
+            try
+            {
+                Unmap(buffer);
+            }
+            catch (VfioException e)
+            {
+                Log.DmaUnmapFailed(Registry.Logger, buffer.Iova, buffer.Length, e);
+            }
+            buffer.Orphan();
+        }
+        lock (_dmaLock)
+        {
+            _buffers.Clear();
+            _translation.Clear();
+            _iova = null;
+            _iommuInfo = null;
+            _entryLimit = null;
+        }
+    }
+
+    private IommuInfo IommuInfoLocked()
+    {
+        LockAssert.Held(_dmaLock);
+        return _iommuInfo ??= QueryIommuInfo();
+    }
+
+    private int MappingsAvailableLocked()
+    {
+        LockAssert.Held(_dmaLock);
+        var info = IommuInfoLocked();
+        if (info.DmaMappingsAvailable is uint reported)
+        {
+            // Asked while the address space held no mapping (first use, or after the last device left).
+            return (int)Math.Max(0, reported - (long)_buffers.Count);
+        }
+        _entryLimit ??= ReadEntryLimit();
+        return Math.Max(0, _entryLimit.Value - _buffers.Count);
+    }
+
+    private static string FormatRanges(IommuInfo info) =>
+        string.Join(", ", info.IovaRanges.Select(r => string.Create(CultureInfo.InvariantCulture, $"0x{r.Start:x}-0x{r.End:x}")));
+}

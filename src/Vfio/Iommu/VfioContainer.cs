@@ -1,0 +1,192 @@
+using Vfio.Interop;
+using static Vfio.Interop.Interop;
+
+namespace Vfio;
+
+/// <summary>
+/// A VFIO container (<c>/dev/vfio/vfio</c>): the IOMMU context its groups share. The IOMMU type is
+/// chosen when the first group joins (type1v2 preferred, type1 as fallback, no-IOMMU for no-IOMMU
+/// groups); the container closes when its last group leaves.
+/// </summary>
+// The container's DMA mappings are kept by its address space (Type1AddressSpace, an
+// IommuAddressSpace); the public DMA members here read it.
+public sealed class VfioContainer
+{
+    // The backend's attach lock: guards _groups and IommuType while groups join and leave (see
+    // ContainerBackend). Held here only to assert it.
+    private readonly Lock _attachLock;
+    private IommuGroup[] _groups = [];
+
+    private VfioContainer(VfioRegistry registry, SafeFd fd, Lock attachLock)
+    {
+        Registry = registry;
+        Fd = fd;
+        _attachLock = attachLock;
+        AddressSpace = new Type1AddressSpace(registry, fd);
+    }
+
+    /// <summary>The registry that owns the container.</summary>
+    public VfioRegistry Registry { get; }
+
+    /// <summary>The IOMMU model set on the container (<c>VFIO_TYPE1v2_IOMMU</c> = 3, ...), 0 before the first group.</summary>
+    public int IommuType { get; private set; }
+
+    /// <summary>The IOMMU model's name: "type1v2", "type1", "noiommu", or "none".</summary>
+    public string IommuTypeName => IommuType switch
+    {
+        VfioUapi.VFIO_TYPE1v2_IOMMU => "type1v2",
+        VfioUapi.VFIO_TYPE1_IOMMU => "type1",
+        VfioUapi.VFIO_NOIOMMU_IOMMU => "noiommu",
+        _ => "none",
+    };
+
+    /// <summary>True when the container holds no-IOMMU groups.</summary>
+    public bool IsNoIommu => IommuType == VfioUapi.VFIO_NOIOMMU_IOMMU;
+
+    /// <summary>The groups attached to the container.</summary>
+    public IReadOnlyList<IommuGroup> Groups => Volatile.Read(ref _groups);
+
+    /// <summary>
+    /// The IOMMU's page sizes, valid IOVA ranges and mapping budget, as the kernel reported them when
+    /// first asked after the IOMMU was set (the budget shrinks as buffers are mapped: see
+    /// <see cref="QueryIommuInfo"/> and <see cref="DmaMappingsAvailable"/>).
+    /// </summary>
+    public IommuInfo IommuInfo => AddressSpace.IommuInfo;
+
+    /// <summary>How many DMA mappings the container holds.</summary>
+    public int DmaMappingCount => AddressSpace.DmaMappingCount;
+
+    /// <summary>
+    /// How many more DMA mappings the kernel allows in this container: its DMA_AVAIL report less the
+    /// mappings made since, or, on kernels that do not report it, the type1 driver's
+    /// <c>dma_entry_limit</c> (read from sysfs, 65535 by default) less the mappings held.
+    /// </summary>
+    public int DmaMappingsAvailable => AddressSpace.DmaMappingsAvailable;
+
+    internal SafeFd Fd { get; }
+
+    /// <summary>The container's DMA address space: its type1 IOMMU.</summary>
+    internal IommuAddressSpace AddressSpace { get; }
+
+    internal int GroupCount => Volatile.Read(ref _groups).Length;
+
+    /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
+    /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container).</exception>
+    public IommuInfo QueryIommuInfo() => AddressSpace.QueryIommuInfo();
+
+    /// <summary>
+    /// The IOVA of a host address inside any DMA buffer of this container; null when the address is in
+    /// none. O(log n) in the number of buffers and lock-free: it never waits for a map or an unmap.
+    /// </summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    public ulong? TranslateToIova(nint hostAddress) =>
+        AddressSpace.TryTranslateToIova(hostAddress, out ulong iova) ? iova : null;
+
+    /// <summary>The IOVA of a host address inside any DMA buffer of this container; false when it is in none. Lock-free, O(log n).</summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    /// <param name="iova">The device's address for it.</param>
+    public bool TryTranslateToIova(nint hostAddress, out ulong iova) => AddressSpace.TryTranslateToIova(hostAddress, out iova);
+
+    /// <summary>Opens a new container and checks the API version.</summary>
+    internal static VfioContainer Open(VfioRegistry registry, Lock attachLock)
+    {
+        var kernel = registry.Kernel;
+        string path = kernel.Dev("vfio/vfio");
+        VfioErrors.Check(kernel.Open(path, Flags.O_RDWR, out var fd), "open " + path);
+        try
+        {
+            int version = VfioErrors.Check(kernel.Ioctl(fd, VfioUapi.VFIO_GET_API_VERSION, 0), "VFIO_GET_API_VERSION");
+            if (version != VfioUapi.VFIO_API_VERSION)
+            {
+                throw new VfioException($"The kernel speaks VFIO API version {version}; this library speaks {VfioUapi.VFIO_API_VERSION}.");
+            }
+            return new VfioContainer(registry, fd, attachLock);
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>True when the container has the extension (an IOMMU type, VFIO_UNMAP_ALL, ...).</summary>
+    internal bool CheckExtension(int extension) =>
+        VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_CHECK_EXTENSION, extension), "VFIO_CHECK_EXTENSION") > 0;
+
+    /// <summary>
+    /// Attaches a group: VFIO_GROUP_SET_CONTAINER, then, for the first group, VFIO_SET_IOMMU (the
+    /// kernel accepts it only once a group is in). Returns the kernel's errno (negated) when it
+    /// refuses the group, so the caller can try another container; throws for other failures.
+    /// </summary>
+    internal unsafe int TryAttachLocked(IommuGroup group)
+    {
+        LockAssert.Held(_attachLock);
+        var kernel = Registry.Kernel;
+        int containerFd = Fd.Value;
+        int rc = kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_SET_CONTAINER, &containerFd);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        if (_groups.Length == 0)
+        {
+            try
+            {
+                SetIommu(group);
+            }
+            catch
+            {
+                _ = kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0);
+                throw;
+            }
+        }
+        Volatile.Write(ref _groups, [.. _groups, group]);
+        group.Container = this;
+        return 0;
+    }
+
+    /// <summary>Detaches a group (VFIO_GROUP_UNSET_CONTAINER); every device file of it must be closed.</summary>
+    internal void DetachLocked(IommuGroup group)
+    {
+        LockAssert.Held(_attachLock);
+        if (_groups.Length == 1 && _groups[0] == group)
+        {
+            AddressSpace.UnmapAll();
+        }
+        Volatile.Write(ref _groups, [.. _groups.Where(g => g != group)]);
+        group.Container = null;
+        VfioErrors.Check(Registry.Kernel.Ioctl(group.Fd, VfioUapi.VFIO_GROUP_UNSET_CONTAINER, 0), "VFIO_GROUP_UNSET_CONTAINER", group.ErrorTarget);
+        if (_groups.Length == 0)
+        {
+            IommuType = 0;
+        }
+    }
+
+    internal void Close() => Fd.Dispose();
+
+    private void SetIommu(IommuGroup group)
+    {
+        int type;
+        if (group.Kind == IommuGroupKind.NoIommu)
+        {
+            type = VfioUapi.VFIO_NOIOMMU_IOMMU;
+        }
+        else if (CheckExtension(VfioUapi.VFIO_TYPE1v2_IOMMU))
+        {
+            type = VfioUapi.VFIO_TYPE1v2_IOMMU;
+        }
+        else if (CheckExtension(VfioUapi.VFIO_TYPE1_IOMMU))
+        {
+            type = VfioUapi.VFIO_TYPE1_IOMMU;
+        }
+        else
+        {
+            throw new VfioNotSupportedException("The kernel offers neither the type1v2 nor the type1 IOMMU model: load vfio_iommu_type1.");
+        }
+        VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_SET_IOMMU, type), "VFIO_SET_IOMMU", group.ErrorTarget);
+        IommuType = type;
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"container ({IommuTypeName}, {GroupCount} groups)";
+}
