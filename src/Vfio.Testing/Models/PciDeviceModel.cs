@@ -241,6 +241,18 @@ public partial class PciDeviceModel : DeviceModel
     /// <summary>Whether memory decoding is on (command bit 1); region reads and writes of memory BARs fail with EIO otherwise.</summary>
     public bool MemorySpaceEnabled => (Command & CommandMemory) != 0;
 
+    /// <summary>Whether vfio-pci lets a mapped access reach the BARs now (<see cref="VfioPciCore.MemoryEnabledLocked"/>).</summary>
+    internal override bool MappedMemoryReachable
+    {
+        get
+        {
+            lock (Gate)
+            {
+                return VfioPci.MemoryEnabledLocked();
+            }
+        }
+    }
+
     /// <summary>Whether I/O decoding is on (command bit 0).</summary>
     public bool IoSpaceEnabled => (Command & CommandIo) != 0;
 

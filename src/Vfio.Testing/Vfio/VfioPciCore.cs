@@ -97,11 +97,17 @@ internal sealed class VfioPciCore(PciDeviceModel device, VfioPciConfig config)
     }
 
     /// <summary>
+    /// __vfio_pci_memory_enabled: memory decoding on in vfio-pci's copy of the command register and the
+    /// function above D3hot. Otherwise a memory BAR's pread or pwrite is EIO, and a touch of its mapping
+    /// SIGBUS (vfio_pci_mmap_fault). The device's Gate is held.
+    /// </summary>
+    public bool MemoryEnabledLocked() => Config.MemoryEnabledLocked && device.PowerStateLocked < PciPowerState.D3Hot;
+
+    /// <summary>
     /// vfio_pci_rw: config space through vfio-pci's view. A memory BAR through the device, refused
-    /// with EIO unless memory decoding is on (in vfio-pci's copy of the command register) and the
-    /// function is in D0; in the MSI-X BAR the table reads as all ones and takes no writes (the PBA is
-    /// the device's). An I/O BAR is not checked: with I/O decoding off the device does not answer, and
-    /// the port reads as all ones.
+    /// with EIO unless <see cref="MemoryEnabledLocked"/>; in the MSI-X BAR the table reads as all ones
+    /// and takes no writes (the PBA is the device's). An I/O BAR is not checked: with I/O decoding off
+    /// the device does not answer, and the port reads as all ones.
     /// </summary>
     public long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
     {
@@ -127,7 +133,7 @@ internal sealed class VfioPciCore(PciDeviceModel device, VfioPciConfig config)
                 }
                 return device.AccessRegistersLocked(index, offset, data, write);
             }
-            if (!Config.MemoryEnabledLocked || device.PowerStateLocked >= PciPowerState.D3Hot)
+            if (!MemoryEnabledLocked())
             {
                 return -Errno.EIO;
             }
