@@ -251,12 +251,20 @@ public partial class PciDeviceModel
     private static byte[] Mask(ReadOnlySpan<byte> body, ReadOnlySpan<byte> writable) => writable.IsEmpty ? new byte[body.Length] : writable.ToArray();
 
     /// <summary>Lays config space out from the definition, once: the header, BARs, capabilities.</summary>
+    /// <remarks>
+    /// Register accesses call this every time, so it allocates nothing once laid out: the layout's
+    /// lambdas live in <see cref="LayOutOnce"/>, whose closure is made only when it runs.
+    /// </remarks>
     private void LayOut()
     {
-        if (_config is not null)
+        if (_config is null)
         {
-            return;
+            LayOutOnce();
         }
+    }
+
+    private void LayOutOnce()
+    {
         var config = new byte[ConfigSpaceSize];
         _writable = new byte[ConfigSpaceSize];
         var c = config.AsSpan();
