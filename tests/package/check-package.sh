@@ -5,7 +5,8 @@
 # capability, a BAR, MSI-X, DMA, and completions scheduled on the kernel's device clock), with xunit
 # tests that run the driver against the model on the simulated kernel. The driver and model are the
 # copy engine of docs/device-models.md (samples/CopyEngine), copied as they are: proof that the
-# guide's example compiles and runs on the public API. Then it installs the vfio tool from the same
+# guide's example compiles and runs on the public API. A second model migrates: a counter derived
+# from MigratableDeviceModel, moved from one function to another by its driver. Then it installs the vfio tool from the same
 # feed and runs it, as a user does.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -105,6 +106,141 @@ public class CopyEngineTests
         await model.WhenIdleAsync();
         Assert.Equal(["flr"], ((SimulatedPciDevice)kernel.FindDevice("0000:00:05.0")).ResetMethods);
         Assert.Empty(kernel.DmaFaults);
+        kernel.AssertNoLeaks();
+    }
+}
+CS
+# A migratable device of one's own: the model derives from MigratableDeviceModel outside the
+# repository, its driver migrates it through the library's migration API.
+cat > "$work/consumer/Counter.cs" <<'CS'
+using System.Buffers.Binary;
+using Vfio;
+using Vfio.Testing;
+
+namespace Counter;
+
+/// <summary>A counter: BAR0 0x0 reads the count, a write to 0x4 adds to it while the device runs; its state is the count.</summary>
+public sealed class CounterModel : MigratableDeviceModel
+{
+    private uint _count;
+    private bool _running = true;
+
+    public CounterModel()
+        : base(0x1234, 0xc0f0, 0x00ff00, VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.P2P)
+    {
+        DefineBar(0, 0x1000);
+    }
+
+    public List<VfioMigrationState> Arcs { get; } = [];
+
+    public uint Count
+    {
+        get
+        {
+            lock (ModelLock)
+            {
+                return _count;
+            }
+        }
+    }
+
+    protected override ulong ReadBar(int bar, ulong offset, int size) => offset == 0 ? _count : 0;
+
+    protected override void WriteBar(int bar, ulong offset, int size, ulong value)
+    {
+        if (offset == 4 && _running)
+        {
+            _count += (uint)value;
+            MarkStateDirty();
+        }
+    }
+
+    protected override byte[] SaveState() => BitConverter.GetBytes(_count);
+
+    protected override bool LoadState(ReadOnlySpan<byte> state)
+    {
+        if (state.Length != 4)
+        {
+            return false;
+        }
+        _count = BinaryPrimitives.ReadUInt32LittleEndian(state);
+        return true;
+    }
+
+    protected override void OnMigrationStateChanged(VfioMigrationState previous, VfioMigrationState current)
+    {
+        Arcs.Add(current);
+        _running = current is VfioMigrationState.Running or VfioMigrationState.PreCopy;
+    }
+}
+
+public sealed class CounterDevice(PciDeviceContext context) : PciVfioDevice(context)
+{
+    private MmioRegion? _registers;
+
+    protected override void OnFirstOpen()
+    {
+        EnableCommand(memorySpace: true, busMaster: false);
+        _registers = OpenRegion(0);
+    }
+
+    protected override void OnLastClose() => _registers?.Dispose();
+
+    public uint Count => Registers.Read32(0);
+
+    public void Add(uint amount) => Registers.Write32(4, amount);
+
+    private MmioRegion Registers => _registers ?? throw new InvalidOperationException("Open the device first.");
+}
+
+public sealed class CounterDriver() : PciDriver<CounterDevice>("counter", PciMatch.Id(0x1234, 0xc0f0))
+{
+    protected override CounterDevice CreateDevice(PciDeviceContext context) => new(context);
+}
+CS
+cat > "$work/consumer/CounterMigrationTests.cs" <<'CS'
+using Counter;
+using Vfio;
+using Vfio.Testing;
+using Xunit;
+
+public class CounterMigrationTests
+{
+    [Fact]
+    public async Task TheCounterMigratesAsTheStateItsModelSaves()
+    {
+        var kernel = new SimulatedKernel();
+        var source = new CounterModel();
+        var destination = new CounterModel();
+        kernel.AddPciDevice("0000:00:06.0", source, iommuGroup: 6);
+        kernel.AddPciDevice("0000:00:07.0", destination, iommuGroup: 7);
+        await using (var registry = new VfioRegistry(kernel))
+        {
+            registry.AddDriver(new CounterDriver());
+            var devices = (await registry.ProbeAsync()).Registered.Cast<CounterDevice>().OrderBy(d => d.Name).ToArray();
+            Assert.Equal(2, devices.Length);
+            using (devices[0].Open())
+            using (devices[1].Open())
+            {
+                devices[0].Add(40);
+                devices[0].Add(2);
+                var migration = devices[0].GetMigration();
+                migration.SetState(VfioMigrationState.StopCopy);
+                devices[0].Add(1000);
+                using var saved = new MemoryStream();
+                await migration.SaveAsync(saved);
+                var resume = devices[1].GetMigration();
+                resume.SetState(VfioMigrationState.Resuming);
+                saved.Position = 0;
+                await resume.ResumeAsync(saved);
+                resume.SetState(VfioMigrationState.Running);
+
+                Assert.Equal(42u, devices[1].Count);
+                Assert.Equal(42u, destination.Count);
+                Assert.Equal([VfioMigrationState.RunningP2P, VfioMigrationState.Stop, VfioMigrationState.StopCopy], source.Arcs);
+                migration.SetState(VfioMigrationState.Running);
+            }
+        }
         kernel.AssertNoLeaks();
     }
 }

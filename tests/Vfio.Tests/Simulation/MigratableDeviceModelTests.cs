@@ -35,7 +35,7 @@ public class MigratableDeviceModelTests : KernelTest
         {
             get
             {
-                lock (Gate)
+                lock (ModelLock)
                 {
                     return _count;
                 }
