@@ -9,6 +9,8 @@
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
 # Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
 # host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
+# An ivshmem-plain function at 07.0 (BAR2: 1 MiB of shared memory) is bound to vfio-pci for the
+# bulk copy scenarios.
 #
 # It runs on each kernel of a matrix, and on each kernel in each of its modes (see lib.sh):
 #   debian-6.1   Debian bookworm's 6.1 cloud kernel                  legacy
