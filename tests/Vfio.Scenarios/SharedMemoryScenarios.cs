@@ -13,7 +13,6 @@ internal static class SharedMemoryScenarios
     private const ushort Vendor = 0x1af4;
     private const ushort DeviceId = 0x1110;
     private const int SharedMemoryBar = 2;
-    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
     public static IReadOnlyList<Scenario> All { get; } =
     [
@@ -94,41 +93,19 @@ internal static class SharedMemoryScenarios
     }
 
     /// <summary>Registers the shared-memory function, opens it with memory space on and its BAR2 mapped, and cleans up.</summary>
-    private static async Task WithOpenAsync(ScenarioContext context, Func<SharedMemoryDevice, MmioRegion, Task> body)
+    private static Task WithOpenAsync(ScenarioContext context, Func<SharedMemoryDevice, MmioRegion, Task> body)
     {
         string address = context.SharedMemoryDeviceAddress
             ?? throw new ScenarioFailedException("the machine has no ivshmem function bound to vfio-pci");
-        var registry = new VfioRegistry(context.Kernel);
-        await using (registry.ConfigureAwait(false))
+        return ScenarioRegistry.WithRegisteredAsync<SharedMemoryDevice>(context, new SharedMemoryDriver(), address, async (_, device) =>
         {
-            registry.AddDriver(new SharedMemoryDriver());
-            ProbeResult probe = await registry.ProbeAsync().ConfigureAwait(false);
-            SharedMemoryDevice device = probe.Registered.OfType<SharedMemoryDevice>().FirstOrDefault(d => d.Name == address)
-                ?? throw new ScenarioFailedException("the shared-memory driver did not register " + address);
-            try
-            {
-                using (DeviceReference open = device.Open())
-                {
-                    device.EnableCommand(memorySpace: true, busMaster: false);
-                    using MmioRegion bar2 = device.OpenRegion(SharedMemoryBar);
-                    Check.True(bar2.IsMapped, "BAR2 was opened through the device file, not mapped");
-                    context.Note(string.Create(CultureInfo.InvariantCulture, $"BAR2: {bar2.Size} bytes, mapped"));
-                    await body(device, bar2).ConfigureAwait(false);
-                }
-            }
-            finally
-            {
-                using var timeout = new CancellationTokenSource(Timeout);
-                foreach (VfioDevice registered in probe.Registered)
-                {
-                    if (registered.State == VfioDeviceState.Registered)
-                    {
-                        await registry.UnregisterAsync(registered, timeout.Token).ConfigureAwait(false);
-                    }
-                    registered.Dispose();
-                }
-            }
-        }
+            using DeviceReference open = device.Open();
+            device.EnableCommand(memorySpace: true, busMaster: false);
+            using MmioRegion bar2 = device.OpenRegion(SharedMemoryBar);
+            Check.True(bar2.IsMapped, "BAR2 was opened through the device file, not mapped");
+            context.Note(string.Create(CultureInfo.InvariantCulture, $"BAR2: {bar2.Size} bytes, mapped"));
+            await body(device, bar2).ConfigureAwait(false);
+        });
     }
 
     private sealed class SharedMemoryDevice(PciDeviceContext context) : PciVfioDevice(context);
