@@ -65,16 +65,20 @@ done
 echo "vfio-vm: hot-reset pair:$reset_args (group $reset_group: $(ls "/sys/kernel/iommu_groups/$reset_group/devices" | tr '\n' ' '))"
 
 # The functions the config-space and reset scenarios compare with the simulation: ivshmem-plain
-# (1af4:1110, no reset method) and a modern virtio-rng (1af4:1044, vendor-specific capabilities).
+# (1af4:1110, no reset method; its BAR2 is shared memory, for the bulk copy scenarios too) and a
+# modern virtio-rng (1af4:1044, vendor-specific capabilities).
+shm_address=""
 for dev in /sys/bus/pci/devices/*; do
   ids="$(cat "$dev/vendor"):$(cat "$dev/device")"
   case "$ids" in
     0x1af4:0x1110|0x1af4:0x1044)
       bind_vfio "${dev##*/}"
       echo "vfio-vm: $ids at ${dev##*/} bound to vfio-pci"
+      [ "$ids" = 0x1af4:0x1044 ] || shm_address="${dev##*/}"
       ;;
   esac
 done
+[ -n "$shm_address" ] || fail "no PCI device 0x1af4:0x1110 (ivshmem)"
 
 # The NVMe controller alone in its IOMMU group (the other one shares the edu function's slot):
 # bound to the built-in nvme driver at boot, handed to vfio-pci for the NVMe sample.
@@ -100,7 +104,7 @@ bind_vfio "$nvme_address"
 dmesg -n 1
 echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
 /bin/Vfio.VmTests --mode "$vm_mode" --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
-  $reset_args --hot-reset-group "$reset_group"
+  $reset_args --hot-reset-group "$reset_group" --shared-memory-device "$shm_address"
 echo "vfio-vm: program exited with status $?"
 run_program sample --sample "$address"
 run_program "nvme sample" --nvme-sample "$nvme_address"

@@ -3,9 +3,9 @@
 # IOMMU and two QEMU "edu" PCI devices: one alone in its slot, one sharing a multifunction slot
 # (and so its IOMMU group) with an NVMe controller that stays bound to the kernel's nvme driver,
 # and two edu functions of one slot behind a PCIe root port (one hot-reset scope); for the config
-# space and reset scenarios also an ivshmem-plain (no reset method), a modern virtio-rng
-# (vendor-specific capabilities) and an edu function alone behind a second root port (a bus reset
-# of its own).
+# space and reset scenarios also an ivshmem-plain at 07.0 (no reset method; BAR2 is 1 MiB of
+# shared memory, for the bulk copy scenarios too), a modern virtio-rng (vendor-specific
+# capabilities) and an edu function alone behind a second root port (a bus reset of its own).
 # It binds the edu functions and those three to vfio-pci and runs the scenarios of tests/Vfio.Scenarios (the
 # same suite dotnet test runs on the simulated kernel) through the library's real P/Invoke path,
 # then the edu sample's program (samples/EduDriver), whose output it prints between markers, and
@@ -33,6 +33,9 @@
 #   --fresh       delete the suite's cache in the clone first (the kernels outside stay)
 #                 (env VFIO_VM_FRESH=1)
 #   --timeout S   limit for each VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 600)
+#                 (a guest that printed "vfio-vm: powering off" and then hangs in its kernel's
+#                 shutdown is stopped after VFIO_VM_POWEROFF_GRACE seconds, default 60, with a
+#                 warning: its results are complete)
 #   --verbose     show the whole serial console (env VFIO_VM_VERBOSE=1)
 #
 # Kernels live outside the clone, shared by every clone on the machine, in

@@ -9,8 +9,8 @@ namespace Vfio.Tests.Simulation;
 /// kernel with the same machine: an edu function alone in group 3, and an edu function sharing its
 /// slot (and so group 4) with an NVMe controller bound to the host's nvme driver, and two edu
 /// functions of one slot behind a PCIe root port (bus 1, group 6), and an NVMe controller alone in
-/// group 5 for the NVMe sample, ivshmem-plain (group 7), a modern virtio-rng (group 8) and an edu
-/// function alone behind a second root port (bus 2, group 9).
+/// group 5 for the NVMe sample, ivshmem-plain (group 7; BAR2: 1 MiB of shared memory), a modern
+/// virtio-rng (group 8) and an edu function alone behind a second root port (bus 2, group 9).
 /// </summary>
 public sealed class ScenarioTests(ITestOutputHelper output)
 {
@@ -37,6 +37,7 @@ public sealed class ScenarioTests(ITestOutputHelper output)
             NotViableGroupId = 4,
             HotResetDevices = ["0000:01:00.0", "0000:01:00.1"],
             HotResetGroupId = 6,
+            SharedMemoryDeviceAddress = "0000:00:07.0",
         };
         return (kernel, context);
     }
