@@ -56,6 +56,9 @@ internal static partial class Log
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
 
+    [LoggerMessage(23, LogLevel.Warning, "Discovery left out {Device}: {Reason}")]
+    public static partial void DiscoveryFailed(ILogger logger, string device, string reason, Exception exception);
+
     [LoggerMessage(550, LogLevel.Information, "The kernel asks for {Device} in group {GroupId} back (REQ signal {Count}); asking its holders to release it")]
     public static partial void KernelRequestedRelease(ILogger logger, string device, int groupId, int count);
 

@@ -47,7 +47,10 @@ public class VfioException : IOException
         GroupId = target.GroupId;
         Device = target.Device;
         RegionIndex = target.RegionIndex;
-        HResult = errno;
+        if (errno != 0)
+        {
+            HResult = errno;
+        }
     }
 
     /// <summary>What was being done ("VFIO_GROUP_GET_DEVICE_FD", "open /dev/vfio/7").</summary>

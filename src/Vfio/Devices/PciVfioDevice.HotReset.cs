@@ -149,7 +149,7 @@ public abstract partial class PciVfioDevice
             {
                 string? why = missingGroups.Contains(dependency.GroupId)
                     ? $"group {dependency.GroupId} is not open in this registry"
-                    : Registry.Sysfs.ReadLinkName("bus/pci/devices/" + dependency.Address + "/driver") switch
+                    : Registry.Sysfs.ReadLinkName(SysfsDiscovery.PciDir(dependency.Address) + "/driver", ErrorTarget) switch
                     {
                         null => "it is bound to no driver",
                         string d when !SysfsDiscovery.IsVfioDriver(d) => "it is bound to " + d,

@@ -210,7 +210,9 @@ public sealed partial class VfioRegistry : IAsyncDisposable
     /// Looks at the devices bound to vfio in sysfs: creates and registers a device through the first
     /// matching driver for each new one, and unregisters (then disposes) the devices this registry
     /// probed that are no longer bound to vfio. A driver whose setup fails leaves nothing behind; the
-    /// failure is reported in the result.
+    /// failure is reported in the result. So is a new device whose sysfs cannot be read or does not read
+    /// as the kernel writes it (its <see cref="ProbeFailure.Driver"/> is null): the other devices are
+    /// probed all the same, and a registered device is not taken for gone because its sysfs broke.
     /// </summary>
     /// <param name="cancellationToken">Stops waiting for removed devices' references.</param>
     /// <returns>What was registered, removed and what failed.</returns>
@@ -222,7 +224,8 @@ public sealed partial class VfioRegistry : IAsyncDisposable
         var present = new HashSet<string>(StringComparer.Ordinal);
 
         var drivers = Drivers;
-        foreach (var context in Discovery.Discover(drivers))
+        var unreadable = new List<DiscoveryFailure>();
+        foreach (var context in Discovery.Discover(drivers, unreadable))
         {
             present.Add(context.Name);
             lock (_lock)
@@ -267,6 +270,19 @@ public sealed partial class VfioRegistry : IAsyncDisposable
                 failures.Add(new ProbeFailure(context.Name, driver.Name, e));
                 Log.ProbeFailed(Logger, driver.Name, context.Name, context.GroupId, e);
             }
+        }
+
+        foreach (var failure in unreadable)
+        {
+            present.Add(failure.Device);
+            lock (_lock)
+            {
+                if (_devices.ContainsKey(failure.Device))
+                {
+                    continue;
+                }
+            }
+            failures.Add(new ProbeFailure(failure.Device, null, failure.Error));
         }
 
         var removed = new List<string>();
