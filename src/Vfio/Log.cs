@@ -44,6 +44,9 @@ internal static partial class Log
     [LoggerMessage(15, LogLevel.Debug, "Closed a container")]
     public static partial void ContainerClosed(ILogger logger);
 
+    [LoggerMessage(17, LogLevel.Debug, "Group {GroupId} does not fit an open container ({Errno}); trying the next, or a new one")]
+    public static partial void GroupIncompatible(ILogger logger, int groupId, string errno);
+
     [LoggerMessage(16, LogLevel.Warning, "Tearing down group {GroupId} failed")]
     public static partial void GroupTeardownFailed(ILogger logger, int groupId, Exception exception);
 
@@ -58,6 +61,9 @@ internal static partial class Log
 
     [LoggerMessage(23, LogLevel.Warning, "Discovery left out {Device}: {Reason}")]
     public static partial void DiscoveryFailed(ILogger logger, string device, string reason, Exception exception);
+
+    [LoggerMessage(24, LogLevel.Error, "Disposing the registry gave up after {ElapsedMs} ms; still held: {Holders}")]
+    public static partial void DisposeGaveUp(ILogger logger, long elapsedMs, string holders);
 
     [LoggerMessage(550, LogLevel.Information, "The kernel asks for {Device} in group {GroupId} back (REQ signal {Count}); asking its holders to release it")]
     public static partial void KernelRequestedRelease(ILogger logger, string device, int groupId, int count);

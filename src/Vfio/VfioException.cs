@@ -39,8 +39,8 @@ public class VfioException : IOException
         RegionIndex = target.RegionIndex;
     }
 
-    internal VfioException(string message, string operation, int errno, ErrorTarget target)
-        : base(message)
+    internal VfioException(string message, string operation, int errno, ErrorTarget target, Exception? innerException = null)
+        : base(message, innerException)
     {
         Operation = operation;
         Errno = errno;

@@ -162,7 +162,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         }
         var space = device.AddressSpace
             ?? throw new InvalidOperationException($"Device {device.Name} is not open: open it before allocating DMA memory.");
-        ulong page = space.IommuInfo.MinPageSize;
+        ulong page = space.IommuInfoFor(device).MinPageSize;
         if (!device.TryGet(out var reference))
         {
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");

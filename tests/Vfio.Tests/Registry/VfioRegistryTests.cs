@@ -323,4 +323,63 @@ public class VfioRegistryTests : KernelTest
 
         Registry.DiscoverMdevParents().Select(p => p.Name).Should().Equal("mtty");
     }
+
+    // ---- Disposal that waits for holders -----------------------------------------------------------
+
+    [Fact]
+    public async Task DisposeGivesUpAtItsTimeoutNamingWhoStillHoldsWhatAndALaterDisposeFinishes()
+    {
+        AddPci(model: new EduDeviceModel());
+        var registry = NewRegistry(disposeTimeout: TimeSpan.FromMilliseconds(300));
+        var device = RegisterPci(registry: registry);
+        var open = device.Open();
+        var region = device.OpenRegion(0);
+        var msi = device.EnableInterrupts(PciIrq.Msi);
+        var buffer = device.AllocateDmaBuffer(4096);
+
+        var dispose = () => registry.DisposeAsync().AsTask().WaitAsync(Guard);
+
+        var error = (await dispose.Should().ThrowAsync<VfioBusyException>()).Which;
+        error.Message.Should().Contain("0000:00:03.0 (group 5)").And.Contain("1 of them open")
+            .And.Contain("region 0").And.Contain("interrupts 1").And.Contain("DMA buffer 0x")
+            .And.NotContain("interrupts 4", "the library's own REQ notifier is no holder");
+        Logs.Named("DisposeGaveUp").Should().ContainSingle().Which.Message.Should().Contain("0000:00:03.0");
+        device.Requests.Should().NotBeEmpty("the holders were asked to let go");
+        device.State.Should().Be(VfioDeviceState.Registered, "a device still held stays registered");
+        device.ReadConfig16(PciConfig.VendorId).Should().Be(0x1234, "and usable");
+        registry.Invoking(r => r.Register(CreatePci("0000:00:03.0", registry))).Should().Throw<ObjectDisposedException>("a registry being disposed takes no new device");
+
+        buffer.Dispose();
+        msi.Dispose();
+        region.Dispose();
+        open.Dispose();
+        await registry.DisposeAsync().AsTask().WaitAsync(Guard);
+
+        device.State.Should().Be(VfioDeviceState.Unregistered);
+        registry.Groups.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task DisposeCanBeCancelledAndSaysWhoStillHoldsTheDevice()
+    {
+        AddPci();
+        var registry = NewRegistry(disposeTimeout: Timeout.InfiniteTimeSpan);
+        var device = RegisterPci(registry: registry);
+        device.TryGet(out var held).Should().BeTrue();
+        using var cancel = new CancellationTokenSource();
+        device.WhenReleaseRequested = count =>
+        {
+            if (count == 2)
+            {
+                cancel.Cancel();
+            }
+        };
+
+        var dispose = () => registry.DisposeAsync(cancel.Token).WaitAsync(Guard);
+
+        (await dispose.Should().ThrowAsync<OperationCanceledException>()).Which.Message.Should().Contain("0000:00:03.0 (group 5): 1 reference, 0 of them open");
+        held.Dispose();
+        await registry.DisposeAsync().AsTask().WaitAsync(Guard);
+        device.State.Should().Be(VfioDeviceState.Unregistered);
+    }
 }
