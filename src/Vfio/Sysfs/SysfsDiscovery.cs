@@ -209,7 +209,38 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
             ?? throw new VfioNotFoundException($"No PCI function {name} in sysfs ({registry.Kernel.Sys(dir)}).");
         var (groupId, kind) = ReadGroup(dir, name);
         return new PciDeviceContext(registry, address, groupId, kind, driver,
-            ids.VendorId, ids.DeviceId, ids.ClassCode, ids.SubsystemVendorId, ids.SubsystemId);
+            ids.VendorId, ids.DeviceId, ids.ClassCode, ids.SubsystemVendorId, ids.SubsystemId, PciSetId(address, target));
+    }
+
+    /// <summary>
+    /// The device set of a PCI function, as vfio-pci forms it (<c>vfio_pci_core_register_device</c>): a
+    /// function on a root bus (its sysfs folder sits right under the host bridge's <c>pciDDDD:BB</c>) or a
+    /// virtual function (it has a <c>physfn</c> link; kernels from mid-2025 on, earlier ones put a VF in its
+    /// bus's set, which only made their locks coarser) is a set of its own; one in
+    /// a slot that <c>pci_probe_reset_slot</c> accepts (a hotplug slot whose driver resets slots:
+    /// <c>/sys/bus/pci/slots/N</c> with its address and a <c>module</c> link to pciehp, pnv_php or
+    /// s390_pci_hpc) shares the slot's set; any other shares its bus's set.
+    /// </summary>
+    internal string PciSetId(PciAddress address, ErrorTarget target)
+    {
+        string dir = PciDir(address);
+        string name = address.ToString();
+        string[] path = (Sysfs.ReadLink(dir, target) ?? string.Empty).Split('/', StringSplitOptions.RemoveEmptyEntries);
+        bool rootBus = path.Length < 2 || !KernelNames.IsValid(KernelNameKind.PciAddress, path[^2]);
+        if (rootBus || Sysfs.ReadLinkName(dir + "/physfn", target) is not null)
+        {
+            return "device:" + name;
+        }
+        foreach (string slot in Sysfs.List("bus/pci/slots", KernelNameKind.Device, target))
+        {
+            string slotDir = "bus/pci/slots/" + slot;
+            if (Sysfs.ReadText(slotDir + "/address", target) == address.SlotName
+                && Sysfs.ReadLinkName(slotDir + "/module", target) is "pciehp" or "pnv_php" or "s390_pci_hpc")
+            {
+                return "pci-slot:" + address.SlotName;
+            }
+        }
+        return string.Create(CultureInfo.InvariantCulture, $"pci-bus:{address.Domain:x4}:{address.Bus:x2}");
     }
 
     private MdevDeviceContext DescribeMdev(string name, Guid uuid, string type)
@@ -219,8 +250,7 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
         var (groupId, _) = ReadGroup(dir, name);
         string? driver = ReadDriver(dir, target);
         // The device's folder lives in its parent's: .../devices/virtual/mtty/mtty/<uuid>.
-        string? parent = registry.Kernel.ReadLink(registry.Kernel.Sys(dir), out string link) == 0 && link.Split('/') is { Length: >= 2 } parts
-            && KernelNames.IsValid(KernelNameKind.Device, parts[^2])
+        string? parent = Sysfs.ReadLink(dir, target)?.Split('/') is { Length: >= 2 } parts && KernelNames.IsValid(KernelNameKind.Device, parts[^2])
             ? parts[^2]
             : null;
         return new MdevDeviceContext(registry, uuid, groupId, driver, type, parent);

@@ -41,8 +41,8 @@ internal sealed class SysfsReader(VfioKernel kernel)
         }
     }
 
-    /// <summary>The last component of a link's target (a group number, a driver name), or null when there is no link.</summary>
-    public string? ReadLinkName(string relative, ErrorTarget target = default)
+    /// <summary>A link's target as the kernel wrote it (<c>../../../devices/pci0000:00/0000:00:03.0</c>), or null when there is no link.</summary>
+    public string? ReadLink(string relative, ErrorTarget target = default)
     {
         string path = kernel.Sys(relative);
         int rc = kernel.ReadLink(path, out var link);
@@ -51,6 +51,17 @@ internal sealed class SysfsReader(VfioKernel kernel)
             return null;
         }
         VfioErrors.Check(rc, "readlink " + path, target);
+        return link;
+    }
+
+    /// <summary>The last component of a link's target (a group number, a driver name), or null when there is no link.</summary>
+    public string? ReadLinkName(string relative, ErrorTarget target = default)
+    {
+        string? link = ReadLink(relative, target);
+        if (link is null)
+        {
+            return null;
+        }
         int slash = link.LastIndexOf('/');
         return slash < 0 ? link : link[(slash + 1)..];
     }

@@ -131,7 +131,7 @@ public class VfioRegistryTests : KernelTest
         failure.Driver.Should().Be("test-pci");
         failure.Error.Should().BeOfType<InvalidOperationException>();
         Registry.Devices.Should().BeEmpty();
-        Registry.DeviceSets.TryFind("pci-slot:0000:00:03", out _).Should().BeFalse();
+        Registry.DeviceSets.TryFind("device:0000:00:03.0", out _).Should().BeFalse();
         Logs.Named("ProbeFailed").Should().ContainSingle();
     }
 
@@ -153,7 +153,7 @@ public class VfioRegistryTests : KernelTest
         constructed!.Disposed.Should().BeTrue("the registry undoes the init of a device the driver could not return");
         constructed.State.Should().Be(VfioDeviceState.Disposed);
         Registry.Devices.Should().BeEmpty();
-        Registry.DeviceSets.TryFind("pci-slot:0000:00:03", out _).Should().BeFalse("the device left its set");
+        Registry.DeviceSets.TryFind("device:0000:00:03.0", out _).Should().BeFalse("the device left its set");
     }
 
     [Fact]

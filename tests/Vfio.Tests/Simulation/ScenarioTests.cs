@@ -22,7 +22,8 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
         kernel.AddPciDevice("0000:00:04.0", new EduDeviceModel(), iommuGroup: 4);
         kernel.AddPciDevice("0000:00:04.1", new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true), iommuGroup: 4, driver: "nvme");
-        kernel.AddPciBridge("0000:00:05.0", secondaryBus: 1);
+        // QEMU's pcie-root-port has a hotplug slot (slot=1) that pciehp drives, as in the VM.
+        kernel.AddPciBridge("0000:00:05.0", secondaryBus: 1, hotplugSlot: true);
         kernel.AddPciDevice("0000:01:00.0", new EduDeviceModel(), iommuGroup: 6);
         kernel.AddPciDevice("0000:01:00.1", new EduDeviceModel(), iommuGroup: 6);
         kernel.AddPciDevice("0000:00:06.0", new NvmeDeviceModel(), iommuGroup: 5);
