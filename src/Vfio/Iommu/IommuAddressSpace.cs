@@ -101,7 +101,13 @@ internal abstract class IommuAddressSpace
     /// <summary>The error for a map refused before the kernel is asked, because the mapping budget is spent.</summary>
     private protected abstract VfioResourceLimitException BudgetSpent(VfioDevice device, int mappings);
 
-    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference, ulong alignment = 0)
+    /// <summary>
+    /// Reserves the IOVA range for a buffer of <paramref name="length"/> bytes before its memory is
+    /// allocated, so that a buffer the address space cannot map costs no memory: the mapping budget,
+    /// the IOMMU's valid ranges, the device's DMA mask and the free space are checked here. Give the
+    /// range to <see cref="Map"/>, or back with <see cref="ReleaseIova"/>.
+    /// </summary>
+    internal ulong ReserveIova(VfioDevice device, ulong length, ulong? fixedIova, ulong alignment = 0)
     {
         lock (_dmaLock)
         {
@@ -111,32 +117,45 @@ internal abstract class IommuAddressSpace
             {
                 throw BudgetSpent(device, _buffers.Count);
             }
-            ulong iova;
-            if (fixedIova is ulong wanted)
+            if (fixedIova is not ulong wanted)
             {
-                if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
-                }
-                if (wanted + length - 1 > device.DmaMask)
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
-                }
-                if (!_iova.Reserve(wanted, length))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
-                }
-                iova = wanted;
-            }
-            else
-            {
-                iova = _iova.Allocate(length, device.DmaMask, alignment)
+                return _iova.Allocate(length, device.DmaMask, alignment)
                     ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
             }
+            if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
+            }
+            if (wanted + length - 1 > device.DmaMask)
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
+            }
+            if (!_iova.Reserve(wanted, length))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
+            }
+            return wanted;
+        }
+    }
+
+    /// <summary>Gives back a range from <see cref="ReserveIova"/> that was not mapped.</summary>
+    internal void ReleaseIova(ulong iova)
+    {
+        lock (_dmaLock)
+        {
+            _iova?.Free(iova);
+        }
+    }
+
+    /// <summary>Maps <paramref name="memory"/> at an IOVA range from <see cref="ReserveIova"/>; on failure the range is given back.</summary>
+    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
+    {
+        lock (_dmaLock)
+        {
             int rc = MapCore(memory.Address, iova, length, access);
             if (rc < 0)
             {
-                _iova.Free(iova);
+                _iova?.Free(iova);
                 throw MapError(-rc, iova, length, device);
             }
             var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
