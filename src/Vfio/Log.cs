@@ -119,6 +119,9 @@ internal static partial class Log
     [LoggerMessage(653, LogLevel.Warning, "Unmapping DMA buffer 0x{Iova:x}+0x{Length:x} failed; the container unmaps it again when its last group leaves, and the kernel drops it with the IOMMU in any case")]
     public static partial void DmaUnmapFailed(ILogger logger, ulong iova, ulong length, Exception exception);
 
+    [LoggerMessage(655, LogLevel.Error, "munmap of the memory of DMA buffer 0x{Iova:x}+0x{Length:x} of {Device} failed ({Errno}); it stays mapped in this process (the device no longer reaches it) until the buffer's next Dispose retries it")]
+    public static partial void DmaMemoryUnmapFailed(ILogger logger, ulong iova, ulong length, string device, string errno);
+
     [LoggerMessage(654, LogLevel.Information, "No free 2 MiB hugepages for a DMA buffer of {Device}; using 4 KiB pages instead")]
     public static partial void HugePagesFallback(ILogger logger, string device);
 
