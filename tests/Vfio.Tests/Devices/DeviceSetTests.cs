@@ -78,6 +78,23 @@ public class DeviceSetTests : KernelTest
     }
 
     [Fact]
+    public void AHotplugSlotWhoseDriverCannotResetItLeavesItsFunctionsInTheBussSet()
+    {
+        // QEMU's q35 root ports on Debian 6.1: the slot is acpiphp's, which has no reset_slot, so
+        // pci_probe_reset_slot fails and vfio-pci forms the bus's set (seen in the VM: pci-bus:0000:01).
+        Kernel.AddPciBridge("0000:00:1c.0", secondaryBus: 1);
+        var slot = Kernel.Sysfs.Directory("bus/pci/slots/0");
+        slot.Attribute("address", () => "0000:01:00\n");
+        Kernel.Sysfs.Directory("module/acpiphp");
+        slot.Link("module", "module/acpiphp");
+        AddPci("0000:01:00.0", group: 7);
+        AddPci("0000:01:00.1", group: 8);
+
+        RegisterPci("0000:01:00.0").Set.Id.Should().Be("pci-bus:0000:01");
+        RegisterPci("0000:01:00.1").Set.Id.Should().Be("pci-bus:0000:01");
+    }
+
+    [Fact]
     public void AVirtualFunctionIsInASetOfItsOwn()
     {
         Kernel.AddPciBridge("0000:00:1c.0", secondaryBus: 1);
