@@ -794,8 +794,8 @@ publish_program() {
   fi
   if [ "$need" = 1 ]; then
     hash="$(inputs_hash)"
-    rm -f "$shared_cache"/aot-unavailable-[0-9]* # markers keyed on the SDK version alone (older scripts)
-    marker="$shared_cache/aot-unavailable-$(aot_toolchain_key)"
+    rm -f "$shared_cache"/aot-unavailable-* # markers keyed on the SDK version alone (older scripts)
+    marker="$shared_cache/aot-failed-$(aot_toolchain_key)"
     if [ -f "$marker" ]; then
       say "NativeAOT publish skipped: it failed with this SDK ($(dotnet --version)) and these feeds: $(cat "$marker"); delete $marker to retry"
     else
