@@ -41,7 +41,7 @@ internal sealed unsafe class PciFunction : IDisposable
     {
         var sysfs = new SysfsReader(context.Kernel);
         return [.. sysfs.List("bus/pci/devices")
-            .Where(a => sysfs.ReadHex("bus/pci/devices/" + a + "/vendor") == vendorId && sysfs.ReadHex("bus/pci/devices/" + a + "/device") == deviceId
+            .Where(a => sysfs.ReadHex("bus/pci/devices/" + a + "/vendor", 16) == vendorId && sysfs.ReadHex("bus/pci/devices/" + a + "/device", 16) == deviceId
                 && sysfs.ReadLinkName("bus/pci/devices/" + a + "/driver") == "vfio-pci")
             .Order(StringComparer.Ordinal)];
     }
