@@ -37,6 +37,15 @@ public sealed record NvmeLoadOptions
     /// <summary>How long the load runs before it is measured.</summary>
     public TimeSpan WarmUp { get; init; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// Commands each queue pair measures at least: the measured part goes on past
+    /// <see cref="Duration"/> until every queue pair has measured this many, so that a run whose
+    /// threads were held up (a loaded machine, a first run's compilation) still measures something.
+    /// <see cref="NvmeLoadResult.Elapsed"/> is then the time actually measured. 0 (the default): the
+    /// measured part is <see cref="Duration"/>, whatever it holds.
+    /// </summary>
+    public int MinimumIosPerQueue { get; init; }
+
     /// <summary>The id of the first queue pair; the others follow. With interrupts, MSI-X vectors up to the last id must be enabled.</summary>
     public int FirstQueueId { get; init; } = 1;
 
@@ -128,6 +137,7 @@ public static class NvmeLoadGenerator
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.Depth, NvmeController.MaxQueueEntries - 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.TransferBytes, ns.BlockSize);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.CompletionsPerDoorbell, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MinimumIosPerQueue);
         if (options.TransferBytes % ns.BlockSize != 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.TransferBytes, $"The transfer size is not a multiple of the {ns.BlockSize}-byte block.");
@@ -155,10 +165,12 @@ public static class NvmeLoadGenerator
                     throw;
                 }
             }
-            var run = new Run(options, workers.Count);
+            var run = new Run(options, workers.Count, Stopwatch.GetTimestamp());
             // A wait for an interrupt that never comes ends here; polling loops check the clock themselves.
             using var watchdog = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            watchdog.CancelAfter(options.WarmUp + options.Duration + TimeSpan.FromSeconds(10));
+            // A minimum of commands may hold the measured part open past its duration: a minute more for it.
+            var grace = TimeSpan.FromSeconds(options.MinimumIosPerQueue > 0 ? 70 : 10);
+            watchdog.CancelAfter(options.WarmUp + options.Duration + grace);
             Task[] running = [.. workers.Select(w => w.Start(run, watchdog.Token))];
             try
             {
@@ -166,7 +178,7 @@ public static class NvmeLoadGenerator
             }
             catch (OperationCanceledException) when (watchdog.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
             {
-                throw new TimeoutException($"The load on {controller.Name} ({options}) did not finish within 10 s of its end: an interrupt never came (CSTS 0x{controller.ReadStatus():x}).");
+                throw new TimeoutException($"The load on {controller.Name} ({options}) did not finish within {grace.TotalSeconds:0} s of its planned end: an interrupt never came (CSTS 0x{controller.ReadStatus():x}).");
             }
 
             var latency = new LatencyHistogram();
@@ -176,7 +188,7 @@ public static class NvmeLoadGenerator
                 latency.Add(worker.Latency);
                 phases.Add(worker.Phases);
             }
-            return new NvmeLoadResult(options, latency.Count, options.Duration, latency, phases.Allocated, run.AllocatedBytes, phases.PerIo(ClockReadNs()));
+            return new NvmeLoadResult(options, latency.Count, run.Measured, latency, phases.Allocated, run.AllocatedBytes, phases.PerIo(ClockReadNs()));
         }
         finally
         {
@@ -210,14 +222,39 @@ public static class NvmeLoadGenerator
     }
 
     /// <summary>The timeline every queue's loop follows, and the process's allocations over the measured part.</summary>
-    private sealed class Run(NvmeLoadOptions options, int workers)
+    private sealed class Run
     {
+        private readonly long _planned;
         private long _allocatedAtStart = -1;
-        private int _running = workers;
+        private int _running;
+        private int _short;
+        private long _measureTo;
 
-        public long MeasureFrom { get; } = Stopwatch.GetTimestamp() + Ticks(options.WarmUp);
+        public Run(NvmeLoadOptions options, int workers, long now)
+        {
+            _running = workers;
+            _short = options.MinimumIosPerQueue > 0 ? workers : 0;
+            MeasureFrom = now + Ticks(options.WarmUp);
+            _planned = MeasureFrom + Ticks(options.Duration);
+            _measureTo = _short == 0 ? _planned : long.MaxValue;
+        }
 
-        public long MeasureTo => MeasureFrom + Ticks(options.Duration);
+        public long MeasureFrom { get; }
+
+        /// <summary>The end of the measured part: <see cref="NvmeLoadOptions.Duration"/> after its start, later while a queue pair has measured fewer commands than its minimum.</summary>
+        public long MeasureTo => Volatile.Read(ref _measureTo);
+
+        /// <summary>The time the measured part lasted (once the loops have finished).</summary>
+        public TimeSpan Measured => Stopwatch.GetElapsedTime(MeasureFrom, MeasureTo);
+
+        /// <summary>A queue pair measured its minimum; the last one to do so ends the measured part, now or at its planned end if that is later.</summary>
+        public void MinimumReached()
+        {
+            if (Interlocked.Decrement(ref _short) == 0)
+            {
+                Volatile.Write(ref _measureTo, Math.Max(_planned, Stopwatch.GetTimestamp()));
+            }
+        }
 
         public long StuckAfter { get; } = Ticks(TimeSpan.FromSeconds(10));
 
@@ -441,6 +478,10 @@ public static class NvmeLoadGenerator
                 if (measured)
                 {
                     Latency.Record(round.Seen - _submittedAt[completion.CommandId]);
+                    if (Latency.Count == _options.MinimumIosPerQueue)
+                    {
+                        run.MinimumReached();
+                    }
                 }
                 taken++;
             }
