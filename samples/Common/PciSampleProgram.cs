@@ -99,7 +99,7 @@ internal sealed class PciSampleProgram<TDevice>
             {
                 reference = device.Open();
                 opened = true;
-                return Task.FromResult($"{device.Address} (group {device.GroupId}, {device.Group?.Container?.IommuTypeName ?? "no"} IOMMU container, {DescribeOpened(device)})");
+                return Task.FromResult($"{device.Address} (group {device.GroupId}, {BackendDescription.Of(device)}, {DescribeOpened(device)})");
             }).ConfigureAwait(false);
             if (opened)
             {

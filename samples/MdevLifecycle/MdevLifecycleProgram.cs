@@ -101,7 +101,7 @@ public static class MdevLifecycleProgram
                 {
                     var device = mdev!.Device;
                     Check(device.IsOpen, "the device is not open");
-                    return $"{device.Name} in emulated group {device.GroupId} ({device.GroupKind}), {device.Ports} port(s), IOMMU {device.Group!.Container!.IommuTypeName}";
+                    return $"{device.Name} in emulated group {device.GroupId} ({device.GroupKind}), {device.Ports} port(s), {Vfio.Samples.BackendDescription.Of(device)}";
                 });
                 steps.Run("config space", () =>
                 {

@@ -3,8 +3,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Devices;
 
 /// <summary>Device sets: the functions of a slot share one lock and open count; hooks run under the lock.</summary>
-public class DeviceSetTests : KernelTest
+public abstract class DeviceSetTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : DeviceSetTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : DeviceSetTests(VfioBackend.Iommufd);
+
     [Fact]
     public void FunctionsOfOneSlotShareTheSetAndItsOpenCount()
     {

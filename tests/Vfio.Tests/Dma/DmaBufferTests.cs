@@ -3,8 +3,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Dma;
 
 /// <summary>DMA buffers: page rounding, hugepages from the pool (or a clear error), access flags, nothing leaked.</summary>
-public class DmaBufferTests : KernelTest
+public abstract class DmaBufferTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : DmaBufferTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : DmaBufferTests(VfioBackend.Iommufd);
+
     private const ulong TwoMiB = 2UL << 20;
 
     [Fact]

@@ -18,7 +18,7 @@ public sealed class ScenarioTests(ITestOutputHelper output)
     /// <summary>The simulated counterpart of the VM's machine (tests/vm/run-vm-tests.sh).</summary>
     internal static (SimulatedKernel Kernel, ScenarioContext Context) Machine()
     {
-        var kernel = new SimulatedKernel();
+        var kernel = new SimulatedKernel { LinuxVersion = new Version(6, 1) };
         kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
         kernel.AddPciDevice("0000:00:04.0", new EduDeviceModel(), iommuGroup: 4);
         kernel.AddPciDevice("0000:00:04.1", new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true), iommuGroup: 4, driver: "nvme");
