@@ -17,6 +17,9 @@ namespace Vfio;
 /// </remarks>
 public sealed class InterruptSet : IDisposable, IDeviceResource
 {
+    // How long closing waits for the poller before it writes the wake-up again, when a write failed.
+    private const int WakeRetryMilliseconds = 100;
+
     [ThreadStatic]
     private static bool t_isPoller;
 
@@ -299,12 +302,18 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 // The device may already be going away; the eventfds are closed below regardless.
             }
         }
+        // Wake the poller so that it sees the state and exits. The write cannot fail on a live eventfd
+        // the poller drains; should it fail all the same, it is made again until the poller is gone, so
+        // that closing never hangs on it.
         Span<byte> one = stackalloc byte[8];
         one[0] = 1;
-        _ = _kernel.Write(_wake, one);
-        if (_poller.IsAlive && Thread.CurrentThread != _poller)
+        bool woken = _kernel.Write(_wake, one) >= 0;
+        if (Thread.CurrentThread != _poller)
         {
-            _poller.Join();
+            while (!_poller.Join(woken ? Timeout.Infinite : WakeRetryMilliseconds))
+            {
+                woken = _kernel.Write(_wake, one) >= 0;
+            }
         }
         var failure = new ObjectDisposedException(ToString(), "The interrupt set was disposed, or its device was closed.");
         lock (_lock)

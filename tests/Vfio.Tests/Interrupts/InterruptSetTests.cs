@@ -42,6 +42,21 @@ public abstract class InterruptSetTests(VfioBackend backend) : KernelTest(backen
     }
 
     [Fact]
+    public async Task DisposingReturnsWhenTheWriteThatWakesThePollerFails()
+    {
+        var (_, device) = Registered();
+        using var open = device.Open();
+        int eventFds = Kernel.EventFdCount;
+        var set = device.EnableInterrupts(PciIrq.Msi, count: 1);
+        Kernel.FailNext(SimulatedCall.Write, Errno.EIO);
+
+        await Task.Run(set.Dispose).WaitAsync(Guard);
+
+        await set.Invoking(s => s.WaitAsync(0).AsTask()).Should().ThrowAsync<ObjectDisposedException>();
+        Kernel.EventFdCount.Should().Be(eventFds, "the vector's eventfd and the poller's wake-up are closed");
+    }
+
+    [Fact]
     public void APciExpressFunctionHasOneErrVector()
     {
         var (_, device) = Registered(express: true);
