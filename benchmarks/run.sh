@@ -9,10 +9,13 @@
 # because a shared machine can slow one run down. Read the results against these targets
 # (docs: benchmarks/README.md, design: "Performance budget" in the architecture notes):
 #
-#   ioctl_overhead_ratio          <= 1.10  seam ioctl time / C ioctl time, same ioctl, same kind of fd
-#   ioctl_c_ns                    context  ns per FIONREAD from C (the syscall's own cost here)
+#   ioctl_overhead_ratio          <= 1.10  seam ioctl time / C ioctl time, same ioctl, same fd, same process
+#   ioctl_c_ns                    context  ns per FIONREAD from C in the benchmark's process (the syscall's own cost here)
 #   ioctl_csharp_ns               context  ns per FIONREAD through VfioKernel.Linux.Ioctl
 #   ioctl_alloc_bytes_per_call    == 0     managed bytes allocated per ioctl through the seam
+#   ioctl_c_process_ns            context  the C loop as a single-threaded process of its own
+#   ioctl_c_threaded_process_ns   context  ... with one idle thread beside it (what a second thread costs a syscall)
+#   ioctl_vs_single_thread_process_ratio  context  seam time / the single-threaded C process's
 #   ioctl_bare_pinvoke_ns         context  the same FIONREAD, P/Invoke on a raw fd, no SetLastError
 #   ioctl_setlasterror_ns         context  ... plus SetLastError
 #   ioctl_libc_import_ns          context  ... plus SafeHandle marshalling (the seam minus its virtual call)
@@ -21,8 +24,10 @@
 #   irq_csharp_wakes_per_s        context  ping-pong wake-ups per second through the library
 #   irq_c_wakes_per_s             context  the same from C
 #   irq_alloc_bytes_per_event     == 0     managed bytes allocated per interrupt, every thread counted (slope between batch sizes)
-#   iova_translate_mops           >= 10    million host-to-IOVA translations per CPU-second, 64 K live DMA mappings
-#   iova_translate_wall_mops      context  the same loop by wall-clock time (lower on a loaded machine)
+#   iova_translate_mops           >= 10    million host-to-IOVA translations per CPU-second of the translating thread, 64 K live DMA mappings (fastest 64 K batch per round, median of 15 rounds)
+#   iova_translate_slowest_mops   context  the slowest of those rounds
+#   iova_translate_sustained_mops context  whole rounds of a million lookups over their CPU time (cache evictions by other work included)
+#   iova_translate_wall_mops      context  the fastest batch by wall-clock time (lower on a loaded machine)
 #   binary_search_64k_mops        context  Array.BinarySearch over the 64 K starts, same lookups (for comparison)
 #   iova_translate_2threads_mops  context  two threads translating at once, wall-clock (lock-free reads)
 #   dma_map_us                    context  allocate + map one 4 KiB DMA buffer (simulated kernel)
@@ -43,6 +48,8 @@ native="$out/native"
 mkdir -p "$native"
 
 gcc -O2 -Wall -Wextra -Werror -o "$native/ioctl_loop" "$here/native/ioctl_loop.c" >&2
+gcc -O2 -Wall -Wextra -Werror -pthread -DIOCTL_LOOP_IDLE_THREAD -o "$native/ioctl_loop_threaded" "$here/native/ioctl_loop.c" >&2
+gcc -O2 -Wall -Wextra -Werror -shared -fPIC -DIOCTL_LOOP_LIBRARY -o "$native/libioctl_loop.so" "$here/native/ioctl_loop.c" >&2
 gcc -O2 -Wall -Wextra -Werror -pthread -o "$native/irq_wake_loop" "$here/native/irq_wake_loop.c" >&2
 
 dotnet build "$here/Vfio.Benchmarks/Vfio.Benchmarks.csproj" -c Release -o "$out/bin" \

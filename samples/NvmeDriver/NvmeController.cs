@@ -62,12 +62,14 @@ public sealed record NvmeNamespace(uint NamespaceId, ulong BlockCount, int Block
 /// <summary>
 /// A user-space driver for an NVM Express controller (class code 0x010802), written only against
 /// the library's public API: it brings the controller up with an admin queue pair in DMA memory,
-/// takes completions by MSI-X interrupt (phase tags, doorbells with CAP.DSTRD), identifies the
-/// controller and a namespace, creates one I/O queue pair and reads and writes blocks.
+/// takes admin completions by MSI-X interrupt (phase tags, doorbells with CAP.DSTRD), identifies the
+/// controller and a namespace, and creates I/O queue pairs (<see cref="NvmeQueuePair"/>) whose
+/// completions come by interrupt or by polling, to read and write blocks.
 /// </summary>
 /// <remarks>
-/// Commands are issued one at a time per queue. The controller uses 4 KiB memory pages (CC.MPS 0),
-/// so every transfer here is at most one page and needs PRP1 only.
+/// The controller uses 4 KiB memory pages (CC.MPS 0). Admin commands run one at a time; an I/O queue
+/// pair runs up to its capacity at once (see <see cref="NvmeQueuePair"/> and <see cref="NvmeLoadGenerator"/>).
+/// Queue pair n completes on MSI-X vector n; the admin queues on vector 0.
 /// </remarks>
 public sealed class NvmeController : PciVfioDevice
 {
@@ -80,8 +82,11 @@ public sealed class NvmeController : PciVfioDevice
     /// <summary>The MSI-X vector of the admin completion queue.</summary>
     public const int AdminVector = 0;
 
-    /// <summary>The MSI-X vector of the I/O completion queue.</summary>
-    public const int IoVector = 1;
+    /// <summary>The largest queue the driver creates, in entries (the specification allows 65536).</summary>
+    public const int MaxQueueEntries = 4096;
+
+    internal const ulong DoorbellBase = 0x1000;
+    internal const uint CstsFatal = 2;
 
     private const ulong RegCap = 0x00;
     private const ulong RegVersion = 0x08;
@@ -90,26 +95,16 @@ public sealed class NvmeController : PciVfioDevice
     private const ulong RegAdminQueueAttributes = 0x24;
     private const ulong RegAdminSubmissionQueue = 0x28;
     private const ulong RegAdminCompletionQueue = 0x30;
-    private const ulong DoorbellBase = 0x1000;
 
     private const uint CcEnable = 1;
     private const uint CcIoSqEntrySize = 6u << 16; // 64-byte submission entries
     private const uint CcIoCqEntrySize = 4u << 20; // 16-byte completion entries
     private const uint CstsReady = 1;
-    private const uint CstsFatal = 2;
 
-    private const byte OpDeleteIoSq = 0x00;
-    private const byte OpCreateIoSq = 0x01;
-    private const byte OpDeleteIoCq = 0x04;
-    private const byte OpCreateIoCq = 0x05;
-    private const byte OpIdentify = 0x06;
-    private const byte OpWrite = 0x01;
-    private const byte OpRead = 0x02;
-
+    private readonly Dictionary<int, NvmeQueuePair> _ioQueues = [];
     private MmioRegion? _bar0;
     private InterruptSet? _interrupts;
-    private QueuePair? _admin;
-    private QueuePair? _io;
+    private NvmeQueuePair? _admin;
 
     /// <summary>Creates the device; no kernel I/O until it is opened.</summary>
     /// <param name="context">The discovered function.</param>
@@ -121,8 +116,15 @@ public sealed class NvmeController : PciVfioDevice
     /// <summary>CAP and VS, read when the device was opened.</summary>
     public NvmeCapabilities ControllerCapabilities { get; private set; }
 
-    /// <summary>The I/O queue pair's id once created, else 0.</summary>
-    public int IoQueueId => _io?.Id ?? 0;
+    /// <summary>The I/O queue pairs that exist now, by id.</summary>
+    public IReadOnlyCollection<NvmeQueuePair> IoQueues => _ioQueues.Values;
+
+    /// <summary>How many MSI-X vectors are enabled (0 before <see cref="EnableMsix"/>).</summary>
+    public int MsixVectors => _interrupts?.Count ?? 0;
+
+    internal ILogger DriverLogger => Logger;
+
+    internal InterruptSet Interrupts => _interrupts ?? throw new InvalidOperationException($"MSI-X is not enabled on {Name}; call EnableMsix first.");
 
     private MmioRegion Bar0 => _bar0 ?? throw new InvalidOperationException($"The NVMe controller {Name} is not open.");
 
@@ -152,10 +154,7 @@ public sealed class NvmeController : PciVfioDevice
             Bar0.Write32(RegConfiguration, cc & ~CcEnable);
         }
         var took = await WaitReadyAsync(ready: false, cancellationToken).ConfigureAwait(false);
-        _io?.Dispose();
-        _io = null;
-        _admin?.Dispose();
-        _admin = null;
+        ReleaseQueues();
         NvmeLog.Disabled(Logger, Name, took.TotalMilliseconds);
         return took;
     }
@@ -172,7 +171,8 @@ public sealed class NvmeController : PciVfioDevice
             throw new InvalidOperationException($"The NVMe controller {Name} is enabled; disable it before setting up the admin queues.");
         }
         _admin?.Dispose();
-        _admin = new QueuePair(this, 0, entries, AdminVector);
+        _admin = null;
+        _admin = new NvmeQueuePair(this, Bar0, 0, entries, NvmeCompletionMode.Interrupt, AdminVector, ControllerCapabilities.DoorbellStride, prpLists: false);
         uint size = (uint)(entries - 1);
         Bar0.Write32(RegAdminQueueAttributes, size | (size << 16));
         WriteRegister64(RegAdminSubmissionQueue, _admin.Submissions.Iova);
@@ -199,18 +199,39 @@ public sealed class NvmeController : PciVfioDevice
         return took;
     }
 
-    /// <summary>Enables MSI-X with two vectors: <see cref="AdminVector"/> for the admin queue, <see cref="IoVector"/> for the I/O queue.</summary>
+    /// <summary>
+    /// Enables MSI-X with <paramref name="vectors"/> vectors: <see cref="AdminVector"/> for the admin
+    /// queue, vector n for I/O queue pair n (so up to <paramref name="vectors"/> - 1 interrupt-driven I/O pairs).
+    /// </summary>
+    /// <param name="vectors">How many vectors (2 or more).</param>
     /// <returns>The number of MSI-X vectors the device offers.</returns>
-    public int EnableMsix()
+    public int EnableMsix(int vectors = 2)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(vectors, 2);
         int offered = (int)GetIrqInfo(PciIrq.Msix).Count;
-        if (offered < 2)
+        if (offered < vectors)
         {
-            throw new InvalidOperationException($"The NVMe controller {Name} offers {offered} MSI-X vectors; the driver needs 2.");
+            throw new InvalidOperationException($"The NVMe controller {Name} offers {offered} MSI-X vectors; the driver asked for {vectors}.");
         }
         _interrupts?.Dispose();
-        _interrupts = EnableInterrupts(PciIrq.Msix, count: 2);
+        _interrupts = null;
+        _interrupts = EnableInterrupts(PciIrq.Msix, count: vectors);
         return offered;
+    }
+
+    /// <summary>
+    /// Brings the controller from any state to ready: <see cref="DisableAsync"/>,
+    /// <see cref="ConfigureAdminQueues"/>, <see cref="EnableAsync"/> and <see cref="EnableMsix"/>.
+    /// </summary>
+    /// <param name="adminEntries">Entries per admin queue.</param>
+    /// <param name="vectors">MSI-X vectors: one for the admin queue and one per interrupt-driven I/O queue pair.</param>
+    /// <param name="cancellationToken">Stops waiting.</param>
+    public async Task StartAsync(int adminEntries = 32, int vectors = 2, CancellationToken cancellationToken = default)
+    {
+        await DisableAsync(cancellationToken).ConfigureAwait(false);
+        ConfigureAdminQueues(adminEntries);
+        await EnableAsync(cancellationToken).ConfigureAwait(false);
+        EnableMsix(vectors);
     }
 
     /// <summary>IDENTIFY with CNS 1: the controller's identity.</summary>
@@ -218,7 +239,7 @@ public sealed class NvmeController : PciVfioDevice
     public async Task<NvmeControllerIdentity> IdentifyControllerAsync(CancellationToken cancellationToken = default)
     {
         using var data = AllocateDmaBuffer(PageSize, DmaAccess.DeviceWrites);
-        await ExecuteAsync(Admin, "IDENTIFY CONTROLLER", new SubmissionEntry(OpIdentify) { Prp1 = data.Iova, Cdw10 = 1 }, cancellationToken).ConfigureAwait(false);
+        await Admin.ExecuteAsync("IDENTIFY CONTROLLER", new SubmissionEntry(NvmeOpcode.Identify) { Cdw10 = 1 }, data, 0, PageSize, cancellationToken).ConfigureAwait(false);
         var d = data.Span;
         return new NvmeControllerIdentity(
             BinaryPrimitives.ReadUInt16LittleEndian(d),
@@ -237,7 +258,7 @@ public sealed class NvmeController : PciVfioDevice
     public async Task<NvmeNamespace> IdentifyNamespaceAsync(uint namespaceId, CancellationToken cancellationToken = default)
     {
         using var data = AllocateDmaBuffer(PageSize, DmaAccess.DeviceWrites);
-        await ExecuteAsync(Admin, "IDENTIFY NAMESPACE", new SubmissionEntry(OpIdentify) { NamespaceId = namespaceId, Prp1 = data.Iova, Cdw10 = 0 }, cancellationToken).ConfigureAwait(false);
+        await Admin.ExecuteAsync("IDENTIFY NAMESPACE", new SubmissionEntry(NvmeOpcode.Identify) { NamespaceId = namespaceId, Cdw10 = 0 }, data, 0, PageSize, cancellationToken).ConfigureAwait(false);
         var d = data.Span;
         ulong blocks = BinaryPrimitives.ReadUInt64LittleEndian(d);
         int format = d[26] & 0xf;
@@ -249,34 +270,56 @@ public sealed class NvmeController : PciVfioDevice
         return new NvmeNamespace(namespaceId, blocks, 1 << lbads);
     }
 
-    /// <summary>CREATE I/O COMPLETION QUEUE (interrupts on <see cref="IoVector"/>), then CREATE I/O SUBMISSION QUEUE bound to it.</summary>
+    /// <summary>An I/O queue pair whose completions come by interrupt on vector <paramref name="queueId"/>; see <see cref="CreateIoQueuePairAsync(int, int, NvmeCompletionMode, CancellationToken)"/>.</summary>
     /// <param name="queueId">The queue pair's id (1 or more).</param>
-    /// <param name="entries">Entries per queue (2 to CAP.MQES + 1, at most one page of submissions: 64).</param>
+    /// <param name="entries">Entries per queue (2 to CAP.MQES + 1, at most <see cref="MaxQueueEntries"/>).</param>
     /// <param name="cancellationToken">Stops waiting.</param>
-    public async Task CreateIoQueuePairAsync(int queueId = 1, int entries = 64, CancellationToken cancellationToken = default)
+    public Task<NvmeQueuePair> CreateIoQueuePairAsync(int queueId = 1, int entries = 64, CancellationToken cancellationToken = default) =>
+        CreateIoQueuePairAsync(queueId, entries, NvmeCompletionMode.Interrupt, cancellationToken);
+
+    /// <summary>
+    /// CREATE I/O COMPLETION QUEUE (with interrupts on vector <paramref name="queueId"/>, or none when
+    /// polled), then CREATE I/O SUBMISSION QUEUE bound to it, each physically contiguous in DMA memory.
+    /// </summary>
+    /// <param name="queueId">The queue pair's id (1 or more).</param>
+    /// <param name="entries">Entries per queue (2 to CAP.MQES + 1, at most <see cref="MaxQueueEntries"/>): up to entries - 1 commands in flight.</param>
+    /// <param name="completion">Interrupts or polling.</param>
+    /// <param name="cancellationToken">Stops waiting.</param>
+    public async Task<NvmeQueuePair> CreateIoQueuePairAsync(int queueId, int entries, NvmeCompletionMode completion, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(queueId, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(queueId, ushort.MaxValue);
         ArgumentOutOfRangeException.ThrowIfLessThan(entries, 2);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(entries, Math.Min(ControllerCapabilities.MaxQueueEntries, PageSize / 64));
-        if (_io is not null)
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(entries, Math.Min(ControllerCapabilities.MaxQueueEntries, MaxQueueEntries));
+        if (!Enum.IsDefined(completion))
         {
-            throw new InvalidOperationException($"The NVMe controller {Name} already has I/O queue pair {_io.Id}.");
+            throw new ArgumentOutOfRangeException(nameof(completion), completion, "Not an NvmeCompletionMode.");
         }
-        var pair = new QueuePair(this, queueId, entries, IoVector);
+        if (_ioQueues.ContainsKey(queueId))
+        {
+            throw new InvalidOperationException($"The NVMe controller {Name} already has I/O queue pair {queueId}.");
+        }
+        bool interrupt = completion == NvmeCompletionMode.Interrupt;
+        if (interrupt && queueId >= MsixVectors)
+        {
+            throw new InvalidOperationException($"I/O queue pair {queueId} of {Name} completes on MSI-X vector {queueId}, but {MsixVectors} vectors are enabled; call EnableMsix({queueId + 1}) or more.");
+        }
+        var admin = Admin;
+        var pair = new NvmeQueuePair(this, Bar0, queueId, entries, completion, queueId, ControllerCapabilities.DoorbellStride, prpLists: true);
         try
         {
             uint sizeAndId = (uint)queueId | ((uint)(entries - 1) << 16);
-            // CDW11: physically contiguous, interrupts enabled, vector in bits 31:16.
-            await ExecuteAsync(Admin, "CREATE I/O CQ", new SubmissionEntry(OpCreateIoCq) { Prp1 = pair.Completions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x3 | ((uint)IoVector << 16) }, cancellationToken).ConfigureAwait(false);
+            // CDW11: physically contiguous (bit 0), interrupts enabled (bit 1), vector in bits 31:16.
+            uint cqFlags = interrupt ? 0x3u | ((uint)queueId << 16) : 0x1u;
+            await admin.ExecuteAsync("CREATE I/O CQ", new SubmissionEntry(NvmeOpcode.CreateIoCq) { Prp1 = pair.Completions.Iova, Cdw10 = sizeAndId, Cdw11 = cqFlags }, null, 0, 0, cancellationToken).ConfigureAwait(false);
             try
             {
                 // CDW11: physically contiguous, completion queue id in bits 31:16.
-                await ExecuteAsync(Admin, "CREATE I/O SQ", new SubmissionEntry(OpCreateIoSq) { Prp1 = pair.Submissions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x1 | ((uint)queueId << 16) }, cancellationToken).ConfigureAwait(false);
+                await admin.ExecuteAsync("CREATE I/O SQ", new SubmissionEntry(NvmeOpcode.CreateIoSq) { Prp1 = pair.Submissions.Iova, Cdw10 = sizeAndId, Cdw11 = 0x1 | ((uint)queueId << 16) }, null, 0, 0, cancellationToken).ConfigureAwait(false);
             }
             catch (NvmeCommandException)
             {
-                await ExecuteAsync(Admin, "DELETE I/O CQ", new SubmissionEntry(OpDeleteIoCq) { Cdw10 = (uint)queueId }, cancellationToken).ConfigureAwait(false);
+                await admin.ExecuteAsync("DELETE I/O CQ", new SubmissionEntry(NvmeOpcode.DeleteIoCq) { Cdw10 = (uint)queueId }, null, 0, 0, cancellationToken).ConfigureAwait(false);
                 throw;
             }
         }
@@ -285,38 +328,27 @@ public sealed class NvmeController : PciVfioDevice
             pair.Dispose();
             throw;
         }
-        _io = pair;
-        NvmeLog.IoQueuesCreated(Logger, Name, queueId, entries);
+        _ioQueues.Add(queueId, pair);
+        NvmeLog.IoQueuesCreated(Logger, Name, queueId, entries, interrupt ? $"MSI-X vector {queueId}" : "polled");
+        return pair;
     }
 
     /// <summary>DELETE I/O SUBMISSION QUEUE, then DELETE I/O COMPLETION QUEUE, and frees their memory.</summary>
+    /// <param name="pair">A queue pair of this controller; nothing may be in flight on it.</param>
     /// <param name="cancellationToken">Stops waiting.</param>
-    public async Task DeleteIoQueuePairAsync(CancellationToken cancellationToken = default)
+    public async Task DeleteIoQueuePairAsync(NvmeQueuePair pair, CancellationToken cancellationToken = default)
     {
-        var pair = Io;
-        await ExecuteAsync(Admin, "DELETE I/O SQ", new SubmissionEntry(OpDeleteIoSq) { Cdw10 = (uint)pair.Id }, cancellationToken).ConfigureAwait(false);
-        await ExecuteAsync(Admin, "DELETE I/O CQ", new SubmissionEntry(OpDeleteIoCq) { Cdw10 = (uint)pair.Id }, cancellationToken).ConfigureAwait(false);
-        _io = null;
+        ArgumentNullException.ThrowIfNull(pair);
+        if (!_ioQueues.TryGetValue(pair.Id, out var known) || known != pair)
+        {
+            throw new ArgumentException($"{pair} is not an I/O queue pair of {Name}.", nameof(pair));
+        }
+        var admin = Admin;
+        await admin.ExecuteAsync("DELETE I/O SQ", new SubmissionEntry(NvmeOpcode.DeleteIoSq) { Cdw10 = (uint)pair.Id }, null, 0, 0, cancellationToken).ConfigureAwait(false);
+        await admin.ExecuteAsync("DELETE I/O CQ", new SubmissionEntry(NvmeOpcode.DeleteIoCq) { Cdw10 = (uint)pair.Id }, null, 0, 0, cancellationToken).ConfigureAwait(false);
+        _ioQueues.Remove(pair.Id);
         pair.Dispose();
     }
-
-    /// <summary>WRITE: <paramref name="blocks"/> blocks from the start of <paramref name="source"/> to <paramref name="lba"/>.</summary>
-    /// <param name="ns">The namespace.</param>
-    /// <param name="lba">The first block.</param>
-    /// <param name="blocks">How many blocks (at most one page of data).</param>
-    /// <param name="source">The data, mapped for the device to read.</param>
-    /// <param name="cancellationToken">Stops waiting.</param>
-    public Task WriteAsync(NvmeNamespace ns, ulong lba, int blocks, DmaBuffer source, CancellationToken cancellationToken = default) =>
-        TransferAsync(OpWrite, "WRITE", ns, lba, blocks, source, cancellationToken);
-
-    /// <summary>READ: <paramref name="blocks"/> blocks from <paramref name="lba"/> into the start of <paramref name="destination"/>.</summary>
-    /// <param name="ns">The namespace.</param>
-    /// <param name="lba">The first block.</param>
-    /// <param name="blocks">How many blocks (at most one page of data).</param>
-    /// <param name="destination">The buffer, mapped for the device to write.</param>
-    /// <param name="cancellationToken">Stops waiting.</param>
-    public Task ReadAsync(NvmeNamespace ns, ulong lba, int blocks, DmaBuffer destination, CancellationToken cancellationToken = default) =>
-        TransferAsync(OpRead, "READ", ns, lba, blocks, destination, cancellationToken);
 
     /// <inheritdoc/>
     protected override void OnFirstOpen()
@@ -329,40 +361,26 @@ public sealed class NvmeController : PciVfioDevice
     /// <inheritdoc/>
     protected override void OnLastClose()
     {
-        _io?.Dispose();
-        _io = null;
-        _admin?.Dispose();
-        _admin = null;
+        ReleaseQueues();
         _interrupts?.Dispose();
         _interrupts = null;
         _bar0?.Dispose();
         _bar0 = null;
     }
 
-    private QueuePair Admin => _admin ?? throw new InvalidOperationException($"The NVMe controller {Name} has no admin queues; configure and enable it first.");
-
-    private QueuePair Io => _io ?? throw new InvalidOperationException($"The NVMe controller {Name} has no I/O queues; call CreateIoQueuePairAsync first.");
+    private NvmeQueuePair Admin => _admin ?? throw new InvalidOperationException($"The NVMe controller {Name} has no admin queues; configure and enable it first.");
 
     private static string Text(ReadOnlySpan<byte> field) => Encoding.ASCII.GetString(field).TrimEnd(' ', '\0');
 
-    private async Task TransferAsync(byte opcode, string name, NvmeNamespace ns, ulong lba, int blocks, DmaBuffer buffer, CancellationToken cancellationToken)
+    private void ReleaseQueues()
     {
-        ArgumentNullException.ThrowIfNull(ns);
-        ArgumentNullException.ThrowIfNull(buffer);
-        ArgumentOutOfRangeException.ThrowIfLessThan(blocks, 1);
-        if ((long)blocks * ns.BlockSize > PageSize || (ulong)((long)blocks * ns.BlockSize) > buffer.Length)
+        foreach (var pair in _ioQueues.Values)
         {
-            throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"{blocks} blocks of {ns.BlockSize} bytes exceed one {PageSize}-byte page or the {buffer.Length}-byte buffer.");
+            pair.Dispose();
         }
-        var command = new SubmissionEntry(opcode)
-        {
-            NamespaceId = ns.NamespaceId,
-            Prp1 = buffer.Iova,
-            Cdw10 = (uint)lba,
-            Cdw11 = (uint)(lba >> 32),
-            Cdw12 = (uint)(blocks - 1),
-        };
-        await ExecuteAsync(Io, name, command, cancellationToken).ConfigureAwait(false);
+        _ioQueues.Clear();
+        _admin?.Dispose();
+        _admin = null;
     }
 
     private void WriteRegister64(ulong offset, ulong value)
@@ -393,160 +411,6 @@ public sealed class NvmeController : PciVfioDevice
                 throw new TimeoutException($"The NVMe controller {Name} did not {(ready ? "become ready" : "become not ready")} within CAP.TO ({timeout.TotalMilliseconds} ms); CSTS is 0x{status:x}.");
             }
             await Task.Delay(1, cancellationToken).ConfigureAwait(false);
-        }
-    }
-
-    private async Task<Completion> ExecuteAsync(QueuePair queue, string name, SubmissionEntry command, CancellationToken cancellationToken)
-    {
-        var interrupts = _interrupts ?? throw new InvalidOperationException($"MSI-X is not enabled on {Name}; call EnableMsix first.");
-        await queue.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            ushort cid = queue.NextCommandId();
-            command.Write(queue.Submissions.Span.Slice(queue.SubmissionTail * 64, 64), cid);
-            queue.SubmissionTail = (queue.SubmissionTail + 1) % queue.Entries;
-            // The entry must be in memory before the controller learns of it.
-            Interlocked.MemoryBarrier();
-            Bar0.Write32(Doorbell(queue.Id, completion: false), (uint)queue.SubmissionTail);
-            NvmeLog.Submitted(Logger, Name, name, queue.Id, cid);
-            while (true)
-            {
-                if (queue.TryTakeCompletion(out var completion))
-                {
-                    Bar0.Write32(Doorbell(queue.Id, completion: true), (uint)queue.CompletionHead);
-                    if (completion.CommandId != cid)
-                    {
-                        throw new InvalidOperationException($"{name} on queue {queue.Id} of {Name}: the controller completed command {completion.CommandId}, not {cid}.");
-                    }
-                    NvmeLog.Completed(Logger, Name, name, queue.Id, cid, completion.Status.Value);
-                    if (!completion.Status.IsSuccess)
-                    {
-                        throw new NvmeCommandException(name, queue.Id, completion.Status);
-                    }
-                    return completion;
-                }
-                if ((ReadStatus() & CstsFatal) != 0)
-                {
-                    throw new InvalidOperationException($"The NVMe controller {Name} reported a fatal status while running {name}.");
-                }
-                await interrupts.WaitAsync(queue.Vector, cancellationToken).ConfigureAwait(false);
-                Interlocked.MemoryBarrier();
-            }
-        }
-        finally
-        {
-            queue.Gate.Release();
-        }
-    }
-
-    private ulong Doorbell(int queueId, bool completion) =>
-        DoorbellBase + ((ulong)((2 * queueId) + (completion ? 1 : 0)) * (ulong)ControllerCapabilities.DoorbellStride);
-
-    /// <summary>A 64-byte submission queue entry.</summary>
-    private readonly record struct SubmissionEntry(byte Opcode)
-    {
-        public uint NamespaceId { get; init; }
-
-        public ulong Prp1 { get; init; }
-
-        public ulong Prp2 { get; init; }
-
-        public uint Cdw10 { get; init; }
-
-        public uint Cdw11 { get; init; }
-
-        public uint Cdw12 { get; init; }
-
-        public void Write(Span<byte> entry, ushort commandId)
-        {
-            entry.Clear();
-            entry[0] = Opcode;
-            BinaryPrimitives.WriteUInt16LittleEndian(entry[2..], commandId);
-            BinaryPrimitives.WriteUInt32LittleEndian(entry[4..], NamespaceId);
-            BinaryPrimitives.WriteUInt64LittleEndian(entry[24..], Prp1);
-            BinaryPrimitives.WriteUInt64LittleEndian(entry[32..], Prp2);
-            BinaryPrimitives.WriteUInt32LittleEndian(entry[40..], Cdw10);
-            BinaryPrimitives.WriteUInt32LittleEndian(entry[44..], Cdw11);
-            BinaryPrimitives.WriteUInt32LittleEndian(entry[48..], Cdw12);
-        }
-    }
-
-    private readonly record struct Completion(uint Result, ushort SubmissionHead, ushort SubmissionQueueId, ushort CommandId, NvmeStatus Status);
-
-    /// <summary>A submission queue and its completion queue, each one page of DMA memory.</summary>
-    private sealed class QueuePair : IDisposable
-    {
-        private ushort _nextCommandId;
-        private bool _phase = true;
-
-        public QueuePair(NvmeController controller, int id, int entries, int vector)
-        {
-            Id = id;
-            Entries = entries;
-            Vector = vector;
-            Submissions = controller.AllocateDmaBuffer((ulong)entries * 64, DmaAccess.DeviceReads);
-            try
-            {
-                Completions = controller.AllocateDmaBuffer((ulong)entries * 16, DmaAccess.DeviceWrites);
-            }
-            catch
-            {
-                Submissions.Dispose();
-                throw;
-            }
-            Submissions.Span.Clear();
-            Completions.Span.Clear();
-        }
-
-        public int Id { get; }
-
-        public int Entries { get; }
-
-        public int Vector { get; }
-
-        public DmaBuffer Submissions { get; }
-
-        public DmaBuffer Completions { get; }
-
-        public SemaphoreSlim Gate { get; } = new(1, 1);
-
-        public int SubmissionTail { get; set; }
-
-        public int CompletionHead { get; private set; }
-
-        public ushort NextCommandId() => _nextCommandId++;
-
-        /// <summary>Takes the entry at the head when its phase tag says the controller wrote it in this pass.</summary>
-        public bool TryTakeCompletion(out Completion completion)
-        {
-            var entry = Completions.Span.Slice(CompletionHead * 16, 16);
-            uint dw3 = Volatile.Read(ref System.Runtime.CompilerServices.Unsafe.As<byte, uint>(ref entry[12]));
-            if (((dw3 >> 16) & 1) != (_phase ? 1u : 0u))
-            {
-                completion = default;
-                return false;
-            }
-            Interlocked.MemoryBarrier();
-            completion = new Completion(
-                BinaryPrimitives.ReadUInt32LittleEndian(entry),
-                BinaryPrimitives.ReadUInt16LittleEndian(entry[8..]),
-                BinaryPrimitives.ReadUInt16LittleEndian(entry[10..]),
-                (ushort)dw3,
-                new NvmeStatus((ushort)(dw3 >> 17)));
-            CompletionHead++;
-            if (CompletionHead == Entries)
-            {
-                CompletionHead = 0;
-                _phase = !_phase;
-            }
-            return true;
-        }
-
-        public void Dispose()
-        {
-            Submissions.Dispose();
-            Completions.Dispose();
-            Gate.Dispose();
         }
     }
 }

@@ -11,7 +11,7 @@ namespace NvmeDriver;
 /// runs against the simulated kernel with a model of QEMU's NVMe controller; with one (e.g.
 /// <c>0000:00:06.0</c>) it runs against the machine's kernel through /dev/vfio.
 /// </summary>
-/// <remarks>The program writes 8 blocks at LBA 8 of namespace 1: only point it at a disk whose data may be overwritten.</remarks>
+/// <remarks>The program writes 8 blocks at LBA 8 and 128 blocks at LBA 64 of namespace 1: only point it at a disk whose data may be overwritten.</remarks>
 public static class NvmeDriverProgram
 {
     /// <summary>The first block the program writes.</summary>
@@ -19,6 +19,9 @@ public static class NvmeDriverProgram
 
     /// <summary>How many blocks it writes and reads back (one 4 KiB page of 512-byte blocks).</summary>
     public const int TestBlocks = 8;
+
+    /// <summary>The first block of the 64 KiB transfer that takes a PRP list.</summary>
+    public const ulong LargeLba = 64;
 
     /// <summary>Runs the program; returns its exit code (0 when every step passed).</summary>
     /// <param name="args">An optional PCI address and <c>--verbose</c> for the library's logs.</param>
@@ -86,7 +89,7 @@ public static class NvmeDriverProgram
         {
             int offered = device.EnableMsix();
             interrupts = true;
-            return Task.FromResult($"2 of {offered} vectors enabled: admin CQ on {NvmeController.AdminVector}, I/O CQ on {NvmeController.IoVector}");
+            return Task.FromResult($"2 of {offered} vectors enabled: admin CQ on {NvmeController.AdminVector}, I/O queue pair 1's CQ on 1");
         }).ConfigureAwait(false);
         if (interrupts)
         {
@@ -120,7 +123,7 @@ public static class NvmeDriverProgram
         {
             using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             var found = await device.IdentifyNamespaceAsync(1, timeout.Token).ConfigureAwait(false);
-            if (found.BlockCount < TestLba + TestBlocks + 1)
+            if (found.BlockCount < LargeLba + 128 + 1)
             {
                 throw new InvalidOperationException($"namespace 1 has {found.BlockCount} blocks, too few for the test");
             }
@@ -128,32 +131,36 @@ public static class NvmeDriverProgram
             return Ms($"{found.BlockCount} blocks of {found.BlockSize} bytes ({found.Bytes / 1024.0 / 1024.0:0.##} MiB)");
         }).ConfigureAwait(false);
 
-        bool queues = false;
+        NvmeQueuePair? interrupted = null;
+        NvmeQueuePair? polled = null;
         await report.StepAsync("io queues", async () =>
         {
             using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
-            await device.CreateIoQueuePairAsync(1, 64, timeout.Token).ConfigureAwait(false);
-            queues = true;
-            return $"CREATE I/O CQ 1 (64 entries, MSI-X vector {NvmeController.IoVector}), CREATE I/O SQ 1 (64 entries)";
+            interrupted = await device.CreateIoQueuePairAsync(1, 64, NvmeCompletionMode.Interrupt, timeout.Token).ConfigureAwait(false);
+            polled = await device.CreateIoQueuePairAsync(2, 64, NvmeCompletionMode.Polling, timeout.Token).ConfigureAwait(false);
+            return "queue pair 1 (64 entries, CQ on MSI-X vector 1), queue pair 2 (64 entries, CQ polled)";
         }).ConfigureAwait(false);
 
-        if (queues && ns is not null)
+        if (interrupted is not null && polled is not null && ns is not null)
         {
-            await ReadWriteAsync(device, ns, report).ConfigureAwait(false);
+            await ReadWriteAsync(device, ns, interrupted, polled, report).ConfigureAwait(false);
         }
 
-        if (queues)
+        if (interrupted is not null)
         {
             await report.StepAsync("delete queues", async () =>
             {
                 using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
-                await device.DeleteIoQueuePairAsync(timeout.Token).ConfigureAwait(false);
-                return "DELETE I/O SQ 1, DELETE I/O CQ 1";
+                foreach (var pair in device.IoQueues.ToList())
+                {
+                    await device.DeleteIoQueuePairAsync(pair, timeout.Token).ConfigureAwait(false);
+                }
+                return polled is null ? "DELETE I/O SQ 1, DELETE I/O CQ 1" : "DELETE I/O SQ and CQ 1, DELETE I/O SQ and CQ 2";
             }).ConfigureAwait(false);
         }
     }
 
-    private static async Task ReadWriteAsync(NvmeController device, NvmeNamespace ns, StepReport report)
+    private static async Task ReadWriteAsync(NvmeController device, NvmeNamespace ns, NvmeQueuePair interrupted, NvmeQueuePair polled, StepReport report)
     {
         int bytes = TestBlocks * ns.BlockSize;
         using var source = device.AllocateDmaBuffer((ulong)bytes, DmaAccess.DeviceReads);
@@ -165,7 +172,7 @@ public static class NvmeDriverProgram
         await report.StepAsync("write", async () =>
         {
             using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
-            await device.WriteAsync(ns, TestLba, TestBlocks, source, timeout.Token).ConfigureAwait(false);
+            await interrupted.WriteAsync(ns, TestLba, TestBlocks, source, 0, timeout.Token).ConfigureAwait(false);
             return $"{TestBlocks} blocks at LBA {TestLba} ({bytes} bytes from IOVA 0x{source.Iova:x}, pattern seed {seed})";
         }).ConfigureAwait(false);
 
@@ -173,15 +180,25 @@ public static class NvmeDriverProgram
         {
             using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             destination.Span[..bytes].Fill(0xa5);
-            await device.ReadAsync(ns, TestLba, TestBlocks, destination, timeout.Token).ConfigureAwait(false);
-            var sent = source.Span[..bytes];
-            var got = destination.Span[..bytes];
-            int mismatch = sent.CommonPrefixLength(got);
-            if (mismatch < bytes)
-            {
-                throw new InvalidOperationException($"byte {mismatch} differs: wrote 0x{sent[mismatch]:x2}, read 0x{got[mismatch]:x2}");
-            }
+            await interrupted.ReadAsync(ns, TestLba, TestBlocks, destination, 0, timeout.Token).ConfigureAwait(false);
+            Compare(source.Span[..bytes], destination.Span[..bytes]);
             return $"{TestBlocks} blocks at LBA {TestLba} into IOVA 0x{destination.Iova:x}: all {bytes} bytes identical";
+        }).ConfigureAwait(false);
+
+        await report.StepAsync("prp list", async () =>
+        {
+            // 16 pages from an offset inside the first page: PRP1 and a PRP list of 16 entries.
+            const int Length = 16 * NvmeController.PageSize;
+            const ulong Offset = 512;
+            int blocks = Length / ns.BlockSize;
+            using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
+            using var large = device.AllocateDmaBuffer(Length + NvmeController.PageSize, DmaAccess.ReadWrite);
+            using var back = device.AllocateDmaBuffer(Length, DmaAccess.DeviceWrites);
+            new Random(seed + 1).NextBytes(large.Span.Slice((int)Offset, Length));
+            await polled.WriteAsync(ns, LargeLba, blocks, large, Offset, timeout.Token).ConfigureAwait(false);
+            await interrupted.ReadAsync(ns, LargeLba, blocks, back, 0, timeout.Token).ConfigureAwait(false);
+            Compare(large.Span.Slice((int)Offset, Length), back.Span[..Length]);
+            return $"{Length / 1024} KiB at LBA {LargeLba}: WRITE from offset {Offset} on polled queue 2 (PRP1 + a 16-entry PRP list), READ on queue 1 (PRP1 + a 15-entry list), identical";
         }).ConfigureAwait(false);
 
         await report.StepAsync("bad command", async () =>
@@ -189,7 +206,7 @@ public static class NvmeDriverProgram
             using var timeout = new CancellationTokenSource(StepReport.StepTimeout);
             try
             {
-                await device.ReadAsync(ns, ns.BlockCount - 1, 2, destination, timeout.Token).ConfigureAwait(false);
+                await interrupted.ReadAsync(ns, ns.BlockCount - 1, 2, destination, 0, timeout.Token).ConfigureAwait(false);
             }
             catch (NvmeCommandException e) when (e.Status is { Type: 0, Code: 0x80 })
             {
@@ -197,6 +214,15 @@ public static class NvmeDriverProgram
             }
             throw new InvalidOperationException($"a READ of blocks {ns.BlockCount - 1} and {ns.BlockCount} (past the end) succeeded");
         }).ConfigureAwait(false);
+    }
+
+    private static void Compare(ReadOnlySpan<byte> sent, ReadOnlySpan<byte> got)
+    {
+        int mismatch = sent.CommonPrefixLength(got);
+        if (mismatch < sent.Length)
+        {
+            throw new InvalidOperationException($"byte {mismatch} differs: wrote 0x{sent[mismatch]:x2}, read 0x{got[mismatch]:x2}");
+        }
     }
 
     private static string Ms(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);

@@ -11,8 +11,8 @@ internal static partial class NvmeLog
     [LoggerMessage(2, LogLevel.Information, "NVMe controller {Device} ready after {ElapsedMs} ms")]
     public static partial void Enabled(ILogger logger, string device, double elapsedMs);
 
-    [LoggerMessage(3, LogLevel.Information, "NVMe controller {Device}: I/O queue pair {QueueId} created with {Entries} entries")]
-    public static partial void IoQueuesCreated(ILogger logger, string device, int queueId, int entries);
+    [LoggerMessage(3, LogLevel.Information, "NVMe controller {Device}: I/O queue pair {QueueId} created with {Entries} entries, completions {Completion}")]
+    public static partial void IoQueuesCreated(ILogger logger, string device, int queueId, int entries, string completion);
 
     [LoggerMessage(4, LogLevel.Debug, "NVMe controller {Device}: {Command} submitted on queue {QueueId} as command {CommandId}")]
     public static partial void Submitted(ILogger logger, string device, string command, int queueId, ushort commandId);

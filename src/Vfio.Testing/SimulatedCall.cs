@@ -41,4 +41,22 @@ public enum SimulatedCall
 
     /// <summary>Listing a folder (<c>getdents64(2)</c>).</summary>
     ListDirectory,
+
+    /// <summary><c>statx(2)</c>.</summary>
+    Stat,
+
+    /// <summary><c>faccessat(2)</c>.</summary>
+    Access,
+
+    /// <summary><c>chown(2)</c>.</summary>
+    Chown,
+
+    /// <summary><c>getrlimit(2)</c>.</summary>
+    GetResourceLimit,
+
+    /// <summary><c>capget(2)</c>.</summary>
+    GetCapabilities,
+
+    /// <summary><c>uname(2)</c>.</summary>
+    Uname,
 }

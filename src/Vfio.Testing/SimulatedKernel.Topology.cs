@@ -301,6 +301,14 @@ public sealed partial class SimulatedKernel
                 return probed;
             }
         }
+        if (driver == VfioPci && device is SimulatedPciDevice)
+        {
+            int probed = ProbeVfioPciLocked(device);
+            if (probed < 0)
+            {
+                return probed;
+            }
+        }
         RegisterDriverLocked(bus, driver);
         device.DriverName = driver;
         Sysfs.Directory(device.SysfsRelative).Link("driver", bus + "/drivers/" + driver);
@@ -345,6 +353,7 @@ public sealed partial class SimulatedKernel
         string bus = BusOf(device);
         Sysfs.Remove(device.SysfsRelative + "/driver");
         Sysfs.Remove(bus + "/drivers/" + driver + "/" + device.Name);
+        PruneNodeOwnersLocked();
         Wake();
         return 0;
     }

@@ -59,6 +59,7 @@ public sealed partial class SimulatedKernel : VfioKernel
         {
             InitializeSysfs();
             InitializeDma();
+            InitializeHost();
         }
     }
 

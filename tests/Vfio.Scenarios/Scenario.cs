@@ -18,3 +18,9 @@ internal sealed record Scenario(string Name, Func<ScenarioContext, Task> Run)
 
 /// <summary>Thrown by a scenario whose check did not hold.</summary>
 internal sealed class ScenarioFailedException(string message) : Exception(message);
+
+/// <summary>
+/// Thrown by a scenario that cannot apply to the machine it runs on (a kernel or mode without what
+/// it checks); the message says why. Reported as skipped, never as passed.
+/// </summary>
+internal sealed class ScenarioSkippedException(string reason) : Exception(reason);

@@ -33,6 +33,24 @@ internal sealed record ScenarioContext(VfioKernel Kernel, string DeviceAddress, 
             ? (first, second, group)
             : throw new ScenarioFailedException("the machine has no pair of edu functions behind a root port");
 
+    /// <summary>
+    /// The version of the kernel the scenarios run on (the VM's <c>uname -r</c>), for the behaviour
+    /// that changed between versions; the simulated kernel models Linux 6.1.
+    /// </summary>
+    public Version KernelVersion { get; init; } = new(6, 1);
+
+    /// <summary>How the kernel offers VFIO on this machine; the simulated kernel models <see cref="ScenarioMode.Legacy"/>.</summary>
+    public ScenarioMode Mode { get; init; } = ScenarioMode.Legacy;
+
+    /// <summary>Skips the scenario (reported as skipped, with the reason) when the machine runs in <paramref name="mode"/>.</summary>
+    public void SkipIn(ScenarioMode mode, string reason)
+    {
+        if (Mode == mode)
+        {
+            throw new ScenarioSkippedException("not in mode " + mode.Name() + ": " + reason);
+        }
+    }
+
     /// <summary>Where scenarios write what they observed (shown as "# " lines, not results).</summary>
     public TextWriter Log { get; init; } = TextWriter.Null;
 

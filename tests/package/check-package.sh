@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Packs Vfio and Vfio.Testing, then builds and runs a driver project outside this repository that
-# references them as packages, derives a device from PciVfioDevice and drives it on the simulated
-# kernel: proof that the packages work as a driver author consumes them.
+# Packs Vfio, Vfio.Testing and Vfio.Cli, then builds and runs a driver project outside this
+# repository that references the first two as packages, derives a device from PciVfioDevice and
+# drives it on the simulated kernel, and installs the vfio tool from the same feed and runs it:
+# proof that the packages work as a driver author and a user consume them.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$(mktemp -d)"
@@ -67,3 +68,9 @@ cd "$work/consumer"
 # Packages of this check must not be served from the cache of an earlier run.
 export NUGET_PACKAGES="$work/packages"
 dotnet run -c Release 2>&1 | tail -n 5
+
+# The tool, installed as a user installs it; `vfio list --json` runs on this machine's sysfs.
+dotnet tool install --tool-path "$work/tools" --add-source "$work/feed" Vfio.Cli --version 0.1.0-check >/dev/null
+"$work/tools/vfio" --version
+"$work/tools/vfio" list --json | grep -q '"version": 1'
+echo "package tool: ok"

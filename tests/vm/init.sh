@@ -11,30 +11,6 @@
 vendor_id=0x1234
 device_id=0x11e8
 
-group_of() {
-  local link
-  link="$(readlink "/sys/bus/pci/devices/$1/iommu_group")" || return 1
-  echo "${link##*/}"
-}
-
-bind_vfio() {
-  local address="$1" dev="/sys/bus/pci/devices/$1" group driver waited=0
-  [ -e "$dev/iommu_group" ] || fail "$address has no IOMMU group (is the IOMMU on?)"
-  group="$(group_of "$address")"
-  if [ -e "$dev/driver" ]; then
-    echo "$address" >"$dev/driver/unbind" || fail "unbind $address"
-  fi
-  echo vfio-pci >"$dev/driver_override" || fail "driver_override of $address"
-  echo "$address" >/sys/bus/pci/drivers_probe || fail "drivers_probe $address"
-  while [ ! -c "/dev/vfio/$group" ]; do
-    [ "$waited" -ge 50 ] && fail "/dev/vfio/$group did not appear after binding $address"
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  driver="$(readlink "$dev/driver")"
-  [ "${driver##*/}" = vfio-pci ] || fail "$address is bound to '${driver##*/}', not vfio-pci"
-}
-
 # Two edu functions: one alone in its IOMMU group, one sharing its slot's group with an NVMe
 # controller that stays bound to the kernel's nvme driver (which makes that group not viable).
 address=""
@@ -96,12 +72,17 @@ for dev in /sys/bus/pci/devices/*; do
   fi
 done
 [ -n "$nvme_address" ] || fail "no NVMe controller (class 0x010802) alone in its IOMMU group"
+
+# The vfio tool: bind the controller away from nvme, show it, give it back (cli-init.sh).
+dmesg -n 1
+. /lib/cli-init.sh
+cli_steps "$nvme_address" "$shared_address"
 bind_vfio "$nvme_address"
 
 # Kernel messages would interleave with the program's lines on the serial console.
 dmesg -n 1
 echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
-/bin/Vfio.VmTests --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
+/bin/Vfio.VmTests --mode "$vm_mode" --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
   $reset_args --hot-reset-group "$reset_group"
 echo "vfio-vm: program exited with status $?"
 run_program sample --sample "$address"

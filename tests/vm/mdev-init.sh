@@ -10,7 +10,7 @@
 echo "vfio-vm: mtty types: $(ls /sys/class/mdev_bus/mtty/mdev_supported_types | tr '\n' ' ')"
 dmesg -n 1
 echo "vfio-vm: running Vfio.VmTests --mdev"
-/bin/Vfio.VmTests --mdev
+/bin/Vfio.VmTests --mdev --mode "$vm_mode"
 echo "vfio-vm: program exited with status $?"
 run_program sample --mdev-sample
 left="$(ls /sys/bus/mdev/devices | wc -l)"

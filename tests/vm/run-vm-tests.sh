@@ -7,21 +7,44 @@
 # same suite dotnet test runs on the simulated kernel) through the library's real P/Invoke path,
 # then the edu sample's program (samples/EduDriver), whose output it prints between markers, and
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
+# Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
+# host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
 #
-# Usage: tests/vm/run-vm-tests.sh [--reuse] [--no-apt] [--fresh] [--timeout SECONDS] [--verbose]
+# It runs on each kernel of a matrix, and on each kernel in each of its modes (see lib.sh):
+#   debian-6.1   Debian bookworm's 6.1 cloud kernel                  legacy
+#   debian-6.12  Debian trixie's 6.12 cloud kernel                   legacy
+#   debian-7     the newest 7.x cloud kernel of sid/trixie-backports legacy
+#   vfio         built from Debian's linux-source-7.N (newest, 7.2 or later) with
+#                tests/vm/kernel/vfio.config: everything built in      legacy
+#   vfio-compat  the same without VFIO's container: /dev/vfio/vfio is iommufd's
+#                compatibility container (kernel/legacy-compat.config)  legacy-compat
+#
+# Usage: tests/vm/run-vm-tests.sh [--kernel ID]... [--mode MODE]... [--reuse] [--no-apt] [--fresh]
+#                                 [--timeout SECONDS] [--verbose]
+#   --kernel ID   run only on kernel ID (repeat it, or give a comma list; env VFIO_VM_KERNELS)
+#   --mode MODE   run only in MODE: legacy, legacy-compat or iommufd (env VFIO_VM_MODES)
 #   --reuse       reuse the published program and the initramfs in the cache as they are, without
 #                 checking whether the sources changed (env VFIO_VM_REUSE=1)
-#   --no-apt      never call apt; the tools and a cached kernel must already be there
+#   --no-apt      never call apt; the tools, the apt lists and the kernels must already be there
 #                 (env VFIO_VM_NO_APT=1)
-#   --fresh       delete the cache first and start cold (env VFIO_VM_FRESH=1)
-#   --timeout S   limit for the VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 600)
+#   --fresh       delete the suite's cache in the clone first (the kernels outside stay)
+#                 (env VFIO_VM_FRESH=1)
+#   --timeout S   limit for each VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 600)
 #   --verbose     show the whole serial console (env VFIO_VM_VERBOSE=1)
 #
-# Downloads and built artifacts live in tests/vm/.cache/ (git-ignored). Without --fresh, a kernel
-# already in the cache is used as is, and the program is published again only when its sources
-# changed; run-mdev-tests.sh runs the same published program. The last line is "N passed,
-# N failed"; the exit code is 0 only when nothing failed and at least one scenario passed.
-# What both suites do alike (tools, program, initramfs, boot, results) is in lib.sh.
+# Kernels live outside the clone, shared by every clone on the machine, in
+# ${VFIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-dotnet}: Debian's packages (fetched with apt
+# through private sources and apt state there, the machine's own apt configuration untouched),
+# the kernels unpacked from them, and the kernels built from source (a cold build takes about
+# 16 minutes on 2 idle cores; tests/vm/build-kernel.sh builds them ahead). The program, initramfs and
+# consoles are in tests/vm/.cache/ (git-ignored); the program is published again only when its
+# sources changed, and run-mdev-tests.sh runs the same one.
+#
+# The output ends with one line per kernel and mode, "KERNEL MODE: N passed, N failed" (for
+# example "linux-6.1.0-50-cloud legacy: 59 passed, 0 failed"), then the total "N passed,
+# N failed"; ", N skipped" follows where scenarios that do not apply to a kernel or mode skipped
+# (each SKIP line says why). The exit code is 0 only when nothing failed and every run passed
+# scenarios. What the suites do alike (kernels, program, initramfs, boot, results) is in lib.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +52,7 @@ cache="$here/.cache"
 suite=vm-tests
 
 . "$here/lib.sh"
-parse_options "--reuse --no-apt --fresh --timeout --verbose" "$@"
+parse_options "--kernel --mode --reuse --no-apt --fresh --timeout --verbose" "$@"
 
 if [ "$fresh" = 1 ]; then
   say "deleting the cache ($cache)"
@@ -39,53 +62,6 @@ mkdir -p "$cache"
 
 need_tools
 
-# ---------------------------------------------------------------------------------------------
-# Kernel: the newest linux-image-6.1.0-N-cloud-amd64-unsigned apt offers, unpacked, trimmed to
-# the image and the VFIO modules
-# ---------------------------------------------------------------------------------------------
-modules=(irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci)
-
-resolve_kernel_package() {
-  local n
-  for n in $(kernel_abis cloud-amd64); do
-    if [ -n "$(candidate "linux-image-6.1.0-$n-cloud-amd64-unsigned")" ]; then
-      echo "linux-image-6.1.0-$n-cloud-amd64-unsigned"
-      return 0
-    fi
-  done
-  return 1
-}
-
-kernel_dir="$(cached_kernel)"
-if [ -z "$kernel_dir" ]; then
-  [ "$no_apt" = 1 ] && die "no kernel in $cache/kernel and --no-apt was given"
-  resolve_with_apt resolve_kernel_package
-  package="$resolved"
-  [ -n "$package" ] || die "apt offers no linux-image-6.1.0-N-cloud-amd64-unsigned package"
-  say "fetching kernel $package..."
-  fetch_deb "$package" || die "apt-get download $package failed"
-  unpacked="$cache/unpacked"
-  rm -rf "$unpacked"
-  dpkg-deb -x "$deb" "$unpacked" || die "dpkg-deb -x $deb failed"
-  version="$(ls "$unpacked/lib/modules" | head -n 1)"
-  [ -n "$version" ] && [ -f "$unpacked/boot/vmlinuz-$version" ] || die "no kernel image in $deb"
-  kernel_dir="$cache/kernel/$version"
-  rm -rf "$kernel_dir"
-  mkdir -p "$kernel_dir/modules"
-  cp "$unpacked/boot/vmlinuz-$version" "$kernel_dir/vmlinuz"
-  cp "$unpacked/boot/config-$version" "$kernel_dir/config" 2>/dev/null || true
-  copy_modules "$unpacked/lib/modules/$version/kernel" "$kernel_dir/modules" "${modules[@]}"
-  rm -rf "$unpacked"
-  echo "$package" >"$kernel_dir/ready"
-fi
-say "kernel: $(cat "$kernel_dir/ready") ($(basename "$kernel_dir"))"
-
-publish_program "$reuse"
-build_initramfs "$here/init.sh" "$kernel_dir" "${modules[@]}"
-
-# ---------------------------------------------------------------------------------------------
-# Boot
-# ---------------------------------------------------------------------------------------------
 # The NVMe controller's backing file: a small raw disk, never written by the tests.
 nvme_disk="$cache/nvme.img"
 [ -f "$nvme_disk" ] || truncate -s 1M "$nvme_disk"
@@ -93,22 +69,26 @@ nvme_disk="$cache/nvme.img"
 nvme_vfio_disk="$cache/nvme-vfio.img"
 [ -f "$nvme_vfio_disk" ] || truncate -s 16M "$nvme_vfio_disk"
 
+# run_vm MODE: one boot of the suite's machine on $kernel_image in MODE.
 # no_timer_check: under host load, TCG can miss the kernel's IO-APIC timer test window, and with
 # interrupt remapping on the kernel panics ("timer doesn't work through Interrupt-remapped IO-APIC").
-say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0; limit ${vm_timeout}s)..."
-boot "$kernel_dir" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check" \
-  -device intel-iommu,caching-mode=on \
-  -device edu,addr=03.0 \
-  -device edu,addr=04.0,multifunction=on \
-  -drive file="$nvme_disk",if=none,id=nvme0,format=raw \
-  -device nvme,serial=vfiovm0,drive=nvme0,addr=04.1 \
-  -device pcie-root-port,id=rp1,chassis=1,slot=1,addr=05.0 \
-  -device edu,bus=rp1,addr=00.0,multifunction=on \
-  -device edu,bus=rp1,addr=00.1 \
-  -drive file="$nvme_vfio_disk",if=none,id=nvfio,format=raw \
-  -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0
+run_vm() {
+  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0; limit ${vm_timeout}s)..."
+  boot "$kernel_image" "$initrd" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check vfio_vm_mode=$1" \
+    -device intel-iommu,caching-mode=on \
+    -device edu,addr=03.0 \
+    -device edu,addr=04.0,multifunction=on \
+    -drive file="$nvme_disk",if=none,id=nvme0,format=raw \
+    -device nvme,serial=vfiovm0,drive=nvme0,addr=04.1 \
+    -device pcie-root-port,id=rp1,chassis=1,slot=1,addr=05.0 \
+    -device edu,bus=rp1,addr=00.0,multifunction=on \
+    -device edu,bus=rp1,addr=00.1 \
+    -drive file="$nvme_vfio_disk",if=none,id=nvfio,format=raw \
+    -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0
+  read_results
+  read_sample sample "edu sample"
+  read_sample "nvme sample" "NVMe sample"
+  read_sample cli "vfio tool (bind, show, unbind --restore)"
+}
 
-read_results
-read_sample sample "edu sample"
-read_sample "nvme sample" "NVMe sample"
-finish_run
+run_matrix "$here/init.sh" debian-6.1 debian-6.12 debian-7 vfio vfio-compat

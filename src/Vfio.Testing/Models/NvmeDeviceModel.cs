@@ -23,8 +23,9 @@ namespace Vfio.Testing;
 /// fails; clearing CC.EN resets the controller (queues dropped) and clears CSTS.RDY at once.
 /// </para>
 /// <para>
-/// A submission queue tail doorbell starts the work on a thread-pool work item, as QEMU processes
-/// queues on a timer after the write returns; <see cref="WhenIdleAsync"/> waits for it. Commands and
+/// A doorbell write queues a pass over the queues on the thread pool (one pass at a time; the model's
+/// own reusable work item, so the write allocates nothing), as QEMU processes queues on a timer after
+/// the write returns; <see cref="WhenIdleAsync"/> waits for it. Commands and
 /// data move by DMA through the simulated IOMMU (PRP1, PRP2 and PRP lists); a command whose data
 /// transfer faults completes with Data Transfer Error; a submission or completion entry that cannot
 /// be read or written sets CSTS.CFS and stops the controller, as QEMU does.
@@ -94,8 +95,12 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     private readonly byte[] _storage;
     private readonly SubmissionQueue?[] _sqs = new SubmissionQueue?[MaxIoQueuePairs + 1];
     private readonly CompletionQueue?[] _cqs = new CompletionQueue?[MaxIoQueuePairs + 1];
-    private readonly List<Task> _work = [];
+    private readonly QueuePass _pass;
+    private readonly int[] _messages = new int[MsixTableSize];
     private int _commands;
+    private bool _passQueued;
+    private TaskCompletionSource? _idle;
+    private Exception? _passFailure;
 
     /// <summary>Creates the controller as QEMU's <c>-device nvme,serial=SERIAL,drive=...</c> does.</summary>
     /// <param name="serial">The serial number (at most 20 characters).</param>
@@ -119,6 +124,7 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         MsixTableOffset = MsixTable;
         MsixPbaOffset = MsixPba;
         InterruptPin = 1;
+        _pass = new QueuePass(this);
         ResetRegisters();
     }
 
@@ -173,6 +179,34 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
+    /// <summary>
+    /// How many interrupts the controller sent for MSI-X vector <paramref name="vector"/> since it was
+    /// created: one per pass over the queues that posted completions to a completion queue created
+    /// with interrupts enabled (CDW11.IEN) on that vector; none for a polled completion queue.
+    /// </summary>
+    /// <param name="vector">The vector, 0 to <see cref="MsixTableSize"/> - 1.</param>
+    public int MessagesSent(int vector)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(vector);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(vector, MsixTableSize);
+        lock (Gate)
+        {
+            return _messages[vector];
+        }
+    }
+
+    /// <summary>The head of completion queue <paramref name="queueId"/> as the driver last wrote it to its doorbell, or -1 when the queue does not exist.</summary>
+    /// <param name="queueId">The completion queue's id (0 for the admin queue).</param>
+    public int CompletionQueueHead(int queueId)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(queueId);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(queueId, MaxIoQueuePairs);
+        lock (Gate)
+        {
+            return _cqs[queueId]?.Head ?? -1;
+        }
+    }
+
     /// <summary>A copy of <paramref name="count"/> blocks of namespace 1 from <paramref name="lba"/>.</summary>
     /// <param name="lba">The first block.</param>
     /// <param name="count">How many blocks.</param>
@@ -187,13 +221,21 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
-    /// <summary>Completes when the queue processing started so far has completed.</summary>
+    /// <summary>Completes when the queue processing started so far has completed (faulted if it threw).</summary>
     public Task WhenIdleAsync()
     {
         lock (Gate)
         {
-            _work.RemoveAll(t => t.IsCompleted);
-            return Task.WhenAll([.. _work]);
+            if (_passFailure is { } failure)
+            {
+                return Task.FromException(failure);
+            }
+            if (!_passQueued)
+            {
+                return Task.CompletedTask;
+            }
+            _idle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _idle.Task;
         }
     }
 
@@ -373,16 +415,48 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         Start();
     }
 
+    /// <summary>
+    /// Queues a pass over the queues on the thread pool unless one is queued already (it will see this
+    /// doorbell too: a pass reads the doorbells under the lock the write holds). The work item is the
+    /// model's own, so a doorbell write allocates nothing, as a driver's I/O path may expect.
+    /// </summary>
     private void Start()
     {
-        _work.RemoveAll(t => t.IsCompleted);
-        _work.Add(Task.Run(() =>
+        if (!_passQueued)
         {
-            lock (Gate)
+            _passQueued = true;
+            ThreadPool.UnsafeQueueUserWorkItem(_pass, preferLocal: false);
+        }
+    }
+
+    private void RunPass()
+    {
+        lock (Gate)
+        {
+            _passQueued = false;
+            try
             {
                 ProcessQueues();
             }
-        }));
+#pragma warning disable CA1031 // a failure of the model surfaces in WhenIdleAsync, not on a pool thread
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                _passFailure ??= e;
+            }
+            if (!_passQueued && _idle is { } idle)
+            {
+                _idle = null;
+                if (_passFailure is { } failure)
+                {
+                    idle.SetException(failure);
+                }
+                else
+                {
+                    idle.SetResult();
+                }
+            }
+        }
     }
 
     private bool Failed => (Register32(0x1c) & CstsFatal) != 0;
@@ -449,6 +523,7 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     {
         if (MsixEnabled)
         {
+            _messages[vector]++;
             RaiseInterrupt(2, vector);
         }
         else if ((Register32(0x0c) & (1u << vector)) == 0)
@@ -738,6 +813,12 @@ public sealed class NvmeDeviceModel : PciDeviceModel
             offset += length;
         }
         return StatusSuccess;
+    }
+
+    /// <summary>The model's one reusable thread-pool work item: a pass over the queues.</summary>
+    private sealed class QueuePass(NvmeDeviceModel model) : IThreadPoolWorkItem
+    {
+        public void Execute() => model.RunPass();
     }
 
     private sealed class SubmissionQueue(int id, ulong address, int size, int cqid)

@@ -275,6 +275,11 @@ public sealed partial class SimulatedKernel
         var dir = Sysfs.Directory(relative);
         dir.Link("device", device.SysfsRelative);
         dir.Link("subsystem", VfioDevClass);
+        if (CdevNamesLocked().Contains(registration.Name))
+        {
+            // device_add shows "dev" only for a device with a devt, which vfio gives it with the cdev.
+            dir.Attribute("dev", () => "511:" + Decimal(registration.Index) + "\n");
+        }
         Sysfs.Directory(VfioDevClass).Link(registration.Name, relative);
     }
 

@@ -167,7 +167,7 @@ public sealed partial class SimulatedKernel
     internal bool TryLockLocked(ulong bytes)
     {
         AssertLocked();
-        if (_memlockLimit is ulong limit && (_lockedMemory + bytes > limit || _lockedMemory + bytes < bytes))
+        if (!IpcLockCapability && _memlockLimit is ulong limit && (_lockedMemory + bytes > limit || _lockedMemory + bytes < bytes))
         {
             return false;
         }

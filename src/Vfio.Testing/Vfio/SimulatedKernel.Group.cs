@@ -21,6 +21,10 @@ public sealed partial class SimulatedKernel
         AssertLocked();
         if (!_groups.TryGetValue(id, out var group))
         {
+            if (kind == SimulatedGroupKind.Iommu && _iommu != SimulatedIommuState.On)
+            {
+                throw new InvalidOperationException($"The IOMMU is {_iommu}: a device cannot have an IOMMU group (use SimulatedGroupKind.NoIommu with UnsafeNoIommuMode).");
+            }
             group = new IommuGroupState(id, kind);
             _groups.Add(id, group);
             Sysfs.Directory("kernel/iommu_groups/" + Decimal(id) + "/devices");

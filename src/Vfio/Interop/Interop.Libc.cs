@@ -62,6 +62,25 @@ internal static partial class Interop
 
         [LibraryImport(Name, EntryPoint = "readlink", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
         internal static partial nint readlink(string path, byte* buffer, nuint size);
+
+        /// <summary>statx(2): its struct has the same layout on every architecture, unlike struct stat.</summary>
+        [LibraryImport(Name, EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
+
+        [LibraryImport(Name, EntryPoint = "faccessat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int faccessat(int dirfd, string path, int mode, int flags);
+
+        [LibraryImport(Name, EntryPoint = "chown", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int chown(string path, uint owner, uint group);
+
+        [LibraryImport(Name, EntryPoint = "getrlimit", SetLastError = true)]
+        internal static partial int getrlimit(int resource, ulong* limits);
+
+        [LibraryImport(Name, EntryPoint = "capget", SetLastError = true)]
+        internal static partial int capget(uint* header, uint* data);
+
+        [LibraryImport(Name, EntryPoint = "uname", SetLastError = true)]
+        internal static partial int uname(byte* buffer);
     }
 
     /// <summary>Flags of open(2), mmap(2), eventfd(2) and poll(2) on Linux x86-64 and arm64.</summary>
@@ -94,5 +113,21 @@ internal static partial class Interop
         public const short POLLNVAL = 0x20;
 
         public static readonly nint MAP_FAILED = -1;
+
+        public const int R_OK = 4;
+        public const int W_OK = 2;
+
+        public const int AT_FDCWD = -100;
+        public const int AT_EACCESS = 0x200;
+        public const uint STATX_BASIC_STATS = 0x7ff;
+
+        /// <summary>RLIMIT_MEMLOCK (the same number on x86-64 and arm64).</summary>
+        public const int RLIMIT_MEMLOCK = 8;
+
+        /// <summary>CAP_IPC_LOCK: lock memory beyond RLIMIT_MEMLOCK (VFIO's type1 IOMMU does not charge its pins).</summary>
+        public const int CAP_IPC_LOCK = 14;
+
+        /// <summary>_LINUX_CAPABILITY_VERSION_3: capget with two 32-bit words per set.</summary>
+        public const uint LINUX_CAPABILITY_VERSION_3 = 0x20080522;
     }
 }

@@ -160,8 +160,9 @@ internal sealed unsafe class LinuxKernel : VfioKernel
         }
         catch (DirectoryNotFoundException)
         {
+            // .NET reports opendir's ENOTDIR (a file, such as a sysfs attribute) as a missing folder too.
             names = [];
-            return -Errno.ENOENT;
+            return File.Exists(path) ? -Errno.ENOTDIR : -Errno.ENOENT;
         }
         catch (UnauthorizedAccessException)
         {
@@ -173,5 +174,68 @@ internal sealed unsafe class LinuxKernel : VfioKernel
             names = [];
             return -Errno.ENOTDIR;
         }
+    }
+
+    // struct statx: stx_uid at 20, stx_gid at 24, stx_mode (16 bits) at 28; 256 bytes in all.
+    internal override int Stat(string path, out FileStatus status)
+    {
+        byte* buffer = stackalloc byte[256];
+        if (Libc.statx(Flags.AT_FDCWD, path, 0, Flags.STATX_BASIC_STATS, buffer) != 0)
+        {
+            status = default;
+            return LastErrno();
+        }
+        status = new FileStatus(*(ushort*)(buffer + 28), *(uint*)(buffer + 20), *(uint*)(buffer + 24));
+        return 0;
+    }
+
+    internal override int Access(string path, int mode) =>
+        Libc.faccessat(Flags.AT_FDCWD, path, mode, Flags.AT_EACCESS) == 0 ? 0 : LastErrno();
+
+    internal override int Chown(string path, int userId, int groupId) =>
+        Libc.chown(path, unchecked((uint)userId), unchecked((uint)groupId)) == 0 ? 0 : LastErrno();
+
+    internal override int GetResourceLimit(int resource, out ulong soft, out ulong hard)
+    {
+        ulong* limits = stackalloc ulong[2];
+        if (Libc.getrlimit(resource, limits) != 0)
+        {
+            soft = hard = 0;
+            return LastErrno();
+        }
+        soft = limits[0];
+        hard = limits[1];
+        return 0;
+    }
+
+    internal override int GetCapabilities(out ulong effective)
+    {
+        // struct __user_cap_header_struct { version, pid } and two struct __user_cap_data_struct
+        // { effective, permitted, inheritable }, the second holding capabilities 32 to 63.
+        uint* header = stackalloc uint[2];
+        header[0] = Flags.LINUX_CAPABILITY_VERSION_3;
+        header[1] = 0;
+        uint* data = stackalloc uint[6];
+        if (Libc.capget(header, data) != 0)
+        {
+            effective = 0;
+            return LastErrno();
+        }
+        effective = data[0] | ((ulong)data[3] << 32);
+        return 0;
+    }
+
+    internal override int GetKernelRelease(out string release)
+    {
+        // struct utsname: six fields of 65 bytes (sysname, nodename, release, ...).
+        const int Field = 65;
+        byte* buffer = stackalloc byte[Field * 6];
+        if (Libc.uname(buffer) != 0)
+        {
+            release = string.Empty;
+            return LastErrno();
+        }
+        release = Marshal.PtrToStringUTF8((nint)(buffer + (2 * Field))) ?? string.Empty;
+        return 0;
     }
 }

@@ -89,11 +89,52 @@ public abstract class VfioKernel
     /// <summary>Lists the names in a folder (no "." or ".."); returns 0 or a negative errno.</summary>
     internal abstract int ListDirectory(string path, out string[] names);
 
+    /// <summary>A file's type, permission bits and owner, following links (<c>statx(2)</c>); returns 0 or a negative errno.</summary>
+    internal abstract int Stat(string path, out FileStatus status);
+
+    /// <summary>
+    /// Whether this process may open <paramref name="path"/> as <paramref name="mode"/> asks (<c>R_OK</c>,
+    /// <c>W_OK</c>), with its effective ids (<c>faccessat(2)</c> with <c>AT_EACCESS</c>); 0 or a negative errno.
+    /// </summary>
+    internal abstract int Access(string path, int mode);
+
+    /// <summary>Gives a file to a user and a group (-1 keeps one as it is); returns 0 or a negative errno.</summary>
+    internal abstract int Chown(string path, int userId, int groupId);
+
+    /// <summary>A resource limit of this process (<c>getrlimit(2)</c>); <see cref="ulong.MaxValue"/> is unlimited. 0 or a negative errno.</summary>
+    internal abstract int GetResourceLimit(int resource, out ulong soft, out ulong hard);
+
+    /// <summary>The effective capability set of this process (<c>capget(2)</c>), one bit per <c>CAP_*</c>; 0 or a negative errno.</summary>
+    internal abstract int GetCapabilities(out ulong effective);
+
+    /// <summary>The kernel's release (<c>uname -r</c>, from <c>uname(2)</c>); returns 0 or a negative errno.</summary>
+    internal abstract int GetKernelRelease(out string release);
+
     /// <summary>A path under <see cref="SysfsRoot"/>; <paramref name="relative"/> has no leading slash.</summary>
     internal string Sys(string relative) => SysfsRoot + "/" + relative;
 
     /// <summary>A path under <see cref="DevRoot"/>; <paramref name="relative"/> has no leading slash.</summary>
     internal string Dev(string relative) => DevRoot + "/" + relative;
+}
+
+/// <summary>What <see cref="VfioKernel.Stat"/> reports of a file.</summary>
+/// <param name="Mode">The type and permission bits (<c>st_mode</c>: <c>S_IFCHR | 0600</c> for a VFIO group node).</param>
+/// <param name="UserId">The owner's user id.</param>
+/// <param name="GroupId">The owner's group id.</param>
+internal readonly record struct FileStatus(uint Mode, uint UserId, uint GroupId)
+{
+    public const uint TypeMask = 0xf000;
+    public const uint CharacterDevice = 0x2000;
+    public const uint Directory = 0x4000;
+    public const uint RegularFile = 0x8000;
+    public const uint SymbolicLink = 0xa000;
+
+    public bool IsCharacterDevice => (Mode & TypeMask) == CharacterDevice;
+
+    public bool IsDirectory => (Mode & TypeMask) == Directory;
+
+    /// <summary>The permission bits (<c>0600</c>).</summary>
+    public uint Permissions => Mode & 0xfff;
 }
 
 /// <summary>A <c>struct pollfd</c>.</summary>

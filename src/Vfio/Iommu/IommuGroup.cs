@@ -148,22 +148,9 @@ public sealed class IommuGroup
         return false;
     }
 
-    /// <summary>The group's devices bound to a kernel driver other than vfio, each with its driver.</summary>
-    internal static List<string> BlockingDevices(VfioRegistry registry, int id)
-    {
-        var sysfs = registry.Sysfs;
-        string groupDir = "kernel/iommu_groups/" + id.ToString(CultureInfo.InvariantCulture) + "/devices";
-        var blocking = new List<string>();
-        foreach (string member in sysfs.List(groupDir))
-        {
-            string? driver = sysfs.ReadLinkName(groupDir + "/" + member + "/driver");
-            if (driver is not null && !SysfsDiscovery.IsVfioDriver(driver))
-            {
-                blocking.Add($"{member} is bound to {driver}");
-            }
-        }
-        return blocking;
-    }
+    /// <summary>The group's devices bound to a kernel driver that uses the DMA API (not vfio, pci-stub or pcieport), each with its driver.</summary>
+    internal static List<string> BlockingDevices(VfioRegistry registry, int id) =>
+        [.. IommuGroupInfo.Read(registry.Sysfs, id).BlockingMembers.Select(m => $"{m.Name} is bound to {m.Driver}")];
 
     internal static VfioGroupNotViableException NotViable(VfioRegistry registry, int id) => NotViable(id, BlockingDevices(registry, id));
 

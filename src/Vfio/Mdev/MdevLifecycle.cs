@@ -24,8 +24,7 @@ internal static class MdevLifecycle
             ?? throw new InvalidOperationException(
                 $"No driver added to the registry handles mdev type {type.Id}: add an MdevDriver<{typeof(TDevice).Name}> for it with AddDriver before creating the device.");
         string name = uuid.ToString("D", CultureInfo.InvariantCulture);
-        Write(registry, type, type.SysfsRelative + "/create", name, uuid);
-        Log.MdevCreated(registry.Logger, name, type.Id, type.Parent.Name);
+        CreateDevice(type, uuid);
 
         // From here the mdev is ours: every failure removes it again.
         VfioDevice? device = null;
@@ -54,6 +53,16 @@ internal static class MdevLifecycle
             Log.MdevCreateFailed(registry.Logger, name, type.Id, type.Parent.Name, e);
             throw;
         }
+    }
+
+    /// <summary>Creates an mdev and leaves it, nothing registered or opened (MdevType.CreateDevice).</summary>
+    public static void CreateDevice(MdevType type, Guid uuid)
+    {
+        var registry = type.Parent.Registry;
+        registry.ThrowIfDisposed();
+        string name = uuid.ToString("D", CultureInfo.InvariantCulture);
+        Write(registry, type, type.SysfsRelative + "/create", name, uuid);
+        Log.MdevCreated(registry.Logger, name, type.Id, type.Parent.Name);
     }
 
     /// <summary>Unregisters and disposes what creation made of the device, then removes the mdev; failures are logged and attached to the original error.</summary>

@@ -64,6 +64,30 @@ public sealed class MdevType
         where TDevice : MdevVfioDevice =>
         MdevLifecycle.CreateAsync<TDevice>(this, uuid ?? Guid.NewGuid(), cancellationToken);
 
+    /// <summary>
+    /// Creates an mdev of this type and leaves it there, unopened, for any process to use (as writing its
+    /// UUID to the type's <c>create</c> does); remove it with <see cref="RemoveDevice"/>. To create, use and
+    /// remove one in this process, use <see cref="CreateAsync{TDevice}"/> instead.
+    /// </summary>
+    /// <param name="uuid">The new device's UUID; a new random one when null.</param>
+    /// <returns>The new device's UUID.</returns>
+    /// <exception cref="VfioNotFoundException">The parent or the type is gone.</exception>
+    /// <exception cref="VfioException">The kernel refused: no instance left (ENOSPC, EUSERS), the UUID exists (EEXIST), ...</exception>
+    public Guid CreateDevice(Guid? uuid = null)
+    {
+        var id = uuid ?? Guid.NewGuid();
+        MdevLifecycle.CreateDevice(this, id);
+        return id;
+    }
+
+    /// <summary>
+    /// Removes an mdev of this type (writes 1 to its <c>remove</c>); the kernel waits while a process has
+    /// it open. One that is already gone counts as removed.
+    /// </summary>
+    /// <param name="uuid">The device's UUID.</param>
+    /// <exception cref="VfioException">The kernel refused; the message says how to remove it by hand.</exception>
+    public void RemoveDevice(Guid uuid) => MdevLifecycle.Remove(Parent.Registry, this, uuid);
+
     internal VfioNotFoundException Gone() =>
         new($"The mdev type {Id} of parent {Parent.Name} is gone ({Parent.Registry.Kernel.Sys(SysfsRelative)} no longer exists): its parent driver was unloaded or its device removed.");
 

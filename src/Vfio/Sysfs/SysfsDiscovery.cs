@@ -12,7 +12,7 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
     private SysfsReader Sysfs => registry.Sysfs;
 
     /// <summary>True for a vfio bus driver (vfio-pci, vfio-platform, vfio-amba, a vfio-pci variant driver).</summary>
-    public static bool IsVfioDriver(string driver) => driver.StartsWith("vfio", StringComparison.Ordinal);
+    public static bool IsVfioDriver(string driver) => KernelDrivers.IsVfio(driver);
 
     /// <summary>The devices of every bus some driver is for: a registry of PCI drivers reads no platform or mdev sysfs.</summary>
     public IEnumerable<VfioDeviceContext> Discover(IReadOnlyList<VfioDriver> drivers) =>
@@ -179,18 +179,24 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
         return new MdevDeviceContext(registry, uuid, groupId, driver, type, parent);
     }
 
-    private (int Id, IommuGroupKind Kind) ReadGroup(string deviceDir, string name)
+    private (int Id, IommuGroupKind Kind) ReadGroup(string deviceDir, string name) =>
+        TryReadGroup(Sysfs, deviceDir) is (int id, IommuGroupKind kind)
+            ? (id, kind)
+            : throw new VfioNotFoundException(
+                $"Device {name} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on) or load vfio with enable_unsafe_noiommu_mode=1.");
+
+    /// <summary>A device folder's IOMMU group and its kind, or (null, null) when it has none (the IOMMU is off).</summary>
+    internal static (int? Id, IommuGroupKind? Kind) TryReadGroup(SysfsReader sysfs, string deviceDir)
     {
-        string? group = Sysfs.ReadLinkName(deviceDir + "/iommu_group");
+        string? group = sysfs.ReadLinkName(deviceDir + "/iommu_group");
         if (group is null || !int.TryParse(group, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
         {
-            throw new VfioNotFoundException(
-                $"Device {name} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on) or load vfio with enable_unsafe_noiommu_mode=1.");
+            return (null, null);
         }
         // An mdev's group is emulated; Linux names it "vfio-noiommu" as it names the no-IOMMU groups,
         // so the bus decides first.
         var kind = deviceDir.StartsWith("bus/mdev/", StringComparison.Ordinal) ? IommuGroupKind.Emulated
-            : Sysfs.ReadText("kernel/iommu_groups/" + group + "/name") == "vfio-noiommu" ? IommuGroupKind.NoIommu
+            : sysfs.ReadText("kernel/iommu_groups/" + group + "/name") == "vfio-noiommu" ? IommuGroupKind.NoIommu
             : IommuGroupKind.Iommu;
         return (id, kind);
     }

@@ -128,6 +128,7 @@ public unsafe class LinuxKernelTests
         names.Should().Contain("0");
 
         Kernel.ListDirectory("/nonexistent-folder", out _).Should().Be(-Errno.ENOENT);
+        Kernel.ListDirectory("/proc/self/status", out _).Should().Be(-Errno.ENOTDIR, "a file is there, as the simulated kernel answers for a sysfs attribute");
         Kernel.ReadLink("/nonexistent-link", out _).Should().Be(-Errno.ENOENT);
     }
 
@@ -150,5 +151,50 @@ public unsafe class LinuxKernelTests
         {
             File.Delete(path);
         }
+    }
+
+    [Fact]
+    public void StatReportsTheTypeModeAndOwnerOfAFile()
+    {
+        Kernel.Stat("/dev/null", out var devNull).Should().Be(0);
+        (devNull.IsCharacterDevice, devNull.Permissions, devNull.UserId).Should().Be((true, 0x1b6u, 0u));
+        Kernel.Stat("/proc", out var proc).Should().Be(0);
+        proc.IsDirectory.Should().BeTrue();
+        Kernel.Stat("/nonexistent/vfio/42", out _).Should().Be(-Errno.ENOENT);
+    }
+
+    [Fact]
+    public void AccessAndChownAnswerForTheCallingProcess()
+    {
+        Kernel.Access("/dev/null", Flags.R_OK | Flags.W_OK).Should().Be(0);
+        Kernel.Access("/nonexistent/vfio/42", Flags.R_OK).Should().Be(-Errno.ENOENT);
+        string path = Path.GetTempFileName();
+        try
+        {
+            Kernel.Stat(path, out var before).Should().Be(0);
+            Kernel.Chown(path, -1, -1).Should().Be(0, "keeping both owners is allowed to anyone");
+            Kernel.Stat(path, out var after).Should().Be(0);
+            (after.UserId, after.GroupId).Should().Be((before.UserId, before.GroupId));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void TheMemlockLimitCapabilitiesAndReleaseComeFromTheKernel()
+    {
+        Kernel.GetResourceLimit(Flags.RLIMIT_MEMLOCK, out ulong soft, out ulong hard).Should().Be(0);
+        soft.Should().BeLessThanOrEqualTo(hard);
+        Kernel.GetResourceLimit(-1, out _, out _).Should().Be(-Errno.EINVAL);
+        Kernel.GetCapabilities(out ulong caps).Should().Be(0);
+        bool root = File.ReadAllText("/proc/self/status").Contains("Uid:\t0\t", StringComparison.Ordinal);
+        if (root)
+        {
+            (caps & (1UL << Flags.CAP_IPC_LOCK)).Should().NotBe(0, "root has CAP_IPC_LOCK");
+        }
+        Kernel.GetKernelRelease(out string release).Should().Be(0);
+        release.Should().Be(File.ReadAllText("/proc/sys/kernel/osrelease").Trim());
     }
 }

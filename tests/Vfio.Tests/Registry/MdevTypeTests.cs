@@ -211,4 +211,34 @@ public sealed class MdevTypeTests : KernelTest
         await mdev.RemoveAsync();
         Mdevs().Should().BeEmpty();
     }
+
+    [Fact]
+    public void CreateDeviceLeavesAnUnopenedMdevThatRemoveDeviceRemoves()
+    {
+        var type = Type("mtty-2");
+        var uuid = Guid.Parse("8a3e2b2c-4d3a-4b6f-9c1d-1d2e3f4a5b6c");
+
+        type.CreateDevice(uuid).Should().Be(uuid);
+
+        Mdevs().Should().Equal(uuid.ToString());
+        Registry.DiscoverMdev().Should().ContainSingle().Which.TypeId.Should().Be("mtty-2");
+        Registry.Devices.Should().BeEmpty("nothing was registered or opened");
+        type.ReadAvailableInstances().Should().Be(11);
+
+        type.RemoveDevice(uuid);
+        Mdevs().Should().BeEmpty();
+        type.RemoveDevice(uuid); // already gone counts as removed
+    }
+
+    [Fact]
+    public void CreateDeviceWithAUuidThatExistsSaysSo()
+    {
+        var type = Type("mtty-1");
+        var uuid = type.CreateDevice();
+
+        var again = () => type.CreateDevice(uuid);
+
+        again.Should().Throw<VfioException>().Which.Message.Should().Contain("exists already");
+        type.RemoveDevice(uuid);
+    }
 }

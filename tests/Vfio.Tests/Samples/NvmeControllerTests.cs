@@ -18,11 +18,13 @@ public class NvmeControllerTests
 
         string text = output.ToString();
         exitCode.Should().Be(0, text);
-        text.Should().Contain("All 17 steps passed in ");
+        text.Should().Contain("All 18 steps passed in ");
         text.Should().Contain("model 'QEMU NVMe Ctrl', serial 'VFIONVME01', firmware '7.2.22'");
         text.Should().Contain("32768 blocks of 512 bytes (16 MiB)");
         text.Should().Contain("READ past the end refused: status type 0 (generic), code 0x80 (LBA out of range), do not retry");
         model.ReadBlocks((long)NvmeDriverProgram.TestLba, NvmeDriverProgram.TestBlocks).Should().Contain(b => b != 0, "the program wrote its pattern there");
+        model.ReadBlocks((long)NvmeDriverProgram.LargeLba, 128).Should().Contain(b => b != 0, "the PRP list step wrote 64 KiB there");
+        text.Should().Contain("64 KiB at LBA 64: WRITE from offset 512 on polled queue 2 (PRP1 + a 16-entry PRP list)");
         model.IoQueues.SubmissionQueues.Should().BeEmpty();
     }
 
@@ -59,10 +61,10 @@ public class NvmeControllerTests
                 await nvme.EnableAsync(timeout.Token);
                 nvme.EnableMsix();
                 var ns = await nvme.IdentifyNamespaceAsync(1, timeout.Token);
-                await nvme.CreateIoQueuePairAsync(1, 16, timeout.Token);
+                var pair = await nvme.CreateIoQueuePairAsync(1, 16, timeout.Token);
                 using var buffer = nvme.AllocateDmaBuffer(4096);
 
-                var read = () => nvme.ReadAsync(ns, 63, 2, buffer, timeout.Token);
+                var read = () => pair.ReadAsync(ns, 63, 2, buffer, 0, timeout.Token);
 
                 var failure = (await read.Should().ThrowAsync<NvmeCommandException>()).Which;
                 failure.Status.Type.Should().Be(0);
@@ -73,7 +75,7 @@ public class NvmeControllerTests
                 var missing = () => nvme.IdentifyNamespaceAsync(0, timeout.Token);
                 (await missing.Should().ThrowAsync<NvmeCommandException>()).Which.Status.CodeName.Should().Be("invalid namespace or format");
 
-                await nvme.DeleteIoQueuePairAsync(timeout.Token);
+                await nvme.DeleteIoQueuePairAsync(pair, timeout.Token);
                 await nvme.DisableAsync(timeout.Token);
             }
             await registry.UnregisterAsync(nvme);

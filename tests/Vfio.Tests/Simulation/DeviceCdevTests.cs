@@ -96,7 +96,8 @@ public sealed class DeviceCdevTests : IDisposable
     [Fact]
     public void ANoIommuDeviceHasNoCdev()
     {
-        // vfio_device_add: "cdev does not support noiommu device".
+        // vfio_device_add: "cdev does not support noiommu device". vfio-pci takes such a device only in no-IOMMU mode.
+        _kernel.UnsafeNoIommuMode = true;
         _kernel.AddPciDevice("0000:00:06.0", new EduDeviceModel(), 9, SimulatedGroupKind.NoIommu, "vfio-pci");
 
         _kernel.ListDirectory(_kernel.Dev("vfio/devices"), out var nodes).Should().Be(0);

@@ -245,6 +245,33 @@ public sealed class NvmeDeviceModelTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task EachIoCompletionQueueInterruptsOnItsOwnVectorAndAPolledOneOnNone()
+    {
+        var admin = EnableWithAdminQueues(4, vectors: 3);
+        var first = await CreateIoQueuesAsync(admin, id: 1, vector: 1);
+        var second = await CreateIoQueuesAsync(admin, id: 2, vector: 2);
+        var polled = await CreateIoQueuesAsync(admin, id: 3, vector: 0, interrupts: false);
+        var buffer = Buffer(4096);
+        await _model.WhenIdleAsync();
+        int adminMessages = _model.MessagesSent(0);
+
+        first.Submit(Command(0x02, nsid: 1, prp1: buffer.Iova, cdw10: 0, cdw12: 7));
+        (await first.CompleteAsync(Soon())).SubmissionQueueId.Should().Be(1);
+        second.Submit(Command(0x02, nsid: 1, prp1: buffer.Iova, cdw10: 8, cdw12: 7));
+        (await second.CompleteAsync(Soon())).SubmissionQueueId.Should().Be(2);
+        polled.Submit(Command(0x02, nsid: 1, prp1: buffer.Iova, cdw10: 16, cdw12: 7));
+        var entry = await polled.CompleteAsync(Soon());
+        await _model.WhenIdleAsync();
+
+        entry.SubmissionQueueId.Should().Be(3);
+        entry.Status.Should().Be(0);
+        _model.MessagesSent(1).Should().Be(1);
+        _model.MessagesSent(2).Should().Be(1);
+        _model.MessagesSent(0).Should().Be(adminMessages, "the polled queue was created with vector 0 but without interrupts");
+        _model.MessagesSent(3).Should().Be(0);
+    }
+
+    [Fact]
     public async Task TransfersOverPagesFollowPrp2AndPrpLists()
     {
         var admin = EnableWithAdminQueues(4);
@@ -339,24 +366,26 @@ public sealed class NvmeDeviceModelTests : IAsyncLifetime
 
     private (DmaBuffer Sq, DmaBuffer Cq) _adminQueues;
 
-    private Queue EnableWithAdminQueues(int entries)
+    private Queue EnableWithAdminQueues(int entries, int vectors = 2)
     {
         SetAdminQueues(entries);
         Bar0.Write32(Cc, EnableWithEntrySizes);
         Bar0.Read32(Csts).Should().Be(0x1u);
-        _msix = _device.EnableInterrupts(PciIrq.Msix, count: 2);
+        _msix = _device.EnableInterrupts(PciIrq.Msix, count: vectors);
         return new Queue(this, 0, entries, _adminQueues.Sq, _adminQueues.Cq, vector: 0);
     }
 
-    private async Task<Queue> CreateIoQueuesAsync(Queue admin)
+    /// <summary>I/O queue pair <paramref name="id"/> of 16 entries; its completion queue interrupts on <paramref name="vector"/>, or never.</summary>
+    private async Task<Queue> CreateIoQueuesAsync(Queue admin, int id = 1, int vector = 1, bool interrupts = true)
     {
         var sq = Buffer(4096);
         var cq = Buffer(4096);
-        admin.Submit(Command(0x05, prp1: cq.Iova, cdw10: 1 | (15u << 16), cdw11: 0x3 | (1u << 16)));
+        uint cqFlags = interrupts ? 0x3u | ((uint)vector << 16) : 0x1u;
+        admin.Submit(Command(0x05, prp1: cq.Iova, cdw10: (uint)id | (15u << 16), cdw11: cqFlags));
         (await admin.CompleteAsync(Soon())).Status.Should().Be(0);
-        admin.Submit(Command(0x01, prp1: sq.Iova, cdw10: 1 | (15u << 16), cdw11: 1 | (1u << 16)));
+        admin.Submit(Command(0x01, prp1: sq.Iova, cdw10: (uint)id | (15u << 16), cdw11: 1 | ((uint)id << 16)));
         (await admin.CompleteAsync(Soon())).Status.Should().Be(0);
-        return new Queue(this, 1, 16, sq, cq, vector: 1);
+        return new Queue(this, id, 16, sq, cq, vector: interrupts ? vector : -1);
     }
 
     private static byte[] Command(byte opcode, uint nsid = 0, ulong prp1 = 0, ulong prp2 = 0, uint cdw10 = 0, uint cdw11 = 0, uint cdw12 = 0)
@@ -413,6 +442,16 @@ public sealed class NvmeDeviceModelTests : IAsyncLifetime
                     }
                     test.Bar0.Write32(0x1000 + (ulong)(8 * id) + 4, (uint)_head);
                     return entry;
+                }
+                if (vector < 0)
+                {
+                    // A polled queue: once the controller is idle, what it posted is in memory.
+                    await test._model.WhenIdleAsync().WaitAsync(cancellationToken);
+                    if ((BinaryPrimitives.ReadUInt16LittleEndian(cq.Span[((_head * 16) + 14)..]) & 1) != (_phase ? 1 : 0))
+                    {
+                        throw new InvalidOperationException($"the controller went idle without completing a command on queue {id}");
+                    }
+                    continue;
                 }
                 await test._msix!.WaitAsync(vector, cancellationToken);
             }

@@ -4,7 +4,7 @@ using static Vfio.Interop.Interop;
 
 namespace Vfio.Tests.Simulation;
 
-public sealed unsafe class SimulatedKernelTests : IDisposable
+public sealed unsafe partial class SimulatedKernelTests : IDisposable
 {
     private readonly SimulatedKernel _kernel = new();
 

@@ -2,23 +2,30 @@ using System.Globalization;
 using EduDriver;
 using NvmeDriver;
 using MdevLifecycle;
+using Vfio.Cli;
 using Vfio.Scenarios;
 
 namespace Vfio.VmTests;
 
 /// <summary>
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
-/// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS
+/// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS
 /// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
-/// edu sample's program, and as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's.
+/// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
+/// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
+/// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
+/// mode the host booted the kernel in (legacy, legacy-compat or iommufd; <see cref="ScenarioMode"/>).
 /// </summary>
 internal static class Program
 {
-    private const string Usage = "usage: Vfio.VmTests --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
+    private const string Usage = "usage: Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
-        + "       Vfio.VmTests --mdev | --mdev-sample [--verbose]";
+        + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
+        + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose]\n"
+        + "       Vfio.VmTests --cli ARG... (the vfio tool)\n"
+        + "       MODE: legacy (default), legacy-compat or iommufd";
 
     private static async Task<int> Main(string[] args)
     {
@@ -30,6 +37,15 @@ internal static class Program
         {
             return await NvmeDriverProgram.RunAsync(args[1..], Console.Out).ConfigureAwait(false);
         }
+        if (args.Length > 0 && args[0] == "--cli")
+        {
+            // The vfio tool itself, run as its Main runs it (tests/vm/cli-init.sh puts it behind /bin/vfio).
+            return await VfioCommandLine.RunAsync(args[1..], VfioKernel.Linux, Console.Out, Console.Error).ConfigureAwait(false);
+        }
+        if (args.Length > 1 && args[0] == "--nvme-bench")
+        {
+            return await NvmeBench.RunAsync(["--device", .. args[1..]], Console.Out).ConfigureAwait(false);
+        }
         if (args.Length > 0 && args[0] == "--mdev-sample")
         {
             return await MdevLifecycleProgram.RunAsync(["--real", .. args[1..]], Console.Out).ConfigureAwait(false);
@@ -37,7 +53,18 @@ internal static class Program
         if (args.Length > 0 && args[0] == "--mdev")
         {
             // The mdev machine (tests/vm/run-mdev-tests.sh): the mtty parent, no PCI device for vfio.
-            var mdevContext = new ScenarioContext(VfioKernel.Linux, string.Empty, -1) { Log = Console.Out };
+            ScenarioMode? mdevMode = args is [_, "--mode", { } name] ? ReadMode(name) : args.Length == 1 ? ScenarioMode.Legacy : null;
+            if (mdevMode is null)
+            {
+                Console.Error.WriteLine(Usage);
+                return 2;
+            }
+            var mdevContext = new ScenarioContext(VfioKernel.Linux, string.Empty, -1)
+            {
+                Log = Console.Out,
+                Mode = mdevMode.Value,
+                KernelVersion = Environment.OSVersion.Version,
+            };
             return await ScenarioRunner.RunAsync(ScenarioCatalog.Mdev, mdevContext, Console.Out).ConfigureAwait(false) == 0 ? 0 : 1;
         }
 
@@ -48,6 +75,7 @@ internal static class Program
         var hotResetDevices = new List<string>();
         int? hotResetGroup = null;
         var only = new List<string>();
+        ScenarioMode? mode = ScenarioMode.Legacy;
         for (int i = 0; i < args.Length; i++)
         {
             string value = i + 1 < args.Length ? args[i + 1] : string.Empty;
@@ -74,13 +102,16 @@ internal static class Program
                 case "--only":
                     only.Add(value);
                     break;
+                case "--mode":
+                    mode = ReadMode(value);
+                    break;
                 default:
                     Console.Error.WriteLine(Usage);
                     return 2;
             }
             i++;
         }
-        if (device is null || group is null)
+        if (device is null || group is null || mode is null)
         {
             Console.Error.WriteLine(Usage);
             return 2;
@@ -93,6 +124,8 @@ internal static class Program
             NotViableGroupId = notViableGroup,
             HotResetDevices = hotResetDevices.Count > 0 ? hotResetDevices : null,
             HotResetGroupId = hotResetGroup,
+            Mode = mode.Value,
+            KernelVersion = Environment.OSVersion.Version,
         };
         IEnumerable<Scenario> scenarios = ScenarioCatalog.All;
         if (only.Count > 0)
@@ -100,5 +133,22 @@ internal static class Program
             scenarios = scenarios.Where(s => only.Contains(s.Name));
         }
         return await ScenarioRunner.RunAsync(scenarios, context, Console.Out).ConfigureAwait(false) == 0 ? 0 : 1;
+    }
+
+    /// <summary>Reads --mode's value; null (after saying why) for a mode this program cannot run.</summary>
+    private static ScenarioMode? ReadMode(string name)
+    {
+        ScenarioMode? mode = ScenarioModes.Parse(name);
+        if (mode is null)
+        {
+            Console.Error.WriteLine("Vfio.VmTests: no mode '" + name + "'");
+        }
+        else if (mode == ScenarioMode.Iommufd)
+        {
+            // The scenarios select the backend by mode once the library has an iommufd backend.
+            Console.Error.WriteLine("Vfio.VmTests: mode iommufd needs the library's iommufd backend, which it does not have yet");
+            return null;
+        }
+        return mode;
     }
 }
