@@ -25,10 +25,13 @@ public abstract class KernelTest : IAsyncLifetime
     private readonly List<VfioDevice> _devices = [];
 
     /// <summary>Creates the kernel and the test's registry for a backend.</summary>
-    /// <param name="backend">The backend the registries choose: the kernel's version makes them.</param>
-    protected KernelTest(VfioBackend backend = VfioBackend.Legacy)
+    /// <param name="backend">
+    /// The backend the registries choose: the kernel's version makes them (6.1 for the legacy one);
+    /// null for the simulated kernel's default version (7.2, where they choose iommufd for devices with a cdev).
+    /// </param>
+    protected KernelTest(VfioBackend? backend = null)
     {
-        Backend = backend;
+        Backend = backend ?? VfioBackend.Iommufd;
         if (backend == VfioBackend.Legacy)
         {
             Kernel.LinuxVersion = new Version(6, 1);
@@ -36,7 +39,7 @@ public abstract class KernelTest : IAsyncLifetime
         Registry = NewRegistry();
     }
 
-    /// <summary>The backend the test's registries use.</summary>
+    /// <summary>The backend the test's registries use for devices with a cdev.</summary>
     protected VfioBackend Backend { get; }
 
     /// <summary>The simulated kernel.</summary>

@@ -114,6 +114,9 @@ public abstract partial class VfioDevice : IDisposable
     /// </summary>
     public VfioBackend? Backend => Volatile.Read(ref _attachment)?.Backend.Kind;
 
+    /// <summary>The VFIO device cdev (<c>/dev/vfio/devices/vfioN</c>) the device's file came from while it is open through the iommufd backend; null otherwise.</summary>
+    public string? CdevPath => Volatile.Read(ref _attachment)?.CdevPath;
+
     /// <summary>
     /// Where the device's DMA buffers are mapped while it is open: its group's container (legacy
     /// backend) or the registry's <see cref="IommufdAddressSpace"/>; null while it is closed.

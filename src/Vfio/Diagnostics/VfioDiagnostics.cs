@@ -34,10 +34,16 @@ public enum VfioBackends
     /// <summary>None.</summary>
     None = 0,
 
-    /// <summary>The legacy container and group files (<c>/dev/vfio/vfio</c>, <c>/dev/vfio/N</c>): what this library uses.</summary>
+    /// <summary>
+    /// The legacy container and group files (<c>/dev/vfio/vfio</c>, <c>/dev/vfio/N</c>): the library's
+    /// <see cref="VfioBackend.Legacy"/>, for devices without a cdev (and no-IOMMU devices) or when forced.
+    /// </summary>
     LegacyContainer = 1,
 
-    /// <summary>iommufd (<c>/dev/iommu</c>) with device cdevs (<c>/dev/vfio/devices/vfioN</c>), Linux 6.6 and later.</summary>
+    /// <summary>
+    /// iommufd (<c>/dev/iommu</c>) with device cdevs (<c>/dev/vfio/devices/vfioN</c>), Linux 6.6 and
+    /// later: the library's <see cref="VfioBackend.Iommufd"/>, which it chooses for devices with a cdev.
+    /// </summary>
     Iommufd = 2,
 
     /// <summary>vfio's unsafe no-IOMMU mode is on: devices without an IOMMU can be used, with no DMA isolation.</summary>
@@ -193,35 +199,41 @@ public static class VfioDiagnostics
         private VfioBackends CheckBackends(bool iommu, bool noIommuParameter, bool unsafeNoIommu)
         {
             var backends = VfioBackends.None;
+            string iommufd = kernel.Dev("iommu");
+            bool cdevs = Exists(kernel.Dev("vfio/devices")) || PciFunction.ReadAll(kernel).Any(f => _sysfs.List("bus/pci/devices/" + f.Address + "/vfio-dev").Any(n => _sysfs.Exists("bus/pci/devices/" + f.Address + "/vfio-dev/" + n + "/dev")));
+            bool hasIommufd = Exists(iommufd);
             string container = kernel.Dev("vfio/vfio");
             if (Exists(container))
             {
                 backends |= VfioBackends.LegacyContainer;
-                Add("backend.container", DiagnosticSeverity.Ok, $"Legacy container interface: {container} (the interface this library uses).");
+                Add("backend.container", DiagnosticSeverity.Ok, $"Legacy container interface: {container} (the library's legacy backend: devices without a VFIO cdev, no-IOMMU devices, or all when forced).");
             }
             else if (_sysfs.Exists("module/vfio"))
             {
-                Add("backend.container", DiagnosticSeverity.Error, $"No {container}: vfio is loaded without its legacy container (CONFIG_VFIO_CONTAINER off, and no iommufd compatibility).",
-                    "Use a kernel with CONFIG_VFIO_CONTAINER=y (or CONFIG_IOMMUFD_VFIO_CONTAINER=y): this library opens devices through the container and group files.");
+                // With iommufd and device cdevs, devices open without the container; only those without a cdev need it.
+                Add("backend.container", hasIommufd && cdevs ? DiagnosticSeverity.Warning : DiagnosticSeverity.Error,
+                    $"No {container}: vfio is loaded without its legacy container (CONFIG_VFIO_CONTAINER off, and no iommufd compatibility).",
+                    hasIommufd && cdevs
+                        ? "Devices with a VFIO cdev open through iommufd; no-IOMMU devices and devices without a cdev need a kernel with CONFIG_VFIO_CONTAINER=y (or CONFIG_IOMMUFD_VFIO_CONTAINER=y)."
+                        : "Use a kernel with CONFIG_VFIO_CONTAINER=y (or CONFIG_IOMMUFD_VFIO_CONTAINER=y), or one with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV: this library opens devices through the container and group files or through iommufd and the device cdevs.");
             }
             else
             {
                 Add("backend.container", DiagnosticSeverity.Error, $"No {container}: vfio is not loaded (see modules).");
             }
 
-            string iommufd = kernel.Dev("iommu");
-            bool cdevs = Exists(kernel.Dev("vfio/devices")) || PciFunction.ReadAll(kernel).Any(f => _sysfs.List("bus/pci/devices/" + f.Address + "/vfio-dev").Any(n => _sysfs.Exists("bus/pci/devices/" + f.Address + "/vfio-dev/" + n + "/dev")));
-            if (Exists(iommufd))
+            if (hasIommufd)
             {
                 if (cdevs)
                 {
                     backends |= VfioBackends.Iommufd;
                 }
-                Add("backend.iommufd", DiagnosticSeverity.Info, $"iommufd: {iommufd} is there; device cdevs (/dev/vfio/devices/vfioN): {(cdevs ? "yes" : "none seen (bind a device to see whether this kernel has CONFIG_VFIO_DEVICE_CDEV)")}.");
+                Add("backend.iommufd", DiagnosticSeverity.Info, $"iommufd: {iommufd} is there; device cdevs (/dev/vfio/devices/vfioN): " +
+                    (cdevs ? "yes: the library opens devices that have one through iommufd (its iommufd backend)." : "none seen (bind a device to see whether this kernel has CONFIG_VFIO_DEVICE_CDEV)."));
             }
             else
             {
-                Add("backend.iommufd", DiagnosticSeverity.Info, $"No iommufd ({iommufd} is missing): the legacy container is the way in, which is all this library needs.",
+                Add("backend.iommufd", DiagnosticSeverity.Info, $"No iommufd ({iommufd} is missing): the library opens devices through the legacy container.",
                     cdevs ? "modprobe iommufd to use the device cdevs." : null);
             }
 

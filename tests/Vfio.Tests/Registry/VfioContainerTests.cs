@@ -4,7 +4,7 @@ using Vfio.Testing;
 namespace Vfio.Tests.Registry;
 
 /// <summary>Containers: the IOMMU type is chosen after the first group joins; groups share a container.</summary>
-public class VfioContainerTests : KernelTest
+public class VfioContainerTests() : KernelTest(VfioBackend.Legacy)
 {
     /// <summary>The operations of a device's open path, in order: call K is failed for each K and the exception names it.</summary>
     private List<string> OpenPathOperations(VfioDevice device)
@@ -115,7 +115,7 @@ public class VfioContainerTests : KernelTest
 }
 
 /// <summary>A container's DMA mappings: the kernel's mapping budget, its refusals turned into clear errors, teardown.</summary>
-public class VfioContainerDmaTests : KernelTest
+public class VfioContainerDmaTests() : KernelTest(VfioBackend.Legacy)
 {
     [Fact]
     public void MappingsAvailableFollowDmaAvailAndTheLibraryRefusesBeforeTheKernel()
