@@ -70,7 +70,7 @@ internal sealed class PciSampleProgram<TDevice>
 
         var report = new StepReport(output);
         report.Title(Title + " on " + (simulated is null ? "the Linux kernel (/dev/vfio)" : "the simulated kernel (Vfio.Testing)"));
-        await using (var registry = new VfioRegistry(kernel, loggerFactory))
+        await using (var registry = new VfioRegistry(kernel, loggerFactory, new VfioRegistryOptions { Backend = commandLine.Backend }))
         {
             registry.AddDriver(CreateDriver());
             TDevice? device = null;

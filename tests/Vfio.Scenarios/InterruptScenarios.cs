@@ -216,7 +216,7 @@ internal static class InterruptScenarios
     /// <summary>Registers the context's edu function with a bare driver (no interrupts of its own) and cleans up.</summary>
     private static async Task WithDeviceAsync(ScenarioContext context, Func<BareEdu, Task> body)
     {
-        var registry = new VfioRegistry(context.Kernel);
+        var registry = context.NewRegistry();
         await using (registry.ConfigureAwait(false))
         {
             registry.AddDriver(new BareEduDriver());

@@ -30,7 +30,7 @@ internal static class MdevScenarios
 
     private static VfioRegistry Registry(ScenarioContext context)
     {
-        var registry = new VfioRegistry(context.Kernel);
+        var registry = context.NewRegistry();
         registry.AddDriver(new MttyDriver());
         return registry;
     }

@@ -76,11 +76,13 @@ cli_steps() {
     && [ -f "/run/vfio-dotnet/bindings/$address.json" ] && [ -z "$(block_device "$address")" ] && ok=0
   cli_check bind "$ok" "after bind: exit $cli_rc, driver '$(driver_of "$address")', /dev/vfio/$group $( [ -c "/dev/vfio/$group" ] && echo present || echo missing)"
 
-  cli_run show "$address"
+  # The backend of the mode: the legacy container's type1v2, or iommufd's IOAS through the cdev.
+  cli_run show "$address" --backend "$vm_backend"
+  case "$vm_backend" in iommufd) backend_line='Backend: *iommufd, IOAS' ;; *) backend_line='Backend: *legacy container with the type1v2 IOMMU' ;; esac
   ok=1
   [ "$cli_rc" = 0 ] && echo "$cli_out" | grep -q 'BAR0' && echo "$cli_out" | grep -q 'MSI-X' \
-    && echo "$cli_out" | grep -q 'type1v2' && ok=0
-  cli_check show "$ok" "show of $address failed (exit $cli_rc)"
+    && echo "$cli_out" | grep -q "$backend_line" && ok=0
+  cli_check show "$ok" "show of $address through the $vm_backend backend failed (exit $cli_rc)"
 
   cli_run unbind --restore "$address"
   waited=0

@@ -69,7 +69,8 @@ public abstract class IommuAddressSpace
     /// <summary>
     /// How many more DMA mappings the kernel allows: for a type1 container see
     /// <see cref="VfioContainer.DmaMappingsAvailable"/>; iommufd counts no mappings (its limits are
-    /// memory: RLIMIT_MEMLOCK and the memory cgroup), so an IOAS reports <see cref="int.MaxValue"/>.
+    /// memory: RLIMIT_MEMLOCK and the memory cgroup), so for an IOAS it is <see cref="int.MaxValue"/>
+    /// less the mappings held.
     /// </summary>
     public int DmaMappingsAvailable
     {
