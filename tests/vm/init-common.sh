@@ -28,6 +28,7 @@ case "$vm_mode" in iommufd) vm_backend=iommufd ;; *) vm_backend=legacy ;; esac
 echo "vfio-vm: kernel $(uname -r), mode $vm_mode"
 
 finish() {
+  echo "vfio-vm: powering off"
   sync
   poweroff -f
   sleep 5

@@ -30,6 +30,9 @@
 #   --fresh       delete the suite's cache in the clone first (the kernels outside stay)
 #                 (env VFIO_VM_FRESH=1)
 #   --timeout S   limit for each VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 600)
+#                 (a guest that printed "vfio-vm: powering off" and then hangs in its kernel's
+#                 shutdown is stopped after VFIO_VM_POWEROFF_GRACE seconds, default 60, with a
+#                 warning: its results are complete)
 #   --verbose     show the whole serial console (env VFIO_VM_VERBOSE=1)
 #
 # Kernels live outside the clone, shared by every clone on the machine, in

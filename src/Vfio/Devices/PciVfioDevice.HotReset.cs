@@ -205,11 +205,13 @@ public abstract partial class PciVfioDevice
                     pinned[i].Fd.DangerousAddRef(ref handles[i]);
                     fds[i] = (int)pinned[i].Fd.DangerousGetHandle();
                 }
-                int rc;
-                fixed (byte* p = buffer)
+                int rc = WithAffectedRegionsSuspended(dependencies, () =>
                 {
-                    rc = Kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, p);
-                }
+                    fixed (byte* p = buffer)
+                    {
+                        return Kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, p);
+                    }
+                });
                 if (rc < 0)
                 {
                     throw HotResetError(-rc, "VFIO_DEVICE_PCI_HOT_RESET", devIds: false);
@@ -262,8 +264,11 @@ public abstract partial class PciVfioDevice
         {
             throw NotOwned(unowned, missingGroups);
         }
-        var reset = new vfio_pci_hot_reset { argsz = (uint)sizeof(vfio_pci_hot_reset), count = 0 };
-        int rc = Kernel.Ioctl(DeviceFd, VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, &reset);
+        int rc = WithAffectedRegionsSuspended(dependencies, () =>
+        {
+            var reset = new vfio_pci_hot_reset { argsz = (uint)sizeof(vfio_pci_hot_reset), count = 0 };
+            return Kernel.Ioctl(DeviceFd, VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, &reset);
+        });
         if (rc < 0)
         {
             throw HotResetError(-rc, "VFIO_DEVICE_PCI_HOT_RESET", devIds: true);
@@ -283,6 +288,56 @@ public abstract partial class PciVfioDevice
     // The function's IOMMU group from sysfs, or -1.
     private int GroupOf(PciAddress address) =>
         int.TryParse(Registry.Sysfs.ReadLinkName("bus/pci/devices/" + address + "/iommu_group"), NumberStyles.None, CultureInfo.InvariantCulture, out int id) ? id : -1;
+
+    /// <summary>
+    /// Runs the reset ioctl (either form) with the mapped regions of every affected open device
+    /// suspended (all-ones in place while the functions reset), and resumes them after, whatever it returned.
+    /// </summary>
+    private int WithAffectedRegionsSuspended(IReadOnlyList<PciHotResetDependency> dependencies, Func<int> reset)
+    {
+        var affected = SuspendAffectedRegions(dependencies);
+        try
+        {
+            return reset();
+        }
+        finally
+        {
+            foreach (var device in affected)
+            {
+                device.ResumeMappedRegions();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Suspends the mapped regions of every open device of this registry the hot reset resets (this one
+    /// and its dependencies); their sets are locked, so none opens or closes meanwhile. On a failure,
+    /// the ones already suspended are resumed and the reset is not done.
+    /// </summary>
+    private List<VfioDevice> SuspendAffectedRegions(IReadOnlyList<PciHotResetDependency> dependencies)
+    {
+        var affected = new List<VfioDevice>();
+        try
+        {
+            foreach (string name in dependencies.Select(d => d.Address.ToString()).Append(Name).Distinct())
+            {
+                if (Registry.TryFind<VfioDevice>(name, out var device) && device.IsOpen)
+                {
+                    device.SuspendMappedRegions();
+                    affected.Add(device);
+                }
+            }
+            return affected;
+        }
+        catch
+        {
+            foreach (var device in affected)
+            {
+                device.ResumeMappedRegions();
+            }
+            throw;
+        }
+    }
 
     private VfioHotResetNotOwnedException NotOwned(List<string> unowned, List<int> missingGroups)
     {

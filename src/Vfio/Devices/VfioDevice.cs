@@ -468,6 +468,7 @@ public abstract partial class VfioDevice : IDisposable
             attachment.Backend.Detach(attachment);
             throw;
         }
+        ResetMemoryGate();
         Volatile.Write(ref _attachment, attachment);
     }
 

@@ -23,6 +23,9 @@ public abstract class IommuAddressSpace
     // unmap ioctls are made under it, so that the books and the kernel's mappings never disagree.
     private readonly Lock _dmaLock = new();
     private readonly HashSet<DmaBuffer> _buffers = [];
+    // IOVA ranges reserved for buffers whose memory is being allocated (ReserveIova to Map or
+    // ReleaseIova), by IOVA: a refresh of the ranges keeps them taken, as it keeps the mapped ones.
+    private readonly Dictionary<ulong, ulong> _reserved = [];
     private readonly IovaTranslation _translation = new();
     private IommuInfo? _iommuInfo;
     private IovaAllocator? _iova;
@@ -148,11 +151,23 @@ public abstract class IommuAddressSpace
                 // every live buffer still fits.
                 allocator.Reserve(buffer.Iova, buffer.Length);
             }
+            foreach (var (iova, length) in _reserved)
+            {
+                // A range not yet mapped may now meet a reserved region; its map then fails with the
+                // kernel's error, which names the range.
+                allocator.Reserve(iova, length);
+            }
             _iova = allocator;
         }
     }
 
-    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference, ulong alignment = 0)
+    /// <summary>
+    /// Reserves the IOVA range for a buffer of <paramref name="length"/> bytes before its memory is
+    /// allocated, so that a buffer the address space cannot map costs no memory: the mapping budget,
+    /// the IOMMU's valid ranges, the device's DMA mask and the free space are checked here. Give the
+    /// range to <see cref="Map"/>, or back with <see cref="ReleaseIova"/>.
+    /// </summary>
+    internal ulong ReserveIova(VfioDevice device, ulong length, ulong? fixedIova, ulong alignment = 0)
     {
         lock (_dmaLock)
         {
@@ -162,32 +177,50 @@ public abstract class IommuAddressSpace
             {
                 throw BudgetSpent(device, _buffers.Count);
             }
-            ulong iova;
-            if (fixedIova is ulong wanted)
+            if (fixedIova is not ulong wanted)
             {
-                if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
-                }
-                if (wanted + length - 1 > device.DmaMask)
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
-                }
-                if (!_iova.Reserve(wanted, length))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
-                }
-                iova = wanted;
-            }
-            else
-            {
-                iova = _iova.Allocate(length, device.DmaMask, alignment)
+                ulong chosen = _iova.Allocate(length, device.DmaMask, alignment)
                     ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
+                _reserved[chosen] = length;
+                return chosen;
             }
+            if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
+            }
+            if (wanted + length - 1 > device.DmaMask)
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
+            }
+            if (!_iova.Reserve(wanted, length))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
+            }
+            _reserved[wanted] = length;
+            return wanted;
+        }
+    }
+
+    /// <summary>Gives back a range from <see cref="ReserveIova"/> that was not mapped.</summary>
+    internal void ReleaseIova(ulong iova)
+    {
+        lock (_dmaLock)
+        {
+            _reserved.Remove(iova);
+            _iova?.Free(iova);
+        }
+    }
+
+    /// <summary>Maps <paramref name="memory"/> at an IOVA range from <see cref="ReserveIova"/>; on failure the range is given back.</summary>
+    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
+    {
+        lock (_dmaLock)
+        {
+            _reserved.Remove(iova);
             int rc = MapCore(memory.Address, iova, length, access);
             if (rc < 0)
             {
-                _iova.Free(iova);
+                _iova?.Free(iova);
                 throw MapError(-rc, iova, length, device);
             }
             var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);

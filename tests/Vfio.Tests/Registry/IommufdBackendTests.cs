@@ -99,7 +99,7 @@ public sealed class IommufdBackendTests() : KernelTest(VfioBackend.Iommufd)
             open.Dispose();
             Kernel.ClearFailures();
             Kernel.AssertNoLeaks();
-            failed.AddRange(Logs.Entries.Where(e => e.Level == LogLevel.Warning).Select(e => ((VfioException)e.Exception!).Operation));
+            failed.AddRange(Logs.Entries.Where(e => e.Level == LogLevel.Warning).Select(e => e.Exception).OfType<VfioException>().Select(e => e.Operation));
         }
 
         openCalls.Should().BeGreaterThan(5);

@@ -118,6 +118,22 @@ public class VfioContainerTests() : KernelTest(VfioBackend.Legacy)
 public class VfioContainerDmaTests() : KernelTest(VfioBackend.Legacy)
 {
     [Fact]
+    public void TheContainersMappingLimitIsCheckedBeforeAnyMemoryIsAllocated()
+    {
+        Kernel.DmaEntryLimit = 1;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var first = device.AllocateDmaBuffer(0x1000);
+        Kernel.FailNext(SimulatedCall.Mmap, Errno.EINVAL);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>().Which;
+
+        error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
+        Kernel.MappingCount.Should().Be(1, "only the first buffer's memory");
+    }
+
+    [Fact]
     public void MappingsAvailableFollowDmaAvailAndTheLibraryRefusesBeforeTheKernel()
     {
         Kernel.DmaEntryLimit = 3;
@@ -134,7 +150,7 @@ public class VfioContainerDmaTests() : KernelTest(VfioBackend.Legacy)
         error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
         error.Errno.Should().Be(0, "the library counted and refused; the kernel was not asked");
         error.Message.Should().Contain("0000:00:03.0").And.Contain("dma_entry_limit").And.Contain("3 DMA mappings");
-        Kernel.CallCount.Should().Be(calls + 2, "only the mmap of the buffer's memory and the munmap that gave it back");
+        Kernel.CallCount.Should().Be(calls, "the library refused before allocating the buffer's memory");
         container.DmaMappingsAvailable.Should().Be(0);
         container.QueryIommuInfo().DmaMappingsAvailable.Should().Be(0u);
         buffers[0].Dispose();
