@@ -40,7 +40,6 @@ suite=mdev-tests
 # run-vm-tests.sh; mtty's devices through iommufd (an emulated "access", no page table of their
 # own) are not part of this suite yet.
 kernel_modes[vfio]=legacy
-kernel_modes[vfio-compat]=legacy-compat
 parse_options "--kernel --mode --no-apt --fresh --timeout --verbose" "$@"
 
 [ "$fresh" = 1 ] && rm -rf "$cache"
