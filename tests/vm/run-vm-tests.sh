@@ -9,6 +9,8 @@
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
 # Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
 # host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
+# An ivshmem-plain function at 07.0 (BAR2: 1 MiB of shared memory) is bound to vfio-pci for the
+# bulk copy scenarios.
 #
 # It runs on each kernel of a matrix, and on each kernel in each of its modes (see lib.sh):
 #   debian-6.1   Debian bookworm's 6.1 cloud kernel                  legacy
@@ -76,7 +78,7 @@ nvme_vfio_disk="$cache/nvme-vfio.img"
 # no_timer_check: under host load, TCG can miss the kernel's IO-APIC timer test window, and with
 # interrupt remapping on the kernel panics ("timer doesn't work through Interrupt-remapped IO-APIC").
 run_vm() {
-  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0; limit ${vm_timeout}s)..."
+  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0 + ivshmem at 07.0; limit ${vm_timeout}s)..."
   boot "$kernel_image" "$initrd" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check vfio_vm_mode=$1" \
     -device intel-iommu,caching-mode=on \
     -device edu,addr=03.0 \
@@ -87,7 +89,9 @@ run_vm() {
     -device edu,bus=rp1,addr=00.0,multifunction=on \
     -device edu,bus=rp1,addr=00.1 \
     -drive file="$nvme_vfio_disk",if=none,id=nvfio,format=raw \
-    -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0
+    -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0 \
+    -object memory-backend-ram,id=shm0,size=1M \
+    -device ivshmem-plain,memdev=shm0,addr=07.0
   read_results
   read_sample sample "edu sample"
   read_sample "nvme sample" "NVMe sample"

@@ -10,7 +10,7 @@ namespace Vfio.VmTests;
 /// <summary>
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS
-/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
+/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
 /// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
 /// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
 /// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
@@ -19,7 +19,7 @@ namespace Vfio.VmTests;
 internal static class Program
 {
     private const string Usage = "usage: Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
-        + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
+        + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
@@ -74,6 +74,7 @@ internal static class Program
         int? notViableGroup = null;
         var hotResetDevices = new List<string>();
         int? hotResetGroup = null;
+        string? sharedMemoryDevice = null;
         var only = new List<string>();
         ScenarioMode? mode = ScenarioMode.Legacy;
         for (int i = 0; i < args.Length; i++)
@@ -98,6 +99,9 @@ internal static class Program
                     break;
                 case "--hot-reset-group":
                     hotResetGroup = int.Parse(value, CultureInfo.InvariantCulture);
+                    break;
+                case "--shared-memory-device":
+                    sharedMemoryDevice = value;
                     break;
                 case "--only":
                     only.Add(value);
@@ -124,6 +128,7 @@ internal static class Program
             NotViableGroupId = notViableGroup,
             HotResetDevices = hotResetDevices.Count > 0 ? hotResetDevices : null,
             HotResetGroupId = hotResetGroup,
+            SharedMemoryDeviceAddress = sharedMemoryDevice,
             Mode = mode.Value,
             KernelVersion = Environment.OSVersion.Version,
         };
