@@ -53,13 +53,15 @@ public abstract class KernelTest : IAsyncLifetime
 
     /// <summary>Another registry on the same kernel (as a second process would have), disposed after the test.</summary>
     /// <param name="releaseRequestInterval">How often unregistering asks for release; 50 ms when null.</param>
+    /// <param name="disposeTimeout">How long disposing waits for holders; the default when null.</param>
     /// <param name="backend">A backend the registry's options force; null to let it choose.</param>
-    protected VfioRegistry NewRegistry(TimeSpan? releaseRequestInterval = null, VfioBackend? backend = null)
+    protected VfioRegistry NewRegistry(TimeSpan? releaseRequestInterval = null, TimeSpan? disposeTimeout = null, VfioBackend? backend = null)
     {
         var registry = new VfioRegistry(Kernel, Logs, new VfioRegistryOptions
         {
             ReleaseRequestInterval = releaseRequestInterval ?? TimeSpan.FromMilliseconds(50),
             Backend = backend,
+            DisposeTimeout = disposeTimeout ?? new VfioRegistryOptions().DisposeTimeout,
         });
         _registries.Add(registry);
         return registry;

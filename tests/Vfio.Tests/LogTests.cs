@@ -36,7 +36,7 @@ public abstract class LogTests(VfioBackend backend) : KernelTest(backend)
             entry["GroupId"].Should().Be(5);
         }
         Logs.Named("Probed").Single()["Driver"].Should().Be("edu");
-        Logs.Named("Registered").Single()["DeviceSet"].Should().Be("pci-slot:0000:00:03");
+        Logs.Named("Registered").Single()["DeviceSet"].Should().Be("device:0000:00:03.0");
     }
 
     [Fact]

@@ -115,13 +115,14 @@ public abstract partial class PciVfioDevice
     public void HotReset()
     {
         var dependencies = QueryHotResetInfo(out uint flags);
+        // The sets of the affected functions this registry has devices for (a function's set is the
+        // kernel's: its slot's, its bus's, or its own; see SysfsDiscovery.PciSetId).
         var sets = new SortedDictionary<string, DeviceSet>(StringComparer.Ordinal) { [Set.Id] = Set };
         foreach (var dependency in dependencies)
         {
-            string id = SetIdOf(dependency.Address);
-            if (!sets.ContainsKey(id) && Registry.DeviceSets.TryFind(id, out var set))
+            if (Registry.TryFind<VfioDevice>(dependency.Address.ToString(), out var affected))
             {
-                sets.Add(id, set);
+                sets.TryAdd(affected.Set.Id, affected.Set);
             }
         }
         var locked = new List<DeviceSet>(sets.Count);
@@ -149,9 +150,6 @@ public abstract partial class PciVfioDevice
             }
         }
     }
-
-    /// <summary>The device set key of a PCI function (its slot), as <see cref="PciDeviceContext"/> assigns it.</summary>
-    internal static string SetIdOf(PciAddress address) => "pci-slot:" + address.SlotName;
 
     // The group form (Linux 6.1's, and a device opened through its group since): the files of every
     // affected group prove the ownership; the groups stay pinned open until the reset returned.
@@ -278,7 +276,7 @@ public abstract partial class PciVfioDevice
 
     // Why the function is not the kernel's to reset for us (bound to no driver, or to a host one), or null.
     private string? NotVfioBound(PciAddress address) =>
-        Registry.Sysfs.ReadLinkName("bus/pci/devices/" + address + "/driver") switch
+        Registry.Sysfs.ReadLinkName(SysfsDiscovery.PciDir(address) + "/driver", ErrorTarget) switch
         {
             null => "it is bound to no driver",
             string d when !SysfsDiscovery.IsVfioDriver(d) => "it is bound to " + d,
@@ -287,7 +285,7 @@ public abstract partial class PciVfioDevice
 
     // The function's IOMMU group from sysfs, or -1.
     private int GroupOf(PciAddress address) =>
-        int.TryParse(Registry.Sysfs.ReadLinkName("bus/pci/devices/" + address + "/iommu_group"), NumberStyles.None, CultureInfo.InvariantCulture, out int id) ? id : -1;
+        int.TryParse(Registry.Sysfs.ReadLinkName(SysfsDiscovery.PciDir(address) + "/iommu_group", ErrorTarget), NumberStyles.None, CultureInfo.InvariantCulture, out int id) ? id : -1;
 
     /// <summary>
     /// Runs the reset ioctl (either form) with the mapped regions of every affected open device

@@ -57,6 +57,15 @@ public abstract class IommuAddressSpace
         }
     }
 
+    /// <summary>The IOMMU's info, as <see cref="IommuInfo"/>, asked for a device: a failed query names it.</summary>
+    public IommuInfo IommuInfoFor(VfioDevice device)
+    {
+        lock (_dmaLock)
+        {
+            return IommuInfoLocked(device.ErrorTarget);
+        }
+    }
+
     /// <summary>How many DMA mappings the address space holds.</summary>
     public int DmaMappingCount
     {
@@ -100,7 +109,10 @@ public abstract class IommuAddressSpace
 
     /// <summary>Asks the kernel for the IOMMU's info now: the valid ranges and the mapping budget as they stand.</summary>
     /// <exception cref="VfioException">The kernel refused.</exception>
-    public abstract IommuInfo QueryIommuInfo();
+    public IommuInfo QueryIommuInfo() => QueryIommuInfo(default);
+
+    /// <summary>Asks the kernel for the IOMMU's info now; errors name <paramref name="target"/>.</summary>
+    internal abstract IommuInfo QueryIommuInfo(ErrorTarget target);
 
     /// <summary>Maps <paramref name="length"/> bytes at <paramref name="hostAddress"/> at <paramref name="iova"/>; 0 or a negative errno.</summary>
     private protected abstract int MapCore(nint hostAddress, ulong iova, ulong length, DmaAccess access);
@@ -171,7 +183,7 @@ public abstract class IommuAddressSpace
     {
         lock (_dmaLock)
         {
-            var info = IommuInfoLocked();
+            var info = IommuInfoLocked(device.ErrorTarget);
             _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
             if (MappingsAvailableLocked() == 0)
             {
@@ -291,10 +303,11 @@ public abstract class IommuAddressSpace
         }
     }
 
-    private IommuInfo IommuInfoLocked()
+    // The info as first asked; a query's errors name the object asking (a device allocating DMA).
+    private IommuInfo IommuInfoLocked(ErrorTarget target = default)
     {
         LockAssert.Held(_dmaLock);
-        return _iommuInfo ??= QueryIommuInfo();
+        return _iommuInfo ??= QueryIommuInfo(target);
     }
 
     private int MappingsAvailableLocked()

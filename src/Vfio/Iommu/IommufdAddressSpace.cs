@@ -70,7 +70,7 @@ public sealed unsafe class IommufdAddressSpace : IommuAddressSpace
     /// wants). The page size is the IOAS's IOVA alignment, at least 4 KiB; there is no mapping budget.
     /// </summary>
     /// <exception cref="VfioException">The kernel refused.</exception>
-    public override IommuInfo QueryIommuInfo()
+    internal override IommuInfo QueryIommuInfo(ErrorTarget target)
     {
         uint capacity = 0;
         while (true)
@@ -89,7 +89,7 @@ public sealed unsafe class IommufdAddressSpace : IommuAddressSpace
                 capacity = cmd.num_iovas;
                 continue;
             }
-            VfioErrors.Check(rc, string.Create(CultureInfo.InvariantCulture, $"IOMMU_IOAS_IOVA_RANGES (IOAS {IoasId})"));
+            VfioErrors.Check(rc, string.Create(CultureInfo.InvariantCulture, $"IOMMU_IOAS_IOVA_RANGES (IOAS {IoasId})"), target);
             if (cmd.num_iovas > capacity)
             {
                 throw new VfioException($"IOMMU_IOAS_IOVA_RANGES (IOAS {IoasId}) reported {cmd.num_iovas} ranges for an array of {capacity}.");

@@ -39,7 +39,7 @@ internal sealed unsafe class IommufdBackend(VfioRegistry registry) : IommuBacken
         var target = device.ErrorTarget;
         lock (_attachLock)
         {
-            var space = _space ?? OpenIoasLocked();
+            var space = _space ?? OpenIoasLocked(target);
             SafeFd? fd = null;
             try
             {
@@ -131,8 +131,9 @@ internal sealed unsafe class IommufdBackend(VfioRegistry registry) : IommuBacken
     private const uint AttachSize = 12; // offsetofend(struct vfio_device_attach_iommufd_pt, pt_id)
     private const uint DetachSize = 8; // offsetofend(struct vfio_device_detach_iommufd_pt, flags)
 
-    // Opens /dev/iommu, reads where it charges pinned memory and allocates the IOAS; nothing stays open when it throws.
-    private IommufdAddressSpace OpenIoasLocked()
+    // Opens /dev/iommu, reads where it charges pinned memory and allocates the IOAS; nothing stays open
+    // when it throws. Errors name the device whose open made the IOAS.
+    private IommufdAddressSpace OpenIoasLocked(ErrorTarget target)
     {
         LockAssert.Held(_attachLock);
         var kernel = registry.Kernel;
@@ -146,13 +147,13 @@ internal sealed unsafe class IommufdBackend(VfioRegistry registry) : IommuBacken
                 Errno.EACCES or Errno.EPERM => $"Give this user access to {path} (its owner, or an udev rule), or run as root",
                 _ => null,
             };
-            VfioErrors.Throw(-rc, "open " + path, default, hint);
+            VfioErrors.Throw(-rc, "open " + path, target, hint);
         }
         try
         {
-            var accounting = ReadAccounting(fd);
+            var accounting = ReadAccounting(fd, target);
             var alloc = new iommu_ioas_alloc { size = (uint)sizeof(iommu_ioas_alloc) };
-            VfioErrors.Check(kernel.Ioctl(fd, IommufdUapi.IOMMU_IOAS_ALLOC, &alloc), "IOMMU_IOAS_ALLOC");
+            VfioErrors.Check(kernel.Ioctl(fd, IommufdUapi.IOMMU_IOAS_ALLOC, &alloc), "IOMMU_IOAS_ALLOC", target);
             var space = new IommufdAddressSpace(registry, fd, alloc.out_ioas_id, accounting);
             Volatile.Write(ref _space, space);
             Log.IoasAllocated(registry.Logger, space.IoasId, accounting);
@@ -167,7 +168,7 @@ internal sealed unsafe class IommufdBackend(VfioRegistry registry) : IommuBacken
 
     // IOMMU_OPTION_RLIMIT_MODE, global (object 0): where pinned pages are charged (the locked-memory
     // error says it). Every kernel with iommufd answers it.
-    private LockedMemoryAccounting ReadAccounting(SafeFd iommufd)
+    private LockedMemoryAccounting ReadAccounting(SafeFd iommufd, ErrorTarget target)
     {
         var option = new iommu_option
         {
@@ -175,7 +176,7 @@ internal sealed unsafe class IommufdBackend(VfioRegistry registry) : IommuBacken
             option_id = IommufdUapi.IOMMU_OPTION_RLIMIT_MODE,
             op = IommufdUapi.IOMMU_OPTION_OP_GET,
         };
-        VfioErrors.Check(registry.Kernel.Ioctl(iommufd, IommufdUapi.IOMMU_OPTION, &option), "IOMMU_OPTION (IOMMU_OPTION_RLIMIT_MODE, get)");
+        VfioErrors.Check(registry.Kernel.Ioctl(iommufd, IommufdUapi.IOMMU_OPTION, &option), "IOMMU_OPTION (IOMMU_OPTION_RLIMIT_MODE, get)", target);
         return option.val64 == 1 ? LockedMemoryAccounting.Process : LockedMemoryAccounting.User;
     }
 
@@ -278,7 +279,7 @@ internal static class DeviceCdev
             return (null, "it is in a no-IOMMU group, which the library opens through the legacy no-IOMMU container only (the VFIO cdev has no no-IOMMU support before Linux 7.3)");
         }
         // Names are vfioN; a no-IOMMU device's (7.3) is noiommu-vfioN.
-        string? name = registry.Sysfs.List(device.SysfsDirectory + "/vfio-dev").FirstOrDefault(n => n.StartsWith("vfio", StringComparison.Ordinal));
+        string? name = registry.Sysfs.List(device.SysfsDirectory + "/vfio-dev", device.ErrorTarget).FirstOrDefault(n => n.StartsWith("vfio", StringComparison.Ordinal));
         if (name is null)
         {
             return (null, $"it has no vfio-dev entry in sysfs ({registry.Kernel.Sys(device.SysfsDirectory + "/vfio-dev")}): the kernel is older than 6.1, or the device is not bound to a vfio driver");

@@ -16,7 +16,7 @@ internal sealed unsafe class Type1AddressSpace(VfioRegistry registry, SafeFd con
 
     public override VfioBackend Backend => VfioBackend.Legacy;
 
-    public override IommuInfo QueryIommuInfo() => IommuInfo.Query(Registry.Kernel, container);
+    internal override IommuInfo QueryIommuInfo(ErrorTarget target) => IommuInfo.Query(Registry.Kernel, container, target);
 
     private protected override string UnmapOperation => "VFIO_IOMMU_UNMAP_DMA";
 

@@ -17,7 +17,7 @@ public sealed partial class VfioRegistry
     /// <see cref="VfioDevice.Backend"/> says which it uses.
     /// </summary>
     /// <exception cref="VfioException">The kernel refused to list its device folder.</exception>
-    public VfioBackend Backend => Options.Backend ?? (IommufdPresent ? VfioBackend.Iommufd : VfioBackend.Legacy);
+    public VfioBackend Backend => Options.Backend ?? (IommufdPresent(default) ? VfioBackend.Iommufd : VfioBackend.Legacy);
 
     /// <summary>The IO address space the registry's devices opened through the iommufd backend share, while any is open; null otherwise.</summary>
     public IommufdAddressSpace? IommufdAddressSpace => IommufdBackend.AddressSpace;
@@ -25,23 +25,21 @@ public sealed partial class VfioRegistry
     /// <summary>The iommufd backend: the registry's iommufd and IOAS.</summary>
     internal IommufdBackend IommufdBackend { get; }
 
-    private bool IommufdPresent
+    // Whether /dev/iommu exists; a failed look names target (the device opening, if any).
+    private bool IommufdPresent(ErrorTarget target)
     {
-        get
+        int state = Volatile.Read(ref _iommufd);
+        if (state == 0)
         {
-            int state = Volatile.Read(ref _iommufd);
-            if (state == 0)
+            int rc = Kernel.ListDirectory(Kernel.DevRoot, out var names);
+            VfioErrors.Check(rc, "list " + Kernel.DevRoot, target);
+            state = names.Contains("iommu") ? 1 : 2;
+            if (Interlocked.CompareExchange(ref _iommufd, state, 0) == 0)
             {
-                int rc = Kernel.ListDirectory(Kernel.DevRoot, out var names);
-                VfioErrors.Check(rc, "list " + Kernel.DevRoot);
-                state = names.Contains("iommu") ? 1 : 2;
-                if (Interlocked.CompareExchange(ref _iommufd, state, 0) == 0)
-                {
-                    Log.IommufdPresence(Logger, Kernel.Dev("iommu"), state == 1, Options.Backend);
-                }
+                Log.IommufdPresence(Logger, Kernel.Dev("iommu"), state == 1, Options.Backend);
             }
-            return state == 1;
         }
+        return state == 1;
     }
 
     /// <summary>
@@ -52,12 +50,12 @@ public sealed partial class VfioRegistry
     /// </summary>
     internal (IommuBackend Backend, string? CdevPath) SelectBackend(VfioDevice device)
     {
-        if (Backend == VfioBackend.Legacy)
+        if ((Options.Backend ?? (IommufdPresent(device.ErrorTarget) ? VfioBackend.Iommufd : VfioBackend.Legacy)) == VfioBackend.Legacy)
         {
             Log.BackendChosen(Logger, device.Name, VfioBackend.Legacy, Options.Backend is null ? "there is no " + Kernel.Dev("iommu") : "forced by the registry's options");
             return (LegacyBackend, null);
         }
-        var (cdev, why) = IommufdPresent
+        var (cdev, why) = IommufdPresent(device.ErrorTarget)
             ? DeviceCdev.Find(this, device)
             : (null, "there is no " + Kernel.Dev("iommu") + ": the kernel was built without CONFIG_IOMMUFD (Linux 6.2 and later; no Debian kernel enables it), or the iommufd module is not loaded");
         if (cdev is null)

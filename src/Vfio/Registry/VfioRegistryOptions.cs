@@ -10,6 +10,13 @@ public sealed record VfioRegistryOptions
     public TimeSpan ReleaseRequestInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     /// <summary>
+    /// How long <see cref="VfioRegistry.DisposeAsync()"/> waits for holders of devices' references to let
+    /// go before it gives up, naming who still holds what (<see cref="Timeout.InfiniteTimeSpan"/>: as
+    /// long as it takes, as the kernel's unregister waits). Default: 30 s.
+    /// </summary>
+    public TimeSpan DisposeTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
     /// Forces a backend for every device, or null (the default) to choose per device: the iommufd
     /// backend when <c>/dev/iommu</c> exists and the device has a VFIO device cdev
     /// (<c>/dev/vfio/devices/vfioN</c>, named in its sysfs <c>vfio-dev</c> folder), the legacy backend
