@@ -70,7 +70,7 @@ internal sealed class PciSampleProgram<TDevice>
 
         var report = new StepReport(output);
         report.Title(Title + " on " + (simulated is null ? "the Linux kernel (/dev/vfio)" : "the simulated kernel (Vfio.Testing)"));
-        await using (var registry = new VfioRegistry(kernel, loggerFactory))
+        await using (var registry = new VfioRegistry(kernel, loggerFactory, new VfioRegistryOptions { Backend = commandLine.Backend }))
         {
             registry.AddDriver(CreateDriver());
             TDevice? device = null;
@@ -103,7 +103,7 @@ internal sealed class PciSampleProgram<TDevice>
             {
                 reference = device.Open();
                 opened = true;
-                return Task.FromResult($"{device.Address} (group {device.GroupId}, {device.Group?.Container?.IommuTypeName ?? "no"} IOMMU container, {DescribeOpened(device)})");
+                return Task.FromResult($"{device.Address} (group {device.GroupId}, {BackendDescription.Of(device)}, {DescribeOpened(device)})");
             }).ConfigureAwait(false);
             if (opened)
             {

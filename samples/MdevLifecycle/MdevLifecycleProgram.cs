@@ -14,7 +14,7 @@ namespace MdevLifecycle;
 /// </summary>
 public static class MdevLifecycleProgram
 {
-    private const string Usage = "usage: MdevLifecycle [--real] [--parent NAME] [--type TYPE] [--verbose]   (default: simulated kernel, parent mtty, type mtty-2)";
+    private const string Usage = "usage: MdevLifecycle [--real] [--parent NAME] [--type TYPE] [--backend legacy|iommufd] [--verbose]   (default: simulated kernel, parent mtty, type mtty-2, the backend the library chooses)";
 
     /// <summary>Runs the program; returns its exit code (0 when every step passed).</summary>
     /// <param name="args">The command line.</param>
@@ -27,12 +27,22 @@ public static class MdevLifecycleProgram
         bool verbose = false;
         string parentName = "mtty";
         string typeId = "mtty-2";
+        VfioBackend? backend = null;
         for (int i = 0; i < args.Count; i++)
         {
             switch (args[i])
             {
                 case "--real":
                     real = true;
+                    break;
+                case "--backend":
+                    string value = i + 1 < args.Count ? args[++i] : string.Empty;
+                    if (!Vfio.Samples.BackendDescription.TryParse(value, out VfioBackend chosen))
+                    {
+                        await Console.Error.WriteLineAsync("MdevLifecycle: --backend takes legacy or iommufd, not '" + value + "'\n" + Usage).ConfigureAwait(false);
+                        return 2;
+                    }
+                    backend = chosen;
                     break;
                 case "--verbose" or "-v":
                     verbose = true;
@@ -73,7 +83,7 @@ public static class MdevLifecycleProgram
         await output.WriteLineAsync(new string('-', title.Length)).ConfigureAwait(false);
 
         var steps = new Steps(output);
-        var registry = new VfioRegistry(kernel, loggerFactory);
+        var registry = new VfioRegistry(kernel, loggerFactory, new VfioRegistryOptions { Backend = backend });
         await using (registry.ConfigureAwait(false))
         {
             registry.AddDriver(new MttyDriver());
@@ -101,7 +111,7 @@ public static class MdevLifecycleProgram
                 {
                     var device = mdev!.Device;
                     Check(device.IsOpen, "the device is not open");
-                    return $"{device.Name} in emulated group {device.GroupId} ({device.GroupKind}), {device.Ports} port(s), IOMMU {device.Group!.Container!.IommuTypeName}";
+                    return $"{device.Name} in emulated group {device.GroupId} ({device.GroupKind}), {device.Ports} port(s), {Vfio.Samples.BackendDescription.Of(device)}";
                 });
                 steps.Run("config space", () =>
                 {

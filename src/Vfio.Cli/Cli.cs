@@ -33,9 +33,11 @@ internal sealed class Cli(VfioKernel kernel, TextWriter output, TextWriter error
     public IProgress<PciBindingWait> Progress => new WaitReporter(Error);
 
     /// <summary>Runs <paramref name="body"/> with a registry on the kernel, disposed afterwards.</summary>
-    public async Task<T> WithRegistryAsync<T>(Func<VfioRegistry, T> body)
+    /// <param name="body">What to do with the registry.</param>
+    /// <param name="backend">A backend to force (--backend), or null to let the library choose per device.</param>
+    public async Task<T> WithRegistryAsync<T>(Func<VfioRegistry, T> body, VfioBackend? backend = null)
     {
-        var registry = new VfioRegistry(Kernel);
+        var registry = new VfioRegistry(Kernel, options: new VfioRegistryOptions { Backend = backend });
         try
         {
             return body(registry);

@@ -127,7 +127,6 @@ public sealed partial class SimulatedKernel
         Sysfs.Directory("module/vfio/parameters").Attribute("enable_unsafe_noiommu_mode",
             () => UnsafeNoIommuMode ? "Y\n" : "N\n",
             text => StoreBool(text, v => UnsafeNoIommuMode = v));
-        Sysfs.Directory("module/vfio_iommu_type1/parameters");
         Sysfs.Directory("module/vfio_pci/parameters");
         Sysfs.Directory("module/vfio_pci_core");
         Sysfs.Directory("module/irqbypass");

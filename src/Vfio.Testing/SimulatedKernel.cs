@@ -627,7 +627,7 @@ public sealed partial class SimulatedKernel : VfioKernel
             }
             if (trimmed == DevRoot)
             {
-                names = IommufdEnabled ? ["iommu", "vfio"] : ["vfio"];
+                names = HasIommufd ? ["iommu", "vfio"] : ["vfio"];
                 return 0;
             }
             if (ListCdevFolderLocked(trimmed) is { } cdevs)
@@ -655,7 +655,7 @@ public sealed partial class SimulatedKernel : VfioKernel
     private bool DevNodeExistsLocked(string path)
     {
         AssertLocked();
-        return (path == DevRoot + "/iommu" && IommufdEnabled)
+        return (path == DevRoot + "/iommu" && HasIommufd)
             || CdevNamesLocked().Any(name => path == DevRoot + "/vfio/devices/" + name)
             || (path.StartsWith(DevRoot + "/vfio/", StringComparison.Ordinal)
                 && DevVfioNamesLocked().Contains(path[(DevRoot.Length + "/vfio/".Length)..]));

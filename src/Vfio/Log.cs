@@ -53,6 +53,37 @@ internal static partial class Log
     [LoggerMessage(16, LogLevel.Warning, "Tearing down group {GroupId} failed")]
     public static partial void GroupTeardownFailed(ILogger logger, int groupId, Exception exception);
 
+    [LoggerMessage(30, LogLevel.Information, "{Path} {Presence}; the VFIO backend for devices with a VFIO cdev: {Backend}")]
+    private static partial void IommufdPresence(ILogger logger, string path, string presence, VfioBackend backend);
+
+    public static void IommufdPresence(ILogger logger, string path, bool present, VfioBackend? forced) =>
+        IommufdPresence(logger, path, present ? "exists" : "does not exist",
+            forced ?? (present ? VfioBackend.Iommufd : VfioBackend.Legacy));
+
+    [LoggerMessage(31, LogLevel.Debug, "Opening {Device} through the {Backend} backend ({Why})")]
+    public static partial void BackendChosen(ILogger logger, string device, VfioBackend backend, string why);
+
+    [LoggerMessage(32, LogLevel.Debug, "Opened {Path} and allocated IOAS {IoasId}; pinned memory is charged to the {Accounting}")]
+    private static partial void IoasAllocated(ILogger logger, string path, uint ioasId, string accounting);
+
+    public static void IoasAllocated(ILogger logger, uint ioasId, LockedMemoryAccounting accounting) =>
+        IoasAllocated(logger, "/dev/iommu", ioasId, accounting == LockedMemoryAccounting.Process ? "process (IOMMU_OPTION_RLIMIT_MODE 1)" : "user (IOMMU_OPTION_RLIMIT_MODE 0)");
+
+    [LoggerMessage(33, LogLevel.Debug, "Bound {Device} ({Path}) to the iommufd as device {DeviceId} and attached it to IOAS {IoasId} (page table {PageTable})")]
+    public static partial void CdevAttached(ILogger logger, string device, string path, uint deviceId, uint ioasId, uint pageTable);
+
+    [LoggerMessage(34, LogLevel.Debug, "Detached {Path} from IOAS {IoasId} and closed it")]
+    public static partial void CdevDetached(ILogger logger, string path, uint ioasId);
+
+    [LoggerMessage(35, LogLevel.Warning, "Tearing down {Path} failed; closing it undoes the rest")]
+    public static partial void CdevTeardownFailed(ILogger logger, string path, Exception exception);
+
+    [LoggerMessage(36, LogLevel.Debug, "Destroyed IOAS {IoasId} and closed the iommufd")]
+    public static partial void IoasDestroyed(ILogger logger, uint ioasId);
+
+    [LoggerMessage(37, LogLevel.Warning, "Tearing down IOAS {IoasId} failed; closing the iommufd drops what is left")]
+    public static partial void IoasTeardownFailed(ILogger logger, uint ioasId, Exception exception);
+
     [LoggerMessage(20, LogLevel.Information, "Driver {Driver} probed {Device} in group {GroupId}")]
     public static partial void Probed(ILogger logger, string driver, string device, int groupId);
 
@@ -116,10 +147,10 @@ internal static partial class Log
     [LoggerMessage(651, LogLevel.Debug, "Unmapped DMA buffer 0x{Iova:x}+0x{Length:x}")]
     public static partial void DmaUnmapped(ILogger logger, ulong iova, ulong length);
 
-    [LoggerMessage(652, LogLevel.Debug, "The container's last group is leaving: unmapping its {Count} DMA buffers")]
+    [LoggerMessage(652, LogLevel.Debug, "The address space's last user is leaving: unmapping its {Count} DMA buffers")]
     public static partial void DmaUnmappingAll(ILogger logger, int count);
 
-    [LoggerMessage(653, LogLevel.Warning, "Unmapping DMA buffer 0x{Iova:x}+0x{Length:x} failed; the container unmaps it again when its last group leaves, and the kernel drops it with the IOMMU in any case")]
+    [LoggerMessage(653, LogLevel.Warning, "Unmapping DMA buffer 0x{Iova:x}+0x{Length:x} failed; its address space unmaps it again when its last user leaves, and the kernel drops it with the IOMMU in any case")]
     public static partial void DmaUnmapFailed(ILogger logger, ulong iova, ulong length, Exception exception);
 
     [LoggerMessage(655, LogLevel.Error, "munmap of the memory of DMA buffer 0x{Iova:x}+0x{Length:x} of {Device} failed ({Errno}); it stays mapped in this process (the device no longer reaches it) until the buffer's next Dispose retries it")]

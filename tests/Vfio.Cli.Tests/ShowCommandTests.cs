@@ -19,7 +19,7 @@ public sealed class ShowCommandTests : CliTest
         result.Error.Should().BeEmpty();
         string text = result.Output;
         text.Should().StartWith("0000:00:06.0  [1b36:0010]  class 010802  driver vfio-pci  group 7");
-        text.Should().Contain("Backend:     legacy container with the type1v2 IOMMU; group node " + Dev("vfio/7") + " (iommu)");
+        text.Should().Contain("Backend:     iommufd, IOAS 1 (intel-vtd IOMMU, pinned memory charged to the user); device node " + Dev("vfio/devices/vfio0") + " (iommu)");
         text.Should().MatchRegex(@"\n  0      BAR0\s+16 KiB\s+0x0\s+read write mmap caps\s+MSI-X table mappable\n");
         text.Should().MatchRegex(@"\n  8      VGA\s+-\s+0x0\s+-\s+the device has none \(EINVAL\)\n");
         text.Should().MatchRegex(@"\n  7      config\s+4 KiB\s+0x70000000000\s+read write\n");
@@ -31,6 +31,33 @@ public sealed class ShowCommandTests : CliTest
     }
 
     [Fact]
+    public async Task WithBackendLegacyTheDeviceIsOpenedThroughItsGroupAndContainer()
+    {
+        var result = await Run("show", "0000:00:06.0", "--backend", "legacy");
+        var json = await Run("show", "0000:00:06.0", "--backend", "legacy", "--json");
+
+        result.ExitCode.Should().Be(0, result.Error);
+        result.Output.Should().Contain("Backend:     legacy container with the type1v2 IOMMU; group node " + Dev("vfio/7") + " (iommu)");
+        var backend = json.Json.GetProperty("backend");
+        backend.GetProperty("interface").GetString().Should().Be("container");
+        backend.GetProperty("iommuType").GetString().Should().Be("type1v2");
+        backend.GetProperty("groupNode").GetString().Should().Be(Dev("vfio/7"));
+        backend.GetProperty("deviceNode").ValueKind.Should().Be(System.Text.Json.JsonValueKind.Null);
+        backend.GetProperty("dmaMappingsAvailable").GetUInt32().Should().Be(65535);
+    }
+
+    [Fact]
+    public async Task WithBackendIommufdOnAKernelWithoutItTheErrorSaysWhy()
+    {
+        Kernel.IommufdEnabled = false;
+
+        var result = await Run("show", "0000:00:06.0", "--backend", "iommufd");
+
+        result.ExitCode.Should().Be(1);
+        result.Error.Should().Contain("0000:00:06.0").And.Contain("CONFIG_IOMMUFD");
+    }
+
+    [Fact]
     public async Task ShowWithJsonHasEveryRegionAndInterruptIndex()
     {
         var result = await Run("show", "0000:00:06.0", "--json");
@@ -38,8 +65,12 @@ public sealed class ShowCommandTests : CliTest
         result.ExitCode.Should().Be(0, result.Error);
         var json = result.Json;
         json.GetProperty("device").GetProperty("address").GetString().Should().Be("0000:00:06.0");
-        json.GetProperty("backend").GetProperty("interface").GetString().Should().Be("container");
-        json.GetProperty("backend").GetProperty("iommuType").GetString().Should().Be("type1v2");
+        json.GetProperty("backend").GetProperty("interface").GetString().Should().Be("iommufd");
+        json.GetProperty("backend").GetProperty("iommuType").GetString().Should().Be("intel-vtd");
+        json.GetProperty("backend").GetProperty("deviceNode").GetString().Should().Be(Dev("vfio/devices/vfio0"));
+        json.GetProperty("backend").GetProperty("ioas").GetUInt32().Should().Be(1);
+        json.GetProperty("backend").GetProperty("lockedMemoryAccounting").GetString().Should().Be("user");
+        json.GetProperty("backend").GetProperty("dmaMappingsAvailable").ValueKind.Should().Be(System.Text.Json.JsonValueKind.Null);
         json.GetProperty("backend").GetProperty("pageSizes").EnumerateArray().Select(p => p.GetUInt64()).Should().Contain(4096UL);
         json.GetProperty("info").GetProperty("flags").EnumerateArray().Select(f => f.GetString()).Should().Contain("pci");
         var regions = json.GetProperty("regions").EnumerateArray().ToList();
@@ -86,15 +117,18 @@ public sealed class ShowCommandTests : CliTest
     [Fact]
     public async Task AFunctionWhoseGroupAnotherProcessHasOpenIsRefusedSayingSo()
     {
-        await using var registry = new VfioRegistry(Kernel);
+        await using var registry = new VfioRegistry(Kernel, options: new VfioRegistryOptions { Backend = VfioBackend.Legacy });
         var device = new PlainDevice(registry.FindPci(PciAddress.Parse("0000:00:06.0")));
         registry.Register(device);
         using (device.Open())
         {
             var result = await Run("show", "0000:00:06.0");
+            var legacy = await Run("show", "0000:00:06.0", "--backend", "legacy");
 
             result.ExitCode.Should().Be(1);
-            result.Error.Should().Contain("EBUSY").And.Contain("Group 7 is already open");
+            result.Error.Should().Contain("EBUSY").And.Contain("Group 7 of 0000:00:06.0 is open through the legacy group API");
+            legacy.ExitCode.Should().Be(1);
+            legacy.Error.Should().Contain("EBUSY").And.Contain("Group 7 is already open");
         }
         await registry.UnregisterAsync(device);
         device.Dispose();

@@ -15,7 +15,7 @@ internal static class EduScenarios
     public static IReadOnlyList<Scenario> All { get; } =
     [
         new("registry_open_reference_unregister", RegistryOpenReferenceUnregister),
-        new("registry_container_and_iommu", RegistryContainerAndIommu),
+        new("registry_backend_and_iommu", RegistryBackendAndIommu),
         new("bar0_mmap_registers", Bar0MmapRegisters),
         new("bar0_memory_space_off_reads_all_ones", Bar0MemorySpaceOff),
         new("edu_factorial_msi", FactorialByMsi),
@@ -38,7 +38,17 @@ internal static class EduScenarios
                 Check.Equal(held + 1, device.ReferenceCount, "references after TryGet");
             }
             Check.Equal(held, device.ReferenceCount, "references after the extra one went");
-            Check.Equal(context.GroupId, device.Group?.Id ?? -1, "the device's group");
+            Check.Equal(context.GroupId, device.GroupId, "the device's group");
+            Check.True(device.Backend == context.Backend, $"the device was opened through the {device.Backend} backend, not {context.Backend}");
+            if (context.Backend == VfioBackend.Legacy)
+            {
+                Check.Equal(context.GroupId, device.Group?.Id ?? -1, "the open group's id");
+            }
+            else
+            {
+                Check.True(device.Group is null && device.CdevPath is not null, "a device opened through its cdev has no group file and names its cdev");
+                context.Note("cdev: " + device.CdevPath);
+            }
         }
         Check.True(!device.IsOpen, "the device is still open after its last reference went");
         await ScenarioRegistry.UnregisterAsync(registry, device).ConfigureAwait(false);
@@ -46,11 +56,29 @@ internal static class EduScenarios
         Check.True(!device.TryGet(out _), "TryGet succeeded after unregister");
     });
 
-    public static Task RegistryContainerAndIommu(ScenarioContext context) => WithOpenEduAsync(context, device =>
+    public static Task RegistryBackendAndIommu(ScenarioContext context) => WithOpenEduAsync(context, device =>
     {
-        VfioContainer container = device.Group?.Container ?? throw new ScenarioFailedException("the open device's group has no container");
-        Check.Equal("type1v2", container.IommuTypeName, "container IOMMU type");
-        IommuInfo info = container.IommuInfo;
+        IommuInfo info;
+        if (context.Backend == VfioBackend.Legacy)
+        {
+            VfioContainer container = device.Group?.Container ?? throw new ScenarioFailedException("the open device's group has no container");
+            Check.Equal("type1v2", container.IommuTypeName, "container IOMMU type");
+            info = container.IommuInfo;
+        }
+        else
+        {
+            // The iommufd backend: the registry's one IOAS, its ranges asked with IOMMU_IOAS_IOVA_RANGES
+            // after the attach (VT-d reserves the MSI window), and IOMMU_GET_HW_INFO's VT-d registers.
+            var ioas = device.AddressSpace as IommufdAddressSpace ?? throw new ScenarioFailedException("the device's address space is not an IOAS");
+            Check.True(ReferenceEquals(ioas, device.Registry.IommufdAddressSpace), "the device's IOAS is not the registry's");
+            Check.True(ioas.LockedMemoryAccounting == LockedMemoryAccounting.User, "iommufd's default accounting (IOMMU_OPTION_RLIMIT_MODE 0) is not the user's");
+            info = ioas.IommuInfo;
+            Check.True(!info.IovaRanges.Any(r => r.Contains(0xfee00000, 0x1000)), "the MSI window 0xfee00000 is a valid IOVA");
+            IommuHardwareInfo hardware = device.GetIommuHardwareInfo();
+            context.Note(FormattableString.Invariant($"hw info: type {hardware.Type}, capabilities 0x{hardware.Capabilities:x}, cap 0x{hardware.IntelVtdCapability:x}, ecap 0x{hardware.IntelVtdExtendedCapability:x}"));
+            Check.True(hardware.Type == IommuHardwareType.IntelVtd, "the IOMMU is not Intel VT-d: " + hardware.Type);
+            Check.True(!hardware.CanTrackDirtyPages, "QEMU's intel-iommu claims dirty tracking");
+        }
         context.Note("iova ranges: " + string.Join(", ", info.IovaRanges.Select(r => FormattableString.Invariant($"[0x{r.Start:x}, 0x{r.End:x}]"))));
         Check.True(info.IovaRanges.Count > 0, "no IOVA ranges");
         Check.True((info.PageSizes & 0x1000) != 0, "no 4 KiB IOMMU pages");

@@ -30,7 +30,7 @@ internal static class MdevScenarios
 
     private static VfioRegistry Registry(ScenarioContext context)
     {
-        var registry = new VfioRegistry(context.Kernel);
+        var registry = context.NewRegistry();
         registry.AddDriver(new MttyDriver());
         return registry;
     }
@@ -80,7 +80,19 @@ internal static class MdevScenarios
             Check.True(device.GroupKind == IommuGroupKind.Emulated, "group kind is " + device.GroupKind + ", not Emulated");
             Check.Equal(group, device.GroupId, "device group");
             Check.True(device.IsOpen, "the created device is open");
-            Check.Equal("type1v2", device.Group!.Container!.IommuTypeName, "the emulated group's container IOMMU");
+            Check.True(device.Backend == context.Backend, $"the mdev was opened through the {device.Backend} backend, not {context.Backend}");
+            if (context.Backend == VfioBackend.Legacy)
+            {
+                Check.Equal("type1v2", device.Group!.Container!.IommuTypeName, "the emulated group's container IOMMU");
+            }
+            else
+            {
+                // Linux 6.6 and later give an mdev a cdev too; its bind makes an emulated "access" to the
+                // iommufd, which attaches to the registry's IOAS like a device's page table.
+                Check.True(device.Group is null && device.CdevPath is not null && device.AddressSpace is IommufdAddressSpace,
+                    "an mdev opened through its cdev has no group file, names its cdev and uses the registry's IOAS");
+                context.Note("cdev: " + device.CdevPath);
+            }
             var info = device.Info!;
             Check.True((info.Flags & VFIO_DEVICE_FLAGS_PCI) != 0, "device flags lack VFIO_DEVICE_FLAGS_PCI");
             Check.Equal(9u, info.RegionCount, "regions");

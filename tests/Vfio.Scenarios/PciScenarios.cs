@@ -135,7 +135,7 @@ internal static class PciScenarios
     /// </summary>
     public static async Task NvmeCapabilities(ScenarioContext context)
     {
-        await using var registry = new VfioRegistry(context.Kernel);
+        await using var registry = context.NewRegistry();
         PciDeviceContext? found = registry.DiscoverPci().FirstOrDefault(d => d.ClassCode == NvmeClassCode && d.KernelDriver == "vfio-pci");
         if (found is null)
         {

@@ -4,7 +4,10 @@ namespace Vfio.Scenarios;
 internal static class ScenarioCatalog
 {
     /// <summary>Every scenario, in the order they run: the uAPI basics, the kernel's rules at errno level, then the edu driver on the public API.</summary>
-    public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. EduScenarios.All, .. ResetScenarios.All, .. FunctionResetScenarios.All, .. ConfigVirtualizationScenarios.All, .. InterruptScenarios.All, .. DmaScenarios.All, .. PciScenarios.All, .. FeatureScenarios.All, .. SharedMemoryScenarios.All];
+    public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. IommufdScenarios.All, .. EduScenarios.All, .. ResetScenarios.All, .. FunctionResetScenarios.All, .. ConfigVirtualizationScenarios.All, .. InterruptScenarios.All, .. DmaScenarios.All, .. PciScenarios.All, .. FeatureScenarios.All, .. SharedMemoryScenarios.All];
+
+    /// <summary>The scenarios that need a kernel with iommufd and the VFIO device cdev; they skip on others.</summary>
+    public static IReadOnlyList<Scenario> NeedIommufd { get; } = IommufdScenarios.All;
 
     /// <summary>The mediated device scenarios, run on a machine with the kernel's mtty sample driver loaded (tests/vm/run-mdev-tests.sh).</summary>
     public static IReadOnlyList<Scenario> Mdev { get; } = MdevScenarios.All;

@@ -45,6 +45,36 @@ internal sealed record ScenarioContext(VfioKernel Kernel, string DeviceAddress, 
     /// <summary>How the kernel offers VFIO on this machine; the simulated kernel models <see cref="ScenarioMode.Legacy"/>.</summary>
     public ScenarioMode Mode { get; init; } = ScenarioMode.Legacy;
 
+    /// <summary>
+    /// The backend the library is made to use in this mode: the legacy one in legacy and legacy-compat
+    /// (also where the kernel has iommufd and the device cdevs, as the kernels built from source do),
+    /// iommufd in iommufd.
+    /// </summary>
+    public VfioBackend Backend => Mode == ScenarioMode.Iommufd ? VfioBackend.Iommufd : VfioBackend.Legacy;
+
+    /// <summary>A registry on the machine's kernel that uses the mode's <see cref="Backend"/>.</summary>
+    public VfioRegistry NewRegistry() => new(Kernel, options: new VfioRegistryOptions { Backend = Backend });
+
+    /// <summary>Skips the scenario when the kernel has no iommufd or no VFIO device cdev (every Debian kernel), saying so.</summary>
+    public void SkipWithoutIommufd()
+    {
+        bool iommufd = Kernel.ListDirectory(Kernel.DevRoot, out var dev) == 0 && dev.Contains("iommu");
+        bool cdevs = Kernel.ListDirectory(Kernel.Dev("vfio/devices"), out var nodes) == 0 && nodes.Length > 0;
+        var missing = new List<string>(2);
+        if (!iommufd)
+        {
+            missing.Add("no /dev/iommu (CONFIG_IOMMUFD)");
+        }
+        if (!cdevs)
+        {
+            missing.Add("no VFIO device cdev (CONFIG_VFIO_DEVICE_CDEV)");
+        }
+        if (missing.Count > 0)
+        {
+            throw new ScenarioSkippedException("the kernel has " + string.Join(" and ", missing));
+        }
+    }
+
     /// <summary>Skips the scenario (reported as skipped, with the reason) when the machine runs in <paramref name="mode"/>.</summary>
     public void SkipIn(ScenarioMode mode, string reason)
     {

@@ -12,7 +12,7 @@ internal static class ScenarioRegistry
     public static async Task WithRegisteredAsync<TDevice>(ScenarioContext context, VfioDriver driver, string address, Func<VfioRegistry, TDevice, Task> body)
         where TDevice : VfioDevice
     {
-        var registry = new VfioRegistry(context.Kernel);
+        var registry = context.NewRegistry();
         await using (registry.ConfigureAwait(false))
         {
             registry.AddDriver(driver);

@@ -4,8 +4,14 @@ using Vfio.Testing;
 namespace Vfio.Tests;
 
 /// <summary>The library's source-generated log messages: lifecycle points with structured fields, silence on hot paths.</summary>
-public class LogTests : KernelTest
+public abstract class LogTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : LogTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : LogTests(VfioBackend.Iommufd);
+
     private sealed class Driver() : PciDriver<RecordingPciDevice>("edu", PciMatch.Id(0x1234, 0x11e8))
     {
         protected internal override RecordingPciDevice CreateDevice(PciDeviceContext context) => new(context);
@@ -61,21 +67,60 @@ public class LogTests : KernelTest
     }
 
     [Fact]
-    public void GroupAndContainerEventsAreLoggedAtDebugWithTheGroupId()
+    public void TheBackendsEventsAreLoggedAtDebugWithTheirIds()
     {
         AddPci();
         var device = RegisterPci();
 
         device.Open().Dispose();
 
-        foreach (string name in new[] { "GroupOpened", "GroupAttached", "GroupDetached", "GroupClosed" })
+        var chosen = Logs.Named("BackendChosen").Should().ContainSingle().Subject;
+        chosen.Level.Should().Be(LogLevel.Debug);
+        chosen["Device"].Should().Be("0000:00:03.0");
+        chosen["Backend"].Should().Be(Backend);
+        if (Backend == VfioBackend.Legacy)
         {
-            var entry = Logs.Named(name).Should().ContainSingle(name).Subject;
-            entry.Level.Should().Be(LogLevel.Debug);
-            entry["GroupId"].Should().Be(5);
+            chosen["Why"].Should().Be("there is no " + Kernel.Dev("iommu"));
+            foreach (string name in new[] { "GroupOpened", "GroupAttached", "GroupDetached", "GroupClosed" })
+            {
+                var entry = Logs.Named(name).Should().ContainSingle(name).Subject;
+                entry.Level.Should().Be(LogLevel.Debug);
+                entry["GroupId"].Should().Be(5);
+            }
+            Logs.Named("ContainerOpened").Should().ContainSingle().Which.Level.Should().Be(LogLevel.Debug);
+            Logs.Named("ContainerClosed").Should().ContainSingle().Which.Level.Should().Be(LogLevel.Debug);
         }
-        Logs.Named("ContainerOpened").Should().ContainSingle().Which.Level.Should().Be(LogLevel.Debug);
-        Logs.Named("ContainerClosed").Should().ContainSingle().Which.Level.Should().Be(LogLevel.Debug);
+        else
+        {
+            chosen["Why"].Should().Be(Kernel.Dev("vfio/devices/vfio0"));
+            foreach (string name in new[] { "IoasAllocated", "CdevAttached", "CdevDetached", "IoasDestroyed" })
+            {
+                var entry = Logs.Named(name).Should().ContainSingle(name).Subject;
+                entry.Level.Should().Be(LogLevel.Debug);
+                entry["IoasId"].Should().Be(1u);
+            }
+            Logs.Named("CdevAttached").Single()["Device"].Should().Be("0000:00:03.0");
+            Logs.Named("GroupOpened").Should().BeEmpty("no group file is opened");
+        }
+    }
+
+    [Fact]
+    public void TheRegistrySaysOnceAtInformationWhichBackendItUsesForDevicesWithACdev()
+    {
+        AddPci();
+        AddPci("0000:00:04.0", group: 6);
+        var first = RegisterPci();
+        var second = RegisterPci("0000:00:04.0");
+
+        first.Open().Dispose();
+        second.Open().Dispose();
+
+        var entry = Logs.Named("IommufdPresence").Should().ContainSingle().Subject;
+        entry.Level.Should().Be(LogLevel.Information);
+        entry["Path"].Should().Be(Kernel.Dev("iommu"));
+        entry["Presence"].Should().Be(Backend == VfioBackend.Iommufd ? "exists" : "does not exist");
+        entry["Backend"].Should().Be(Backend);
+        Registry.Backend.Should().Be(Backend);
     }
 
     [Fact]
@@ -112,6 +157,13 @@ public class LogTests : KernelTest
     {
         AddPci();
         var device = RegisterPci();
+        Logs.Clear();
+
+        device.Open().Dispose();
+
+        Logs.Entries.Should().NotBeEmpty();
+        Logs.Entries.Where(e => e.Level > LogLevel.Debug).Should().ContainSingle("the registry's first open says which backend it uses, once")
+            .Which.EventId.Name.Should().Be("IommufdPresence");
         Logs.Clear();
 
         device.Open().Dispose();

@@ -56,10 +56,22 @@ cli_steps() {
   echo "vfio-vm: cli begins"
   echo "# $address is on $(driver_of "$address") with block device /dev/${block:-none}"
 
+  # What the kernel has: in mode legacy-compat (the vfio-compat kernel) /dev/vfio/vfio is iommufd's
+  # compatibility container and there is no vfio_iommu_type1; elsewhere it is vfio's own. iommufd
+  # and the device cdevs where /dev/iommu exists (the kernels built from source), none on Debian's.
+  case "$vm_mode" in
+    legacy-compat) container_line='backend.container .*served by iommufd.s compatibility container'; container_kind="iommufd's compatibility container" ;;
+    *) container_line='backend.container .*(vfio.s own'; container_kind="vfio's own container" ;;
+  esac
+  if [ -c /dev/iommu ]; then
+    iommufd_line='backend.iommufd .*/dev/iommu is there; device cdevs [^:]*: yes'; iommufd_kind="iommufd with the device cdevs"
+  else
+    iommufd_line='backend.iommufd .*No iommufd'; iommufd_kind="no iommufd"
+  fi
   cli_run doctor
   echo "$cli_out" | grep -q '^\[ok *\] iommu ' && echo "$cli_out" | grep -q '^\[ok *\] modules ' \
-    && echo "$cli_out" | grep -q '^\[ok *\] backend.container '
-  cli_check doctor $? "doctor did not find the IOMMU, the modules and the container as they are"
+    && echo "$cli_out" | grep -q "^\[ok *\] $container_line" && echo "$cli_out" | grep -q "^\[info *\] $iommufd_line"
+  cli_check doctor $? "doctor did not find the IOMMU, the modules, $container_kind and $iommufd_kind as they are"
 
   cli_run list --class 0108
   echo "$cli_out" | grep -qE "$address +1b36:0010 +010802 +nvme"
@@ -76,11 +88,13 @@ cli_steps() {
     && [ -f "/run/vfio-dotnet/bindings/$address.json" ] && [ -z "$(block_device "$address")" ] && ok=0
   cli_check bind "$ok" "after bind: exit $cli_rc, driver '$(driver_of "$address")', /dev/vfio/$group $( [ -c "/dev/vfio/$group" ] && echo present || echo missing)"
 
-  cli_run show "$address"
+  # The backend of the mode: the legacy container's type1v2, or iommufd's IOAS through the cdev.
+  cli_run show "$address" --backend "$vm_backend"
+  case "$vm_backend" in iommufd) backend_line='Backend: *iommufd, IOAS' ;; *) backend_line='Backend: *legacy container with the type1v2 IOMMU' ;; esac
   ok=1
   [ "$cli_rc" = 0 ] && echo "$cli_out" | grep -q 'BAR0' && echo "$cli_out" | grep -q 'MSI-X' \
-    && echo "$cli_out" | grep -q 'type1v2' && ok=0
-  cli_check show "$ok" "show of $address failed (exit $cli_rc)"
+    && echo "$cli_out" | grep -q "$backend_line" && ok=0
+  cli_check show "$ok" "show of $address through the $vm_backend backend failed (exit $cli_rc)"
 
   cli_run unbind --restore "$address"
   waited=0

@@ -3,7 +3,8 @@
 # finish (power off) and fail (report a setup failure, power off), and loads the modules listed
 # in /lib/modules/load-order. It reads the mode the host boots the guest in (vfio_vm_mode=MODE on
 # the kernel command line: legacy, legacy-compat or iommufd) into $vm_mode, exported to the
-# programs as VFIO_VM_MODE, and defines run_program for the test program's runs, and
+# programs as VFIO_VM_MODE, and the library's backend in that mode into $vm_backend (legacy or
+# iommufd), and defines run_program for the test program's runs, and
 # group_of and bind_vfio for handing a PCI device to vfio-pci.
 # Lines starting with "vfio-vm:" are read by tests/vm/lib.sh; keep their wording in step.
 
@@ -22,6 +23,8 @@ for word in $(cat /proc/cmdline); do
   case "$word" in vfio_vm_mode=*) vm_mode="${word#vfio_vm_mode=}" ;; esac
 done
 export VFIO_VM_MODE="$vm_mode"
+# The library's backend in this mode: the samples and the vfio tool are made to use it (--backend).
+case "$vm_mode" in iommufd) vm_backend=iommufd ;; *) vm_backend=legacy ;; esac
 echo "vfio-vm: kernel $(uname -r), mode $vm_mode"
 
 finish() {

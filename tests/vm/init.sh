@@ -106,6 +106,6 @@ echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address 
 /bin/Vfio.VmTests --mode "$vm_mode" --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
   $reset_args --hot-reset-group "$reset_group" --shared-memory-device "$shm_address"
 echo "vfio-vm: program exited with status $?"
-run_program sample --sample "$address"
-run_program "nvme sample" --nvme-sample "$nvme_address"
+run_program sample --sample "$address" --backend "$vm_backend"
+run_program "nvme sample" --nvme-sample "$nvme_address" --backend "$vm_backend"
 finish

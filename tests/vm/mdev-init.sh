@@ -12,7 +12,7 @@ dmesg -n 1
 echo "vfio-vm: running Vfio.VmTests --mdev"
 /bin/Vfio.VmTests --mdev --mode "$vm_mode"
 echo "vfio-vm: program exited with status $?"
-run_program sample --mdev-sample
+run_program sample --mdev-sample --backend "$vm_backend"
 left="$(ls /sys/bus/mdev/devices | wc -l)"
 echo "vfio-vm: mdevs left: $left"
 finish

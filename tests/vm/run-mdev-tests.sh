@@ -8,7 +8,7 @@
 #   debian-6.1-mdev  Debian bookworm's non-cloud 6.1 kernel (the cloud kernel has no VFIO_MDEV)
 #                    with mtty.ko built here from linux-source-6.1 against the headers of exactly
 #                    that kernel                                          legacy
-#   vfio             built from Debian's linux-source-7.N with mtty built in  legacy
+#   vfio             built from Debian's linux-source-7.N with mtty built in  legacy (iommufd with --mode)
 #   vfio-compat      the same on iommufd's compatibility container        legacy-compat
 #
 # Usage: tests/vm/run-mdev-tests.sh [--kernel ID]... [--mode MODE]... [--no-apt] [--fresh]
@@ -36,7 +36,11 @@ cache="$here/.cache/mdev"
 suite=mdev-tests
 
 . "$here/lib.sh"
+# One boot per kernel unless --mode asks for more: the legacy modes by default. The iommufd backend
+# is proven on PCI devices by run-vm-tests.sh; --mode iommufd runs mtty's devices through it too
+# (their bind makes an emulated "access" to the iommufd).
 parse_options "--kernel --mode --no-apt --fresh --timeout --verbose" "$@"
+[ -n "$selected_modes" ] || selected_modes="legacy legacy-compat"
 
 [ "$fresh" = 1 ] && rm -rf "$cache"
 mkdir -p "$cache"

@@ -18,7 +18,7 @@
 #   debian-6.12  Debian trixie's 6.12 cloud kernel                   legacy
 #   debian-7     the newest 7.x cloud kernel of sid/trixie-backports legacy
 #   vfio         built from Debian's linux-source-7.N (newest, 7.2 or later) with
-#                tests/vm/kernel/vfio.config: everything built in      legacy
+#                tests/vm/kernel/vfio.config: everything built in      legacy, iommufd
 #   vfio-compat  the same without VFIO's container: /dev/vfio/vfio is iommufd's
 #                compatibility container (kernel/legacy-compat.config)  legacy-compat
 #

@@ -15,13 +15,18 @@ internal static class ShowCommand
     public static Command Create(Cli cli)
     {
         var address = Cli.Address("The PCI function, bound to vfio-pci");
+        var backend = new Option<VfioBackend?>("--backend")
+        {
+            Description = "Open it through this backend: legacy (the group and container) or iommufd (the device cdev); by default as the library chooses (iommufd where /dev/iommu and the cdev exist)",
+        };
         var command = new Command("show", "Open a function bound to vfio-pci and show its regions, interrupts, capabilities, reset, features and migration support")
         {
             address,
+            backend,
         };
         command.SetAction(cli.Action(async (parse, json, _) =>
         {
-            var document = await InspectAsync(cli, parse.GetValue(address)![0]).ConfigureAwait(false);
+            var document = await InspectAsync(cli, parse.GetValue(address)![0], parse.GetValue(backend)).ConfigureAwait(false);
             if (json)
             {
                 cli.WriteJson(document, CliJson.Default.ShowDocument);
@@ -38,7 +43,7 @@ internal static class ShowCommand
     /// <summary>A device with no behaviour of its own: the tool only looks at what VFIO reports.</summary>
     private sealed class InspectedDevice(PciDeviceContext context) : PciVfioDevice(context);
 
-    private static async Task<ShowDocument> InspectAsync(Cli cli, PciAddress address)
+    private static async Task<ShowDocument> InspectAsync(Cli cli, PciAddress address, VfioBackend? backend)
     {
         var function = PciFunction.Read(cli.Kernel, address);
         if (!function.IsBoundToVfio)
@@ -56,7 +61,7 @@ internal static class ShowCommand
                 {
                     return Read(function, device);
                 }
-            }).ConfigureAwait(false);
+            }, backend).ConfigureAwait(false);
         }
         finally
         {
@@ -67,13 +72,15 @@ internal static class ShowCommand
     private static ShowDocument Read(PciFunction function, InspectedDevice device)
     {
         var info = device.Info!;
-        var group = device.Group!;
-        var container = group.Container!;
-        var iommu = container.IommuInfo;
-        var backend = new BackendJson("container", container.IommuTypeName, group.Kind.ToString().ToLowerInvariant(), group.NodePath,
-            [.. Enumerable.Range(0, 64).Where(b => (iommu.PageSizes & (1UL << b)) != 0).Select(b => 1UL << b)],
-            [.. iommu.IovaRanges.Select(r => new IovaRangeJson(Cli.Hex(r.Start), Cli.Hex(r.End)))],
-            iommu.DmaMappingsAvailable);
+        var iommu = device.AddressSpace!.IommuInfo;
+        ulong[] pageSizes = [.. Enumerable.Range(0, 64).Where(b => (iommu.PageSizes & (1UL << b)) != 0).Select(b => 1UL << b)];
+        IovaRangeJson[] ranges = [.. iommu.IovaRanges.Select(r => new IovaRangeJson(Cli.Hex(r.Start), Cli.Hex(r.End)))];
+        string groupKind = device.GroupKind.ToString().ToLowerInvariant();
+        var backend = device.AddressSpace is IommufdAddressSpace ioas
+            ? new BackendJson("iommufd", IommuTypeName(device.GetIommuHardwareInfo().Type), groupKind, null, device.CdevPath, ioas.IoasId,
+                ioas.LockedMemoryAccounting == LockedMemoryAccounting.Process ? "process" : "user", pageSizes, ranges, null)
+            : new BackendJson("container", device.Group!.Container!.IommuTypeName, groupKind, device.Group.NodePath, null, null, null,
+                pageSizes, ranges, iommu.DmaMappingsAvailable);
         var flags = Named((info.IsPci, "pci"), (info.IsPlatform, "platform"), (info.CanReset, "reset"));
         var regions = new List<RegionJson>();
         for (int i = 0; i < info.RegionCount; i++)
@@ -205,12 +212,21 @@ internal static class ShowCommand
 
     private static string Name(PciExtendedCapabilityId id) => Enum.IsDefined(id) ? id.ToString() : "unknown";
 
+    private static string IommuTypeName(IommuHardwareType type) => type switch
+    {
+        IommuHardwareType.IntelVtd => "intel-vtd",
+        IommuHardwareType.None => "unknown",
+        _ => "type " + ((int)type).ToString(CultureInfo.InvariantCulture),
+    };
+
     private static void Write(TextWriter w, ShowDocument d)
     {
         var f = d.Device;
         w.WriteLine($"{f.Address}  [{f.Vendor}:{f.Device}]  class {f.Class}  driver {f.Driver}  group {f.IommuGroup}");
         var b = d.Backend;
-        w.WriteLine($"Backend:     legacy container with the {b.IommuType} IOMMU; group node {b.GroupNode} ({b.GroupKind})");
+        w.WriteLine(b.Interface == "iommufd"
+            ? string.Create(CultureInfo.InvariantCulture, $"Backend:     iommufd, IOAS {b.Ioas} ({b.IommuType} IOMMU, pinned memory charged to the {b.LockedMemoryAccounting}); device node {b.DeviceNode} ({b.GroupKind})")
+            : $"Backend:     legacy container with the {b.IommuType} IOMMU; group node {b.GroupNode} ({b.GroupKind})");
         w.WriteLine($"IOMMU:       page sizes {string.Join(", ", b.PageSizes.Select(Cli.Size))}; IOVA ranges {string.Join(", ", b.IovaRanges.Select(r => r.Start + "-" + r.End))}"
             + (b.DmaMappingsAvailable is uint avail ? string.Create(CultureInfo.InvariantCulture, $"; {avail} DMA mappings available") : ""));
         w.WriteLine($"Device:      {string.Join(", ", d.Info.Flags)}; {d.Info.Regions} regions, {d.Info.Irqs} interrupt indexes");

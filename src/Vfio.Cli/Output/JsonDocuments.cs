@@ -35,8 +35,8 @@ internal sealed record UnbindDocument(int Version, IReadOnlyList<UnboundJson> De
 
 internal sealed record IovaRangeJson(string Start, string End);
 
-internal sealed record BackendJson(string Interface, string IommuType, string GroupKind, string GroupNode, IReadOnlyList<ulong> PageSizes,
-    IReadOnlyList<IovaRangeJson> IovaRanges, uint? DmaMappingsAvailable);
+internal sealed record BackendJson(string Interface, string IommuType, string GroupKind, string? GroupNode, string? DeviceNode, uint? Ioas,
+    string? LockedMemoryAccounting, IReadOnlyList<ulong> PageSizes, IReadOnlyList<IovaRangeJson> IovaRanges, uint? DmaMappingsAvailable);
 
 internal sealed record DeviceInfoJson(IReadOnlyList<string> Flags, uint Regions, uint Irqs);
 

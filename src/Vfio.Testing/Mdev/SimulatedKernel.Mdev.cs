@@ -117,8 +117,6 @@ public sealed partial class SimulatedKernel
             groupId++;
         }
         var group = GroupLocked(groupId, SimulatedGroupKind.Emulated);
-        // vfio_register_emulated_iommu_dev names the group as the no-IOMMU groups are named.
-        Sysfs.Directory("kernel/iommu_groups/" + Decimal(groupId)).Attribute("name", () => "vfio-noiommu\n");
         var device = new SimulatedMdevDevice(this, uuid, parent, type, model, group);
         type.Instances++;
         if (parent.Capacity is not null)

@@ -224,21 +224,34 @@ public sealed partial class SimulatedKernel
     private readonly Dictionary<SimulatedDevice, VfioDeviceRegistration> _vfioDevices = [];
 
     /// <summary>
-    /// Whether the kernel has the VFIO device cdev (CONFIG_VFIO_DEVICE_CDEV, Linux 6.6 and later, which
-    /// needs IOMMUFD): a device bound to vfio-pci or vfio-platform gets <c>/dev/vfio/devices/vfioN</c>.
-    /// True by default; false models a kernel without it (6.1, or any Debian kernel). The sysfs node
-    /// <c>vfio-dev/vfioN</c> exists either way (Linux 6.1 has it too), so it alone does not mean the cdev exists.
+    /// Whether the kernel was built with the VFIO device cdev (CONFIG_VFIO_DEVICE_CDEV, which needs
+    /// IOMMUFD): on <see cref="LinuxVersion"/> 6.6 and later a device bound to vfio-pci or vfio-platform
+    /// then gets <c>/dev/vfio/devices/vfioN</c>. True by default; false models a kernel built without it
+    /// (any Debian kernel). The sysfs node <c>vfio-dev/vfioN</c> exists either way (Linux 6.1 has it
+    /// too), so it alone does not mean the cdev exists.
     /// </summary>
     public bool DeviceCdevEnabled { get; set; } = true;
 
     /// <summary>The device's iommufd binding (made through its cdev), or null; the lock is held.</summary>
-    internal IommufdDeviceObject? IommufdBindingLocked(SimulatedDevice device) => _vfioDevices.GetValueOrDefault(device)?.Binding;
+    internal IommufdDeviceObject? IommufdBindingLocked(SimulatedDevice device)
+    {
+        AssertLocked();
+        return _vfioDevices.GetValueOrDefault(device)?.Binding;
+    }
 
     /// <summary>Whether a device of the group is bound through its cdev (vfio_group's cdev_device_open_cnt); the lock is held.</summary>
-    internal bool GroupHasBoundCdevLocked(IommuGroupState group) => group.Devices.Any(d => IommufdBindingLocked(d) is not null);
+    internal bool GroupHasBoundCdevLocked(IommuGroupState group)
+    {
+        AssertLocked();
+        return group.Devices.Any(d => IommufdBindingLocked(d) is not null);
+    }
 
     /// <summary>The cdev files open on the device (each holds its registration, as an unbind must wait for); the lock is held.</summary>
-    internal int CdevFilesLocked(SimulatedDevice device) => _vfioDevices.GetValueOrDefault(device)?.CdevFiles ?? 0;
+    internal int CdevFilesLocked(SimulatedDevice device)
+    {
+        AssertLocked();
+        return _vfioDevices.GetValueOrDefault(device)?.CdevFiles ?? 0;
+    }
 
     /// <summary>
     /// vfio_register_group_dev's device_add: the lowest free index, <c>vfio-dev/vfioN</c> under the device
@@ -246,6 +259,7 @@ public sealed partial class SimulatedKernel
     /// </summary>
     internal void RegisterVfioDeviceLocked(SimulatedDevice device)
     {
+        AssertLocked();
         if (device is SimulatedMdevDevice || _vfioDevices.ContainsKey(device))
         {
             return;
@@ -272,6 +286,7 @@ public sealed partial class SimulatedKernel
     /// <summary>vfio_unregister_group_dev's device_del; the lock is held.</summary>
     internal void UnregisterVfioDeviceLocked(SimulatedDevice device)
     {
+        AssertLocked();
         if (!_vfioDevices.Remove(device, out var registration))
         {
             return;
@@ -286,7 +301,8 @@ public sealed partial class SimulatedKernel
     /// </summary>
     internal unsafe int BindGroupDeviceFileLocked(byte* argument)
     {
-        if (!IommufdEnabled || !DeviceCdevEnabled)
+        AssertLocked();
+        if (!HasDeviceCdev)
         {
             return -Errno.ENOTTY;
         }
@@ -306,10 +322,13 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>The names under <c>/dev/vfio/devices</c>: registered devices with an IOMMU, when the kernel has the cdev.</summary>
-    private IEnumerable<string> CdevNamesLocked() =>
-        IommufdEnabled && DeviceCdevEnabled
+    private IEnumerable<string> CdevNamesLocked()
+    {
+        AssertLocked();
+        return HasDeviceCdev
             ? _vfioDevices.Where(p => p.Key.GroupKind != SimulatedGroupKind.NoIommu).Select(p => p.Value.Name) // cdev does not support no-IOMMU
             : [];
+    }
 
     /// <summary>
     /// Opens <c>/dev/iommu</c> or <c>/dev/vfio/devices/vfioN</c>; null when the path is neither, so the
@@ -317,10 +336,11 @@ public sealed partial class SimulatedKernel
     /// </summary>
     private int? OpenIommufdNodeLocked(string path, out KernelFile? file)
     {
+        AssertLocked();
         file = null;
         if (path == DevRoot + "/iommu")
         {
-            if (!IommufdEnabled)
+            if (!HasIommufd)
             {
                 return -Errno.ENOENT;
             }
@@ -345,6 +365,9 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>The names of <c>/dev/vfio/devices</c> when <paramref name="path"/> is that folder, else null; the lock is held.</summary>
-    private string[]? ListCdevFolderLocked(string path) =>
-        path == DevRoot + "/vfio/devices" && CdevNamesLocked().Any() ? [.. CdevNamesLocked().Order(StringComparer.Ordinal)] : null;
+    private string[]? ListCdevFolderLocked(string path)
+    {
+        AssertLocked();
+        return path == DevRoot + "/vfio/devices" && CdevNamesLocked().Any() ? [.. CdevNamesLocked().Order(StringComparer.Ordinal)] : null;
+    }
 }

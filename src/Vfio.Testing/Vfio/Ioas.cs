@@ -146,6 +146,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <inheritdoc/>
     public DmaMapping? Find(ulong iova)
     {
+        Kernel.AssertLocked();
         int i = FloorIndex(iova);
         return i >= 0 && _areas[i].Last >= iova ? _areas[i].Pinned : null;
     }
@@ -155,6 +156,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>The usable IOVA ranges: the holes of the reserved ranges (iommufd_ioas_iova_ranges).</summary>
     public List<(ulong Start, ulong Last)> UsableRanges()
     {
+        Kernel.AssertLocked();
         var result = new List<(ulong, ulong)>();
         ulong next = 0;
         bool done = false;
@@ -181,6 +183,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>IOMMU_IOAS_ALLOW_IOVAS (iommufd_ioas_load_iovas, iopt_set_allow_iova): replaces the allowed list.</summary>
     public int SetAllowed(IReadOnlyList<(ulong Start, ulong Last)> ranges)
     {
+        Kernel.AssertLocked();
         var loaded = new List<(ulong Start, ulong Last)>();
         foreach (var (start, last) in ranges)
         {
@@ -201,6 +204,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>iopt_reserve_iova: fails with EADDRINUSE where a mapping or an allowed range is.</summary>
     public int Reserve(ulong start, ulong last, object owner)
     {
+        Kernel.AssertLocked();
         if (_areas.Any(a => Intersects(a.Iova, a.Last, start, last)) || _allowed.Any(a => Intersects(a.Start, a.Last, start, last)))
         {
             return -Errno.EADDRINUSE;
@@ -209,11 +213,16 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
         return 0;
     }
 
-    public void RemoveReserved(object owner) => _reserved.RemoveAll(r => ReferenceEquals(r.Owner, owner));
+    public void RemoveReserved(object owner)
+    {
+        Kernel.AssertLocked();
+        _reserved.RemoveAll(r => ReferenceEquals(r.Owner, owner));
+    }
 
     /// <summary>A device's reserved regions (iopt_table_enforce_dev_resv_regions): the holes between the IOMMU's usable ranges, e.g. the MSI window.</summary>
     public int ReserveDeviceRegions(object owner)
     {
+        Kernel.AssertLocked();
         var usable = Kernel.IovaRanges;
         for (int i = 1; i < usable.Count; i++)
         {
@@ -235,6 +244,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>iopt_map_user_pages: maps [userVa, userVa + length) at iova (in with FIXED_IOVA, out otherwise).</summary>
     public int Map(ulong userVa, ulong length, ref ulong iova, uint flags)
     {
+        Kernel.AssertLocked();
         if (userVa + length < userVa)
         {
             return -Errno.EOVERFLOW;
@@ -257,6 +267,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// </summary>
     public int Slices(ulong iova, ulong length, out List<(IoasPages Pages, ulong StartByte, ulong Length)> slices)
     {
+        Kernel.AssertLocked();
         slices = [];
         if (length == 0)
         {
@@ -288,6 +299,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>iopt_map_pages: inserts one area per slice, back to back from iova, and pins them if a domain exists.</summary>
     public int MapSlices(List<(IoasPages Pages, ulong StartByte, ulong Length)> slices, ulong length, ref ulong iova, uint flags)
     {
+        Kernel.AssertLocked();
         bool read = (flags & IommufdUapi.IOMMU_IOAS_MAP_READABLE) != 0;
         bool write = (flags & IommufdUapi.IOMMU_IOAS_MAP_WRITEABLE) != 0;
         // iopt_alloc_area_pages
@@ -351,6 +363,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>iopt_unmap_iova_range: unmaps whole areas inside [start, last]; an area that sticks out ends it with ENOENT.</summary>
     public int Unmap(ulong start, ulong last, out ulong unmapped)
     {
+        Kernel.AssertLocked();
         unmapped = 0;
         while (true)
         {
@@ -378,6 +391,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>Unmaps everything (iopt_unmap_all), as IOMMU_DESTROY and the file's release do.</summary>
     public ulong UnmapAll()
     {
+        Kernel.AssertLocked();
         _ = Unmap(0, ulong.MaxValue, out ulong unmapped);
         return unmapped;
     }
@@ -390,6 +404,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// </summary>
     public int AddDomain(HwptObject hwpt)
     {
+        Kernel.AssertLocked();
         ulong pageSizes = Kernel.IommuPageSizes;
         ulong newAlignment = Math.Max(pageSizes & (~pageSizes + 1), IovaAlignment);
         if (newAlignment > PageSize)
@@ -431,6 +446,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>iopt_table_remove_domain: the last domain unpins every area; the alignment is computed again.</summary>
     public void RemoveDomain(HwptObject hwpt)
     {
+        Kernel.AssertLocked();
         if (!_domains.Remove(hwpt))
         {
             return;
@@ -449,6 +465,7 @@ internal sealed class IoasObject : IommufdObject, IDmaMappings
     /// <summary>IOMMU_OPTION_HUGE_PAGES set (iopt_disable_large_pages, iopt_enable_large_pages).</summary>
     public int SetLargePages(bool enabled)
     {
+        Kernel.AssertLocked();
         if (enabled)
         {
             LargePagesDisabled = false;

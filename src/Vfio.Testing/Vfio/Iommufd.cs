@@ -66,7 +66,8 @@ internal sealed class HwptObject(IommufdContext context, IoasObject ioas, bool a
 /// An iommufd context (struct iommufd_ctx), one per open of <c>/dev/iommu</c>: its object table, its
 /// RLIMIT_MEMLOCK accounting mode, the VFIO compatibility IOAS, and per IOMMU group the page table
 /// the group's devices are attached to. The ioctls follow Linux 7.x's drivers/iommu/iommufd (main.c,
-/// ioas.c, io_pagetable.c, device.c, hw_pagetable.c). All members run under the kernel lock.
+/// ioas.c, io_pagetable.c, device.c, hw_pagetable.c). All members run under the kernel lock; the
+/// entry points from the device cdev and the file assert it.
 /// </summary>
 internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
 {
@@ -133,6 +134,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// <summary>iommufd_fops_release: destroys the leaves first, until nothing is left.</summary>
     public void Release()
     {
+        Kernel.AssertLocked();
         while (_objects.Count > 0)
         {
             var leaves = _objects.Values.Where(o => o.Users == 1).ToList();
@@ -153,8 +155,11 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// The DMA owner of a group from iommufd's side: the context some bound device of the group
     /// belongs to, or null.
     /// </summary>
-    public static IommufdContext? GroupOwner(SimulatedKernel kernel, IommuGroupState group) =>
-        group.Devices.Select(kernel.IommufdBindingLocked).OfType<IommufdDeviceObject>().FirstOrDefault()?.Context;
+    public static IommufdContext? GroupOwner(SimulatedKernel kernel, IommuGroupState group)
+    {
+        kernel.AssertLocked();
+        return group.Devices.Select(kernel.IommufdBindingLocked).OfType<IommufdDeviceObject>().FirstOrDefault()?.Context;
+    }
 
     /// <summary>
     /// iommufd_device_bind: EPERM without isolated MSI, EPERM when the group's DMA is owned by another
@@ -162,6 +167,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// </summary>
     public int Bind(SimulatedDevice device, out IommufdDeviceObject? bound)
     {
+        Kernel.AssertLocked();
         bound = null;
         if (!Kernel.IsolatedMsi)
         {
@@ -182,6 +188,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// <summary>iommufd_device_unbind: detaches, and removes the device from the table.</summary>
     public void Unbind(IommufdDeviceObject idev)
     {
+        Kernel.AssertLocked();
         Detach(idev);
         idev.Users--;
         _ = Remove(idev);
@@ -194,6 +201,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// </summary>
     public int Attach(IommufdDeviceObject idev, ref uint ptId)
     {
+        Kernel.AssertLocked();
         bool replace = idev.Attached is not null;
         if (!_objects.TryGetValue(ptId, out var target))
         {
@@ -328,6 +336,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// <summary>VFIO_DEVICE_DETACH_IOMMUFD_PT (iommufd_device_detach): nothing to do when not attached.</summary>
     public void Detach(IommufdDeviceObject idev)
     {
+        Kernel.AssertLocked();
         if (idev.Attached is not { } hwpt)
         {
             return;
@@ -364,6 +373,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// <summary>vfio_iommufd_get_dev_id: the device's id here, -ENOENT when owned through its group, -ENODEV otherwise.</summary>
     public int DeviceId(SimulatedDevice device)
     {
+        Kernel.AssertLocked();
         if (Kernel.IommufdBindingLocked(device) is { } idev && idev.Context == this)
         {
             return (int)idev.Id;
@@ -398,6 +408,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     /// </summary>
     public int Ioctl(nuint request, nint argument)
     {
+        Kernel.AssertLocked();
         uint nr = (uint)request & 0xff;
         // Numbers outside the table go to the VFIO type1 compatibility ioctls (iommufd_vfio_ioctl), and
         // the table's later commands (invalidation, fault queues, vIOMMU, map-file, ...) are not simulated.
@@ -406,6 +417,20 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
             return -Errno.ENOTTY;
         }
         var (expected, size, minSize) = Commands[nr - IommufdUapi.IOMMUFD_CMD_BASE];
+        // Commands and struct sizes by version: HWPT_ALLOC and GET_HW_INFO arrived in 6.6 (24 and 32
+        // bytes), dirty tracking and GET_HW_INFO's out_capabilities in 6.7 (HWPT_ALLOC 40 bytes), the
+        // fault queue id in 6.11 (HWPT_ALLOC 48 bytes). Before its version a command is ENOTTY.
+        if ((nr >= IommufdUapi.IOMMUFD_CMD_HWPT_ALLOC && !Kernel.Since(6, 6)) || (nr >= IommufdUapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING && !Kernel.Since(6, 7)))
+        {
+            return -Errno.ENOTTY;
+        }
+        int known = nr switch
+        {
+            IommufdUapi.IOMMUFD_CMD_GET_HW_INFO when !Kernel.Since(6, 7) => 32,
+            IommufdUapi.IOMMUFD_CMD_HWPT_ALLOC when !Kernel.Since(6, 7) => 24,
+            IommufdUapi.IOMMUFD_CMD_HWPT_ALLOC when !Kernel.Since(6, 11) => 40,
+            _ => size,
+        };
         if (argument == 0)
         {
             return -Errno.EFAULT;
@@ -420,8 +445,9 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
         {
             return -Errno.EINVAL;
         }
-        // copy_struct_from_user
-        for (long i = size; i < userSize; i++)
+        // copy_struct_from_user, up to the size this version knows; the command runs on a zeroed copy of
+        // the whole struct, so fields of later versions read as 0.
+        for (long i = known; i < userSize; i++)
         {
             if (user[i] != 0)
             {
@@ -430,7 +456,7 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
         }
         byte* cmd = stackalloc byte[size];
         new Span<byte>(cmd, size).Clear();
-        int copy = (int)Math.Min(userSize, (uint)size);
+        int copy = (int)Math.Min(userSize, (uint)known);
         new ReadOnlySpan<byte>(user, copy).CopyTo(new Span<byte>(cmd, size));
         bool respond = false;
         int rc = Execute(nr, cmd, ref respond);
@@ -852,7 +878,8 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
         }
         var vtd = new iommu_hw_info_vtd
         {
-            flags = IommufdUapi.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17, // 7.x's Intel driver always sets it
+            // The erratum bit arrived in 6.8; the Intel driver sets it since.
+            flags = Kernel.Since(6, 8) ? IommufdUapi.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17 : 0,
             cap_reg = Kernel.VtdCapabilityRegister,
             ecap_reg = Kernel.VtdExtendedCapabilityRegister,
         };
@@ -866,7 +893,9 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
         }
         cmd->data_len = (uint)dataLength;
         cmd->out_data_type = IommufdUapi.IOMMU_HW_INFO_TYPE_INTEL_VTD;
-        cmd->out_capabilities = idev.Device is SimulatedPciDevice ? IommuHwCapPciAtsNotSupported : 0;
+        // 6.6's struct ends before out_capabilities (the respond copies no more than the kernel's size);
+        // the ATS bit is reported after 6.12 (absent from 6.12's header, present in 7.2's).
+        cmd->out_capabilities = idev.Device is SimulatedPciDevice && Kernel.Since(6, 13) ? IommuHwCapPciAtsNotSupported : 0;
         cmd->out_max_pasid_log2 = 0;
         respond = true;
         return 0;
@@ -927,8 +956,9 @@ public sealed partial class SimulatedKernel
     private ulong _userLockedMemory;
 
     /// <summary>
-    /// Whether the kernel has IOMMUFD (CONFIG_IOMMUFD, Linux 6.2 and later): <c>/dev/iommu</c> exists.
-    /// True by default; false models an older kernel or one built without it (every Debian kernel).
+    /// Whether the kernel was built with IOMMUFD (CONFIG_IOMMUFD): on <see cref="LinuxVersion"/> 6.2 and
+    /// later <c>/dev/iommu</c> then exists. True by default; false models a kernel built without it
+    /// (every Debian kernel).
     /// </summary>
     public bool IommufdEnabled { get; set; } = true;
 
@@ -968,20 +998,33 @@ public sealed partial class SimulatedKernel
     }
 
     /// <summary>The live iommufd contexts; the lock is held.</summary>
-    internal IEnumerable<IommufdContext> IommufdContextsLocked => _iommufds.Select(f => f.Context);
+    internal IEnumerable<IommufdContext> IommufdContextsLocked
+    {
+        get
+        {
+            AssertLocked();
+            return _iommufds.Select(f => f.Context);
+        }
+    }
 
     internal KernelFile OpenIommufdLocked(string path)
     {
+        AssertLocked();
         var file = new IommufdFile(this, path);
         _iommufds.Add(file);
         return file;
     }
 
-    internal void ForgetIommufdLocked(IommufdFile file) => _iommufds.Remove(file);
+    internal void ForgetIommufdLocked(IommufdFile file)
+    {
+        AssertLocked();
+        _iommufds.Remove(file);
+    }
 
     /// <summary>Charges pinned bytes in the context's mode (incr_user_locked_vm or the mm's locked_vm); false beyond RLIMIT_MEMLOCK. The lock is held.</summary>
     internal bool TryChargePinnedLocked(PinAccounting accounting, ulong bytes)
     {
+        AssertLocked();
         if (accounting == PinAccounting.Mm)
         {
             return TryLockLocked(bytes);
@@ -997,6 +1040,7 @@ public sealed partial class SimulatedKernel
     /// <summary>Gives back pinned bytes; the lock is held.</summary>
     internal void UnchargePinnedLocked(PinAccounting accounting, ulong bytes)
     {
+        AssertLocked();
         if (accounting == PinAccounting.Mm)
         {
             UnlockLocked(bytes);

@@ -39,6 +39,42 @@ public sealed partial class SimulatedKernel
     /// </summary>
     public bool UnsafeNoIommuMode { get; set; }
 
+    private bool _iommufdServesContainer;
+
+    /// <summary>
+    /// Whether iommufd provides <c>/dev/vfio/vfio</c> (CONFIG_IOMMUFD_VFIO_CONTAINER with
+    /// CONFIG_VFIO_CONTAINER off, as the VM suite's vfio-compat kernel): sysfs then has no
+    /// vfio_iommu_type1 module, nor its <c>dma_entry_limit</c>. Only that is simulated: the container
+    /// answers as vfio's does with type1v2, which iommufd emulates (VFIO_CHECK_EXTENSION of
+    /// VFIO_TYPE1v2_IOMMU is 1 from both); where the emulation differs (no type1 dirty tracking, no
+    /// mapping limit) the simulation still behaves as vfio's container.
+    /// </summary>
+    public bool IommufdServesContainer
+    {
+        get
+        {
+            using (Enter())
+            {
+                return _iommufdServesContainer;
+            }
+        }
+        set
+        {
+            using (Enter())
+            {
+                _iommufdServesContainer = value;
+                if (value)
+                {
+                    Sysfs.Remove("module/vfio_iommu_type1");
+                }
+                else
+                {
+                    ShowType1ModuleLocked();
+                }
+            }
+        }
+    }
+
     private static bool DriverAllowed(ContainerState container, bool noIommuDriver) =>
         container.Groups.Count == 0 || container.NoIommu == noIommuDriver;
 

@@ -206,11 +206,15 @@ public sealed partial class SimulatedKernel
     private void InitializeDma()
     {
         // Both are writable by root at run time, as in Linux.
-        Sysfs.Directory("module/vfio_iommu_type1/parameters").Attribute("dma_entry_limit", () => Decimal(DmaEntryLimit) + "\n", text => StoreCount(text, v => DmaEntryLimit = v));
+        ShowType1ModuleLocked();
         var pool = Sysfs.Directory("kernel/mm/hugepages/hugepages-2048kB");
         pool.Attribute("nr_hugepages", () => Decimal(_hugePages) + "\n", text => StoreCount(text, v => _hugePages = Math.Max(v, _hugePagesUsed)));
         pool.Attribute("free_hugepages", () => Decimal(Math.Max(0, _hugePages - _hugePagesUsed)) + "\n");
     }
+
+    /// <summary>The type1 driver's module folder with its parameter; the lock is held (or the kernel is being made).</summary>
+    private void ShowType1ModuleLocked() =>
+        Sysfs.Directory("module/vfio_iommu_type1/parameters").Attribute("dma_entry_limit", () => Decimal(DmaEntryLimit) + "\n", text => StoreCount(text, v => DmaEntryLimit = v));
 
     private static int StoreCount(string text, Action<int> set)
     {

@@ -29,9 +29,10 @@ public sealed partial class SimulatedKernel
             _groups.Add(id, group);
             Sysfs.Directory("kernel/iommu_groups/" + Decimal(id) + "/devices");
             Sysfs.Directory("kernel/iommu_groups/" + Decimal(id)).Attribute("type", () => kind == SimulatedGroupKind.Iommu ? "DMA\n" : "identity\n");
-            if (kind == SimulatedGroupKind.NoIommu)
+            if (kind != SimulatedGroupKind.Iommu)
             {
-                // vfio_noiommu_group_alloc names the group, which is how user space tells it apart.
+                // vfio_noiommu_group_alloc names the group it makes for a no-IOMMU device, and for an
+                // emulated (mdev) device, "vfio-noiommu".
                 Sysfs.Directory("kernel/iommu_groups/" + Decimal(id)).Attribute("name", () => "vfio-noiommu\n");
             }
         }

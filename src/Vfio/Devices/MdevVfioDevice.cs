@@ -41,4 +41,6 @@ public abstract class MdevVfioDevice : VfioDevice
 
     /// <summary>The mdev type it was created from.</summary>
     public string TypeId { get; }
+
+    internal override string SysfsDirectory => "bus/mdev/devices/" + Name;
 }

@@ -67,6 +67,8 @@ public abstract partial class PciVfioDevice : VfioDevice
     /// <summary>The 24-bit class code.</summary>
     public uint ClassCode { get; }
 
+    internal override string SysfsDirectory => "bus/pci/devices/" + Name;
+
     /// <summary>The region index of PCI config space.</summary>
     public const int ConfigRegion = (int)VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX;
 

@@ -90,12 +90,13 @@ public abstract class PlatformVfioDevice : VfioDevice
     }
 
     // The group is set from the moment the device file is open, so this works in OnFirstOpen too.
-    private VfioDeviceInfo OpenInfo => Group is not null && Info is { } info ? info : throw new InvalidOperationException($"Platform device {Name} is not open.");
+    private VfioDeviceInfo OpenInfo => Backend is not null && Info is { } info ? info : throw new InvalidOperationException($"Platform device {Name} is not open.");
 
     private protected override VfioException? DescribeOpenFailure(VfioException error)
     {
-        // vfio_platform_open_device resets the device; while reset_required is set a failed reset fails the open.
-        if (error.Operation != "VFIO_GROUP_GET_DEVICE_FD" || error.Errno is 0 or Errno.ENODEV or Errno.EBUSY || PlatformReset.IsRequired(Registry) == false)
+        // vfio_platform_open_device resets the device; while reset_required is set a failed reset fails the
+        // open, which is VFIO_GROUP_GET_DEVICE_FD through the group and VFIO_DEVICE_BIND_IOMMUFD through the cdev.
+        if (error.Operation is not ("VFIO_GROUP_GET_DEVICE_FD" or "VFIO_DEVICE_BIND_IOMMUFD") || error.Errno is 0 or Errno.ENODEV or Errno.EBUSY || PlatformReset.IsRequired(Registry) == false)
         {
             return null;
         }
@@ -104,6 +105,8 @@ public abstract class PlatformVfioDevice : VfioDevice
             + "if the device can safely be used without a reset, reload vfio-platform with reset_required=0";
         return VfioErrors.Create(error.Errno, error.Operation, ErrorTarget, hint);
     }
+
+    internal override string SysfsDirectory => "bus/platform/devices/" + Name;
 
     private string Identity => PlatformReset.Identity(Compatible, AcpiHid);
 }

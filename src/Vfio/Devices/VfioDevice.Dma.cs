@@ -23,4 +23,24 @@ public abstract partial class VfioDevice
     /// <exception cref="VfioException">No room, an overlap, outside the valid ranges or the mask, or the kernel refused.</exception>
     public DmaBuffer AllocateDmaBuffer(ulong length, DmaAccess access = DmaAccess.ReadWrite, ulong? iova = null, DmaPages pages = DmaPages.Normal) =>
         DmaBuffer.Allocate(this, length, access, iova, pages);
+
+    /// <summary>
+    /// Asks the kernel about the IOMMU behind the device (<c>IOMMU_GET_HW_INFO</c>): its kind, its
+    /// registers, whether it can track dirty pages. Information only. The device must be open through
+    /// the iommufd backend: the legacy API has no such query.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The device is not open.</exception>
+    /// <exception cref="VfioNotSupportedException">The device is open through the legacy backend.</exception>
+    /// <exception cref="VfioException">The kernel refused.</exception>
+    public IommuHardwareInfo GetIommuHardwareInfo()
+    {
+        var attachment = Attachment;
+        if (attachment.Backend is not IommufdBackend iommufd)
+        {
+            throw new VfioNotSupportedException(
+                $"{Name} is open through the legacy backend, which has no IOMMU_GET_HW_INFO: the kernel describes the IOMMU's hardware " +
+                "only for a device bound to an iommufd (the iommufd backend, Linux 6.6 and later).");
+        }
+        return iommufd.QueryHardwareInfo(this, attachment);
+    }
 }

@@ -105,8 +105,23 @@ public abstract partial class VfioDevice : IDisposable
     /// <summary>How many references are held, the registration's included.</summary>
     public int ReferenceCount => (int)(Volatile.Read(ref _refs) & CountMask);
 
-    /// <summary>The group the device's kernel file came through, while the device is open.</summary>
+    /// <summary>The group the device's kernel file came through, while the device is open through the legacy backend; null otherwise.</summary>
     public IommuGroup? Group => Volatile.Read(ref _attachment)?.Group;
+
+    /// <summary>
+    /// The backend the device's kernel file came through while it is open (the registry chooses it at
+    /// the first open: see <see cref="VfioRegistry.Backend"/>); null while it is closed.
+    /// </summary>
+    public VfioBackend? Backend => Volatile.Read(ref _attachment)?.Backend.Kind;
+
+    /// <summary>The VFIO device cdev (<c>/dev/vfio/devices/vfioN</c>) the device's file came from while it is open through the iommufd backend; null otherwise.</summary>
+    public string? CdevPath => Volatile.Read(ref _attachment)?.CdevPath;
+
+    /// <summary>
+    /// Where the device's DMA buffers are mapped while it is open: its group's container (legacy
+    /// backend) or the registry's <see cref="IommufdAddressSpace"/>; null while it is closed.
+    /// </summary>
+    public IommuAddressSpace? AddressSpace => Volatile.Read(ref _attachment)?.AddressSpace;
 
     /// <summary>What the kernel reported for the device when it was opened.</summary>
     public VfioDeviceInfo? Info { get; private set; }
@@ -117,12 +132,15 @@ public abstract partial class VfioDevice : IDisposable
     internal VfioKernel Kernel => Registry.Kernel;
 
     /// <summary>The device's kernel file while open; throws when it is not.</summary>
-    internal SafeFd DeviceFd => Volatile.Read(ref _attachment)?.DeviceFd ?? throw new InvalidOperationException($"Device {Name} is not open.");
+    internal SafeFd DeviceFd => Attachment.DeviceFd;
 
     internal ErrorTarget ErrorTarget => new(GroupId: GroupId, Device: Name);
 
-    /// <summary>Where the device's DMA buffers are mapped, while the device is open.</summary>
-    internal IommuAddressSpace? AddressSpace => Volatile.Read(ref _attachment)?.AddressSpace;
+    /// <summary>The device's folder in sysfs, relative to its root (<c>bus/pci/devices/0000:00:03.0</c>).</summary>
+    internal abstract string SysfsDirectory { get; }
+
+    /// <summary>What the backend gave the open device; throws when it is not open.</summary>
+    internal DeviceAttachment Attachment => Volatile.Read(ref _attachment) ?? throw new InvalidOperationException($"Device {Name} is not open.");
 
     /// <summary>
     /// Takes a reference, unless unregistering has begun or the device is not registered
@@ -433,36 +451,36 @@ public abstract partial class VfioDevice : IDisposable
         return false;
     }
 
-    // The first open: attach the device to an IOMMU address space (for the legacy backend: its
-    // group, opened and attached to a container as needed) and obtain its device file.
+    // The first open: the registry chooses the backend; it attaches the device to an IOMMU address
+    // space (legacy: its group, opened and attached to a container as needed; iommufd: its cdev bound
+    // to the registry's iommufd and attached to its IOAS) and gives the device file.
     private void OpenKernelDeviceLocked()
     {
         LockAssert.Held(Set.Lock);
-        var attachment = Registry.Iommu.Attach(this);
+        var (backend, cdev) = Registry.SelectBackend(this);
+        var attachment = backend.Attach(this, cdev);
         try
         {
             Info = VfioDeviceInfo.Query(Kernel, attachment.DeviceFd, ErrorTarget);
         }
         catch
         {
-            Registry.Iommu.Detach(attachment);
+            attachment.Backend.Detach(attachment);
             throw;
         }
         ResetMemoryGate();
         Volatile.Write(ref _attachment, attachment);
     }
 
-    // What lives on the device file goes first, then the file, then the group (the backend's Detach
-    // closes them in that order: the group's container cannot be unset while a device file is open).
+    // What lives on the device file goes first, then the file, then the group or the IOAS (the
+    // backend's Detach closes them in that order: the group's container cannot be unset while a device
+    // file is open).
     private void CloseKernelDeviceLocked()
     {
         LockAssert.Held(Set.Lock);
         RevokeResources();
         var attachment = Interlocked.Exchange(ref _attachment, null);
-        if (attachment is not null)
-        {
-            Registry.Iommu.Detach(attachment);
-        }
+        attachment?.Backend.Detach(attachment);
     }
 
     private static TaskCompletionSource NewCompletion() => new(TaskCreationOptions.RunContinuationsAsynchronously);

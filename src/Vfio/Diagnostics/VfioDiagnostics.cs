@@ -34,10 +34,16 @@ public enum VfioBackends
     /// <summary>None.</summary>
     None = 0,
 
-    /// <summary>The legacy container and group files (<c>/dev/vfio/vfio</c>, <c>/dev/vfio/N</c>): what this library uses.</summary>
+    /// <summary>
+    /// The legacy container and group files (<c>/dev/vfio/vfio</c>, <c>/dev/vfio/N</c>): the library's
+    /// <see cref="VfioBackend.Legacy"/>, for devices without a cdev (and no-IOMMU devices) or when forced.
+    /// </summary>
     LegacyContainer = 1,
 
-    /// <summary>iommufd (<c>/dev/iommu</c>) with device cdevs (<c>/dev/vfio/devices/vfioN</c>), Linux 6.6 and later.</summary>
+    /// <summary>
+    /// iommufd (<c>/dev/iommu</c>) with device cdevs (<c>/dev/vfio/devices/vfioN</c>), Linux 6.6 and
+    /// later: the library's <see cref="VfioBackend.Iommufd"/>, which it chooses for devices with a cdev.
+    /// </summary>
     Iommufd = 2,
 
     /// <summary>vfio's unsafe no-IOMMU mode is on: devices without an IOMMU can be used, with no DMA isolation.</summary>
@@ -104,8 +110,9 @@ public static class VfioDiagnostics
             bool noIommuParameter = noIommuMode is not null;
             bool unsafeNoIommu = noIommuMode is "Y" or "1";
             bool iommu = CheckIommu(groups, unsafeNoIommu);
-            CheckModules();
-            var backends = CheckBackends(iommu, noIommuParameter, unsafeNoIommu);
+            var container = FindContainer();
+            CheckModules(container);
+            var backends = CheckBackends(iommu, container, noIommuParameter, unsafeNoIommu);
             var (limit, exempt) = CheckMemoryLock();
             var pools = CheckHugePages();
             CheckPermissions();
@@ -152,18 +159,29 @@ public static class VfioDiagnostics
 
         // ---- Modules ----------------------------------------------------------------------------
 
-        private void CheckModules()
+        private const string Type1Module = "module/vfio_iommu_type1";
+
+        private void CheckModules(ContainerKind container)
         {
+            // vfio_iommu_type1 serves vfio's own container only: iommufd's compatibility container
+            // emulates type1 itself, and without any container (CONFIG_VFIO_CONTAINER off, vfio
+            // loaded) nothing needs it.
+            bool type1Needed = container == ContainerKind.Vfio || (container == ContainerKind.None && !_sysfs.Exists("module/vfio"));
             (string Module, string Path, string Role)[] modules =
             [
                 ("vfio", "module/vfio", "the VFIO core"),
                 ("vfio-pci", "bus/pci/drivers/vfio-pci", "hands PCI devices to user space"),
-                ("vfio_iommu_type1", "module/vfio_iommu_type1", "the legacy container's IOMMU driver"),
+                .. type1Needed ? [("vfio_iommu_type1", Type1Module, "the legacy container's IOMMU driver")] : Array.Empty<(string, string, string)>(),
             ];
             var missing = modules.Where(m => !_sysfs.Exists(m.Path)).ToList();
             if (missing.Count == 0)
             {
-                Add("modules", DiagnosticSeverity.Ok, "vfio, vfio-pci and vfio_iommu_type1 are loaded.");
+                Add("modules", DiagnosticSeverity.Ok, container switch
+                {
+                    ContainerKind.IommufdCompat => $"vfio and vfio-pci are loaded; vfio_iommu_type1 is not needed (and not there: no {kernel.Sys(Type1Module)}): iommufd serves {kernel.Dev("vfio/vfio")} and emulates type1 itself.",
+                    _ when !type1Needed => $"vfio and vfio-pci are loaded; vfio_iommu_type1 is not needed without vfio's container{(_sysfs.Exists(Type1Module) ? "" : " (and not there)")}.",
+                    _ => "vfio, vfio-pci and vfio_iommu_type1 are loaded.",
+                });
                 return;
             }
             string found = "Not loaded: " + string.Join(", ", missing.Select(m => $"{m.Module} ({m.Role}; no {kernel.Sys(m.Path)})")) + ".";
@@ -190,38 +208,90 @@ public static class VfioDiagnostics
 
         // ---- Backends ---------------------------------------------------------------------------
 
-        private VfioBackends CheckBackends(bool iommu, bool noIommuParameter, bool unsafeNoIommu)
+        /// <summary>Who serves <c>/dev/vfio/vfio</c>.</summary>
+        private enum ContainerKind
+        {
+            /// <summary>No such node.</summary>
+            None,
+
+            /// <summary>vfio's own container (CONFIG_VFIO_CONTAINER), with its IOMMU drivers (vfio_iommu_type1).</summary>
+            Vfio,
+
+            /// <summary>
+            /// iommufd's compatibility container (CONFIG_IOMMUFD_VFIO_CONTAINER, which needs
+            /// CONFIG_VFIO_CONTAINER off): the same node and ioctls, type1 emulated over an IOAS, no
+            /// vfio_iommu_type1 at all.
+            /// </summary>
+            IommufdCompat,
+        }
+
+        /// <summary>
+        /// Which container <c>/dev/vfio/vfio</c> is. Both register the same misc node, so sysfs cannot
+        /// tell them apart; but vfio's container on x86 always comes with vfio_iommu_type1, whose module
+        /// folder has its parameters even when built in. Without it, while <c>/dev/iommu</c> exists, a
+        /// container that still offers type1v2 (VFIO_CHECK_EXTENSION, which changes nothing) is
+        /// iommufd's (<c>iommufd_vfio_check_extension</c>); vfio's with no IOMMU driver answers 0.
+        /// </summary>
+        private ContainerKind FindContainer()
+        {
+            string node = kernel.Dev("vfio/vfio");
+            if (!Exists(node))
+            {
+                return ContainerKind.None;
+            }
+            if (_sysfs.Exists(Type1Module) || !Exists(kernel.Dev("iommu")) || kernel.Open(node, Flags.O_RDWR, out SafeFd fd) != 0)
+            {
+                return ContainerKind.Vfio;
+            }
+            using (fd)
+            {
+                return kernel.Ioctl(fd, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_TYPE1v2_IOMMU) > 0 ? ContainerKind.IommufdCompat : ContainerKind.Vfio;
+            }
+        }
+
+        private VfioBackends CheckBackends(bool iommu, ContainerKind containerKind, bool noIommuParameter, bool unsafeNoIommu)
         {
             var backends = VfioBackends.None;
+            string iommufd = kernel.Dev("iommu");
+            bool cdevs = Exists(kernel.Dev("vfio/devices")) || PciFunction.ReadAll(kernel).Any(f => SysfsDiscovery.CdevOf(_sysfs, SysfsDiscovery.PciDir(f.Address)) is not null);
+            bool hasIommufd = Exists(iommufd);
             string container = kernel.Dev("vfio/vfio");
-            if (Exists(container))
+            if (containerKind == ContainerKind.IommufdCompat)
             {
                 backends |= VfioBackends.LegacyContainer;
-                Add("backend.container", DiagnosticSeverity.Ok, $"Legacy container interface: {container} (the interface this library uses).");
+                Add("backend.container", DiagnosticSeverity.Ok, $"Legacy container interface: {container}, served by iommufd's compatibility container (CONFIG_IOMMUFD_VFIO_CONTAINER; vfio's own container and vfio_iommu_type1 are not built): it emulates the type1v2 IOMMU over an IOAS for the library's legacy backend (devices without a VFIO cdev, or all when forced), without type1's dirty tracking or mapping limit.");
+            }
+            else if (containerKind == ContainerKind.Vfio)
+            {
+                backends |= VfioBackends.LegacyContainer;
+                Add("backend.container", DiagnosticSeverity.Ok, $"Legacy container interface: {container} (vfio's own; the library's legacy backend: devices without a VFIO cdev, no-IOMMU devices, or all when forced).");
             }
             else if (_sysfs.Exists("module/vfio"))
             {
-                Add("backend.container", DiagnosticSeverity.Error, $"No {container}: vfio is loaded without its legacy container (CONFIG_VFIO_CONTAINER off, and no iommufd compatibility).",
-                    "Use a kernel with CONFIG_VFIO_CONTAINER=y (or CONFIG_IOMMUFD_VFIO_CONTAINER=y): this library opens devices through the container and group files.");
+                // With iommufd and device cdevs, devices open without the container; only those without a cdev need it.
+                Add("backend.container", hasIommufd && cdevs ? DiagnosticSeverity.Warning : DiagnosticSeverity.Error,
+                    $"No {container}: vfio is loaded without its legacy container (CONFIG_VFIO_CONTAINER off, and no iommufd compatibility).",
+                    hasIommufd && cdevs
+                        ? "Devices with a VFIO cdev open through iommufd; no-IOMMU devices and devices without a cdev need a kernel with CONFIG_VFIO_CONTAINER=y (or CONFIG_IOMMUFD_VFIO_CONTAINER=y)."
+                        : "Use a kernel with CONFIG_VFIO_CONTAINER=y (or CONFIG_IOMMUFD_VFIO_CONTAINER=y), or one with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV: this library opens devices through the container and group files or through iommufd and the device cdevs.");
             }
             else
             {
                 Add("backend.container", DiagnosticSeverity.Error, $"No {container}: vfio is not loaded (see modules).");
             }
 
-            string iommufd = kernel.Dev("iommu");
-            bool cdevs = Exists(kernel.Dev("vfio/devices")) || PciFunction.ReadAll(kernel).Any(f => SysfsDiscovery.CdevOf(_sysfs, SysfsDiscovery.PciDir(f.Address)) is not null);
-            if (Exists(iommufd))
+            if (hasIommufd)
             {
                 if (cdevs)
                 {
                     backends |= VfioBackends.Iommufd;
                 }
-                Add("backend.iommufd", DiagnosticSeverity.Info, $"iommufd: {iommufd} is there; device cdevs (/dev/vfio/devices/vfioN): {(cdevs ? "yes" : "none seen (bind a device to see whether this kernel has CONFIG_VFIO_DEVICE_CDEV)")}.");
+                Add("backend.iommufd", DiagnosticSeverity.Info, $"iommufd: {iommufd} is there; device cdevs (/dev/vfio/devices/vfioN): " +
+                    (cdevs ? "yes: the library opens devices that have one through iommufd (its iommufd backend)." : "none seen (bind a device to see whether this kernel has CONFIG_VFIO_DEVICE_CDEV)."));
             }
             else
             {
-                Add("backend.iommufd", DiagnosticSeverity.Info, $"No iommufd ({iommufd} is missing): the legacy container is the way in, which is all this library needs.",
+                Add("backend.iommufd", DiagnosticSeverity.Info, $"No iommufd ({iommufd} is missing): the library opens devices through the legacy container.",
                     cdevs ? "modprobe iommufd to use the device cdevs." : null);
             }
 

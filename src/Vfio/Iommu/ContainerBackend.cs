@@ -54,12 +54,14 @@ internal sealed class ContainerBackend(VfioRegistry registry) : IommuBackend
         }
     }
 
-    public override DeviceAttachment Attach(VfioDevice device)
+    public override VfioBackend Kind => VfioBackend.Legacy;
+
+    public override DeviceAttachment Attach(VfioDevice device, string? cdevPath)
     {
         var group = AcquireGroup(device.GroupId, device.GroupKind);
         try
         {
-            return new DeviceAttachment(group.GetDeviceFd(device.Name), group.Container!.AddressSpace, group);
+            return new DeviceAttachment(this, device, group.GetDeviceFd(device.Name), group.Container!.AddressSpace, group);
         }
         catch
         {

@@ -4,21 +4,28 @@ using Vfio.Interop;
 namespace Vfio;
 
 /// <summary>
-/// An IOMMU address space that maps DMA: the books of every <see cref="DmaBuffer"/> mapped into it
-/// (IOVA allocation inside the IOMMU's valid ranges and below a device's mask, the lock-free
-/// host-to-IOVA translation, the kernel's mapping budget) around the map and unmap calls of one IOMMU
-/// interface. <see cref="Type1AddressSpace"/> is the legacy one, a container's type1 IOMMU; an
-/// iommufd IOAS (<c>IOMMU_IOAS_MAP</c> / <c>IOMMU_IOAS_UNMAP</c>) is the other kind, built beside it
-/// (see <see cref="IommuBackend"/>). DMA buffers talk to this class only.
+/// An IOMMU address space that maps DMA for a registry's devices: a legacy container's type1 IOMMU, or
+/// the IO address space (IOAS) of the iommufd backend (<see cref="IommufdAddressSpace"/>). An open
+/// device's <see cref="VfioDevice.AddressSpace"/> is the one its DMA buffers are mapped into.
 /// </summary>
-internal abstract class IommuAddressSpace
+/// <remarks>
+/// It keeps the books of every <see cref="DmaBuffer"/> mapped into it (IOVA allocation inside the
+/// IOMMU's valid ranges and below a device's mask, the lock-free host-to-IOVA translation, the
+/// kernel's mapping budget) around the map and unmap calls of one IOMMU interface: the legacy one
+/// (an internal type1 address space, which <see cref="VfioContainer"/> shows) or the iommufd one.
+/// DMA buffers talk to this class only.
+/// </remarks>
+public abstract class IommuAddressSpace
 {
     // Guards _buffers, _iova, _iommuInfo and _entryLimit, and orders map and unmap calls. Taken after
-    // the container attach lock (a group leaving unmaps everything) and before nothing: no other lock
-    // is taken while it is held. The map and unmap ioctls are made under it, so that the books and
-    // the kernel's mappings never disagree.
+    // the backends' attach locks (a group leaving unmaps everything, a device attaching to an IOAS
+    // changes its ranges) and before nothing: no other lock is taken while it is held. The map and
+    // unmap ioctls are made under it, so that the books and the kernel's mappings never disagree.
     private readonly Lock _dmaLock = new();
     private readonly HashSet<DmaBuffer> _buffers = [];
+    // IOVA ranges reserved for buffers whose memory is being allocated (ReserveIova to Map or
+    // ReleaseIova), by IOVA: a refresh of the ranges keeps them taken, as it keeps the mapped ones.
+    private readonly Dictionary<ulong, ulong> _reserved = [];
     private readonly IovaTranslation _translation = new();
     private IommuInfo? _iommuInfo;
     private IovaAllocator? _iova;
@@ -32,7 +39,13 @@ internal abstract class IommuAddressSpace
     /// <summary>The registry whose devices map into the address space.</summary>
     public VfioRegistry Registry { get; }
 
-    /// <summary>The IOMMU's info as first asked after the IOMMU was set; see <see cref="VfioContainer.IommuInfo"/>.</summary>
+    /// <summary>The backend the address space belongs to.</summary>
+    public abstract VfioBackend Backend { get; }
+
+    /// <summary>
+    /// The IOMMU's page sizes and valid IOVA ranges (and, for a type1 container, its mapping budget) as
+    /// the kernel reported them when first asked (an IOAS asks again after every attach and detach).
+    /// </summary>
     public IommuInfo IommuInfo
     {
         get
@@ -65,7 +78,12 @@ internal abstract class IommuAddressSpace
         }
     }
 
-    /// <summary>How many more DMA mappings the kernel allows; see <see cref="VfioContainer.DmaMappingsAvailable"/>.</summary>
+    /// <summary>
+    /// How many more DMA mappings the kernel allows: for a type1 container see
+    /// <see cref="VfioContainer.DmaMappingsAvailable"/>; iommufd counts no mappings (its limits are
+    /// memory: RLIMIT_MEMLOCK and the memory cgroup), so for an IOAS it is <see cref="int.MaxValue"/>
+    /// less the mappings held.
+    /// </summary>
     public int DmaMappingsAvailable
     {
         get
@@ -77,11 +95,24 @@ internal abstract class IommuAddressSpace
         }
     }
 
+    /// <summary>
+    /// The IOVA of a host address inside any DMA buffer mapped here; null when it is in none. O(log n)
+    /// in the number of buffers and lock-free: it never waits for a map or an unmap.
+    /// </summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    public ulong? TranslateToIova(nint hostAddress) => _translation.TryTranslate(hostAddress, out ulong iova) ? iova : null;
+
     /// <summary>The IOVA of a host address inside any DMA buffer mapped here; false when it is in none. Lock-free, O(log n).</summary>
+    /// <param name="hostAddress">A host virtual address.</param>
+    /// <param name="iova">The device's address for it.</param>
     public bool TryTranslateToIova(nint hostAddress, out ulong iova) => _translation.TryTranslate(hostAddress, out iova);
 
-    /// <summary>Asks the kernel for the IOMMU's info now: the mapping budget as it stands. Errors name <paramref name="target"/>.</summary>
-    public abstract IommuInfo QueryIommuInfo(ErrorTarget target);
+    /// <summary>Asks the kernel for the IOMMU's info now: the valid ranges and the mapping budget as they stand.</summary>
+    /// <exception cref="VfioException">The kernel refused.</exception>
+    public IommuInfo QueryIommuInfo() => QueryIommuInfo(default);
+
+    /// <summary>Asks the kernel for the IOMMU's info now; errors name <paramref name="target"/>.</summary>
+    internal abstract IommuInfo QueryIommuInfo(ErrorTarget target);
 
     /// <summary>Maps <paramref name="length"/> bytes at <paramref name="hostAddress"/> at <paramref name="iova"/>; 0 or a negative errno.</summary>
     private protected abstract int MapCore(nint hostAddress, ulong iova, ulong length, DmaAccess access);
@@ -102,6 +133,47 @@ internal abstract class IommuAddressSpace
     private protected abstract VfioResourceLimitException BudgetSpent(VfioDevice device, int mappings);
 
     /// <summary>
+    /// The error for a map the locked-memory limit refused (ENOMEM while pinning): the same advice for
+    /// both backends, with where the kernel charged the pages (<paramref name="charged"/>).
+    /// </summary>
+    private protected static VfioResourceLimitException MemoryLockError(int errno, string operation, ErrorTarget target, string charged) => new(
+        VfioErrors.Create(errno, operation, target,
+            $"Pinning the buffer would exceed the locked-memory limit (RLIMIT_MEMLOCK), which {charged}: raise it with ulimit -l " +
+            "(or LimitMEMLOCK= for a systemd service, memlock in /etc/security/limits.conf) to cover all DMA buffers, or run with CAP_IPC_LOCK").Message,
+        VfioResourceLimitException.MemoryLock, operation, errno, target);
+
+    /// <summary>
+    /// The address space's ranges changed (an IOAS after a device attached or detached): the next use
+    /// asks the kernel again, and the allocator is rebuilt around the buffers still mapped.
+    /// </summary>
+    internal void RefreshRanges()
+    {
+        lock (_dmaLock)
+        {
+            _iommuInfo = null;
+            if (_iova is null)
+            {
+                return;
+            }
+            var info = IommuInfoLocked();
+            var allocator = new IovaAllocator(info.IovaRanges, info.MinPageSize);
+            foreach (var buffer in _buffers)
+            {
+                // The kernel refuses an attach whose reserved ranges meet a mapping (EADDRINUSE), so
+                // every live buffer still fits.
+                allocator.Reserve(buffer.Iova, buffer.Length);
+            }
+            foreach (var (iova, length) in _reserved)
+            {
+                // A range not yet mapped may now meet a reserved region; its map then fails with the
+                // kernel's error, which names the range.
+                allocator.Reserve(iova, length);
+            }
+            _iova = allocator;
+        }
+    }
+
+    /// <summary>
     /// Reserves the IOVA range for a buffer of <paramref name="length"/> bytes before its memory is
     /// allocated, so that a buffer the address space cannot map costs no memory: the mapping budget,
     /// the IOMMU's valid ranges, the device's DMA mask and the free space are checked here. Give the
@@ -119,8 +191,10 @@ internal abstract class IommuAddressSpace
             }
             if (fixedIova is not ulong wanted)
             {
-                return _iova.Allocate(length, device.DmaMask, alignment)
+                ulong chosen = _iova.Allocate(length, device.DmaMask, alignment)
                     ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
+                _reserved[chosen] = length;
+                return chosen;
             }
             if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
             {
@@ -134,6 +208,7 @@ internal abstract class IommuAddressSpace
             {
                 throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
             }
+            _reserved[wanted] = length;
             return wanted;
         }
     }
@@ -143,6 +218,7 @@ internal abstract class IommuAddressSpace
     {
         lock (_dmaLock)
         {
+            _reserved.Remove(iova);
             _iova?.Free(iova);
         }
     }
@@ -152,6 +228,7 @@ internal abstract class IommuAddressSpace
     {
         lock (_dmaLock)
         {
+            _reserved.Remove(iova);
             int rc = MapCore(memory.Address, iova, length, access);
             if (rc < 0)
             {

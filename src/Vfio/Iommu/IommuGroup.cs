@@ -81,7 +81,8 @@ public sealed class IommuGroup
         {
             string? hint = -rc switch
             {
-                Errno.EBUSY => $"Group {id} is already open: the kernel allows one open of a group file, and another process or another VfioRegistry in this process holds it",
+                Errno.EBUSY => $"Group {id} is already open: the kernel allows one open of a group file, and another process or another VfioRegistry in this process holds it, "
+                    + "or has a device of the group bound to an iommufd through its cdev (/dev/vfio/devices/vfioN), which excludes the group file",
                 Errno.ENOENT => $"No {path}: no device of group {id} is bound to a vfio driver, or the vfio modules are not loaded",
                 _ => null,
             };

@@ -14,7 +14,9 @@ internal sealed unsafe class Type1AddressSpace(VfioRegistry registry, SafeFd con
     /// <summary>The type1 IOMMU driver's default <c>dma_entry_limit</c>: DMA mappings per container.</summary>
     internal const int DefaultDmaEntryLimit = ushort.MaxValue;
 
-    public override IommuInfo QueryIommuInfo(ErrorTarget target) => IommuInfo.Query(Registry.Kernel, container, target);
+    public override VfioBackend Backend => VfioBackend.Legacy;
+
+    internal override IommuInfo QueryIommuInfo(ErrorTarget target) => IommuInfo.Query(Registry.Kernel, container, target);
 
     private protected override string UnmapOperation => "VFIO_IOMMU_UNMAP_DMA";
 
@@ -66,11 +68,7 @@ internal sealed unsafe class Type1AddressSpace(VfioRegistry registry, SafeFd con
         switch (errno)
         {
             case Errno.ENOMEM:
-                return new VfioResourceLimitException(
-                    VfioErrors.Create(errno, operation, target,
-                        "Pinning the buffer would exceed the locked-memory limit (RLIMIT_MEMLOCK): raise it with ulimit -l " +
-                        "(or LimitMEMLOCK= for a systemd service, memlock in /etc/security/limits.conf) to cover all DMA buffers, or run with CAP_IPC_LOCK").Message,
-                    VfioResourceLimitException.MemoryLock, operation, errno, target);
+                return MemoryLockError(errno, operation, target, "VFIO type1 charges to this process");
             case Errno.ENOSPC:
                 return new VfioResourceLimitException(
                     VfioErrors.Create(errno, operation, target,

@@ -5,23 +5,28 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Vfio;
 
 /// <summary>
-/// The process's view of VFIO: the registered devices, the open groups (one per IOMMU group) and
-/// containers, the device sets, and the drivers that create devices. Its rules are the kernel's:
-/// a device is usable only between <see cref="Register"/> and <see cref="UnregisterAsync"/>, a
-/// group file is opened once and shared, device files close before their group is released.
+/// The process's view of VFIO: the registered devices, how they reach the kernel (the legacy groups
+/// and containers, or the iommufd and its IO address space: see <see cref="Backend"/>), the device
+/// sets, and the drivers that create devices. Its rules are the kernel's: a device is usable only
+/// between <see cref="Register"/> and <see cref="UnregisterAsync"/>, a group file is opened once and
+/// shared, device files close before their group is released or their IOAS destroyed.
 /// </summary>
 public sealed partial class VfioRegistry : IAsyncDisposable
 {
     // Where each concern lives, kept apart as the kernel keeps them: registration, probe and lookup
-    // here (vfio_main.c); groups and containers in ContainerBackend behind IommuBackend (group.c,
-    // container.c); DMA mappings in IommuAddressSpace; sysfs discovery in SysfsDiscovery; device sets
-    // in DeviceSetTable; the mdevs this registry created in CreatedMdevTable.
+    // here (vfio_main.c); the choice of backend per device in VfioRegistry.Backends.cs; groups and
+    // containers in ContainerBackend (group.c, container.c) and the iommufd, its IOAS and the device
+    // cdevs in IommufdBackend (device_cdev.c, iommufd.c), both behind IommuBackend; DMA mappings in
+    // IommuAddressSpace; sysfs discovery in SysfsDiscovery; device sets in DeviceSetTable; the mdevs
+    // this registry created in CreatedMdevTable.
     //
     // Lock order. A thread that holds one of these takes only those further down:
     //   1. DeviceSet.Lock: its devices' open counts, first open and last close, device files and
     //      IOMMU attachments. Several sets are taken in the order of their ids (a hot reset).
     //   2. A group's gate (ContainerBackend): that group's open, attach, detach and close.
-    //   3. The container attach lock (ContainerBackend): containers' groups and IOMMU types.
+    //   3. The container attach lock (ContainerBackend): containers' groups and IOMMU types; or the
+    //      iommufd attach lock (IommufdBackend): the iommufd, its IOAS, binding and attaching devices.
+    //      No thread holds both.
     //   4. An address space's DMA lock (IommuAddressSpace): its mappings.
     // Leaves, held for bookkeeping only, with no syscall and no other lock taken under them: _lock
     // below, the backend's group table lock, the device set and created-mdev tables' locks, a device's
@@ -53,6 +58,7 @@ public sealed partial class VfioRegistry : IAsyncDisposable
         Sysfs = new SysfsReader(Kernel);
         Discovery = new SysfsDiscovery(this);
         LegacyBackend = new ContainerBackend(this);
+        IommufdBackend = new IommufdBackend(this);
     }
 
     /// <summary>The kernel the registry talks to.</summary>
@@ -76,10 +82,10 @@ public sealed partial class VfioRegistry : IAsyncDisposable
         }
     }
 
-    /// <summary>The open groups.</summary>
+    /// <summary>The open groups (of devices opened through the legacy backend).</summary>
     public IReadOnlyList<IommuGroup> Groups => LegacyBackend.Groups;
 
-    /// <summary>The open containers.</summary>
+    /// <summary>The open containers (of the legacy backend).</summary>
     public IReadOnlyList<VfioContainer> Containers => LegacyBackend.Containers;
 
     /// <summary>The drivers added so far.</summary>
@@ -104,10 +110,7 @@ public sealed partial class VfioRegistry : IAsyncDisposable
     /// <summary>What sysfs says about devices; the public Discover and Find methods are in VfioRegistry.Discovery.cs.</summary>
     internal SysfsDiscovery Discovery { get; }
 
-    /// <summary>How devices are attached to an IOMMU address space: the legacy group and container backend.</summary>
-    internal IommuBackend Iommu => LegacyBackend;
-
-    /// <summary>The legacy backend itself, for what only groups have (passing group files to a hot reset).</summary>
+    /// <summary>The legacy backend: groups and containers (and the group files a hot reset passes).</summary>
     internal ContainerBackend LegacyBackend { get; }
 
     internal DeviceSetTable DeviceSets { get; } = new();
@@ -335,7 +338,7 @@ public sealed partial class VfioRegistry : IAsyncDisposable
 
     /// <summary>
     /// Unregisters every device (waiting for their references), disposes the ones probed by a
-    /// driver, and closes whatever groups and containers remain; waits at most
+    /// driver, and closes whatever groups and containers remain, or the IOAS and iommufd; waits at most
     /// <see cref="VfioRegistryOptions.DisposeTimeout"/>. See <see cref="DisposeAsync(CancellationToken)"/>.
     /// </summary>
     /// <exception cref="VfioBusyException">Holders did not let go in time; the message (and the log) says who holds what.</exception>

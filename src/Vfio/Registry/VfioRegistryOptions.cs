@@ -15,4 +15,14 @@ public sealed record VfioRegistryOptions
     /// long as it takes, as the kernel's unregister waits). Default: 30 s.
     /// </summary>
     public TimeSpan DisposeTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Forces a backend for every device, or null (the default) to choose per device: the iommufd
+    /// backend when <c>/dev/iommu</c> exists and the device has a VFIO device cdev
+    /// (<c>/dev/vfio/devices/vfioN</c>, named in its sysfs <c>vfio-dev</c> folder), the legacy backend
+    /// otherwise (a kernel before 6.6 or built without the cdev, a no-IOMMU device). Forcing
+    /// <see cref="VfioBackend.Iommufd"/> makes opening a device without a cdev fail with the reason;
+    /// forcing <see cref="VfioBackend.Legacy"/> uses the group API even where the cdev exists.
+    /// </summary>
+    public VfioBackend? Backend { get; init; }
 }

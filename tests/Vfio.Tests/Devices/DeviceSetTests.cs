@@ -7,8 +7,14 @@ namespace Vfio.Tests.Devices;
 /// them (the slot's set when the slot can be reset, else the bus's, alone on a root bus); hooks run
 /// under the lock.
 /// </summary>
-public class DeviceSetTests : KernelTest
+public abstract class DeviceSetTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : DeviceSetTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : DeviceSetTests(VfioBackend.Iommufd);
+
     [Fact]
     public void FunctionsOfOneBusBehindABridgeShareTheSetAndItsOpenCount()
     {

@@ -6,14 +6,21 @@ namespace Vfio.Tests.Devices;
 /// <see cref="PciVfioDevice.GetHotResetDependencies"/> and <see cref="PciVfioDevice.HotReset"/> on a
 /// bus behind a bridge whose two functions are in different groups (as functions with ACS are).
 /// </summary>
-public sealed class PciHotResetTests : KernelTest
+public abstract class PciHotResetTests : KernelTest
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : PciHotResetTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : PciHotResetTests(VfioBackend.Iommufd);
+
     private const string First = "0000:02:00.0";
     private const string Second = "0000:02:00.1";
     private readonly ResetCountingModel _firstModel = new();
     private readonly ResetCountingModel _secondModel = new();
 
-    public PciHotResetTests()
+    protected PciHotResetTests(VfioBackend backend)
+        : base(backend)
     {
         Kernel.AddPciBridge("0000:00:1c.0", secondaryBus: 2);
         AddPci(First, group: 7, model: _firstModel);
@@ -47,10 +54,23 @@ public sealed class PciHotResetTests : KernelTest
         var device = RegisterPci(First);
         using var open = device.Open();
 
-        device.GetHotResetDependencies().Should().Equal(
-            new PciHotResetDependency(PciAddress.Parse(First), 7),
-            new PciHotResetDependency(PciAddress.Parse(Second), 8));
+        var dependencies = device.GetHotResetDependencies();
+
+        dependencies.Select(d => (d.Address, d.GroupId)).Should().Equal((PciAddress.Parse(First), 7), (PciAddress.Parse(Second), 8));
+        if (Backend == VfioBackend.Legacy)
+        {
+            dependencies.Should().OnlyContain(d => d.IommufdDeviceId == null, "the group form carries groups, not ids");
+        }
+        else
+        {
+            dependencies[0].IommufdDeviceId.Should().BeGreaterThan(0u, "the open device is bound to the registry's iommufd")
+                .And.NotBe(NotOwned);
+            dependencies[1].IommufdDeviceId.Should().Be(NotOwned, "no device of group 8 is bound to the registry's iommufd");
+        }
     }
+
+    // VFIO_PCI_DEVID_NOT_OWNED as the kernel writes it into the u32.
+    private const uint NotOwned = uint.MaxValue;
 
     [Fact]
     public void DependenciesGrowPastTheFirstBufferWhenTheKernelSaysEnospc()
@@ -89,10 +109,15 @@ public sealed class PciHotResetTests : KernelTest
 
         var error = reset.Should().Throw<VfioHotResetNotOwnedException>().Which;
         error.UnownedGroups.Should().Equal(8);
-        error.UnownedDevices.Should().Equal("0000:02:00.1 (group 8): group 8 is not open in this registry");
+        error.UnownedDevices.Should().Equal(Backend == VfioBackend.Legacy
+            ? "0000:02:00.1 (group 8): group 8 is not open in this registry"
+            : "0000:02:00.1 (group 8): neither it nor a device of group 8 is open through this registry's iommufd");
         error.Message.Should().Contain("Open a device of group 8 through this registry");
         _firstModel.Resets.Should().Be(1, "only the first open reset it");
-        device.Group!.OpenDeviceCount.Should().Be(1, "the groups held for the reset are released");
+        if (Backend == VfioBackend.Legacy)
+        {
+            device.Group!.OpenDeviceCount.Should().Be(1, "the groups held for the reset are released");
+        }
     }
 
     [Fact]
@@ -112,8 +137,16 @@ public sealed class PciHotResetTests : KernelTest
         _firstModel.Resets.Should().Be(firstBefore + 1);
         _secondModel.Resets.Should().Be(secondBefore + 1);
         device.ReadConfig16(PciConfig.Command).Should().Be(command, "the kernel restores config space after the reset");
-        device.Group!.OpenDeviceCount.Should().Be(1);
-        sibling.Group!.OpenDeviceCount.Should().Be(1);
+        device.Backend.Should().Be(Backend);
+        if (Backend == VfioBackend.Legacy)
+        {
+            device.Group!.OpenDeviceCount.Should().Be(1);
+            sibling.Group!.OpenDeviceCount.Should().Be(1);
+        }
+        else
+        {
+            Registry.IommufdAddressSpace!.Devices.Should().BeEquivalentTo([device, sibling], "the reset leaves both bound and attached");
+        }
     }
 
     [Fact]
@@ -175,28 +208,48 @@ public sealed class PciHotResetTests : KernelTest
 
         _firstModel.Resets.Should().Be(before + 100);
         sibling.FirstOpens.Should().Be(100);
-        device.Group!.OpenDeviceCount.Should().Be(1, "every group held for a reset was released");
+        if (Backend == VfioBackend.Legacy)
+        {
+            device.Group!.OpenDeviceCount.Should().Be(1, "every group held for a reset was released");
+        }
     }
 
     [Fact]
-    public void TheSimulatedKernelRefusesAHotResetMissingAGroupWithEinval()
+    public void TheSimulatedKernelRefusesAHotResetThatDoesNotProveEveryFunctionOwnedWithEinval()
     {
         var device = RegisterPci(First);
         using var open = device.Open();
 
-        int rc = RawHotReset(device, [(int)device.Group!.Fd.DangerousGetHandle()]);
+        // Through the group: a file of its own group only. Through the cdev: the empty array, with no
+        // device of group 8 bound to the iommufd.
+        int rc = RawHotReset(device, Backend == VfioBackend.Legacy ? [(int)device.Group!.Fd.DangerousGetHandle()] : []);
 
         rc.Should().Be(-Errno.EINVAL);
         _secondModel.Resets.Should().Be(0);
     }
 
     [Fact]
-    public void TheSimulatedKernelRefusesABadFileWithEbadf()
+    public void TheSimulatedKernelRefusesABadFileWithEbadfThroughTheGroupAndAnyFileThroughTheCdev()
     {
         var device = RegisterPci(First);
         using var open = device.Open();
 
-        RawHotReset(device, [999]).Should().Be(-Errno.EBADF);
+        RawHotReset(device, [999]).Should().Be(Backend == VfioBackend.Legacy ? -Errno.EBADF : -Errno.EINVAL);
+    }
+
+    [Fact]
+    public void TheSimulatedKernelRefusesTheEmptyArrayFromADeviceOpenedThroughItsGroupAndTakesItThroughTheCdev()
+    {
+        var device = RegisterPci(First);
+        var sibling = RegisterPci(Second);
+        using var open = device.Open();
+        using var other = sibling.Open();
+        int before = _secondModel.Resets;
+
+        int rc = RawHotReset(device, []);
+
+        rc.Should().Be(Backend == VfioBackend.Legacy ? -Errno.EINVAL : 0);
+        _secondModel.Resets.Should().Be(Backend == VfioBackend.Legacy ? before : before + 1);
     }
 
     private static unsafe int RawHotReset(PciVfioDevice device, int[] fds)

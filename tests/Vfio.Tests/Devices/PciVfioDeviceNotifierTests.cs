@@ -3,8 +3,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Devices;
 
 /// <summary>The kernel's notifications to an open PCI device: REQ (give the device back) and ERR.</summary>
-public class PciVfioDeviceNotifierTests : KernelTest
+public abstract class PciVfioDeviceNotifierTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : PciVfioDeviceNotifierTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : PciVfioDeviceNotifierTests(VfioBackend.Iommufd);
+
     [Fact]
     public async Task UnbindingAnOpenDeviceAsksItsHoldersAndFinishesOnceTheyRelease()
     {

@@ -4,8 +4,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Devices;
 
 /// <summary>Config space of a PCI device: the header, the command register, the capability lists and their typed views.</summary>
-public class PciVfioDeviceTests : KernelTest
+public abstract class PciVfioDeviceTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : PciVfioDeviceTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : PciVfioDeviceTests(VfioBackend.Iommufd);
+
     /// <summary>A PCI Express function with power management, 4 MSI vectors and 8 MSI-X vectors in BAR2.</summary>
     private static PciDeviceModel ExpressModel(Action<PciDeviceModel>? more = null)
     {

@@ -8,8 +8,14 @@ namespace Vfio.Tests.Devices;
 /// entry, regions, level and edge interrupts, the reset rules, and unregistering while in use. The
 /// first tests use a small driver for a timer block the way a driver author writes one.
 /// </summary>
-public class PlatformVfioDeviceTests : KernelTest
+public abstract class PlatformVfioDeviceTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : PlatformVfioDeviceTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : PlatformVfioDeviceTests(VfioBackend.Iommufd);
+
     private const string TimerName = "ff100000.timer";
 
     /// <summary>

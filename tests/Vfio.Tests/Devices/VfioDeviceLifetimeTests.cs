@@ -1,8 +1,14 @@
 namespace Vfio.Tests.Devices;
 
 /// <summary>Init, register, references, unregister with its completion, uninit: no kernel I/O involved.</summary>
-public class VfioDeviceLifetimeTests : KernelTest
+public abstract class VfioDeviceLifetimeTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : VfioDeviceLifetimeTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : VfioDeviceLifetimeTests(VfioBackend.Iommufd);
+
 
     [Fact]
     public void ConstructionPublishesNothing()

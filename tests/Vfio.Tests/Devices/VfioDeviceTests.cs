@@ -4,8 +4,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Devices;
 
 /// <summary>Open and close of a registered device against the simulated kernel, and what lives on an open device.</summary>
-public class VfioDeviceTests : KernelTest
+public abstract class VfioDeviceTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : VfioDeviceTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : VfioDeviceTests(VfioBackend.Iommufd);
+
     /// <summary>BAR0: register 0 is an id, register 8 raises MSI vector (value) when written; one MSI vector.</summary>
     private sealed class RegisterModel : PciDeviceModel
     {
@@ -37,7 +43,7 @@ public class VfioDeviceTests : KernelTest
     }
 
     [Fact]
-    public void OpenOpensTheGroupTheContainerAndTheDeviceFile()
+    public void OpenOpensTheBackendsFilesAndTheDeviceFile()
     {
         AddPci();
         var device = RegisterPci();
@@ -47,19 +53,38 @@ public class VfioDeviceTests : KernelTest
             reference.HoldsOpen.Should().BeTrue();
             device.IsOpen.Should().BeTrue();
             device.FirstOpens.Should().Be(1);
-            device.Group.Should().NotBeNull();
-            device.Group!.Container.Should().NotBeNull();
-            device.Group.Container!.IommuTypeName.Should().Be("type1v2");
+            device.Backend.Should().Be(Backend);
             device.Info.Should().NotBeNull();
-            Kernel.OpenFileCount(SimulatedFileKind.Container).Should().Be(1);
-            Kernel.OpenFileCount(SimulatedFileKind.Group).Should().Be(1);
             Kernel.OpenFileCount(SimulatedFileKind.Device).Should().Be(1);
             Kernel.FindDevice("0000:00:03.0")!.IsOpen.Should().BeTrue();
+            if (Backend == VfioBackend.Legacy)
+            {
+                device.Group.Should().NotBeNull();
+                device.Group!.Container.Should().NotBeNull();
+                device.Group.Container!.IommuTypeName.Should().Be("type1v2");
+                device.AddressSpace.Should().BeSameAs(device.Group.Container.AddressSpace);
+                Kernel.OpenFileCount(SimulatedFileKind.Container).Should().Be(1);
+                Kernel.OpenFileCount(SimulatedFileKind.Group).Should().Be(1);
+                Kernel.OpenFileCount(SimulatedFileKind.Iommufd).Should().Be(0);
+            }
+            else
+            {
+                device.Group.Should().BeNull("the cdev is opened without its group");
+                var ioas = Registry.IommufdAddressSpace;
+                ioas.Should().NotBeNull();
+                device.AddressSpace.Should().BeSameAs(ioas);
+                ioas!.Devices.Should().Equal(device);
+                Kernel.OpenFileCount(SimulatedFileKind.Iommufd).Should().Be(1);
+                Kernel.OpenFileCount(SimulatedFileKind.Container).Should().Be(0);
+                Kernel.OpenFileCount(SimulatedFileKind.Group).Should().Be(0);
+            }
         }
 
         device.LastCloses.Should().Be(1);
         device.IsOpen.Should().BeFalse();
         device.Group.Should().BeNull();
+        device.Backend.Should().BeNull();
+        device.AddressSpace.Should().BeNull();
         Kernel.OpenFileCountTotal.Should().Be(0);
         Registry.Groups.Should().BeEmpty();
         Registry.Containers.Should().BeEmpty();
@@ -100,7 +125,7 @@ public class VfioDeviceTests : KernelTest
         var probe = device.Open();
         long calls = Kernel.CallCount - before;
         probe.Dispose();
-        calls.Should().BeGreaterThan(5, "the open path opens a group and a container, sets the IOMMU and gets the device file");
+        calls.Should().BeGreaterThan(5, "the open path opens a group and a container (or an iommufd and the cdev) and gets the device file");
         calls.Should().BeLessThan(openAndClose);
 
         var operations = new List<string>();
@@ -115,6 +140,7 @@ public class VfioDeviceTests : KernelTest
             Kernel.AssertNoLeaks();
             Registry.Groups.Should().BeEmpty();
             Registry.Containers.Should().BeEmpty();
+            Registry.IommufdAddressSpace.Should().BeNull();
             device.IsOpen.Should().BeFalse();
             device.ReferenceCount.Should().Be(1, "the failed open released its reference");
             device.FirstOpens.Should().Be(2, "the hook never ran for a failed open");
@@ -125,7 +151,10 @@ public class VfioDeviceTests : KernelTest
             device.IsOpen.Should().BeTrue();
         }
         device.FirstOpens.Should().Be(3);
-        operations.Should().ContainInOrder("VFIO_GROUP_GET_STATUS", "VFIO_GROUP_SET_CONTAINER", "VFIO_SET_IOMMU", "VFIO_GROUP_GET_DEVICE_FD");
+        operations.Should().ContainInOrder(Backend == VfioBackend.Legacy
+            ? ["VFIO_GROUP_GET_STATUS", "VFIO_GROUP_SET_CONTAINER", "VFIO_SET_IOMMU", "VFIO_GROUP_GET_DEVICE_FD", "VFIO_DEVICE_GET_INFO"]
+            : ["open " + Kernel.Dev("iommu"), "IOMMU_OPTION (IOMMU_OPTION_RLIMIT_MODE, get)", "IOMMU_IOAS_ALLOC", "open " + Kernel.Dev("vfio/devices/vfio0"),
+                "VFIO_DEVICE_BIND_IOMMUFD", "VFIO_DEVICE_ATTACH_IOMMUFD_PT (IOAS 1)", "VFIO_DEVICE_GET_INFO"]);
     }
 
     [Fact]
@@ -222,7 +251,7 @@ public class VfioDeviceTests : KernelTest
         buffer.IsMapped.Should().BeTrue();
         (buffer.Iova + buffer.Length - 1).Should().BeLessThanOrEqualTo(NarrowDmaDevice.Mask);
         Kernel.DmaMappingCount.Should().Be(1);
-        device.Group!.Container!.TranslateToIova(buffer.HostAddress).Should().Be(buffer.Iova);
+        device.AddressSpace!.TranslateToIova(buffer.HostAddress).Should().Be(buffer.Iova);
     }
 
     [Fact]

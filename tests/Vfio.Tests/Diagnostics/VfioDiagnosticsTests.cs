@@ -28,6 +28,42 @@ public sealed class VfioDiagnosticsTests
         report.Findings.Select(f => f.Check).Should().Equal("iommu", "modules", "backend.container", "backend.iommufd", "backend.noiommu",
             "memlock", "hugepages", "permissions", "group.5");
         Finding("group.5").Found.Should().Contain("viable").And.Contain(_kernel.Dev("vfio/5"));
+        Finding("modules").Found.Should().Be("vfio, vfio-pci and vfio_iommu_type1 are loaded.");
+        Finding("backend.container").Found.Should().Contain("vfio's own");
+    }
+
+    [Fact]
+    public void WhereIommufdServesTheContainerTheDoctorSaysSoAndAsksForNoType1()
+    {
+        _kernel.IommufdServesContainer = true;
+        _kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, 5);
+
+        var report = Run();
+
+        report.Findings.Should().NotContain(f => f.Severity == DiagnosticSeverity.Error || f.Severity == DiagnosticSeverity.Warning);
+        report.Backends.Should().Be(VfioBackends.LegacyContainer | VfioBackends.Iommufd);
+        var modules = Finding("modules");
+        modules.Severity.Should().Be(DiagnosticSeverity.Ok);
+        modules.Found.Should().Contain("vfio_iommu_type1 is not needed").And.Contain(_kernel.Sys("module/vfio_iommu_type1"));
+        var container = Finding("backend.container");
+        container.Severity.Should().Be(DiagnosticSeverity.Ok);
+        container.Found.Should().Contain(_kernel.Dev("vfio/vfio")).And.Contain("iommufd's compatibility container").And.NotContain("(vfio's own");
+        Finding("backend.iommufd").Found.Should().Contain("device cdevs (/dev/vfio/devices/vfioN): yes");
+    }
+
+    [Fact]
+    public void WithoutIommufdAMissingType1IsStillAnErrorForVfiosOwnContainer()
+    {
+        // The simulation's knob hides vfio_iommu_type1; without /dev/iommu (which a kernel with
+        // iommufd's container always has) that is vfio's container with its type1 not loaded.
+        _kernel.IommufdEnabled = false;
+        _kernel.IommufdServesContainer = true;
+
+        var finding = Finding("modules");
+
+        finding.Severity.Should().Be(DiagnosticSeverity.Error);
+        finding.Found.Should().Contain("vfio_iommu_type1");
+        Finding("backend.container").Found.Should().Contain("vfio's own");
     }
 
     [Fact]

@@ -3,8 +3,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Dma;
 
 /// <summary>DMA buffers: page rounding, hugepages from the pool (or a clear error), access flags, nothing leaked.</summary>
-public class DmaBufferTests : KernelTest
+public abstract class DmaBufferTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : DmaBufferTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : DmaBufferTests(VfioBackend.Iommufd);
+
     private const ulong TwoMiB = 2UL << 20;
 
     [Fact]
@@ -153,22 +159,6 @@ public class DmaBufferTests : KernelTest
         device.ReferenceCount.Should().Be(references);
         device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioException>("the refused allocation made no mmap, so the armed failure is still there")
             .Which.Operation.Should().StartWith("mmap");
-    }
-
-    [Fact]
-    public void TheContainersMappingLimitIsCheckedBeforeAnyMemoryIsAllocated()
-    {
-        Kernel.DmaEntryLimit = 1;
-        AddPci();
-        var device = RegisterPci();
-        using var open = device.Open();
-        using var first = device.AllocateDmaBuffer(0x1000);
-        Kernel.FailNext(SimulatedCall.Mmap, Errno.EINVAL);
-
-        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>().Which;
-
-        error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
-        Kernel.MappingCount.Should().Be(1, "only the first buffer's memory");
     }
 
     [Fact]

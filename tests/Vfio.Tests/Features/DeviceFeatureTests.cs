@@ -4,8 +4,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Features;
 
 /// <summary>VFIO_DEVICE_FEATURE: the core's header checks and vfio_check_feature, through the library and the simulated kernel.</summary>
-public class DeviceFeatureTests : KernelTest
+public abstract class DeviceFeatureTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : DeviceFeatureTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : DeviceFeatureTests(VfioBackend.Iommufd);
+
     private const uint Get = VfioUapi.VFIO_DEVICE_FEATURE_GET;
     private const uint Set = VfioUapi.VFIO_DEVICE_FEATURE_SET;
     private const uint Probe = VfioUapi.VFIO_DEVICE_FEATURE_PROBE;

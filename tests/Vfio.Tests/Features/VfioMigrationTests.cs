@@ -3,8 +3,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Features;
 
 /// <summary>Migration v2 through the library against the simulated kernel's migratable device model.</summary>
-public class VfioMigrationTests : KernelTest
+public abstract class VfioMigrationTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : VfioMigrationTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : VfioMigrationTests(VfioBackend.Iommufd);
+
     private const string A = "0000:00:04.0";
     private const string B = "0000:00:05.0";
 

@@ -4,8 +4,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Interrupts;
 
 /// <summary>Interrupt sets against the simulated kernel, which answers as vfio-pci of Linux 6.1.</summary>
-public class InterruptSetTests : KernelTest
+public abstract class InterruptSetTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : InterruptSetTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : InterruptSetTests(VfioBackend.Iommufd);
+
     private (SimulatedPciDevice Sim, RecordingPciDevice Device) Registered(bool express = false, int msi = 4, int msix = 8)
     {
         var model = new PciDeviceModel(0x1234, 0x11e8, 0x00ff00, express) { MsiVectors = msi, MsixVectors = msix };

@@ -7,8 +7,14 @@ using static Vfio.Interop.Interop;
 namespace Vfio.Tests.Regions;
 
 /// <summary>Register access through a region: whole mappings, sparse mappings, the file, bounds and lifetime.</summary>
-public partial class MmioRegionTests : KernelTest
+public abstract partial class MmioRegionTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : MmioRegionTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : MmioRegionTests(VfioBackend.Iommufd);
+
     /// <summary>BAR2 is 16 KiB, of which [0, 4K) and [12K, 16K) can be mapped; BAR0 cannot be mapped at all.</summary>
     private static PciDeviceModel SparseModel()
     {

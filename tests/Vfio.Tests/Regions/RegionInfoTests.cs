@@ -5,8 +5,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Regions;
 
 /// <summary>Region info: the capability chain parsed into typed records, and malformed chains refused.</summary>
-public class RegionInfoTests : KernelTest
+public abstract class RegionInfoTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : RegionInfoTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : RegionInfoTests(VfioBackend.Iommufd);
+
     private const int Fixed = 32; // sizeof(struct vfio_region_info)
     private static readonly ErrorTarget Target = new(Device: "0000:00:03.0");
 

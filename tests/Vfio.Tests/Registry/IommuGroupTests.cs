@@ -5,7 +5,7 @@ using Vfio.Tests.Simulation;
 namespace Vfio.Tests.Registry;
 
 /// <summary>Groups: one open per group, viability, shared by their devices, torn down by the last.</summary>
-public class IommuGroupTests : KernelTest
+public class IommuGroupTests() : KernelTest(VfioBackend.Legacy)
 {
     [Fact]
     public void ASecondOpenOfTheGroupByAnotherRegistryIsReportedAsBusyNamingTheGroup()

@@ -4,11 +4,12 @@ using Vfio.Testing;
 namespace Vfio.Tests.Registry;
 
 /// <summary>Containers: the IOMMU type is chosen after the first group joins; groups share a container.</summary>
-public class VfioContainerTests : KernelTest
+public class VfioContainerTests() : KernelTest(VfioBackend.Legacy)
 {
     /// <summary>The operations of a device's open path, in order: call K is failed for each K and the exception names it.</summary>
     private List<string> OpenPathOperations(VfioDevice device)
     {
+        device.Open().Dispose(); // the registry's first open also looks for /dev/iommu, once
         long before = Kernel.CallCount;
         var open = device.Open();
         long calls = Kernel.CallCount - before;
@@ -191,8 +192,24 @@ public class VfioContainerTests : KernelTest
 }
 
 /// <summary>A container's DMA mappings: the kernel's mapping budget, its refusals turned into clear errors, teardown.</summary>
-public class VfioContainerDmaTests : KernelTest
+public class VfioContainerDmaTests() : KernelTest(VfioBackend.Legacy)
 {
+    [Fact]
+    public void TheContainersMappingLimitIsCheckedBeforeAnyMemoryIsAllocated()
+    {
+        Kernel.DmaEntryLimit = 1;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var first = device.AllocateDmaBuffer(0x1000);
+        Kernel.FailNext(SimulatedCall.Mmap, Errno.EINVAL);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>().Which;
+
+        error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
+        Kernel.MappingCount.Should().Be(1, "only the first buffer's memory");
+    }
+
     [Fact]
     public void MappingsAvailableFollowDmaAvailAndTheLibraryRefusesBeforeTheKernel()
     {

@@ -3,8 +3,14 @@ using Vfio.Testing;
 namespace Vfio.Tests.Registry;
 
 /// <summary>The driver model: probing devices bound to vfio, creating them through matching drivers, removing them.</summary>
-public class VfioRegistryTests : KernelTest
+public abstract class VfioRegistryTests(VfioBackend backend) : KernelTest(backend)
 {
+    /// <summary>The tests on the legacy backend (a kernel that behaves as Linux 6.1).</summary>
+    public sealed class Legacy() : VfioRegistryTests(VfioBackend.Legacy);
+
+    /// <summary>The tests on the iommufd backend (a kernel that behaves as Linux 7.2).</summary>
+    public sealed class Iommufd() : VfioRegistryTests(VfioBackend.Iommufd);
+
     private sealed class TestPciDriver(Func<PciDeviceContext, RecordingPciDevice>? create, params PciMatch[] matches)
         : PciDriver<RecordingPciDevice>("test-pci", matches)
     {

@@ -12,14 +12,22 @@ namespace Vfio.Tests.Simulation;
 /// group 5 for the NVMe sample, ivshmem-plain (group 7; BAR2: 1 MiB of shared memory), a modern
 /// virtio-rng (group 8) and an edu function alone behind a second root port (bus 2, group 9).
 /// </summary>
+/// <remarks>
+/// Each scenario runs as the VM runs it on each kind of kernel: on one that behaves as Debian's 6.1
+/// (no iommufd; mode legacy), and on one that behaves as the 7.2 kernel built from source, with both
+/// APIs, in mode legacy (the library made to use its legacy backend) and in mode iommufd.
+/// </remarks>
 public sealed class ScenarioTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Names => [.. ScenarioCatalog.All.Select(s => s.Name)];
 
-    /// <summary>The simulated counterpart of the VM's machine (tests/vm/run-vm-tests.sh).</summary>
-    internal static (SimulatedKernel Kernel, ScenarioContext Context) Machine()
+    /// <summary>The scenarios that apply to a kernel without iommufd (the others skip there, as on Debian's kernels).</summary>
+    public static TheoryData<string> LegacyKernelNames => [.. ScenarioCatalog.All.Except(ScenarioCatalog.NeedIommufd).Select(s => s.Name)];
+
+    /// <summary>The simulated counterpart of the VM's machine (tests/vm/run-vm-tests.sh), as Linux <paramref name="version"/> in <paramref name="mode"/>.</summary>
+    internal static (SimulatedKernel Kernel, ScenarioContext Context) Machine(Version? version = null, ScenarioMode mode = ScenarioMode.Legacy)
     {
-        var kernel = new SimulatedKernel();
+        var kernel = new SimulatedKernel { LinuxVersion = version ?? new Version(6, 1) };
         kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
         kernel.AddPciDevice("0000:00:04.0", new EduDeviceModel(), iommuGroup: 4);
         kernel.AddPciDevice("0000:00:04.1", new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true), iommuGroup: 4, driver: "nvme");
@@ -39,16 +47,28 @@ public sealed class ScenarioTests(ITestOutputHelper output)
             NotViableGroupId = 4,
             HotResetDevices = ["0000:01:00.0", "0000:01:00.1"],
             HotResetGroupId = 6,
+            KernelVersion = kernel.LinuxVersion,
+            Mode = mode,
             SharedMemoryDeviceAddress = "0000:00:07.0",
         };
         return (kernel, context);
     }
 
     [Theory]
+    [MemberData(nameof(LegacyKernelNames))]
+    public Task ScenarioPassesOnTheSimulatedKernel(string name) => RunAsync(name, Machine());
+
+    [Theory]
     [MemberData(nameof(Names))]
-    public async Task ScenarioPassesOnTheSimulatedKernel(string name)
+    public Task ScenarioPassesOnASimulated72KernelInModeLegacy(string name) => RunAsync(name, Machine(new Version(7, 2), ScenarioMode.Legacy));
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public Task ScenarioPassesOnASimulated72KernelInModeIommufd(string name) => RunAsync(name, Machine(new Version(7, 2), ScenarioMode.Iommufd));
+
+    private async Task RunAsync(string name, (SimulatedKernel Kernel, ScenarioContext Context) machine)
     {
-        var (kernel, context) = Machine();
+        var (kernel, context) = machine;
         using var log = new StringWriter();
         context = context with { Log = log };
         string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
@@ -75,6 +95,20 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.AssertNoLeaks();
         kernel.ListDirectory(kernel.Sys("bus/mdev/devices"), out var mdevs).Should().Be(0);
         mdevs.Should().BeEmpty("every scenario removes the mdevs it made");
+    }
+
+    [Fact]
+    public async Task TheIommufdScenariosSkipOnAKernelWithoutIommufdSayingWhy()
+    {
+        var (kernel, context) = Machine();
+        using var output = new StringWriter();
+
+        int failed = await ScenarioRunner.RunAsync(ScenarioCatalog.NeedIommufd, context, output);
+
+        failed.Should().Be(0);
+        output.ToString().Should().Contain($"SUMMARY passed=0 failed=0 skipped={ScenarioCatalog.NeedIommufd.Count}")
+            .And.Contain("SKIP iommufd_ioas_iova_ranges: the kernel has no /dev/iommu (CONFIG_IOMMUFD) and no VFIO device cdev (CONFIG_VFIO_DEVICE_CDEV)");
+        kernel.AssertNoLeaks();
     }
 
     [Fact]

@@ -148,12 +148,6 @@ internal static class Program
         {
             Console.Error.WriteLine("Vfio.VmTests: no mode '" + name + "'");
         }
-        else if (mode == ScenarioMode.Iommufd)
-        {
-            // The scenarios select the backend by mode once the library has an iommufd backend.
-            Console.Error.WriteLine("Vfio.VmTests: mode iommufd needs the library's iommufd backend, which it does not have yet");
-            return null;
-        }
         return mode;
     }
 }
