@@ -6,8 +6,11 @@ internal static class ScenarioCatalog
     /// <summary>Every scenario, in the order they run: the uAPI basics, the kernel's rules at errno level, then the edu driver on the public API.</summary>
     public static IReadOnlyList<Scenario> All { get; } = [.. SmokeScenarios.All, .. UapiScenarios.All, .. EduScenarios.All, .. ResetScenarios.All, .. InterruptScenarios.All, .. DmaScenarios.All, .. PciScenarios.All, .. FeatureScenarios.All];
 
-    /// <summary>The mediated device scenarios, run on a machine with the kernel's mtty sample driver loaded (tests/vm/run-mdev-tests.sh).</summary>
-    public static IReadOnlyList<Scenario> Mdev { get; } = MdevScenarios.All;
+    /// <summary>
+    /// The mediated device scenarios, run on a machine with the kernel's mtty sample driver loaded
+    /// (tests/vm/run-mdev-tests.sh): the mdev lifecycle, then migration v2 between mtty cards.
+    /// </summary>
+    public static IReadOnlyList<Scenario> Mdev { get; } = [.. MdevScenarios.All, .. MigrationScenarios.All];
 
     /// <summary>Finds a scenario by name.</summary>
     public static Scenario Named(string name) =>

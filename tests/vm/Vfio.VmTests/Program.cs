@@ -2,6 +2,7 @@ using System.Globalization;
 using EduDriver;
 using NvmeDriver;
 using MdevLifecycle;
+using MigrationSample;
 using Vfio.Cli;
 using Vfio.Scenarios;
 
@@ -12,6 +13,7 @@ namespace Vfio.VmTests;
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS
 /// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
 /// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
+/// <c>Vfio.VmTests --migration-sample</c> to run the migration sample's mtty round trip, as
 /// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
 /// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
 /// mode the host booted the kernel in (legacy, legacy-compat or iommufd; <see cref="ScenarioMode"/>).
@@ -23,7 +25,7 @@ internal static class Program
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
-        + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose]\n"
+        + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose] | --migration-sample\n"
         + "       Vfio.VmTests --cli ARG... (the vfio tool)\n"
         + "       MODE: legacy (default), legacy-compat or iommufd";
 
@@ -49,6 +51,11 @@ internal static class Program
         if (args.Length > 0 && args[0] == "--mdev-sample")
         {
             return await MdevLifecycleProgram.RunAsync(["--real", .. args[1..]], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length == 1 && args[0] == "--migration-sample")
+        {
+            // The migration sample's mtty round trip on the kernel's mtty (Linux 6.7 and later).
+            return await MttyMigrationProgram.RunAsync(real: true, Console.Out).ConfigureAwait(false);
         }
         if (args.Length > 0 && args[0] == "--mdev")
         {
