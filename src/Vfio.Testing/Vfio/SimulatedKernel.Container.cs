@@ -77,7 +77,7 @@ public sealed partial class SimulatedKernel
         {
             if (type is VfioUapi.VFIO_TYPE1_IOMMU or VfioUapi.VFIO_TYPE1v2_IOMMU)
             {
-                container.Type1 = new Type1Iommu(this, type == VfioUapi.VFIO_TYPE1v2_IOMMU);
+                container.Type1 = new Type1Iommu(this, container, type == VfioUapi.VFIO_TYPE1v2_IOMMU);
                 return 0;
             }
             result = -Errno.EINVAL; // the driver knows the extension but cannot open with it

@@ -93,6 +93,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         }
     }
 
+    /// <summary>The address space the buffer is mapped in; null once unmapped.</summary>
+    internal IommuAddressSpace? Space => Volatile.Read(ref _space);
+
     /// <summary>The buffer's host virtual address (what <see cref="VfioContainer.TranslateToIova"/> takes).</summary>
     public nint HostAddress => _memory.Address;
 
@@ -121,6 +124,33 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     public override string ToString() => $"DMA buffer 0x{Iova:x}+0x{Length:x} of {_device.Name}";
 
     bool IDeviceResource.Revoke() => Unmap();
+
+    /// <summary>
+    /// Unmaps the buffer and reads its dirty pages in the same kernel call (type1's
+    /// <c>VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP</c>, see <see cref="DirtyPageTracking.Unmap"/>); when the
+    /// kernel refuses, it throws and the buffer stays mapped.
+    /// </summary>
+    internal void UnmapReadingDirty(Span<ulong> dirty, ulong pageSize)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _state) == 2, this);
+        var space = Volatile.Read(ref _space);
+        if (space is null || Interlocked.CompareExchange(ref _state, 1, 0) != 0)
+        {
+            throw new InvalidOperationException($"{this} is not mapped any more: its device closed, or it was unmapped already.");
+        }
+        try
+        {
+            space.Unmap(this, dirty, pageSize);
+        }
+        catch
+        {
+            Interlocked.CompareExchange(ref _state, 0, 1);
+            throw;
+        }
+        Volatile.Write(ref _space, null);
+        _reference.Dispose();
+        _device.ForgetResource(this);
+    }
 
     /// <summary>The address space dropped every mapping (its last device left): nothing to unmap any more.</summary>
     internal void Orphan() => Volatile.Write(ref _space, null);

@@ -80,6 +80,17 @@ internal abstract class IommuAddressSpace
     /// <summary>Unmaps the range; 0 or a negative errno, with the bytes the kernel unmapped.</summary>
     private protected abstract int UnmapCore(ulong iova, ulong length, out ulong unmapped);
 
+    /// <summary>
+    /// Unmaps the range and has the kernel set the bits of its dirty pages in <paramref name="dirty"/>,
+    /// one per <paramref name="pageSize"/> bytes; 0 or a negative errno. Only type1 has it
+    /// (<c>VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP</c>); elsewhere ENOTTY.
+    /// </summary>
+    private protected virtual int UnmapDirtyCore(ulong iova, ulong length, Span<ulong> dirty, ulong pageSize, out ulong unmapped)
+    {
+        unmapped = 0;
+        return -Errno.ENOTTY;
+    }
+
     /// <summary>The name of the unmap call, for errors ("VFIO_IOMMU_UNMAP_DMA").</summary>
     private protected abstract string UnmapOperation { get; }
 
@@ -142,7 +153,13 @@ internal abstract class IommuAddressSpace
     /// Unmaps a buffer. When the kernel refuses, the address space keeps it in its books (the device
     /// may still reach it) and tries again when its last device leaves.
     /// </summary>
-    internal void Unmap(DmaBuffer buffer)
+    internal void Unmap(DmaBuffer buffer) => Unmap(buffer, default, 0);
+
+    /// <summary>
+    /// Unmaps a buffer and, when <paramref name="dirty"/> is not empty, has the kernel fill it with the
+    /// buffer's dirty pages in the same call (see <see cref="UnmapDirtyCore"/>).
+    /// </summary>
+    internal void Unmap(DmaBuffer buffer, Span<ulong> dirty, ulong pageSize)
     {
         lock (_dmaLock)
         {
@@ -151,7 +168,8 @@ internal abstract class IommuAddressSpace
                 return;
             }
             string operation = string.Create(CultureInfo.InvariantCulture, $"{UnmapOperation} 0x{buffer.Iova:x}+0x{buffer.Length:x}");
-            VfioErrors.Check(UnmapCore(buffer.Iova, buffer.Length, out ulong unmapped), operation);
+            int rc = dirty.IsEmpty ? UnmapCore(buffer.Iova, buffer.Length, out ulong unmapped) : UnmapDirtyCore(buffer.Iova, buffer.Length, dirty, pageSize, out unmapped);
+            VfioErrors.Check(rc, operation);
             _buffers.Remove(buffer);
             _translation.Remove(buffer.HostAddress);
             _iova?.Free(buffer.Iova);

@@ -16,6 +16,7 @@ public sealed class VfioContainer
     // ContainerBackend). Held here only to assert it.
     private readonly Lock _attachLock;
     private IommuGroup[] _groups = [];
+    private DirtyPageTracking? _dirtyTracking;
 
     private VfioContainer(VfioRegistry registry, SafeFd fd, Lock attachLock)
     {
@@ -86,6 +87,26 @@ public sealed class VfioContainer
     /// <param name="hostAddress">A host virtual address.</param>
     /// <param name="iova">The device's address for it.</param>
     public bool TryTranslateToIova(nint hostAddress, out ulong iova) => AddressSpace.TryTranslateToIova(hostAddress, out iova);
+
+    /// <summary>
+    /// Starts the IOMMU's dirty page tracking for every DMA mapping of the container
+    /// (<c>VFIO_IOMMU_DIRTY_PAGES</c>, type1v2); dispose the result to stop it. One at a time per container.
+    /// See <see cref="DirtyPageTracking"/> for what type1 can and cannot tell.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Tracking is active already.</exception>
+    /// <exception cref="VfioNotSupportedException">The container has no IOMMU (no-IOMMU mode) or its IOMMU driver has no dirty tracking (iommufd's compatibility container).</exception>
+    public DirtyPageTracking StartDirtyPageTracking()
+    {
+        if (Volatile.Read(ref _dirtyTracking) is { IsActive: true } active)
+        {
+            throw new InvalidOperationException($"Dirty page tracking of {this} is active already ({active}): dispose it before starting another, since stopping either would stop both.");
+        }
+        var tracking = DirtyPageTracking.Start(this);
+        Volatile.Write(ref _dirtyTracking, tracking);
+        return tracking;
+    }
+
+    internal void DirtyTrackingStopped(DirtyPageTracking tracking) => Interlocked.CompareExchange(ref _dirtyTracking, null, tracking);
 
     /// <summary>Opens a new container and checks the API version.</summary>
     internal static VfioContainer Open(VfioRegistry registry, Lock attachLock)
