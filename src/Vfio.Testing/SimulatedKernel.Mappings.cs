@@ -34,6 +34,13 @@ public sealed partial class SimulatedKernel
                     return -Errno.ENOMEM; // the pool cannot cover the mapping
                 }
                 var memory = new AnonymousMemory(length, hugePages > 0 ? (nuint)HugePageSize : PageSize);
+                // MAP_LOCKED locks the pages (mlock), charged to RLIMIT_MEMLOCK: EAGAIN beyond it.
+                if ((flags & Flags.MAP_LOCKED) != 0 && !LockAreaLocked(memory.Address, memory.Length))
+                {
+                    PutHugePagesLocked(hugePages);
+                    memory.Put();
+                    return -Errno.EAGAIN;
+                }
                 _areas.Add(memory.Address, new VirtualMemoryArea(memory.Address, length, hugePages > 0 ? "anonymous hugepage memory" : "anonymous memory", memory, null, hugePages));
                 mapping = new SafeMapping(this, memory.Address, length);
                 return 0;
@@ -82,6 +89,7 @@ public sealed partial class SimulatedKernel
             // munmap of a range with nothing mapped succeeds, as in the kernel.
             if (_areas.Remove(address, out var area))
             {
+                ReleasePhysicalLocked(area);
                 area.Memory?.Put();
                 area.File?.Put();
                 PutHugePagesLocked(area.HugePages);

@@ -12,7 +12,13 @@ internal static class ScenarioCatalog
     /// </summary>
     public static IReadOnlyList<Scenario> Mdev { get; } = [.. MdevScenarios.All, .. MigrationScenarios.All];
 
+    /// <summary>
+    /// The no-IOMMU scenarios, run on a machine without an IOMMU with vfio in unsafe no-IOMMU mode
+    /// (tests/vm/run-vm-tests.sh in mode noiommu): the edu device in a no-IOMMU group.
+    /// </summary>
+    public static IReadOnlyList<Scenario> NoIommu { get; } = NoIommuScenarios.All;
+
     /// <summary>Finds a scenario by name.</summary>
     public static Scenario Named(string name) =>
-        All.Concat(Mdev).FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
+        All.Concat(Mdev).Concat(NoIommu).FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
 }

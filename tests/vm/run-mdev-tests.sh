@@ -41,6 +41,8 @@ suite=mdev-tests
 
 . "$here/lib.sh"
 parse_options "--kernel --mode --no-apt --fresh --timeout --verbose" "$@"
+# mtty needs no IOMMU: a machine without one (mode noiommu) would prove nothing more.
+suite_modes="legacy legacy-compat iommufd"
 
 [ "$fresh" = 1 ] && rm -rf "$cache"
 mkdir -p "$cache"

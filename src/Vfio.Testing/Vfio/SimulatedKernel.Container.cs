@@ -39,8 +39,11 @@ public sealed partial class SimulatedKernel
     /// </summary>
     public bool UnsafeNoIommuMode { get; set; }
 
+    // vfio_iommu_driver_allowed: a container is a no-IOMMU one from the first no-IOMMU group that joins
+    // it (and stays one); until then only the real IOMMU drivers answer, so a fresh container says no
+    // to VFIO_NOIOMMU_IOMMU even in unsafe mode.
     private static bool DriverAllowed(ContainerState container, bool noIommuDriver) =>
-        container.Groups.Count == 0 || container.NoIommu == noIommuDriver;
+        container.NoIommu == noIommuDriver;
 
     private int NoIommuCheckExtension(nint extension) =>
         UnsafeNoIommuMode && extension == VfioUapi.VFIO_NOIOMMU_IOMMU ? 1 : 0;

@@ -193,6 +193,8 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         var space = device.AddressSpace
             ?? throw new InvalidOperationException($"Device {device.Name} is not open: open it before allocating DMA memory.");
         ulong page = space.IommuInfo.MinPageSize;
+        var requested = pages;
+        pages = space.PagesFor(device, length, pages);
         if (!device.TryGet(out var reference))
         {
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
@@ -204,7 +206,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             ulong size = RoundUp(length, huge ? Math.Max(page, HugePageSize) : page);
             if (huge)
             {
-                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB, 0, out memory);
+                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB | space.MemoryFlags, 0, out memory);
                 if (rc == -Errno.ENOMEM && pages == DmaPages.HugeIfAvailable)
                 {
                     Log.HugePagesFallback(device.Registry.Logger, device.Name);
@@ -213,7 +215,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
                 }
                 else if (rc == -Errno.ENOMEM)
                 {
-                    throw NoHugePages(device, size);
+                    throw NoHugePages(device, size, space.HugePagesReason(requested));
                 }
                 else
                 {
@@ -222,7 +224,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             }
             if (!huge)
             {
-                VfioErrors.Check(device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE, 0, out memory),
+                VfioErrors.Check(device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | space.MemoryFlags, 0, out memory),
                     "mmap (DMA memory)", device.ErrorTarget);
             }
             var buffer = space.Map(device, memory!, size, access, iova, reference, huge ? HugePageSize : 0);
@@ -245,7 +247,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     }
 
     // The kernel refuses a MAP_HUGETLB mapping with ENOMEM when the hugepage pool cannot cover it.
-    private static VfioResourceLimitException NoHugePages(VfioDevice device, ulong size)
+    private static VfioResourceLimitException NoHugePages(VfioDevice device, ulong size, string? why)
     {
         const string Pool = "kernel/mm/hugepages/hugepages-2048kB/";
         string free = device.Registry.Sysfs.ReadText(Pool + "free_hugepages")?.Trim() ?? "?";
@@ -254,8 +256,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         return new VfioResourceLimitException(
             string.Create(CultureInfo.InvariantCulture,
                 $"Cannot allocate a {size >> 20} MiB DMA buffer of 2 MiB hugepages for {device.Name}: it needs {needed} free hugepages, and the system has {free} free of {total} reserved. ") +
-            "Reserve more as root: echo N > /proc/sys/vm/nr_hugepages (or vm.nr_hugepages in /etc/sysctl.conf, or hugepages=N on the kernel command line), " +
-            "or allocate with DmaPages.HugeIfAvailable to fall back to normal pages.",
+            (why is null ? "" : why + " ") +
+            "Reserve more as root: echo N > /proc/sys/vm/nr_hugepages (or vm.nr_hugepages in /etc/sysctl.conf, or hugepages=N on the kernel command line)" +
+            (why is null ? ", or allocate with DmaPages.HugeIfAvailable to fall back to normal pages." : "."),
             VfioResourceLimitException.HugePages, "mmap (DMA memory, 2 MiB hugepages)", Errno.ENOMEM, device.ErrorTarget);
     }
 }

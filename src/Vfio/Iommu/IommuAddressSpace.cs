@@ -103,10 +103,32 @@ internal abstract class IommuAddressSpace
     /// <summary>The error for a map refused before the kernel is asked, because the mapping budget is spent.</summary>
     private protected abstract VfioResourceLimitException BudgetSpent(VfioDevice device, int mappings);
 
+    /// <summary>
+    /// The pages DMA memory of <paramref name="length"/> bytes needs here: what the caller asked for,
+    /// unless the address space needs more (physically contiguous memory, without an IOMMU).
+    /// </summary>
+    internal virtual DmaPages PagesFor(VfioDevice device, ulong length, DmaPages pages) => pages;
+
+    /// <summary>mmap flags DMA memory needs here besides private and populated (MAP_LOCKED, without an IOMMU).</summary>
+    internal virtual int MemoryFlags => 0;
+
+    /// <summary>Why a buffer needs hugepages here when the caller did not ask for them, for the error when there are none; null when it did ask.</summary>
+    internal virtual string? HugePagesReason(DmaPages requested) => null;
+
+    /// <summary>
+    /// The device address the memory has whatever the IOMMU would do (without an IOMMU: its physical
+    /// address), checked for the device; null when the address space chooses an IOVA.
+    /// </summary>
+    private protected virtual ulong? FixedDeviceAddress(VfioDevice device, SafeMapping memory, ulong length, ulong? fixedIova) => null;
+
     internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference, ulong alignment = 0)
     {
         lock (_dmaLock)
         {
+            if (FixedDeviceAddress(device, memory, length, fixedIova) is ulong address)
+            {
+                return MapLocked(device, memory, address, length, access, reference, allocated: false);
+            }
             var info = IommuInfoLocked();
             _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
             if (MappingsAvailableLocked() == 0)
@@ -135,18 +157,27 @@ internal abstract class IommuAddressSpace
                 iova = _iova.Allocate(length, device.DmaMask, alignment)
                     ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
             }
-            int rc = MapCore(memory.Address, iova, length, access);
-            if (rc < 0)
-            {
-                _iova.Free(iova);
-                throw MapError(-rc, iova, length, device);
-            }
-            var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
-            _buffers.Add(buffer);
-            _translation.Add(memory.Address, length, iova);
-            Log.DmaMapped(Registry.Logger, device.Name, iova, length);
-            return buffer;
+            return MapLocked(device, memory, iova, length, access, reference, allocated: true);
         }
+    }
+
+    private DmaBuffer MapLocked(VfioDevice device, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference, bool allocated)
+    {
+        LockAssert.Held(_dmaLock);
+        int rc = MapCore(memory.Address, iova, length, access);
+        if (rc < 0)
+        {
+            if (allocated)
+            {
+                _iova!.Free(iova);
+            }
+            throw MapError(-rc, iova, length, device);
+        }
+        var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
+        _buffers.Add(buffer);
+        _translation.Add(memory.Address, length, iova);
+        Log.DmaMapped(Registry.Logger, device.Name, iova, length);
+        return buffer;
     }
 
     /// <summary>

@@ -52,7 +52,8 @@ public sealed class VfioContainer
     /// first asked after the IOMMU was set (the budget shrinks as buffers are mapped: see
     /// <see cref="QueryIommuInfo"/> and <see cref="DmaMappingsAvailable"/>).
     /// </summary>
-    public IommuInfo IommuInfo => AddressSpace.IommuInfo;
+    /// <exception cref="VfioNotSupportedException">The container is a no-IOMMU container: it has no IOMMU to describe.</exception>
+    public IommuInfo IommuInfo => IsNoIommu ? throw NoIommu("VFIO_IOMMU_GET_INFO") : AddressSpace.IommuInfo;
 
     /// <summary>How many DMA mappings the container holds.</summary>
     public int DmaMappingCount => AddressSpace.DmaMappingCount;
@@ -66,14 +67,20 @@ public sealed class VfioContainer
 
     internal SafeFd Fd { get; }
 
-    /// <summary>The container's DMA address space: its type1 IOMMU.</summary>
-    internal IommuAddressSpace AddressSpace { get; }
+    /// <summary>The container's DMA address space: its type1 IOMMU, or physical memory in no-IOMMU mode.</summary>
+    internal IommuAddressSpace AddressSpace { get; private set; }
 
     internal int GroupCount => Volatile.Read(ref _groups).Length;
 
     /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
     /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container).</exception>
-    public IommuInfo QueryIommuInfo() => AddressSpace.QueryIommuInfo();
+    /// <exception cref="VfioNotSupportedException">The container is a no-IOMMU container: it has no IOMMU to describe.</exception>
+    public IommuInfo QueryIommuInfo() => IsNoIommu ? throw NoIommu("VFIO_IOMMU_GET_INFO") : AddressSpace.QueryIommuInfo();
+
+    // The no-IOMMU driver answers every IOMMU ioctl with ENOTTY.
+    private static VfioNotSupportedException NoIommu(string operation) => new(
+        $"A no-IOMMU container has no IOMMU: the kernel answers {operation} with ENOTTY. Its devices reach memory by physical address; DMA buffers carry it in DmaBuffer.Iova.",
+        operation, Errno.ENOTTY, default);
 
     /// <summary>
     /// The IOVA of a host address inside any DMA buffer of this container; null when the address is in
@@ -206,6 +213,11 @@ public sealed class VfioContainer
         }
         VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_SET_IOMMU, type), "VFIO_SET_IOMMU", group.ErrorTarget);
         IommuType = type;
+        if (type == VfioUapi.VFIO_NOIOMMU_IOMMU)
+        {
+            AddressSpace = new NoIommuAddressSpace(Registry);
+            Log.NoIommuContainer(Registry.Logger, group.Id);
+        }
     }
 
     /// <inheritdoc/>

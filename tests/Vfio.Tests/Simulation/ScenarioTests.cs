@@ -70,7 +70,28 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         mdevs.Should().BeEmpty("every scenario removes the mdevs it made");
     }
 
+    public static TheoryData<string> NoIommuNames => [.. ScenarioCatalog.NoIommu.Select(s => s.Name)];
+
+    /// <summary>
+    /// The no-IOMMU scenarios on the simulated counterpart of the VM's noiommu mode: no IOMMU, vfio in
+    /// unsafe no-IOMMU mode, the edu device bound to vfio-pci in no-IOMMU group 0.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(NoIommuNames))]
+    public async Task NoIommuScenarioPassesOnTheSimulatedKernel(string name)
+    {
+        var kernel = new SimulatedKernel { Iommu = SimulatedIommuState.Absent, UnsafeNoIommuMode = true };
+        kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), 0, SimulatedGroupKind.NoIommu, "vfio-pci");
+        using var log = new StringWriter();
+        var context = new ScenarioContext(kernel, "0000:00:03.0", 0) { Log = log, Mode = ScenarioMode.NoIommu };
+        string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        output.WriteLine(log.ToString());
+        failure.Should().BeNull();
+        kernel.AssertNoLeaks();
+        kernel.DmaFaults.Should().BeEmpty();
+    }
+
     [Fact]
     public void EveryScenarioHasAUniqueName() =>
-        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Select(s => s.Name).Should().OnlyHaveUniqueItems();
+        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Concat(ScenarioCatalog.NoIommu).Select(s => s.Name).Should().OnlyHaveUniqueItems();
 }
