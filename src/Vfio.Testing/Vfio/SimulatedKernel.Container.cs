@@ -39,11 +39,10 @@ public sealed partial class SimulatedKernel
     /// </summary>
     public bool UnsafeNoIommuMode { get; set; }
 
-    // vfio_iommu_driver_allowed: a container is a no-IOMMU one from the first no-IOMMU group that joins
-    // it (and stays one); until then only the real IOMMU drivers answer, so a fresh container says no
-    // to VFIO_NOIOMMU_IOMMU even in unsafe mode.
+    // vfio_iommu_driver_allowed as CHECK_EXTENSION applies it: an empty container asks every driver
+    // (in unsafe mode the no-IOMMU driver answers VFIO_NOIOMMU_IOMMU), one with groups only its kind's.
     private static bool DriverAllowed(ContainerState container, bool noIommuDriver) =>
-        container.NoIommu == noIommuDriver;
+        container.Groups.Count == 0 || container.NoIommu == noIommuDriver;
 
     private int NoIommuCheckExtension(nint extension) =>
         UnsafeNoIommuMode && extension == VfioUapi.VFIO_NOIOMMU_IOMMU ? 1 : 0;
