@@ -18,7 +18,13 @@ internal static class ScenarioCatalog
     /// </summary>
     public static IReadOnlyList<Scenario> NoIommu { get; } = NoIommuScenarios.All;
 
+    /// <summary>
+    /// The platform device scenarios, run on QEMU's microvm machine (tests/vm/run-platform-tests.sh): a
+    /// virtio-mmio entropy device (ACPI LNRO0005) bound to vfio-platform in no-IOMMU mode.
+    /// </summary>
+    public static IReadOnlyList<Scenario> Platform { get; } = PlatformScenarios.All;
+
     /// <summary>Finds a scenario by name.</summary>
     public static Scenario Named(string name) =>
-        All.Concat(Mdev).Concat(NoIommu).FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
+        All.Concat(Mdev).Concat(NoIommu).Concat(Platform).FirstOrDefault(s => s.Name == name) ?? throw new ArgumentException("no scenario named " + name, nameof(name));
 }

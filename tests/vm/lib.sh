@@ -763,7 +763,7 @@ run_matrix() {
 inputs_hash() {
   (
     cd "$repo"
-    find src/Vfio src/Vfio.Testing src/Vfio.Cli samples/EduDriver samples/NvmeDriver samples/MdevLifecycle samples/Migration samples/Common \
+    find src/Vfio src/Vfio.Testing src/Vfio.Cli samples/EduDriver samples/NvmeDriver samples/MdevLifecycle samples/Migration samples/VirtioRngPlatform samples/Common \
       tests/Vfio.Scenarios tests/vm/Vfio.VmTests \( -name bin -o -name obj \) -prune -o -type f -print
     ls Directory.Build.props Directory.Packages.props global.json .editorconfig 2>/dev/null
   ) | LC_ALL=C sort | (cd "$repo" && xargs sha256sum) | sha256sum | cut -d' ' -f1

@@ -91,7 +91,28 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.DmaFaults.Should().BeEmpty();
     }
 
+    public static TheoryData<string> PlatformNames => [.. ScenarioCatalog.Platform.Select(s => s.Name)];
+
+    /// <summary>
+    /// The platform scenarios on the simulated counterpart of the platform VM (tests/vm/run-platform-tests.sh):
+    /// no IOMMU, vfio in no-IOMMU mode, vfio-platform with reset_required=0 holding a virtio-mmio entropy device.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PlatformNames))]
+    public async Task PlatformScenarioPassesOnTheSimulatedKernel(string name)
+    {
+        var kernel = new SimulatedKernel { Iommu = SimulatedIommuState.Absent, UnsafeNoIommuMode = true, PlatformResetRequired = false };
+        kernel.AddPlatformDevice("LNRO0005:00", new VirtioMmioRngModel(), 0, SimulatedGroupKind.NoIommu, "vfio-platform");
+        using var log = new StringWriter();
+        var context = new ScenarioContext(kernel, "LNRO0005:00", 0) { Log = log, Mode = ScenarioMode.NoIommu };
+        string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        output.WriteLine(log.ToString());
+        failure.Should().BeNull();
+        kernel.AssertNoLeaks();
+        kernel.DmaFaults.Should().BeEmpty();
+    }
+
     [Fact]
     public void EveryScenarioHasAUniqueName() =>
-        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Concat(ScenarioCatalog.NoIommu).Select(s => s.Name).Should().OnlyHaveUniqueItems();
+        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Concat(ScenarioCatalog.NoIommu).Concat(ScenarioCatalog.Platform).Select(s => s.Name).Should().OnlyHaveUniqueItems();
 }

@@ -3,6 +3,7 @@ using EduDriver;
 using NvmeDriver;
 using MdevLifecycle;
 using MigrationSample;
+using VirtioRngPlatform;
 using Vfio.Cli;
 using Vfio.Scenarios;
 
@@ -15,6 +16,7 @@ namespace Vfio.VmTests;
 /// no-IOMMU scenarios, on the machine of mode noiommu), and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
 /// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
 /// <c>Vfio.VmTests --migration-sample</c> to run the migration sample's mtty round trip, as
+/// <c>Vfio.VmTests --platform ...</c> and <c>--platform-sample</c> for the platform machine's scenarios and sample, as
 /// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
 /// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
 /// mode the host booted the kernel in (legacy, legacy-compat, iommufd or noiommu; <see cref="ScenarioMode"/>).
@@ -24,6 +26,7 @@ internal static class Program
     private const string Usage = "usage: Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
         + "       Vfio.VmTests --noiommu --mode noiommu --device ADDRESS --group N [--only NAME]...\n"
+        + "       Vfio.VmTests --platform --mode noiommu --device NAME --group N [--only NAME]... | --platform-sample\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
@@ -54,6 +57,11 @@ internal static class Program
         {
             return await MdevLifecycleProgram.RunAsync(["--real", .. args[1..]], Console.Out).ConfigureAwait(false);
         }
+        if (args.Length == 1 && args[0] == "--platform-sample")
+        {
+            // The VirtioRngPlatform sample on the platform machine's virtio-mmio entropy device.
+            return await VirtioRngProgram.RunAsync(["--real"], Console.Out).ConfigureAwait(false);
+        }
         if (args.Length == 1 && args[0] == "--migration-sample")
         {
             // The migration sample's mtty round trip on the kernel's mtty (Linux 6.7 and later).
@@ -82,6 +90,12 @@ internal static class Program
         if (args.Length > 0 && args[0] == "--noiommu")
         {
             scenarios = ScenarioCatalog.NoIommu;
+            args = args[1..];
+        }
+        else if (args.Length > 0 && args[0] == "--platform")
+        {
+            // The platform machine (tests/vm/run-platform-tests.sh): the device is a platform device's name.
+            scenarios = ScenarioCatalog.Platform;
             args = args[1..];
         }
         string? device = null;
