@@ -24,11 +24,14 @@ public enum SimulatedCall
     /// <summary><c>write(2)</c>.</summary>
     Write,
 
-    /// <summary><c>mmap(2)</c>, of a file or of anonymous memory.</summary>
+    /// <summary><c>mmap(2)</c>, of a file or of anonymous memory, and over a mapping in place (<c>MAP_FIXED</c>).</summary>
     Mmap,
 
     /// <summary><c>munmap(2)</c>.</summary>
     Munmap,
+
+    /// <summary><c>memfd_create(2)</c>.</summary>
+    MemFd,
 
     /// <summary><c>eventfd(2)</c>.</summary>
     EventFd,

@@ -89,20 +89,30 @@ public sealed partial class SimulatedKernel
         return frames;
     }
 
-    /// <summary>An anonymous mapping goes away: its frames are free again, and its locked bytes no longer count. The lock is held.</summary>
-    private void ReleasePhysicalLocked(VirtualMemoryArea area)
+    /// <summary>[start, end) of a mapping goes away: its locked bytes no longer count, and with its last mapping the memory's frames are free again. The lock is held.</summary>
+    private void ReleasePhysicalLocked(VirtualMemoryArea area, nint start, nint end)
     {
         AssertLocked();
-        if (area.Memory is { } memory && _framesOf.Remove(memory, out var frames))
+        // The memory's page frames go with the last mapping of it (what is left of it after a partial munmap keeps them).
+        if (area.Memory is { } memory && !_areas.Values.Any(a => ReferenceEquals(a.Memory, memory)) && _framesOf.Remove(memory, out var frames))
         {
             foreach (ulong frame in frames)
             {
                 _frames.Remove(frame);
             }
         }
+        // munlock of the unmapped part: the parts left stay locked and charged.
         if (_lockedAreas.Remove(area.Address, out ulong locked))
         {
             UnlockLocked(locked);
+            if (area.Address < start)
+            {
+                LockAreaLocked(area.Address, (nuint)(start - area.Address));
+            }
+            if (area.End > end)
+            {
+                LockAreaLocked(end, (nuint)(area.End - end));
+            }
         }
     }
 

@@ -154,7 +154,8 @@ public sealed partial class SimulatedKernel : VfioKernel
     /// <see cref="InterruptSet"/>, and the notifiers every open PCI device has for REQ and ERR): their
     /// poll and read calls happen whenever an interrupt arrives, so counting them would make the
     /// numbering depend on thread timing. They are neither counted here nor failed by
-    /// <see cref="FailNext"/>, so failing "every call of a path" one by one stays deterministic.
+    /// <see cref="FailNext"/>, so failing "every call of a path" one by one stays deterministic;
+    /// <see cref="FailNextPollerCall"/> fails them, one set's poller at a time.
     /// </remarks>
     /// <param name="callsFromNow">Which call: 1 for the next call, 2 for the one after, and so on.</param>
     /// <param name="errno">The positive errno the call returns (negated, as the kernel returns it).</param>
@@ -176,6 +177,23 @@ public sealed partial class SimulatedKernel : VfioKernel
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(errno, 1);
         _injection.FailNext(kind, errno, ioctlRequest);
+    }
+
+    /// <summary>
+    /// Makes the next call of <paramref name="kind"/> (<see cref="SimulatedCall.Poll"/> or
+    /// <see cref="SimulatedCall.Read"/>) that the interrupt poller thread of <paramref name="set"/> makes
+    /// fail with <paramref name="errno"/>. Poller calls are left out of <see cref="CallCount"/> and of
+    /// <see cref="FailCall"/> and <see cref="FailNext"/>, because they happen whenever an interrupt
+    /// arrives; naming the set keeps a failure on its poller deterministic.
+    /// </summary>
+    /// <param name="set">The interrupt set whose poller fails.</param>
+    /// <param name="kind">The kind of call.</param>
+    /// <param name="errno">The positive errno the call returns.</param>
+    public void FailNextPollerCall(InterruptSet set, SimulatedCall kind, int errno)
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        ArgumentOutOfRangeException.ThrowIfLessThan(errno, 1);
+        _injection.FailNextPollerCall(set, kind, errno);
     }
 
     /// <summary>Disarms every failure armed by <see cref="FailCall"/> and <see cref="FailNext"/>.</summary>

@@ -26,6 +26,9 @@ internal static partial class Log
     [LoggerMessage(7, LogLevel.Warning, "The last-close hook of {Device} in group {GroupId} threw; the device is closed anyway")]
     public static partial void LastCloseFailed(ILogger logger, string device, int groupId, Exception exception);
 
+    [LoggerMessage(8, LogLevel.Error, "An {Kind}reference to {Device} in group {GroupId} was released twice: a copy of a DeviceReference was disposed after the reference it copies. The second release was ignored; dispose only one copy. At:\n{Stack}")]
+    public static partial void DeviceReferenceReleasedTwice(ILogger logger, string device, int groupId, string kind, string stack);
+
     [LoggerMessage(10, LogLevel.Debug, "Opened group {GroupId} ({Kind})")]
     public static partial void GroupOpened(ILogger logger, int groupId, IommuGroupKind kind);
 
@@ -64,6 +67,24 @@ internal static partial class Log
 
     [LoggerMessage(552, LogLevel.Warning, "An ErrorDetected handler of {Device} in group {GroupId} threw")]
     public static partial void ErrorHandlerFailed(ILogger logger, string device, int groupId, Exception exception);
+
+    [LoggerMessage(560, LogLevel.Warning, "Waking the interrupt thread of {Set} to stop it failed ({Errno}); it stops at its next stop check, within {IntervalMs} ms")]
+    public static partial void InterruptWakeFailed(ILogger logger, string set, string errno, long intervalMs);
+
+    [LoggerMessage(561, LogLevel.Error, "The interrupt thread of {Set} did not stop within {WaitMs} ms (a continuation running inline on it blocks?); its eventfds are closed when it stops")]
+    public static partial void InterruptThreadStuck(ILogger logger, string set, long waitMs);
+
+    [LoggerMessage(562, LogLevel.Error, "The interrupt thread of {Set} stopped: the kernel refused its call; every wait of the set now fails")]
+    public static partial void InterruptPollerFailed(ILogger logger, string set, Exception exception);
+
+    [LoggerMessage(570, LogLevel.Error, "munmap of {Region} at 0x{Address:x} ({Length} bytes) failed ({Errno}); the range stays mapped (all-ones, no longer reaching the device) until the region's next Dispose retries it")]
+    public static partial void RegionUnmapFailed(ILogger logger, string region, nint address, ulong length, string errno);
+
+    [LoggerMessage(571, LogLevel.Error, "Mapping {Region} again after its device's memory came back failed; it keeps reading all-ones until the memory is enabled again")]
+    public static partial void RegionRemapFailed(ILogger logger, string region, Exception exception);
+
+    [LoggerMessage(572, LogLevel.Error, "Putting all-ones in place of {Region} at its revoke failed ({Errno}); it was unmapped instead")]
+    public static partial void RegionRevokeFailed(ILogger logger, string region, string errno);
 
     [LoggerMessage(600, LogLevel.Debug, "Hot reset of {Device} affects {Count} functions in groups {Groups}")]
     public static partial void HotResetScope(ILogger logger, string device, int count, string groups);

@@ -17,6 +17,7 @@ internal static class EduScenarios
         new("registry_open_reference_unregister", RegistryOpenReferenceUnregister),
         new("registry_container_and_iommu", RegistryContainerAndIommu),
         new("bar0_mmap_registers", Bar0MmapRegisters),
+        new("bar0_memory_space_off_reads_all_ones", Bar0MemorySpaceOff),
         new("edu_factorial_msi", FactorialByMsi),
         new("edu_dma_round_trip_4k", DmaRoundTrip),
         new("device_reset_not_supported", ResetNotSupported),
@@ -70,6 +71,37 @@ internal static class EduScenarios
         Check.Equal(0x010000edu, device.ReadIdentification(), "identification");
         Check.True(device.CheckLiveness(0x12345678), "liveness check");
         Check.True(device.CheckLiveness(0), "liveness check of 0");
+        return Task.CompletedTask;
+    });
+
+    /// <summary>
+    /// vfio-pci revokes BAR mappings while memory space is off: a touch of the old mapping is SIGBUS,
+    /// which .NET turns into a fatal AccessViolationException. The library puts all-ones memory in
+    /// place before it clears the bit, so the read returns all-ones (as a PCI read of a device that
+    /// does not decode), and maps the BAR back once the bit is set again.
+    /// </summary>
+    public static Task Bar0MemorySpaceOff(ScenarioContext context) => WithOpenEduAsync(context, device =>
+    {
+        using MmioRegion region = device.OpenRegion(0);
+        Check.True(region.IsMapped, "BAR0 was opened through the device file, not mapped");
+        Check.Equal(0x010000edu, region.Read32(0x00), "identification with memory space on");
+        device.UpdateCommand(PciCommand.None, clear: PciCommand.MemorySpace);
+        Check.True(!device.Command.HasFlag(PciCommand.MemorySpace), "memory space is still on");
+        try
+        {
+            uint off = region.Read32(0x00);
+            context.Note(FormattableString.Invariant($"identification with memory space off: 0x{off:x8}"));
+            Check.Equal(0xffffffffu, off, "a read with memory space off");
+            region.Write32(0x04, 0x12345678); // dropped
+        }
+        catch (VfioException e)
+        {
+            context.Note("a read with memory space off threw " + e.GetType().Name + ": " + e.Message);
+        }
+        device.UpdateCommand(PciCommand.MemorySpace);
+        Check.Equal(0x010000edu, region.Read32(0x00), "identification once memory space is on again");
+        region.Write32(0x04, 0x12345678);
+        Check.Equal(~0x12345678u, region.Read32(0x04), "the liveness register answers again");
         return Task.CompletedTask;
     });
 

@@ -65,6 +65,18 @@ internal sealed class RecordingPciDevice : PciVfioDevice
     }
 }
 
+/// <summary>A device whose DMA reaches 28 address bits, as QEMU's edu device.</summary>
+internal sealed class NarrowDmaDevice : PciVfioDevice
+{
+    public const ulong Mask = (1UL << 28) - 1;
+
+    public NarrowDmaDevice(PciDeviceContext context)
+        : base(context)
+    {
+        DmaMask = Mask;
+    }
+}
+
 internal static class TestContexts
 {
     /// <summary>A PCI function's context as the registry would discover it, without reading sysfs.</summary>

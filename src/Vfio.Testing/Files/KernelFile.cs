@@ -24,6 +24,9 @@ public enum SimulatedFileKind
     /// <summary>A migration data session, returned by a MIG_DEVICE_STATE SET into STOP_COPY, PRE_COPY or RESUMING.</summary>
     MigrationData,
 
+    /// <summary>An anonymous memory file, from <c>memfd_create</c>.</summary>
+    MemFd,
+
     /// <summary>An iommufd context, opened from <c>/dev/iommu</c>.</summary>
     Iommufd,
 
@@ -78,9 +81,10 @@ internal abstract class KernelFile(SimulatedKernel kernel, string path)
 
     public virtual long Write(ReadOnlySpan<byte> buffer) => -Errno.EINVAL;
 
-    public virtual int Mmap(nuint length, int prot, int flags, long offset, out SafeMapping mapping)
+    /// <summary>Checks an mmap of the file and says what it maps; -ENODEV for a file that cannot be mapped.</summary>
+    public virtual int Map(nuint length, int prot, int flags, long offset, out MappingSource source)
     {
-        mapping = null!;
+        source = null!;
         return -Errno.ENODEV;
     }
 

@@ -148,6 +148,12 @@ public abstract class DeviceModel
     /// <summary>A pread or pwrite inside a region; returns the count or a negative errno. Runs outside the kernel lock.</summary>
     internal abstract long AccessRegion(int index, ulong offset, Span<byte> data, bool write);
 
+    /// <summary>
+    /// Whether a CPU access through a mapping of the device's regions reaches them now. vfio-pci says
+    /// no (the access is SIGBUS) while memory space is off or the function is in D3.
+    /// </summary>
+    internal virtual bool MappedMemoryReachable => true;
+
     /// <summary>A read of a mapped region (a trapped mmap access): the register, under the Gate.</summary>
     internal ulong ReadMapped(int index, ulong offset, int size)
     {

@@ -45,6 +45,7 @@ public class PciDeviceModel : DeviceModel
     private byte[] _resetConfig = [];
     private VfioPciCore? _vfioPci;
     private int _msiOffset;
+    private int _pmOffset;
     private int _msixOffset;
     private bool _sealed;
     private byte _interruptPin = 1;
@@ -250,6 +251,24 @@ public class PciDeviceModel : DeviceModel
 
     /// <summary>Whether memory decoding is on (command bit 1); region reads and writes of memory BARs fail with EIO otherwise.</summary>
     public bool MemorySpaceEnabled => (Command & CommandMemory) != 0;
+
+    /// <summary>The power state in the power management capability's PMCSR: 0 (D0) to 3 (D3hot); 0 without the capability.</summary>
+    public int PowerState => _pmOffset == 0 ? 0 : (int)(ReadConfigRegister(_pmOffset + 4, 2) & 3);
+
+    /// <summary>Whether vfio-pci lets a mapped access reach the BARs now (<see cref="VfioPciCore.MemoryEnabledLocked"/>).</summary>
+    internal override bool MappedMemoryReachable
+    {
+        get
+        {
+            lock (Gate)
+            {
+                return VfioPci.MemoryEnabledLocked();
+            }
+        }
+    }
+
+    /// <summary>PMCSR's offset in config space (the power management capability + 4), 0 without the capability.</summary>
+    internal int PmcsrOffset => _pmOffset == 0 ? 0 : _pmOffset + 4;
 
     /// <summary>Whether I/O decoding is on (command bit 0).</summary>
     public bool IoSpaceEnabled => (Command & CommandIo) != 0;
@@ -506,6 +525,7 @@ public class PciDeviceModel : DeviceModel
             switch (id)
             {
                 case 0x01:
+                    _pmOffset = offset;
                     BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0003);
                     Writable(offset + 4, 2, 0x0003);
                     break;

@@ -63,10 +63,10 @@ internal sealed unsafe class DeviceCdevFile(SimulatedKernel kernel, string path,
 
     public override long PWrite(ReadOnlySpan<byte> buffer, long offset) => Granted() ? base.PWrite(buffer, offset) : -Errno.EINVAL;
 
-    public override int Mmap(nuint length, int prot, int flags, long offset, out SafeMapping mapping)
+    public override int Map(nuint length, int prot, int flags, long offset, out MappingSource source)
     {
-        mapping = null!;
-        return Granted() ? base.Mmap(length, prot, flags, offset, out mapping) : -Errno.EINVAL;
+        source = null!;
+        return Granted() ? base.Map(length, prot, flags, offset, out source) : -Errno.EINVAL;
     }
 
     private bool Granted()

@@ -88,6 +88,19 @@ internal static unsafe class DeviceFeatures
         }
     }
 
+    /// <summary>vfio-pci's <c>pm_runtime_engaged</c>: low power was allowed and not left; a mapped access is then SIGBUS.</summary>
+    internal static bool LowPowerEngaged(SimulatedDevice device)
+    {
+        if (!LowPowerStates.TryGetValue(device, out var state))
+        {
+            return false;
+        }
+        lock (state)
+        {
+            return state.Engaged;
+        }
+    }
+
     /// <summary>Forgets the device's low power state on its last close (vfio-pci's close_device); the kernel lock is held.</summary>
     public static void LastClose(SimulatedDevice device)
     {

@@ -7,7 +7,8 @@ namespace Vfio.Testing;
 /// A device file returned by VFIO_GROUP_GET_DEVICE_FD (or, bound to an iommufd, opened from the device's
 /// cdev: <see cref="DeviceCdevFile"/>): the info ioctls, SET_IRQS, reset, region reads and writes at
 /// <c>index &lt;&lt; 40</c> as vfio-pci and vfio-platform lay them out, and mmap of regions that allow
-/// it. Mappings hold the file, so the device is closed only after the last munmap.
+/// it. Mappings hold the file, so the device is closed only after the last munmap (or after the last
+/// mapping of it is replaced in place).
 /// </summary>
 internal unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedDevice device) : KernelFile(kernel, path)
 {
@@ -192,9 +193,9 @@ internal unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedD
         return model.AccessRegion(index, position, buffer[..count], write);
     }
 
-    public override int Mmap(nuint length, int prot, int flags, long offset, out SafeMapping mapping)
+    public override int Map(nuint length, int prot, int flags, long offset, out MappingSource source)
     {
-        mapping = null!;
+        source = null!;
         int index = (int)((ulong)offset >> OffsetShift);
         ulong start = (ulong)offset & OffsetMask;
         using (Kernel.Enter())
@@ -225,7 +226,7 @@ internal unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedD
             {
                 return -Errno.EINVAL;
             }
-            mapping = Kernel.MapTrappedLocked(this, length, index, start);
+            source = new MappingSource(this, index, start, null);
             return 0;
         }
     }

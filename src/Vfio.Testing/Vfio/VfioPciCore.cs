@@ -73,7 +73,19 @@ internal sealed class VfioPciCore(PciDeviceModel device, VfioPciConfig config)
         }
     }
 
-    /// <summary>vfio_pci_rw: config space through vfio-pci's view; a BAR through the device, refused with EIO while its decoding is off.</summary>
+    /// <summary>
+    /// __vfio_pci_memory_enabled: memory space on and the function above D3hot. Otherwise a memory
+    /// BAR's pread or pwrite is EIO, and a touch of its mapping SIGBUS (vfio_pci_mmap_fault). The
+    /// device's Gate is held.
+    /// </summary>
+    public bool MemoryEnabledLocked()
+    {
+        int pmcsr = device.PmcsrOffset;
+        return (device.ReadConfigRaw(PciDeviceModel.CommandOffset, 2) & PciDeviceModel.CommandMemory) != 0
+            && (pmcsr == 0 || (device.ReadConfigRaw(pmcsr, 2) & 3) != 3);
+    }
+
+    /// <summary>vfio_pci_rw: config space through vfio-pci's view; a BAR through the device, refused with EIO while its decoding is off (or, for memory, in D3).</summary>
     public long AccessRegion(int index, ulong offset, Span<byte> data, bool write)
     {
         lock (device.Gate)
@@ -86,8 +98,10 @@ internal sealed class VfioPciCore(PciDeviceModel device, VfioPciConfig config)
             {
                 return DeviceModel.NoSuchRegion;
             }
-            ushort command = (ushort)device.ReadConfigRaw(PciDeviceModel.CommandOffset, 2);
-            if ((command & (bar.Kind == PciBarKind.Io ? PciDeviceModel.CommandIo : PciDeviceModel.CommandMemory)) == 0)
+            bool decoding = bar.Kind == PciBarKind.Io
+                ? (device.ReadConfigRaw(PciDeviceModel.CommandOffset, 2) & PciDeviceModel.CommandIo) != 0
+                : MemoryEnabledLocked();
+            if (!decoding)
             {
                 return -Errno.EIO;
             }

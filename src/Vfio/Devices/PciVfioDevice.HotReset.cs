@@ -180,9 +180,20 @@ public abstract partial class PciVfioDevice
                     fds[i] = (int)pinned[i].Fd.DangerousGetHandle();
                 }
                 int rc;
-                fixed (byte* p = buffer)
+                var affected = SuspendAffectedRegions(dependencies);
+                try
                 {
-                    rc = Kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, p);
+                    fixed (byte* p = buffer)
+                    {
+                        rc = Kernel.Ioctl(fd, VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, p);
+                    }
+                }
+                finally
+                {
+                    foreach (var device in affected)
+                    {
+                        device.ResumeMappedRegions();
+                    }
                 }
                 if (rc < 0)
                 {
@@ -207,6 +218,36 @@ public abstract partial class PciVfioDevice
             {
                 Registry.LegacyBackend.ReleaseGroup(group, pinned: true);
             }
+        }
+    }
+
+    /// <summary>
+    /// Suspends the mapped regions of every open device of this registry the hot reset resets (this one
+    /// and its dependencies); their sets are locked, so none opens or closes meanwhile. On a failure,
+    /// the ones already suspended are resumed and the reset is not done.
+    /// </summary>
+    private List<VfioDevice> SuspendAffectedRegions(IReadOnlyList<PciHotResetDependency> dependencies)
+    {
+        var affected = new List<VfioDevice>();
+        try
+        {
+            foreach (string name in dependencies.Select(d => d.Address.ToString()).Append(Name).Distinct())
+            {
+                if (Registry.TryFind<VfioDevice>(name, out var device) && device.IsOpen)
+                {
+                    device.SuspendMappedRegions();
+                    affected.Add(device);
+                }
+            }
+            return affected;
+        }
+        catch
+        {
+            foreach (var device in affected)
+            {
+                device.ResumeMappedRegions();
+            }
+            throw;
         }
     }
 

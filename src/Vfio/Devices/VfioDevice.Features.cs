@@ -38,6 +38,21 @@ public abstract partial class VfioDevice
     /// <exception cref="VfioNotSupportedException">The device does not support the feature for SET.</exception>
     public void SetFeature(VfioFeature feature, ReadOnlySpan<byte> data)
     {
+        if (feature is VfioFeature.LowPowerEntry or VfioFeature.LowPowerEntryWithWakeup or VfioFeature.LowPowerExit)
+        {
+            // Mapped regions are suspended while the device may be in low power, as EnterLowPower does.
+            byte[] payload = data.ToArray();
+            Action call = () => CheckFeature(feature, VfioFeatureAccess.Set, payload);
+            if (feature == VfioFeature.LowPowerExit)
+            {
+                ResumeAfterLowPower(call);
+            }
+            else
+            {
+                SuspendForLowPower(call);
+            }
+            return;
+        }
         Span<byte> copy = data.Length <= 256 ? stackalloc byte[data.Length] : new byte[data.Length];
         data.CopyTo(copy);
         CheckFeature(feature, VfioFeatureAccess.Set, copy);

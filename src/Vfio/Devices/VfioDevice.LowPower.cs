@@ -8,12 +8,13 @@ public abstract partial class VfioDevice
 {
     /// <summary>
     /// Allows the kernel to put the device into runtime low power (<c>VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY</c>,
-    /// vfio-pci since Linux 6.1). Access to mmap'd regions is cut until <see cref="ExitLowPower"/>; other
-    /// access wakes the device as needed.
+    /// vfio-pci since Linux 6.1). Access to mmap'd regions is cut until <see cref="ExitLowPower"/>: they
+    /// read all-ones and drop writes meanwhile (see <see cref="MmioRegion.IsSuspended"/>); other access
+    /// wakes the device as needed.
     /// </summary>
     /// <exception cref="VfioNotSupportedException">The kernel or driver does not know the feature.</exception>
     /// <exception cref="VfioException">EINVAL: low power is already allowed.</exception>
-    public void EnterLowPower() => CheckFeature(VfioFeature.LowPowerEntry, VfioFeatureAccess.Set, []);
+    public void EnterLowPower() => SuspendForLowPower(() => CheckFeature(VfioFeature.LowPowerEntry, VfioFeatureAccess.Set, []));
 
     /// <summary>
     /// As <see cref="EnterLowPower"/>, once: when the device wakes from low power the returned
@@ -26,7 +27,7 @@ public abstract partial class VfioDevice
         VfioErrors.Check(Kernel.EventFd(0, Flags.EFD_NONBLOCK, out var fd), "eventfd", ErrorTarget);
         try
         {
-            SetFeature(VfioFeature.LowPowerEntryWithWakeup, new vfio_device_low_power_entry_with_wakeup { wakeup_eventfd = fd.Value });
+            SuspendForLowPower(() => SetFeature(VfioFeature.LowPowerEntryWithWakeup, new vfio_device_low_power_entry_with_wakeup { wakeup_eventfd = fd.Value }));
             return new LowPowerWakeup(Kernel, fd);
         }
         catch
@@ -36,6 +37,9 @@ public abstract partial class VfioDevice
         }
     }
 
-    /// <summary>Disallows low power again (<c>VFIO_DEVICE_FEATURE_LOW_POWER_EXIT</c>); harmless when it was not allowed.</summary>
-    public void ExitLowPower() => CheckFeature(VfioFeature.LowPowerExit, VfioFeatureAccess.Set, []);
+    /// <summary>
+    /// Disallows low power again (<c>VFIO_DEVICE_FEATURE_LOW_POWER_EXIT</c>); harmless when it was not
+    /// allowed. Mapped regions are mapped back (when memory space is on).
+    /// </summary>
+    public void ExitLowPower() => ResumeAfterLowPower(() => CheckFeature(VfioFeature.LowPowerExit, VfioFeatureAccess.Set, []));
 }

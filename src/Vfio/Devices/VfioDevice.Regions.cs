@@ -30,10 +30,21 @@ public abstract partial class VfioDevice
     public void WriteRegion(int index, ulong offset, ReadOnlySpan<byte> source)
     {
         var info = GetRegionInfoForAccess(index, offset, source.Length);
-        long n = VfioErrors.Check(Kernel.PWrite(DeviceFd, source, (long)(info.Offset + offset)), "pwrite", ErrorTarget with { RegionIndex = index });
-        if (n != source.Length)
+        bool gated = GateRegionWrite(index, offset, source);
+        try
         {
-            throw new VfioException($"Writing {source.Length} bytes at 0x{offset:x} of region {index} of {Name} wrote {n}.");
+            long n = VfioErrors.Check(Kernel.PWrite(DeviceFd, source, (long)(info.Offset + offset)), "pwrite", ErrorTarget with { RegionIndex = index });
+            if (n != source.Length)
+            {
+                throw new VfioException($"Writing {source.Length} bytes at 0x{offset:x} of region {index} of {Name} wrote {n}.");
+            }
+        }
+        finally
+        {
+            if (gated)
+            {
+                ResumeMappedRegions();
+            }
         }
     }
 

@@ -448,6 +448,7 @@ public abstract partial class VfioDevice : IDisposable
             Registry.Iommu.Detach(attachment);
             throw;
         }
+        ResetMemoryGate();
         Volatile.Write(ref _attachment, attachment);
     }
 

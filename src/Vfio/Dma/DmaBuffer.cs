@@ -200,10 +200,13 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
         }
         SafeMapping? memory = null;
+        ulong? reserved = null;
         try
         {
+            // The IOVA range first: a buffer the container cannot map costs no memory.
             bool huge = pages != DmaPages.Normal;
             ulong size = RoundUp(length, huge ? Math.Max(page, HugePageSize) : page);
+            reserved = space.ReserveIova(device, size, iova, huge ? HugePageSize : 0);
             if (huge)
             {
                 int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB | space.MemoryFlags, 0, out memory);
@@ -211,7 +214,13 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
                 {
                     Log.HugePagesFallback(device.Registry.Logger, device.Name);
                     huge = false;
+                    if (reserved is ulong hugeRange)
+                    {
+                        space.ReleaseIova(hugeRange);
+                    }
+                    reserved = null;
                     size = RoundUp(length, page);
+                    reserved = space.ReserveIova(device, size, iova);
                 }
                 else if (rc == -Errno.ENOMEM)
                 {
@@ -224,16 +233,26 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             }
             if (!huge)
             {
-                VfioErrors.Check(device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | space.MemoryFlags, 0, out memory),
-                    "mmap (DMA memory)", device.ErrorTarget);
+                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | space.MemoryFlags, 0, out memory);
+                if (rc == -Errno.ENOMEM)
+                {
+                    throw NoMemory(device, size);
+                }
+                VfioErrors.Check(rc, "mmap (DMA memory)", device.ErrorTarget);
             }
-            var buffer = space.Map(device, memory!, size, access, iova, reference, huge ? HugePageSize : 0);
+            ulong? mappedAt = reserved;
+            reserved = null; // Map gives the range back itself when the kernel refuses
+            var buffer = space.Map(device, memory!, mappedAt, size, access, reference);
             buffer.IsHugePages = huge;
             device.TrackResource(buffer);
             return buffer;
         }
         catch
         {
+            if (reserved is ulong unused)
+            {
+                space.ReleaseIova(unused);
+            }
             memory?.Dispose();
             reference.Dispose();
             throw;
@@ -245,6 +264,20 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         ulong size = (length + unit - 1) & ~(unit - 1);
         return size >= length ? size : throw new ArgumentOutOfRangeException(nameof(length), length, "The length is too large.");
     }
+
+    // The kernel refuses an anonymous mapping with ENOMEM when it cannot back it: more than RAM and
+    // swap (the default overcommit heuristic), beyond the commit limit, or the address space is full.
+    private static VfioException NoMemory(VfioDevice device, ulong size) =>
+        VfioErrors.Create(Errno.ENOMEM, "mmap (DMA memory)", device.ErrorTarget,
+            string.Create(CultureInfo.InvariantCulture, $"The kernel cannot back a {FormatSize(size)} DMA buffer for {device.Name}: ") +
+            "the machine has less memory than that free (RAM and swap), or the process's memory limit (a cgroup, ulimit -v) is reached. Allocate less, or in smaller buffers");
+
+    private static string FormatSize(ulong bytes) => bytes switch
+    {
+        >= 1UL << 30 when bytes % (1UL << 30) == 0 => string.Create(CultureInfo.InvariantCulture, $"{bytes >> 30} GiB"),
+        >= 1UL << 20 when bytes % (1UL << 20) == 0 => string.Create(CultureInfo.InvariantCulture, $"{bytes >> 20} MiB"),
+        _ => string.Create(CultureInfo.InvariantCulture, $"{bytes >> 10} KiB"),
+    };
 
     // The kernel refuses a MAP_HUGETLB mapping with ENOMEM when the hugepage pool cannot cover it.
     private static VfioResourceLimitException NoHugePages(VfioDevice device, ulong size, string? why)

@@ -54,6 +54,9 @@ internal static partial class Interop
         [LibraryImport(Name, EntryPoint = "munmap", SetLastError = true)]
         internal static partial int munmap(nint address, nuint length);
 
+        [LibraryImport(Name, EntryPoint = "memfd_create", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int memfd_create(string name, uint flags);
+
         [LibraryImport(Name, EntryPoint = "eventfd", SetLastError = true)]
         internal static partial int eventfd(uint initval, int flags);
 
@@ -83,7 +86,7 @@ internal static partial class Interop
         internal static partial int uname(byte* buffer);
     }
 
-    /// <summary>Flags of open(2), mmap(2), eventfd(2) and poll(2) on Linux x86-64 and arm64.</summary>
+    /// <summary>Flags of open(2), mmap(2), memfd_create(2), eventfd(2) and poll(2) on Linux x86-64 and arm64.</summary>
     internal static class Flags
     {
         public const int O_RDONLY = 0;
@@ -98,10 +101,13 @@ internal static partial class Interop
 
         public const int MAP_SHARED = 0x01;
         public const int MAP_PRIVATE = 0x02;
+        public const int MAP_FIXED = 0x10;
         public const int MAP_ANONYMOUS = 0x20;
         public const int MAP_LOCKED = 0x2000;
         public const int MAP_POPULATE = 0x8000;
         public const int MAP_HUGETLB = 0x40000;
+
+        public const uint MFD_CLOEXEC = 0x1;
 
         public const int EFD_NONBLOCK = 0x800;
         public const int EFD_CLOEXEC = 0x80000;

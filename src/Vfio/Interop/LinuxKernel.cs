@@ -113,7 +113,42 @@ internal sealed unsafe class LinuxKernel : VfioKernel
         }
     }
 
+    internal override int MmapFixed(nint address, nuint length, int prot, int flags, SafeFd fd, long offset)
+    {
+        bool added = false;
+        try
+        {
+            fd.DangerousAddRef(ref added);
+            nint mapped = Libc.mmap(address, length, prot, flags | Flags.MAP_FIXED, fd.Value, offset);
+            if (mapped == Flags.MAP_FAILED)
+            {
+                return LastErrno();
+            }
+            // MAP_FIXED maps at the address or fails; anything else would be a kernel bug.
+            return mapped == address ? 0 : -Errno.EFAULT;
+        }
+        finally
+        {
+            if (added)
+            {
+                fd.DangerousRelease();
+            }
+        }
+    }
+
     internal override int Munmap(nint address, nuint length) => Libc.munmap(address, length) == 0 ? 0 : LastErrno();
+
+    internal override int MemFd(string name, out SafeFd fd)
+    {
+        int raw = Libc.memfd_create(name, Flags.MFD_CLOEXEC);
+        if (raw < 0)
+        {
+            fd = null!;
+            return LastErrno();
+        }
+        fd = new SafeFd(this, raw);
+        return 0;
+    }
 
     internal override int EventFd(uint initialValue, int flags, out SafeFd fd)
     {

@@ -40,5 +40,19 @@ internal class SafeMapping : SafeHandle
     public virtual void WriteTrapped(nuint offset, int size, ulong value) =>
         throw new InvalidOperationException("This mapping is memory, not emulated registers.");
 
-    protected override bool ReleaseHandle() => Kernel.Munmap(handle, Length) == 0;
+    /// <summary>
+    /// Called with the positive errno when the munmap of this handle's release is refused (the range
+    /// stays mapped), on the thread that released it; its owner reports it and keeps it in its books.
+    /// </summary>
+    public Action<SafeMapping, int>? UnmapFailed { get; set; }
+
+    protected override bool ReleaseHandle()
+    {
+        int r = Kernel.Munmap(handle, Length);
+        if (r < 0)
+        {
+            UnmapFailed?.Invoke(this, -r);
+        }
+        return r == 0;
+    }
 }

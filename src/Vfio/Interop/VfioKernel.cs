@@ -9,7 +9,7 @@ namespace Vfio;
 /// </summary>
 /// <remarks>
 /// This type is the library's only meeting point with the kernel: a small set of syscall-level
-/// operations (open, close, ioctl, pread, pwrite, mmap, munmap, eventfd, poll and sysfs access).
+/// operations (open, close, ioctl, pread, pwrite, mmap, munmap, memfd, eventfd, poll and sysfs access).
 /// Its members are internal; driver authors choose a kernel and never call it directly.
 /// Every operation returns its result or a negative errno, as the kernel's own calls do, and
 /// never throws: errors are turned into exceptions above this layer, in one place.
@@ -74,8 +74,19 @@ public abstract class VfioKernel
     /// </summary>
     internal abstract int Mmap(SafeFd? fd, nuint length, int prot, int flags, long offset, out SafeMapping mapping);
 
-    /// <summary>Unmaps what <see cref="Mmap"/> mapped; only <see cref="SafeMapping"/> calls it.</summary>
+    /// <summary>
+    /// Maps <paramref name="length"/> bytes of <paramref name="fd"/> at <paramref name="offset"/> over
+    /// [<paramref name="address"/>, + <paramref name="length"/>) in place (<c>MAP_FIXED</c>): whatever was
+    /// mapped there is replaced in one step, so an access on another thread meets either the old
+    /// mapping or the new one, never a hole. Returns 0 or a negative errno.
+    /// </summary>
+    internal abstract int MmapFixed(nint address, nuint length, int prot, int flags, SafeFd fd, long offset);
+
+    /// <summary>Unmaps [<paramref name="address"/>, + <paramref name="length"/>); only <see cref="SafeMapping"/> and regions call it.</summary>
     internal abstract int Munmap(nint address, nuint length);
+
+    /// <summary>Creates an anonymous memory file (<c>memfd_create</c>), empty; returns 0 or a negative errno.</summary>
+    internal abstract int MemFd(string name, out SafeFd fd);
 
     /// <summary>Creates an eventfd; returns 0 or a negative errno.</summary>
     internal abstract int EventFd(uint initialValue, int flags, out SafeFd fd);

@@ -1,5 +1,7 @@
 using System.Runtime.InteropServices;
 using System.Threading.Tasks.Sources;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Vfio.Interop;
 using static Vfio.Interop.Interop;
 
@@ -11,14 +13,39 @@ namespace Vfio;
 /// completes a reusable value-task source, so no allocation happens per interrupt.
 /// </summary>
 /// <remarks>
+/// <para>
 /// The set holds a reference on its device; disposing it disables the vectors and closes their
 /// eventfds. When the device closes, sets still alive are revoked the same way and pending waits
 /// fail with <see cref="ObjectDisposedException"/>.
+/// </para>
+/// <para>
+/// A wait is decided under the set's lock (by an interrupt, its cancellation, or disposal, whichever
+/// comes first). Nothing under the lock waits for another thread, and no continuation runs under it:
+/// a queued continuation is completed there, an inline one after the lock is released. Stopping the poller never waits without
+/// bound: its wake-up write is retried when interrupted, a full counter counts as signalled, and an
+/// idle poller looks every <see cref="StopCheckInterval"/> whether it was stopped, so it stops even
+/// when the wake-up could not be written.
+/// </para>
 /// </remarks>
 public sealed class InterruptSet : IDisposable, IDeviceResource
 {
+    /// <summary>How often an idle poller wakes to see whether it was stopped (the fallback for a failed wake-up).</summary>
+    internal static readonly TimeSpan StopCheckInterval = TimeSpan.FromSeconds(1);
+
+    // How long disposing waits for the poller before leaving the eventfds for it to close when it
+    // stops (a continuation running inline on it that blocks). Several stop checks long.
+    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
+
+    // The wake-up write is retried this often when a signal interrupts it.
+    private const int InterruptedWriteRetries = 16;
+
+    // Who closes the eventfds: disposal, unless it handed them to a poller that had not stopped yet.
+    private const int PollerRunning = 0;
+    private const int HandedToPoller = 1;
+    private const int PollerExited = 2;
+
     [ThreadStatic]
-    private static bool t_isPoller;
+    private static InterruptSet? t_poller;
 
     private readonly VfioKernel _kernel;
     private readonly VfioDevice? _device;
@@ -33,6 +60,8 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     private DeviceReference _reference;
     private SafeFd? _resample;
     private int _state; // 0 live, 1 stopping
+    private int _cleanup; // PollerRunning, HandedToPoller or PollerExited
+    private volatile bool _inline;
 
     private InterruptSet(VfioKernel kernel, VfioDevice? device, string name, int index, int start, SafeFd[] eventFds, SafeFd wake, Action<ulong>? notify)
     {
@@ -66,14 +95,34 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// <summary>How many vectors the set has.</summary>
     public int Count => _vectors.Length;
 
+    /// <summary>True until disposed or revoked by the device's close.</summary>
+    public bool IsLive => Volatile.Read(ref _state) == 0;
+
+    /// <summary>
+    /// When true, the continuation of a wait that an interrupt completes runs at once on the set's
+    /// interrupt thread, inside the delivery, instead of being queued to the thread pool (the default,
+    /// false). It saves a thread hand-off per interrupt, for handlers that do not block: while the
+    /// continuation runs, no other interrupt of the set is delivered, and a handler that blocks on
+    /// something only another interrupt of this set would bring deadlocks. Cancellations and disposal
+    /// still complete waits on the thread pool; a continuation that captured a synchronization context
+    /// still runs there. It can be changed at any time and applies to the next interrupt.
+    /// </summary>
+    public bool RunContinuationsInline
+    {
+        get => _inline;
+        set => _inline = value;
+    }
+
     /// <summary>True once <see cref="EnableResample"/> wired a resample eventfd to INTx.</summary>
     public bool Resampling => Volatile.Read(ref _resample) is not null;
 
     /// <summary>
-    /// True on the library's interrupt poller threads. The simulated kernel leaves their calls out of
-    /// its call numbering, so that a poller's timing never shifts which call a test fails.
+    /// The set whose poller thread is making a kernel call on the current thread (its poll or read),
+    /// or null. The simulated kernel leaves these calls out of its call numbering, so that a poller's
+    /// timing never shifts which call a test fails, and fails them only when a test asks for a set's
+    /// poller by name. A continuation running inline on a poller thread is not the poller's own call.
     /// </summary>
-    internal static bool IsPollerThread => t_isPoller;
+    internal static InterruptSet? CurrentPoller => t_poller;
 
     /// <summary>
     /// Waits for vector <paramref name="vector"/> (0-based within the set) to fire. Returns how many
@@ -299,32 +348,79 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 // The device may already be going away; the eventfds are closed below regardless.
             }
         }
+        WakePoller();
+        FailWaiters(new ObjectDisposedException(ToString(), "The interrupt set was disposed, or its device was closed."));
+        // On the poller itself (a continuation running inline disposed the set) there is nothing to
+        // wait for: the poller touches no eventfd once it is back from the continuation.
+        bool stopped = Thread.CurrentThread == _poller || !_poller.IsAlive || _poller.Join(StopWait);
+        if (stopped || Interlocked.Exchange(ref _cleanup, HandedToPoller) == PollerExited)
+        {
+            CloseEventFds();
+        }
+        else
+        {
+            Log.InterruptThreadStuck(Logger, ToString(), (long)StopWait.TotalMilliseconds);
+        }
+        _reference.Dispose();
+        return true;
+    }
+
+    /// <summary>
+    /// Signals the poller's wake-up eventfd: retried when interrupted; EAGAIN means the counter is
+    /// full, so the poller is signalled already. Any other failure is logged, and the poller then sees
+    /// that it was stopped at its next stop check.
+    /// </summary>
+    private void WakePoller()
+    {
         Span<byte> one = stackalloc byte[8];
         one[0] = 1;
-        _ = _kernel.Write(_wake, one);
-        if (_poller.IsAlive && Thread.CurrentThread != _poller)
+        for (int attempt = 0; ; attempt++)
         {
-            _poller.Join();
+            long written = _kernel.Write(_wake, one);
+            if (written == one.Length || written == -Errno.EAGAIN)
+            {
+                return;
+            }
+            if (written != -Errno.EINTR || attempt == InterruptedWriteRetries)
+            {
+                Log.InterruptWakeFailed(Logger, ToString(), Errno.Name(written < 0 ? (int)-written : Errno.EIO), (long)StopCheckInterval.TotalMilliseconds);
+                return;
+            }
         }
-        var failure = new ObjectDisposedException(ToString(), "The interrupt set was disposed, or its device was closed.");
+    }
+
+    /// <summary>Fails every pending and later wait with <paramref name="failure"/>.</summary>
+    private void FailWaiters(Exception failure)
+    {
+        var vectors = new Waiter<ulong>.Completion[_vectors.Length];
+        Waiter<int>.Completion any;
         lock (_lock)
         {
-            foreach (var vector in _vectors)
+            for (int i = 0; i < _vectors.Length; i++)
             {
-                vector.FailLocked(failure);
+                vectors[i] = _vectors[i].FailLocked(failure);
             }
-            _any.FailLocked(failure);
+            any = _any.FailLocked(failure);
         }
+        foreach (var completion in vectors)
+        {
+            completion.Signal();
+        }
+        any.Signal();
+    }
+
+    private void CloseEventFds()
+    {
         foreach (var fd in _eventFds)
         {
             fd.Dispose();
         }
-        // Disabling INTx above also detached the resample eventfd in the kernel (vfio_intx_disable).
+        // Disabling INTx also detached the resample eventfd in the kernel (vfio_intx_disable).
         Interlocked.Exchange(ref _resample, null)?.Dispose();
         _wake.Dispose();
-        _reference.Dispose();
-        return true;
     }
+
+    private ILogger Logger => _device?.Registry.Logger ?? NullLogger.Instance;
 
     // Disabling uses DATA_NONE with count 0, which vfio-pci takes as "disable the whole index".
     private void Trigger(bool enable)
@@ -394,10 +490,26 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
     private void Poll()
     {
-        t_isPoller = true;
+        try
+        {
+            PollUntilStopped();
+        }
+        finally
+        {
+            t_poller = null;
+            if (Interlocked.Exchange(ref _cleanup, PollerExited) == HandedToPoller)
+            {
+                CloseEventFds();
+            }
+        }
+    }
+
+    private void PollUntilStopped()
+    {
         int n = _eventFds.Length;
         var fds = new PollFd[n + 1];
         Span<byte> counter = stackalloc byte[8];
+        int timeout = (int)StopCheckInterval.TotalMilliseconds;
         while (Volatile.Read(ref _state) == 0)
         {
             for (int i = 0; i < n; i++)
@@ -405,46 +517,98 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 fds[i] = new PollFd { fd = _eventFds[i].Value, events = Flags.POLLIN };
             }
             fds[n] = new PollFd { fd = _wake.Value, events = Flags.POLLIN };
-            int ready = _kernel.Poll(fds, -1);
-            if (ready == -Errno.EINTR)
+            t_poller = this;
+            int ready = _kernel.Poll(fds, timeout);
+            if (ready == 0 || ready == -Errno.EINTR)
             {
                 continue;
             }
-            if (ready < 0 || (fds[n].revents & Flags.POLLIN) != 0)
+            if (ready < 0)
             {
-                break;
+                FailPoller("poll", -ready);
+                return;
+            }
+            if (fds[n].revents != 0)
+            {
+                return; // woken to stop
             }
             for (int i = 0; i < n && Volatile.Read(ref _state) == 0; i++)
             {
-                if ((fds[i].revents & Flags.POLLIN) != 0 && _kernel.Read(_eventFds[i], counter) == 8)
+                short revents = fds[i].revents;
+                if ((revents & (Flags.POLLERR | Flags.POLLNVAL)) != 0)
                 {
-                    ulong fired = MemoryMarshal.Read<ulong>(counter);
-                    if (_notify is { } notify)
-                    {
-                        // On the thread pool, never here: the notification may close the device, whose
-                        // close joins this thread while holding the device set's lock.
-                        ThreadPool.UnsafeQueueUserWorkItem(static state => state.notify(state.fired), (notify, fired), preferLocal: false);
-                    }
-                    else
-                    {
-                        Fire(i, fired);
-                    }
+                    FailPoller("poll", (revents & Flags.POLLNVAL) != 0 ? Errno.EBADF : Errno.EIO);
+                    return;
+                }
+                if ((revents & Flags.POLLIN) == 0)
+                {
+                    continue;
+                }
+                t_poller = this;
+                long read = _kernel.Read(_eventFds[i], counter);
+                t_poller = null;
+                if (read == counter.Length)
+                {
+                    Deliver(i, MemoryMarshal.Read<ulong>(counter));
+                }
+                else if (read != -Errno.EAGAIN && read != -Errno.EINTR)
+                {
+                    // EAGAIN: nothing left to take; EINTR: interrupted. Either way the next poll says.
+                    FailPoller("read", read < 0 ? (int)-read : Errno.EIO);
+                    return;
                 }
             }
         }
     }
 
+    private void Deliver(int vector, ulong fired)
+    {
+        if (_notify is { } notify)
+        {
+            // On the thread pool, never here: the notification may close the device, whose
+            // close joins this thread while holding the device set's lock.
+            ThreadPool.UnsafeQueueUserWorkItem(static state => state.notify(state.fired), (notify, fired), preferLocal: false);
+        }
+        else
+        {
+            Fire(vector, fired);
+        }
+    }
+
+    /// <summary>The poller cannot go on: every pending and later wait fails with the kernel's error, which names the set.</summary>
+    private void FailPoller(string call, int errno)
+    {
+        t_poller = null;
+        if (Volatile.Read(ref _state) != 0)
+        {
+            return; // stopped meanwhile: the eventfds were closed under the call
+        }
+        var error = VfioErrors.Create(errno, call + " (the eventfds of " + ToString() + ")", _device?.ErrorTarget ?? default,
+            "No interrupt of this set is delivered any more: dispose it and enable the interrupts again");
+        Log.InterruptPollerFailed(Logger, ToString(), error);
+        FailWaiters(error);
+    }
+
     /// <summary>Counts interrupts of one vector: its own wait first, then the any-wait, else pending.</summary>
     private void Fire(int vector, ulong count)
     {
+        Waiter<ulong>.Completion own;
+        Waiter<int>.Completion any = default;
+        bool inline = _inline;
         lock (_lock)
         {
-            if (_vectors[vector].TryCompleteLocked(count) || _any.TryCompleteLocked(vector))
+            own = _vectors[vector].TryDecideLocked(count, inline);
+            if (!own.Decided)
             {
-                return;
+                any = _any.TryDecideLocked(vector, inline);
+                if (!any.Decided)
+                {
+                    _vectors[vector].Pending += count;
+                }
             }
-            _vectors[vector].Pending += count;
         }
+        own.Signal();
+        any.Signal();
     }
 
     /// <summary>Takes the lowest pending vector's count; the lock is held.</summary>
@@ -462,13 +626,21 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         return -1;
     }
 
-    /// <summary>A single reusable waiter of <typeparamref name="T"/>, completed under the set's lock.</summary>
+    /// <summary>
+    /// A single reusable waiter of <typeparamref name="T"/>. A wait is decided under the set's lock by
+    /// the first of its interrupt, its cancellation or a failure; nothing under the lock waits for
+    /// another thread (a cancellation registration is only unregistered, which never waits for a
+    /// running callback), and a continuation never runs under the lock: a queued one is completed
+    /// there, an inline one by <see cref="Completion.Signal"/> after the lock is released.
+    /// </summary>
     private abstract class Waiter<T>(InterruptSet owner) : IValueTaskSource<T>
     {
         private ManualResetValueTaskSourceCore<T> _core = new() { RunContinuationsAsynchronously = true };
-        private bool _waiting;
+        private bool _armed; // a wait is pending and not yet decided; the lock guards it
+        private int _signaller; // the thread between deciding a wait inline and signalling it, 0 when none
         private Exception? _failure;
-        private CancellationTokenRegistration _cancellation;
+        private CancellationToken _token;
+        private CancellationTokenRegistration _registration;
 
         protected InterruptSet Owner => owner;
 
@@ -479,37 +651,10 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
             _core.OnCompleted(continuation, state, token, flags);
 
-        public void FailLocked(Exception failure)
-        {
-            LockAssert.Held(owner._lock);
-            _failure = failure;
-            if (_waiting)
-            {
-                _waiting = false;
-                _cancellation.Dispose();
-                _core.SetException(failure);
-            }
-        }
-
-        /// <summary>Completes the pending wait, if one is; the lock is held.</summary>
-        protected bool TryCompleteCoreLocked(T result)
-        {
-            LockAssert.Held(owner._lock);
-            if (!_waiting)
-            {
-                return false;
-            }
-            _waiting = false;
-            var registration = _cancellation;
-            _cancellation = default;
-            registration.Dispose();
-            _core.SetResult(result);
-            return true;
-        }
-
         /// <summary>Returns a value already there (<see cref="TryTakeLocked"/>), or arms the waiter; takes the lock.</summary>
         public ValueTask<T> WaitAsync(CancellationToken cancellationToken)
         {
+            WaitForSignaller();
             lock (owner._lock)
             {
                 if (_failure is not null)
@@ -520,7 +665,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 {
                     return new ValueTask<T>(value);
                 }
-                if (_waiting)
+                if (_armed)
                 {
                     throw new InvalidOperationException($"A wait of this kind on {owner} is already pending.");
                 }
@@ -529,29 +674,120 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                     return ValueTask.FromCanceled<T>(cancellationToken);
                 }
                 _core.Reset();
-                _waiting = true;
+                _armed = true;
+                _token = cancellationToken;
                 short version = _core.Version;
                 if (cancellationToken.CanBeCanceled)
                 {
-                    _cancellation = cancellationToken.UnsafeRegister(static (state, token) => ((Waiter<T>)state!).Cancel(token), this);
+                    // A token cancelled meanwhile runs the callback here, on this thread (the lock is reentrant).
+                    _registration = cancellationToken.UnsafeRegister(static (state, token) => ((Waiter<T>)state!).Cancel(token), this);
                 }
                 return new ValueTask<T>(this, version);
             }
         }
 
+        /// <summary>Decides the pending wait, if one is, with <paramref name="result"/>; the lock is held.</summary>
+        protected Completion TryDecideCoreLocked(T result, bool inline)
+        {
+            LockAssert.Held(owner._lock);
+            return _armed ? DecideLocked(result, null, inline) : default;
+        }
+
+        /// <summary>Fails the pending wait, if one is, and every later one; the lock is held.</summary>
+        public Completion FailLocked(Exception failure)
+        {
+            LockAssert.Held(owner._lock);
+            _failure = failure;
+            return _armed ? DecideLocked(default!, failure, inline: false) : default;
+        }
+
         /// <summary>Takes what fired before the wait began; the lock is held.</summary>
         protected abstract bool TryTakeLocked(out T value);
 
+        private Completion DecideLocked(T result, Exception? error, bool inline)
+        {
+            LockAssert.Held(owner._lock);
+            _armed = false;
+            var registration = _registration;
+            _registration = default;
+            _token = default;
+            if (!inline)
+            {
+                // The continuation is queued, so nothing foreign runs here: completing under the lock
+                // orders the completion before any re-arm, as a new wait takes the lock first.
+                registration.Unregister(); // never waits for a callback already running
+                Complete(result, error, runContinuationsAsynchronously: true);
+                return new Completion(null, result, error, default, decided: true);
+            }
+            Volatile.Write(ref _signaller, Environment.CurrentManagedThreadId);
+            return new Completion(this, result, error, registration, decided: true);
+        }
+
+        private void Complete(T result, Exception? error, bool runContinuationsAsynchronously)
+        {
+            _core.RunContinuationsAsynchronously = runContinuationsAsynchronously;
+            if (error is null)
+            {
+                _core.SetResult(result);
+            }
+            else
+            {
+                _core.SetException(error);
+            }
+        }
+
+        /// <summary>
+        /// The cancellation callback, on the thread that cancels. A callback of an earlier wait, late
+        /// because that wait was decided while it ran, finds no wait for its token and does nothing.
+        /// </summary>
         private void Cancel(CancellationToken token)
         {
+            Completion completion = default;
             lock (owner._lock)
             {
-                if (_waiting)
+                if (_armed && _token == token)
                 {
-                    _waiting = false;
-                    _cancellation = default;
-                    _core.SetException(new OperationCanceledException(token));
+                    completion = DecideLocked(default!, new OperationCanceledException(token), inline: false);
                 }
+            }
+            completion.Signal();
+        }
+
+        /// <summary>
+        /// Re-arming the core while an earlier wait is decided inline but not yet signalled would lose
+        /// that signal, so a new wait lets the signalling thread finish first: a few instructions (the
+        /// continuation, when registered, runs inside the signal on that very thread), unless this
+        /// thread is the signaller itself (an inline continuation re-arming after the core is done with it).
+        /// </summary>
+        private void WaitForSignaller()
+        {
+            int me = Environment.CurrentManagedThreadId;
+            SpinWait spin = default;
+            for (int signaller; (signaller = Volatile.Read(ref _signaller)) != 0 && signaller != me;)
+            {
+                spin.SpinOnce();
+            }
+        }
+
+        /// <summary>
+        /// A wait decided under the set's lock. A wait whose continuation is queued was completed under
+        /// the lock already; one whose continuation runs inline is completed by <see cref="Signal"/>,
+        /// once the lock is released, since the continuation runs inside the completion.
+        /// </summary>
+        public readonly struct Completion(Waiter<T>? waiter, T result, Exception? error, CancellationTokenRegistration registration, bool decided)
+        {
+            public bool Decided => decided;
+
+            public void Signal()
+            {
+                if (waiter is null)
+                {
+                    return;
+                }
+                // Unregister never waits for a callback already running; that callback finds the wait decided.
+                registration.Unregister();
+                waiter.Complete(result, error, runContinuationsAsynchronously: false);
+                Interlocked.CompareExchange(ref waiter._signaller, 0, Environment.CurrentManagedThreadId);
             }
         }
     }
@@ -561,7 +797,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     {
         public ulong Pending { get; set; }
 
-        public bool TryCompleteLocked(ulong count) => TryCompleteCoreLocked(count);
+        public Completion TryDecideLocked(ulong count, bool inline) => TryDecideCoreLocked(count, inline);
 
         protected override bool TryTakeLocked(out ulong value)
         {
@@ -575,7 +811,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// <summary>The set's single reusable any-vector waiter.</summary>
     private sealed class AnyWaiter(InterruptSet owner) : Waiter<int>(owner)
     {
-        public bool TryCompleteLocked(int vector) => TryCompleteCoreLocked(vector);
+        public Completion TryDecideLocked(int vector, bool inline) => TryDecideCoreLocked(vector, inline);
 
         protected override bool TryTakeLocked(out int value)
         {

@@ -116,18 +116,30 @@ internal abstract class IommuAddressSpace
     internal virtual string? HugePagesReason(DmaPages requested) => null;
 
     /// <summary>
-    /// The device address the memory has whatever the IOMMU would do (without an IOMMU: its physical
-    /// address), checked for the device; null when the address space chooses an IOVA.
+    /// True when the device reaches DMA memory at an address the memory has whatever the IOMMU would do
+    /// (without an IOMMU: its physical address), so no IOVA is chosen; throws, before any memory is
+    /// allocated, for a buffer at <paramref name="fixedIova"/> such an address space cannot give.
     /// </summary>
-    private protected virtual ulong? FixedDeviceAddress(VfioDevice device, SafeMapping memory, ulong length, ulong? fixedIova) => null;
+    private protected virtual bool AddressFromMemory(VfioDevice device, ulong? fixedIova) => false;
 
-    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong length, DmaAccess access, ulong? fixedIova, DeviceReference reference, ulong alignment = 0)
+    /// <summary>The device address of <paramref name="memory"/> where <see cref="AddressFromMemory"/> holds, checked for the device.</summary>
+    private protected virtual ulong DeviceAddressOf(VfioDevice device, SafeMapping memory, ulong length) =>
+        throw new InvalidOperationException("This address space chooses IOVAs.");
+
+    /// <summary>
+    /// Reserves the IOVA range for a buffer of <paramref name="length"/> bytes before its memory is
+    /// allocated, so that a buffer the address space cannot map costs no memory: the mapping budget,
+    /// the IOMMU's valid ranges, the device's DMA mask and the free space are checked here. Give the
+    /// range to <see cref="Map"/>, or back with <see cref="ReleaseIova"/>. Null when the device
+    /// address comes from the memory itself (<see cref="AddressFromMemory"/>): give <see cref="Map"/> null.
+    /// </summary>
+    internal ulong? ReserveIova(VfioDevice device, ulong length, ulong? fixedIova, ulong alignment = 0)
     {
         lock (_dmaLock)
         {
-            if (FixedDeviceAddress(device, memory, length, fixedIova) is ulong address)
+            if (AddressFromMemory(device, fixedIova))
             {
-                return MapLocked(device, memory, address, length, access, reference, allocated: false);
+                return null;
             }
             var info = IommuInfoLocked();
             _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
@@ -135,49 +147,69 @@ internal abstract class IommuAddressSpace
             {
                 throw BudgetSpent(device, _buffers.Count);
             }
-            ulong iova;
-            if (fixedIova is ulong wanted)
+            if (fixedIova is not ulong wanted)
             {
-                if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
-                }
-                if (wanted + length - 1 > device.DmaMask)
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
-                }
-                if (!_iova.Reserve(wanted, length))
-                {
-                    throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
-                }
-                iova = wanted;
-            }
-            else
-            {
-                iova = _iova.Allocate(length, device.DmaMask, alignment)
+                return _iova.Allocate(length, device.DmaMask, alignment)
                     ?? throw new VfioException($"Cannot map a DMA buffer for {device.Name}: no free IOVA range of 0x{length:x} bytes below its DMA mask 0x{device.DmaMask:x} inside the IOMMU's valid ranges ({FormatRanges(info)}).");
             }
-            return MapLocked(device, memory, iova, length, access, reference, allocated: true);
+            if (!info.IovaRanges.Any(r => r.Contains(wanted, length)))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} lies outside the IOMMU's valid ranges ({FormatRanges(info)}).");
+            }
+            if (wanted + length - 1 > device.DmaMask)
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} exceeds its DMA mask 0x{device.DmaMask:x}.");
+            }
+            if (!_iova.Reserve(wanted, length))
+            {
+                throw new VfioException($"Cannot map a DMA buffer for {device.Name}: IOVA range 0x{wanted:x}+0x{length:x} overlaps a DMA mapping of this container; choose another IOVA or let the library choose.");
+            }
+            return wanted;
         }
     }
 
-    private DmaBuffer MapLocked(VfioDevice device, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference, bool allocated)
+    /// <summary>Gives back a range from <see cref="ReserveIova"/> that was not mapped.</summary>
+    internal void ReleaseIova(ulong iova)
     {
-        LockAssert.Held(_dmaLock);
-        int rc = MapCore(memory.Address, iova, length, access);
-        if (rc < 0)
+        lock (_dmaLock)
         {
-            if (allocated)
-            {
-                _iova!.Free(iova);
-            }
-            throw MapError(-rc, iova, length, device);
+            _iova?.Free(iova);
         }
-        var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
-        _buffers.Add(buffer);
-        _translation.Add(memory.Address, length, iova);
-        Log.DmaMapped(Registry.Logger, device.Name, iova, length);
-        return buffer;
+    }
+
+    /// <summary>
+    /// Maps <paramref name="memory"/> at an IOVA range from <see cref="ReserveIova"/> (on failure the
+    /// range is given back), or, for null, at the device address the memory has.
+    /// </summary>
+    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong? reserved, ulong length, DmaAccess access, DeviceReference reference)
+    {
+        lock (_dmaLock)
+        {
+            ulong iova;
+            try
+            {
+                iova = reserved ?? DeviceAddressOf(device, memory, length);
+            }
+            catch when (reserved is ulong range)
+            {
+                _iova?.Free(range);
+                throw;
+            }
+            int rc = MapCore(memory.Address, iova, length, access);
+            if (rc < 0)
+            {
+                if (reserved.HasValue)
+                {
+                    _iova?.Free(iova);
+                }
+                throw MapError(-rc, iova, length, device);
+            }
+            var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
+            _buffers.Add(buffer);
+            _translation.Add(memory.Address, length, iova);
+            Log.DmaMapped(Registry.Logger, device.Name, iova, length);
+            return buffer;
+        }
     }
 
     /// <summary>

@@ -45,7 +45,7 @@ internal sealed class NoIommuAddressSpace(VfioRegistry registry) : IommuAddressS
         ? null
         : "Without an IOMMU (no-IOMMU mode) the device reaches a buffer by its physical address, so a buffer larger than one page must be physically contiguous, which only hugepages guarantee; or allocate buffers of at most one page.";
 
-    private protected override ulong? FixedDeviceAddress(VfioDevice device, SafeMapping memory, ulong length, ulong? fixedIova)
+    private protected override bool AddressFromMemory(VfioDevice device, ulong? fixedIova)
     {
         if (fixedIova is ulong wanted)
         {
@@ -54,6 +54,11 @@ internal sealed class NoIommuAddressSpace(VfioRegistry registry) : IommuAddressS
                 "The device reaches a buffer at its physical address, which the library reads and cannot choose: allocate without an IOVA and give the device DmaBuffer.Iova.",
                 "VFIO_IOMMU_MAP_DMA", Errno.ENOTTY, device.ErrorTarget);
         }
+        return true;
+    }
+
+    private protected override ulong DeviceAddressOf(VfioDevice device, SafeMapping memory, ulong length)
+    {
         ulong physical = PhysicalAddress(device, memory.Address, length);
         if (physical + length - 1 > device.DmaMask)
         {

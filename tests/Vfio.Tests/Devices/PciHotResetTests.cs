@@ -20,12 +20,22 @@ public sealed class PciHotResetTests : KernelTest
         AddPci(Second, group: 8, model: _secondModel);
     }
 
-    private sealed class ResetCountingModel() : PciDeviceModel(0x1234, 0x11e8, 0x00ff00)
+    private sealed class ResetCountingModel : PciDeviceModel
     {
+        public ResetCountingModel()
+            : base(0x1234, 0x11e8, 0x00ff00)
+        {
+            DefineBar(0, 0x1000);
+        }
+
         public int Resets { get; private set; }
+
+        /// <summary>Runs inside the reset, while the kernel resets the function.</summary>
+        public Action? DuringReset { get; set; }
 
         protected override void OnReset()
         {
+            DuringReset?.Invoke();
             base.OnReset();
             Resets++;
         }
@@ -198,5 +208,32 @@ public sealed class PciHotResetTests : KernelTest
         {
             return device.Kernel.Ioctl(device.DeviceFd, Vfio.Interop.VfioUapi.VFIO_DEVICE_PCI_HOT_RESET, p);
         }
+    }
+
+    [Fact]
+    public void TheMappedRegionsOfEveryFunctionItResetsReadAllOnesWhileItRunsAndAreMappedBackAfter()
+    {
+        var first = RegisterPci(First);
+        var second = RegisterPci(Second);
+        using var openFirst = first.Open();
+        using var openSecond = second.Open();
+        using var firstBar = first.OpenRegion(0);
+        using var secondBar = second.OpenRegion(0);
+        firstBar.Write32(0, 1);
+        secondBar.Write32(0, 2);
+        var during = new List<uint>();
+        _firstModel.DuringReset = () =>
+        {
+            during.AddRange([firstBar.Read32(0), secondBar.Read32(0)]);
+            _firstModel.DuringReset = null; // the close resets the function too
+        };
+
+        first.HotReset();
+
+        during.Should().Equal([0xffffffff, 0xffffffff], "while the bus resets, neither function's memory answers");
+        firstBar.IsSuspended.Should().BeFalse();
+        secondBar.IsSuspended.Should().BeFalse();
+        firstBar.Read32(0).Should().Be(0, "the reset cleared the register, and the mapping reaches the device again");
+        secondBar.Read32(0).Should().Be(0);
     }
 }

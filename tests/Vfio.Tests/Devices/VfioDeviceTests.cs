@@ -30,18 +30,6 @@ public class VfioDeviceTests : KernelTest
         }
     }
 
-    /// <summary>A device whose DMA reaches 28 address bits, as QEMU's edu device.</summary>
-    private sealed class NarrowDmaDevice : PciVfioDevice
-    {
-        public const ulong Mask = (1UL << 28) - 1;
-
-        public NarrowDmaDevice(PciDeviceContext context)
-            : base(context)
-        {
-            DmaMask = Mask;
-        }
-    }
-
     private (SimulatedPciDevice Sim, RecordingPciDevice Device) RegisteredWithModel()
     {
         var sim = AddPci(model: new RegisterModel());

@@ -111,4 +111,74 @@ public class DmaBufferTests : KernelTest
         data[5].Should().Be(0x42);
         Kernel.DmaFaults.Should().ContainSingle().Which.Reason.Should().Contain("not writable");
     }
+
+    [Fact]
+    public void ABufferTheDmaMaskCannotHoldIsRefusedBeforeAnyMemoryIsAllocated()
+    {
+        AddPci();
+        var device = Track(new NarrowDmaDevice(Registry.FindPci(PciAddress.Parse("0000:00:03.0"))));
+        Registry.Register(device);
+        using var open = device.Open();
+        int references = device.ReferenceCount;
+        // Were the library to allocate first, this failure would end the allocation instead of the IOVA check.
+        Kernel.FailNext(SimulatedCall.Mmap, Errno.ENOMEM);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(512UL << 20)).Should().Throw<VfioException>().Which;
+
+        error.Message.Should().Contain("no free IOVA range of 0x20000000 bytes below its DMA mask 0xfffffff");
+        Kernel.MappingCount.Should().Be(0);
+        device.ReferenceCount.Should().Be(references);
+        device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioException>("the refused allocation made no mmap, so the armed failure is still there")
+            .Which.Operation.Should().StartWith("mmap");
+    }
+
+    [Fact]
+    public void TheContainersMappingLimitIsCheckedBeforeAnyMemoryIsAllocated()
+    {
+        Kernel.DmaEntryLimit = 1;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var first = device.AllocateDmaBuffer(0x1000);
+        Kernel.FailNext(SimulatedCall.Mmap, Errno.EINVAL);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(0x1000)).Should().Throw<VfioResourceLimitException>().Which;
+
+        error.Limit.Should().Be(VfioResourceLimitException.DmaEntryLimit);
+        Kernel.MappingCount.Should().Be(1, "only the first buffer's memory");
+    }
+
+    [Fact]
+    public void MoreMemoryThanTheMachineHasIsATypedErrorLikeLinuxsEnomem()
+    {
+        Kernel.MemoryBytes = 1UL << 30;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        int references = device.ReferenceCount;
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(2UL << 30)).Should().Throw<VfioException>().Which;
+
+        error.Errno.Should().Be(Errno.ENOMEM);
+        error.Device.Should().Be("0000:00:03.0");
+        error.Message.Should().Contain("2 GiB DMA buffer").And.Contain("memory");
+        Kernel.MappingCount.Should().Be(0);
+        Kernel.DmaMappingCount.Should().Be(0);
+        device.ReferenceCount.Should().Be(references);
+        using var fits = device.AllocateDmaBuffer(0x1000);
+        fits.Iova.Should().Be(0x1000, "the IOVA range of the refused buffer was given back");
+    }
+
+    [Fact]
+    public void MoreThanTheIommuCanAddressIsRefusedWithoutAllocating()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(1UL << 40)).Should().Throw<VfioException>().Which;
+
+        error.Message.Should().Contain("no free IOVA range of 0x10000000000 bytes").And.Contain("valid ranges");
+        Kernel.MappingCount.Should().Be(0);
+    }
 }

@@ -11,7 +11,7 @@ public class InterruptSetTests : KernelTest
         var model = new PciDeviceModel(0x1234, 0x11e8, 0x00ff00, express) { MsiVectors = msi, MsixVectors = msix };
         if (msix > 0)
         {
-            model.DefineBar(0, 0x4000);
+            model.DefineBar(0, msix > 512 ? 0x10000UL : 0x4000);
         }
         var sim = AddPci(model: model);
         return (sim, RegisterPci());
@@ -258,5 +258,333 @@ public class InterruptSetTests : KernelTest
         Kernel.CallCount.Should().Be(before, "the poller's calls are not counted");
         device.Invoking(d => d.GetIrqInfo(PciIrq.Msi)).Should().Throw<VfioException>("the armed failure is still the next counted call")
             .Which.Errno.Should().Be(Errno.EIO);
+    }
+
+    [Fact]
+    public async Task WaitsRacingTheirInterruptsAndTheirCancellationsAlwaysComplete()
+    {
+        // Each round raises vectors 0 to 63 while their waits' tokens are cancelled from 63 down, so the
+        // poller's deliveries and the cancellations cross once per round, at a vector of the seed's choosing.
+        const int Vectors = 64;
+        var (sim, device) = Registered(msix: Vectors);
+        using var open = device.Open();
+        using var msix = device.EnableInterrupts(PciIrq.Msix, count: Vectors);
+        using var race = new Race(seed: 1001, Guard, 400, 8000);
+        var cancels = new CancellationTokenSource[Vectors];
+        var waits = new Task<ulong>[Vectors];
+        int fired = 0;
+        int cancelled = 0;
+
+        for (int round = 0; round < 400; round++)
+        {
+            ArmWaits(msix, cancels, waits);
+
+            race.Round(
+                () => RaiseEach(sim, Vectors),
+                () => CancelFromTheTop(cancels));
+
+            for (int v = 0; v < Vectors; v++)
+            {
+                try
+                {
+                    (await waits[v].WaitAsync(Guard)).Should().Be(1);
+                    fired++;
+                }
+                catch (OperationCanceledException)
+                {
+                    cancelled++;
+                    (await msix.WaitAsync(v).AsTask().WaitAsync(Guard)).Should().Be(1, "the interrupt of a cancelled wait stays pending for the next");
+                }
+                cancels[v].Dispose();
+            }
+        }
+
+        fired.Should().BePositive("some waits must see their interrupt win");
+        cancelled.Should().BePositive("some waits must see their cancellation win");
+    }
+
+    [Fact]
+    public async Task DisposingASetWhoseWakeUpWriteIsInterruptedReturns()
+    {
+        var (_, device) = Registered();
+        using var open = device.Open();
+        var msi = device.EnableInterrupts(PciIrq.Msi);
+        var wait = msi.WaitAsync(0).AsTask();
+        int eventFds = Kernel.EventFdCount;
+        Kernel.FailNext(SimulatedCall.Write, Errno.EINTR);
+
+        await Task.Run(msi.Dispose).WaitAsync(Guard);
+
+        await wait.Invoking(t => t.WaitAsync(Guard)).Should().ThrowAsync<ObjectDisposedException>();
+        Kernel.EventFdCount.Should().Be(eventFds - 2, "the vector's and the poller's eventfds are closed");
+    }
+
+    [Fact]
+    public async Task DisposingASetWhoseWakeUpWriteFailsReturnsAndLogsIt()
+    {
+        var (_, device) = Registered();
+        using var open = device.Open();
+        var msi = device.EnableInterrupts(PciIrq.Msi);
+        int eventFds = Kernel.EventFdCount;
+        for (int i = 0; i < 20; i++)
+        {
+            Kernel.FailNext(SimulatedCall.Write, Errno.EIO);
+        }
+
+        await Task.Run(msi.Dispose).WaitAsync(Guard);
+
+        Kernel.ClearFailures();
+        Kernel.EventFdCount.Should().Be(eventFds - 2, "the poller stopped by itself and its eventfds were closed");
+        Logs.Named("InterruptWakeFailed").Should().ContainSingle().Which.Message.Should().Contain(msi.ToString());
+    }
+
+    [Fact]
+    public async Task ClosingADeviceWhoseNotifierWakeUpWouldBlockReturnsAndTheDeviceOpensAgain()
+    {
+        var (_, device) = Registered();
+        var open = device.Open();
+        Kernel.FailNext(SimulatedCall.Write, Errno.EAGAIN);
+
+        await Task.Run(open.Dispose).WaitAsync(Guard);
+
+        device.IsOpen.Should().BeFalse();
+        var again = await Task.Run(device.Open).WaitAsync(Guard);
+        again.Dispose();
+    }
+
+    [Fact]
+    public async Task AnInterruptedPollOfThePollerIsRetried()
+    {
+        var (sim, device) = Registered();
+        using var open = device.Open();
+        using var msi = device.EnableInterrupts(PciIrq.Msi);
+        Kernel.FailNextPollerCall(msi, SimulatedCall.Poll, Errno.EINTR);
+        Kernel.FailNextPollerCall(msi, SimulatedCall.Read, Errno.EAGAIN);
+
+        sim.Model.RaiseInterrupt(PciIrq.Msi).Should().BeTrue();
+        (await msi.WaitAsync(0).AsTask().WaitAsync(Guard)).Should().Be(1);
+        sim.Model.RaiseInterrupt(PciIrq.Msi).Should().BeTrue();
+        (await msi.WaitAsync(0).AsTask().WaitAsync(Guard)).Should().Be(1, "the failed poll and read were retried");
+    }
+
+    [Fact]
+    public async Task AFailedPollOfThePollerFailsTheWaitsNamingTheSet()
+    {
+        var (sim, device) = Registered();
+        using var open = device.Open();
+        using var msi = device.EnableInterrupts(PciIrq.Msi);
+        Kernel.FailNextPollerCall(msi, SimulatedCall.Poll, Errno.ENOMEM);
+
+        sim.Model.RaiseInterrupt(PciIrq.Msi).Should().BeTrue();
+        var first = msi.WaitAsync(0).AsTask();
+        var waits = new List<ulong>();
+        var error = await FluentActions.Awaiting(async () =>
+        {
+            waits.Add(await first.WaitAsync(Guard));
+            waits.Add(await msi.WaitAsync(0).AsTask().WaitAsync(Guard));
+        }).Should().ThrowAsync<VfioException>();
+
+        error.Which.Errno.Should().Be(Errno.ENOMEM);
+        error.Which.Message.Should().Contain("poll").And.Contain(device.Name);
+        waits.Should().BeSubsetOf([1UL]);
+        await msi.Awaiting(s => s.WaitAsync(0).AsTask()).Should().ThrowAsync<VfioException>("a set whose poller stopped fails every later wait at once");
+    }
+
+    [Fact]
+    public async Task AContinuationRunsOnThePoolByDefaultAndInlineOnThePollerWhenAskedFor()
+    {
+        var (sim, device) = Registered();
+        using var open = device.Open();
+        using var msi = device.EnableInterrupts(PciIrq.Msi);
+
+        async Task<string?> ThreadAfterWait()
+        {
+            await msi.WaitAsync(0).ConfigureAwait(false);
+            return Thread.CurrentThread.Name;
+        }
+
+        msi.RunContinuationsInline.Should().BeFalse("the default queues continuations to the thread pool");
+        var pooled = ThreadAfterWait();
+        sim.Model.RaiseInterrupt(PciIrq.Msi).Should().BeTrue();
+        (await pooled.WaitAsync(Guard)).Should().NotStartWith("vfio irq");
+
+        msi.RunContinuationsInline = true;
+        var inline = ThreadAfterWait();
+        sim.Model.RaiseInterrupt(PciIrq.Msi).Should().BeTrue();
+        (await inline.WaitAsync(Guard)).Should().StartWith("vfio irq", "the continuation ran on the set's interrupt thread");
+    }
+
+    [Fact]
+    public async Task AnInlineHandlerRearmsItsWaitFromInsideTheContinuationAndCountsEveryInterrupt()
+    {
+        var (sim, device) = Registered();
+        using var open = device.Open();
+        using var msi = device.EnableInterrupts(PciIrq.Msi);
+        msi.RunContinuationsInline = true;
+        const int Interrupts = 2000;
+
+        async Task<ulong> Handler()
+        {
+            ulong seen = 0;
+            while (seen < Interrupts)
+            {
+                seen += await msi.WaitAsync(0).ConfigureAwait(false);
+            }
+            return seen;
+        }
+
+        var handler = Handler();
+        for (int i = 0; i < Interrupts; i++)
+        {
+            sim.Model.RaiseInterrupt(PciIrq.Msi).Should().BeTrue();
+        }
+
+        (await handler.WaitAsync(Guard)).Should().Be(Interrupts, "eventfds coalesce, but every signal is counted once");
+    }
+
+    [Fact]
+    public async Task InterruptsCancellationsAndDisposeRacingEachOtherEndEveryWait()
+    {
+        // Disposing fails every pending wait in one sweep while the interrupts are delivered from
+        // vector 0 up and the tokens cancelled from the top down: the three cross inside the sweep.
+        const int Vectors = 256;
+        var (sim, device) = Registered(msix: Vectors);
+        using var open = device.Open();
+        using var race = new Race(seed: 1002, Guard, 400, 30_000, 400);
+        var cancels = new CancellationTokenSource[Vectors];
+        var waits = new Task<ulong>[Vectors];
+        int fired = 0;
+        int cancelled = 0;
+        int disposed = 0;
+
+        for (int round = 0; round < 60; round++)
+        {
+            var msix = device.EnableInterrupts(PciIrq.Msix, count: Vectors);
+            msix.RunContinuationsInline = round % 2 == 1;
+            ArmWaits(msix, cancels, waits);
+            var any = msix.WaitAnyAsync().AsTask();
+
+            race.Round(
+                () => RaiseEach(sim, Vectors),
+                () => CancelFromTheTop(cancels),
+                msix.Dispose);
+
+            foreach (var wait in waits)
+            {
+                try
+                {
+                    // More than 1 when a raise of the round before, made while its set was going, stayed pending in the device.
+                    (await wait.WaitAsync(Guard)).Should().BePositive();
+                    fired++;
+                }
+                catch (OperationCanceledException)
+                {
+                    cancelled++;
+                }
+                catch (ObjectDisposedException)
+                {
+                    disposed++;
+                }
+            }
+            try
+            {
+                (await any.WaitAsync(Guard)).Should().BeInRange(0, Vectors - 1, "an interrupt whose own wait was cancelled goes to the any-wait");
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+            msix.IsLive.Should().BeFalse();
+            foreach (var cancel in cancels)
+            {
+                cancel.Dispose();
+            }
+        }
+
+        (fired + cancelled + disposed).Should().Be(60 * Vectors, "every wait ended: fired, cancelled or disposed");
+        disposed.Should().BePositive("a set disposed at the start of a round fails the waits nothing else ended");
+        Kernel.EventFdCount.Should().Be(2, "only the REQ notifier's eventfds are left");
+    }
+
+    [Fact]
+    public async Task DisposingASetWhileItsWaitsAreCancelledEndsEveryWait()
+    {
+        // Disposing disables the vectors in the device and fails the pending waits in one sweep from
+        // vector 0 up. The tokens are cancelled from the top down as soon as the set stops being live,
+        // so the cancellations run into the sweep.
+        const int Vectors = 2048;
+        var (_, device) = Registered(msix: Vectors);
+        using var open = device.Open();
+        using var race = new Race(seed: 1003, Guard, 2_000, 2_000);
+        var cancels = new CancellationTokenSource[Vectors];
+        var waits = new Task<ulong>[Vectors];
+        int cancelled = 0;
+        int disposed = 0;
+
+        const int Rounds = 5;
+        for (int round = 0; round < Rounds; round++)
+        {
+            var msix = device.EnableInterrupts(PciIrq.Msix, count: Vectors);
+            ArmWaits(msix, cancels, waits);
+
+            race.Round(
+                () =>
+                {
+                    var spin = default(SpinWait);
+                    while (msix.IsLive)
+                    {
+                        spin.SpinOnce();
+                    }
+                    CancelFromTheTop(cancels);
+                },
+                msix.Dispose);
+
+            foreach (var wait in waits)
+            {
+                var error = await wait.Invoking(t => t.WaitAsync(Guard)).Should().ThrowAsync<Exception>();
+                if (error.Which is OperationCanceledException)
+                {
+                    cancelled++;
+                }
+                else
+                {
+                    error.Which.Should().BeOfType<ObjectDisposedException>();
+                    disposed++;
+                }
+            }
+            foreach (var cancel in cancels)
+            {
+                cancel.Dispose();
+            }
+        }
+
+        (cancelled + disposed).Should().Be(Rounds * Vectors, "every wait ended, cancelled or disposed (which of the two wins depends on the machine's timing)");
+    }
+
+    /// <summary>A wait on every vector of <paramref name="set"/>, each with its own token.</summary>
+    private static void ArmWaits(InterruptSet set, CancellationTokenSource[] cancels, Task<ulong>[] waits)
+    {
+        for (int v = 0; v < waits.Length; v++)
+        {
+            cancels[v] = new CancellationTokenSource();
+            waits[v] = set.WaitAsync(v, cancels[v].Token).AsTask();
+        }
+    }
+
+    /// <summary>Raises MSI-X vectors 0 to <paramref name="count"/> - 1, in that order.</summary>
+    private static void RaiseEach(SimulatedPciDevice sim, int count)
+    {
+        for (int v = 0; v < count; v++)
+        {
+            sim.Model.RaiseInterrupt(PciIrq.Msix, v);
+        }
+    }
+
+    /// <summary>Cancels the tokens from the last vector's down, against the poller's order.</summary>
+    private static void CancelFromTheTop(CancellationTokenSource[] cancels)
+    {
+        for (int v = cancels.Length - 1; v >= 0; v--)
+        {
+            cancels[v].Cancel();
+        }
     }
 }

@@ -273,4 +273,121 @@ public sealed unsafe partial class SimulatedKernelTests : IDisposable
         twice.Should().Throw<InvalidOperationException>();
         below.Should().Throw<ArgumentException>();
     }
+
+    [Fact]
+    public void AnAnonymousMappingLargerThanTheMachinesMemoryIsRefusedWithEnomem()
+    {
+        _kernel.MemoryBytes = 1UL << 30;
+
+        ulong twoGiB = 2UL << 30;
+        ulong oneTiB = 1UL << 40;
+
+        _kernel.Mmap(null, (nuint)twoGiB, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE, 0, out _).Should().Be(-Errno.ENOMEM);
+        _kernel.Mmap(null, (nuint)oneTiB, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE, 0, out _).Should().Be(-Errno.ENOMEM);
+        _kernel.Mmap(null, 0x1000, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE, 0, out var small).Should().Be(0);
+        small.Dispose();
+        _kernel.MappingCount.Should().Be(0);
+    }
+
+    /// <summary>A function with a 16 KiB mappable BAR0 in group 8, opened through the seam, and BAR0 mapped.</summary>
+    private (Opened Opened, PciDeviceModel Model, SafeMapping Bar0) MappedBar0()
+    {
+        var model = new PciDeviceModel(0x1234, 0x11e8, 0x00ff00);
+        model.DefineBar(0, 0x4000);
+        _kernel.AddPciDevice("0000:00:06.0", model, 8, "vfio-pci");
+        var opened = Seam.OpenDevice(_kernel, 8, "0000:00:06.0");
+        var info = Seam.RegionInfo(_kernel, opened.Device, 0);
+        _kernel.Mmap(opened.Device, 0x4000, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_SHARED, (long)info.offset, out var bar0).Should().Be(0);
+        return (opened, model, bar0);
+    }
+
+    private void WriteCommand(Opened opened, ushort command)
+    {
+        var info = Seam.RegionInfo(_kernel, opened.Device, VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX);
+        _kernel.PWrite(opened.Device, BitConverter.GetBytes(command), (long)info.offset + 4).Should().Be(2);
+    }
+
+    [Fact]
+    public void AMappedBarTouchedWithMemorySpaceOffFaultsAsOnLinuxAndPreadSaysEio()
+    {
+        var (opened, model, bar0) = MappedBar0();
+        bar0.WriteTrapped(0x10, 4, 0x12345678);
+        ushort command = model.Command;
+
+        WriteCommand(opened, (ushort)(command & ~PciConfig.CommandMemory));
+
+        bar0.Invoking(b => b.ReadTrapped(0x10, 4)).Should().Throw<SimulatedFaultException>()
+            .Which.Signal.Should().Be("SIGBUS");
+        bar0.Invoking(b => b.WriteTrapped(0x10, 4, 0)).Should().Throw<SimulatedFaultException>();
+        var bytes = new byte[4];
+        _kernel.PRead(opened.Device, bytes, (long)Seam.RegionInfo(_kernel, opened.Device, 0).offset + 0x10).Should().Be(-Errno.EIO);
+        WriteCommand(opened, command);
+        bar0.ReadTrapped(0x10, 4).Should().Be(0x12345678, "the mapping faults back in once memory space is on");
+        bar0.Dispose();
+        opened.Dispose();
+    }
+
+    [Fact]
+    public void AMappedBarOfAFunctionInD3FaultsAsOnLinux()
+    {
+        var (opened, model, bar0) = MappedBar0();
+        int pm = 0x40; // the model's first capability: power management
+        var info = Seam.RegionInfo(_kernel, opened.Device, VfioUapi.VFIO_PCI_CONFIG_REGION_INDEX);
+        model.ReadConfigRegister(pm, 1).Should().Be(0x01u, "power management comes first");
+
+        _kernel.PWrite(opened.Device, BitConverter.GetBytes((ushort)3), (long)info.offset + pm + 4).Should().Be(2);
+
+        model.PowerState.Should().Be(3);
+        bar0.Invoking(b => b.ReadTrapped(0, 4)).Should().Throw<SimulatedFaultException>().Which.Signal.Should().Be("SIGBUS");
+        _kernel.PWrite(opened.Device, BitConverter.GetBytes((ushort)0), (long)info.offset + pm + 4).Should().Be(2);
+        bar0.ReadTrapped(0, 4).Should().Be(0);
+        bar0.Dispose();
+        opened.Dispose();
+    }
+
+    [Fact]
+    public void MapFixedReplacesAMappedBarInPlaceAndReleasesTheDeviceFile()
+    {
+        var (opened, _, bar0) = MappedBar0();
+        _kernel.MemFd("ones", out var memfd).Should().Be(0);
+        var ones = Enumerable.Repeat((byte)0xff, 0x4000).ToArray();
+        _kernel.PWrite(memfd, ones, 0).Should().Be(0x4000);
+
+        _kernel.MmapFixed(bar0.Address, 0x4000, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE, memfd, 0).Should().Be(0);
+        memfd.Dispose();
+
+        bar0.ReadTrapped(0x10, 4).Should().Be(0xffffffffUL);
+        bar0.WriteTrapped(0x10, 4, 7);
+        bar0.ReadTrapped(0x10, 4).Should().Be(7UL, "a private mapping keeps what this process writes, and the device never sees it");
+        _kernel.MappingCount.Should().Be(1);
+        opened.Dispose();
+        _kernel.OpenFileCount(SimulatedFileKind.Device).Should().Be(0, "the replaced mapping no longer holds the device file");
+        bar0.Dispose();
+        _kernel.MappingCount.Should().Be(0);
+    }
+
+    [Fact]
+    public void MapFixedOfTheDeviceFileMapsTheBarBackAndMunmapOfPartSplitsTheMapping()
+    {
+        var (opened, model, bar0) = MappedBar0();
+        bar0.WriteTrapped(0x2000, 4, 0xabcd);
+        _kernel.MemFd("ones", out var memfd).Should().Be(0);
+        _kernel.PWrite(memfd, Enumerable.Repeat((byte)0xff, 0x2000).ToArray(), 0).Should().Be(0x2000);
+        _kernel.MmapFixed(bar0.Address + 0x2000, 0x2000, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE, memfd, 0).Should().Be(0);
+        memfd.Dispose();
+        _kernel.MappingCount.Should().Be(2, "the BAR's first half and the all-ones second half");
+        bar0.ReadTrapped(0x2000, 4).Should().Be(0xffffffffUL);
+
+        long offset = (long)Seam.RegionInfo(_kernel, opened.Device, 0).offset;
+        _kernel.MmapFixed(bar0.Address + 0x2000, 0x2000, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_SHARED, opened.Device, offset + 0x2000).Should().Be(0);
+
+        bar0.ReadTrapped(0x2000, 4).Should().Be(0xabcdUL, "the device's register is reachable again");
+        _kernel.Munmap(bar0.Address, 0x1000).Should().Be(0);
+        _kernel.MappingCount.Should().Be(2);
+        bar0.Invoking(b => b.ReadTrapped(0, 4)).Should().Throw<SimulatedFaultException>().Which.Signal.Should().Be("SIGSEGV");
+        _ = model;
+        bar0.Dispose();
+        opened.Dispose();
+        _kernel.MappingCount.Should().Be(0);
+    }
 }
