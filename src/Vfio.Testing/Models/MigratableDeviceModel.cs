@@ -18,10 +18,15 @@ namespace Vfio.Testing;
 /// ENOMSG in PRE_COPY when nothing more is there now (a write to BAR0 makes new dirty data); a session
 /// whose state was left fails with ENODEV. Reset (VFIO_DEVICE_RESET, and the device's last close)
 /// returns the device to RUNNING and ends the session.</para>
-/// <para>The stream is a sequence of records (magic, identity, length, BAR0 bytes); the last record
-/// loaded wins. A truncated or foreign stream fails RESUMING -&gt; STOP with EINVAL and the device stays in RESUMING.</para>
+/// <para>The stream is a sequence of records (magic, identity, length, the state's bytes); the last
+/// record loaded wins. A truncated or foreign stream fails RESUMING -&gt; STOP with EINVAL and the device stays in RESUMING.</para>
+/// <para>Derive from it to model your own device's migration: override <see cref="SaveDeviceState"/>
+/// and <see cref="LoadDeviceState"/> for what the device carries over (by default BAR0's memory), the
+/// BAR accessors for its registers, <see cref="OnReset"/> (calling the base) for its reset, and call
+/// <see cref="MarkStateChanged"/> when its state changes other than through BAR0, so that a PRE_COPY
+/// session has new data to give.</para>
 /// </remarks>
-public sealed class MigratableDeviceModel : PciDeviceModel
+public class MigratableDeviceModel : PciDeviceModel
 {
     private const uint RecordMagic = 0x524d4656; // "VFMR"
     private const int RecordHeader = 16;
@@ -39,7 +44,18 @@ public sealed class MigratableDeviceModel : PciDeviceModel
     /// <param name="capabilities">The migration flags it reports; must include <see cref="VfioMigrationCapabilities.StopCopy"/>.</param>
     /// <param name="stateSize">BAR0's size: a power of two, at least 4096.</param>
     public MigratableDeviceModel(VfioMigrationCapabilities capabilities = VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.P2P, int stateSize = 4096)
-        : base(0x1234, 0x11f0, 0x00ff00, isExpress: true)
+        : this(0x1234, 0x11f0, 0x00ff00, capabilities, stateSize)
+    {
+    }
+
+    /// <summary>Creates a derived model's function with its own identity; BAR0 is <paramref name="stateSize"/> bytes of state unless the BAR accessors say otherwise.</summary>
+    /// <param name="vendorId">The PCI vendor id.</param>
+    /// <param name="deviceId">The PCI device id; with the vendor id, the identity a stream must carry to be loaded.</param>
+    /// <param name="classCode">The 24-bit class code.</param>
+    /// <param name="capabilities">The migration flags it reports; must include <see cref="VfioMigrationCapabilities.StopCopy"/>.</param>
+    /// <param name="stateSize">BAR0's size: a power of two, at least 4096.</param>
+    protected MigratableDeviceModel(ushort vendorId, ushort deviceId, uint classCode, VfioMigrationCapabilities capabilities, int stateSize)
+        : base(vendorId, deviceId, classCode, isExpress: true)
     {
         if ((capabilities & VfioMigrationCapabilities.StopCopy) == 0 || ((ulong)capabilities & ~7UL) != 0)
         {
@@ -79,12 +95,49 @@ public sealed class MigratableDeviceModel : PciDeviceModel
         }
     }
 
-    /// <summary>A copy of the device state (BAR0's memory).</summary>
+    /// <summary>A copy of the device state, as <see cref="SaveDeviceState"/> gives it (by default BAR0's memory).</summary>
     public byte[] GetDeviceState()
     {
         lock (Gate)
         {
-            return (byte[])_state.Clone();
+            return SaveDeviceState();
+        }
+    }
+
+    /// <summary>
+    /// The state the device carries over, a new array each call (the stream record's payload): by
+    /// default a copy of BAR0's memory. Called with the model's lock held (as the BAR accessors are), on entering
+    /// PRE_COPY and STOP_COPY and for each PRE_COPY read after <see cref="MarkStateChanged"/>.
+    /// </summary>
+    protected virtual byte[] SaveDeviceState() => (byte[])_state.Clone();
+
+    /// <summary>
+    /// Loads the state a stream carried, on RESUMING -&gt; STOP (the last record's payload, from a
+    /// device of the same vendor and device id); false refuses it: the arc fails with EINVAL and the
+    /// device stays in RESUMING. By default: BAR0's memory, whose size the state must have. Called
+    /// with the model's lock held.
+    /// </summary>
+    /// <param name="state">The payload of the last record.</param>
+    protected virtual bool LoadDeviceState(ReadOnlySpan<byte> state)
+    {
+        if (state.Length != _state.Length)
+        {
+            return false;
+        }
+        state.CopyTo(_state);
+        return true;
+    }
+
+    /// <summary>
+    /// Tells an open PRE_COPY session that the device state changed (writes to BAR0 do it themselves):
+    /// its next read gives a new record, and <c>VFIO_MIG_GET_PRECOPY_INFO</c> counts it as dirty bytes.
+    /// Call it from a BAR accessor or another handler the simulated kernel calls (the model's lock is held there).
+    /// </summary>
+    protected void MarkStateChanged()
+    {
+        if (_session is { Saving: true, Complete: false } session)
+        {
+            session.Dirty = true;
         }
     }
 
@@ -140,10 +193,7 @@ public sealed class MigratableDeviceModel : PciDeviceModel
             return;
         }
         WriteStore(_state, offset, size, value);
-        if (_session is { Saving: true, Complete: false } session)
-        {
-            session.Dirty = true; // PRE_COPY tracks changes made while running
-        }
+        MarkStateChanged(); // PRE_COPY tracks changes made while running
     }
 
     /// <inheritdoc/>
@@ -170,7 +220,7 @@ public sealed class MigratableDeviceModel : PciDeviceModel
     {
         lock (Gate)
         {
-            length = (ulong)(RecordHeader + _state.Length);
+            length = (ulong)(RecordHeader + SaveDeviceState().Length);
             return 0;
         }
     }
@@ -272,12 +322,13 @@ public sealed class MigratableDeviceModel : PciDeviceModel
 
     private byte[] Record()
     {
-        var record = new byte[RecordHeader + _state.Length];
+        byte[] state = SaveDeviceState();
+        var record = new byte[RecordHeader + state.Length];
         BinaryPrimitives.WriteUInt32LittleEndian(record, RecordMagic);
         BinaryPrimitives.WriteUInt16LittleEndian(record.AsSpan(4), VendorId);
         BinaryPrimitives.WriteUInt16LittleEndian(record.AsSpan(6), DeviceId);
-        BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(8), (uint)_state.Length);
-        _state.CopyTo(record, RecordHeader);
+        BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(8), (uint)state.Length);
+        state.CopyTo(record, RecordHeader);
         return record;
     }
 
@@ -285,26 +336,26 @@ public sealed class MigratableDeviceModel : PciDeviceModel
     {
         int at = 0;
         int last = -1;
+        int lastLength = 0;
         while (at < stream.Length)
         {
             if (stream.Length - at < RecordHeader
                 || BinaryPrimitives.ReadUInt32LittleEndian(stream[at..]) != RecordMagic
                 || BinaryPrimitives.ReadUInt16LittleEndian(stream[(at + 4)..]) != VendorId
                 || BinaryPrimitives.ReadUInt16LittleEndian(stream[(at + 6)..]) != DeviceId
-                || BinaryPrimitives.ReadUInt32LittleEndian(stream[(at + 8)..]) != (uint)_state.Length
-                || stream.Length - at - RecordHeader < _state.Length)
+                || BinaryPrimitives.ReadUInt32LittleEndian(stream[(at + 8)..]) > (uint)(stream.Length - at - RecordHeader))
             {
                 return -Errno.EINVAL;
             }
             last = at;
-            at += RecordHeader + _state.Length;
+            lastLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(stream[(at + 8)..]);
+            at += RecordHeader + lastLength;
         }
         if (last < 0)
         {
             return -Errno.EINVAL;
         }
-        stream.Slice(last + RecordHeader, _state.Length).CopyTo(_state);
-        return 0;
+        return LoadDeviceState(stream.Slice(last + RecordHeader, lastLength)) ? 0 : -Errno.EINVAL;
     }
 
     // ---- The data session, called by MigrationDataFile; the Gate is taken here -------------------
@@ -361,7 +412,7 @@ public sealed class MigratableDeviceModel : PciDeviceModel
                 return -Errno.EINVAL; // valid only in the PRE_COPY states
             }
             initial = (ulong)Math.Max(0, file.InitialEnd - file.Position);
-            dirty = (ulong)(file.Available - (long)initial) + (file.Dirty ? (ulong)(RecordHeader + _state.Length) : 0);
+            dirty = (ulong)(file.Available - (long)initial) + (file.Dirty ? (ulong)(RecordHeader + SaveDeviceState().Length) : 0);
             return 0;
         }
     }
