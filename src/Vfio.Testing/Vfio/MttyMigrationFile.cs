@@ -10,23 +10,8 @@ namespace Vfio.Testing;
 /// mask), and reads never wait. Its contents are the model's, guarded by the model's lock.
 /// </summary>
 internal sealed unsafe class MttyMigrationFile(SimulatedKernel kernel, MttyDeviceModel model, bool saving)
-    : KernelFile(kernel, "anon_inode:mtty_mig")
+    : MigrationStreamFile(kernel, "anon_inode:mtty_mig", saving, model.MigrationDataSize)
 {
-    private byte[] _data = new byte[model.MigrationDataSize];
-
-    public override SimulatedFileKind Kind => SimulatedFileKind.MigrationData;
-
-    /// <summary>The device left the file's state, or closed: reads and writes fail with ENODEV.</summary>
-    public bool Disabled { get; private set; }
-
-    /// <summary>The bytes filled (migf->filled_size).</summary>
-    public long Length { get; private set; }
-
-    /// <summary>The file position (f_pos).</summary>
-    public long Position { get; private set; }
-
-    public ReadOnlySpan<byte> Written => _data.AsSpan(0, (int)Length);
-
     // mtty_disable_file
     public void Disable()
     {
@@ -35,48 +20,17 @@ internal sealed unsafe class MttyMigrationFile(SimulatedKernel kernel, MttyDevic
         Position = 0;
     }
 
-    public void Append(ReadOnlySpan<byte> bytes)
-    {
-        if (Length + bytes.Length > _data.Length)
-        {
-            Array.Resize(ref _data, (int)(Length + bytes.Length));
-        }
-        bytes.CopyTo(_data.AsSpan((int)Length));
-        Length += bytes.Length;
-    }
-
     public void Seek(long position) => Position = position;
 
-    public long Take(Span<byte> buffer)
-    {
-        int n = (int)Math.Min(buffer.Length, Length - Position);
-        _data.AsSpan((int)Position, n).CopyTo(buffer);
-        Position += n;
-        return n;
-    }
+    protected override long SaveRead(Span<byte> buffer) => model.SaveRead(this, buffer);
 
-    // The file was opened O_RDONLY or O_WRONLY: the VFS refuses the other direction with EBADF.
-    public override long Read(Span<byte> buffer) => saving ? model.SaveRead(this, buffer) : -Errno.EBADF;
-
-    public override long Write(ReadOnlySpan<byte> buffer) => saving ? -Errno.EBADF : model.ResumeWrite(this, buffer);
-
-    // stream_open clears FMODE_PREAD and FMODE_PWRITE.
-    public override long PRead(Span<byte> buffer, long offset) => -Errno.ESPIPE;
-
-    public override long PWrite(ReadOnlySpan<byte> buffer, long offset) => -Errno.ESPIPE;
+    protected override long ResumeWrite(ReadOnlySpan<byte> buffer) => model.ResumeWrite(this, buffer);
 
     // mtty_precopy_ioctl on the saving file; the resuming file has no ioctl.
-    public override int Ioctl(nuint request, nint argument)
+    protected override bool HasPreCopyInfo => Saving;
+
+    protected override int PreCopyInfo(vfio_precopy_info* info)
     {
-        if (!saving || request != VfioUapi.VFIO_MIG_GET_PRECOPY_INFO)
-        {
-            return -Errno.ENOTTY;
-        }
-        var info = (vfio_precopy_info*)argument;
-        if (info->argsz < sizeof(vfio_precopy_info))
-        {
-            return -Errno.EINVAL;
-        }
         int r = model.PreCopyInfo(this, out ulong initial);
         if (r < 0)
         {
