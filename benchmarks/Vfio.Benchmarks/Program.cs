@@ -11,6 +11,7 @@ IBenchmark[] all =
     new IrqWakeBenchmark(),
     new IovaTranslateBenchmark(),
     new MmioOverheadBenchmark(),
+    new MmioCopyBenchmark(),
     new DeviceReferenceBenchmark(),
 ];
 

@@ -41,7 +41,7 @@ internal static class EduScenarios
             Check.Equal(context.GroupId, device.Group?.Id ?? -1, "the device's group");
         }
         Check.True(!device.IsOpen, "the device is still open after its last reference went");
-        await UnregisterAsync(registry, device).ConfigureAwait(false);
+        await ScenarioRegistry.UnregisterAsync(registry, device).ConfigureAwait(false);
         Check.True(device.State == VfioDeviceState.Unregistered, "state after unregister is " + device.State);
         Check.True(!device.TryGet(out _), "TryGet succeeded after unregister");
     });
@@ -171,43 +171,15 @@ internal static class EduScenarios
                 Check.Equal(group, e.NotViableGroupId, "the group named");
                 Check.True(e.BlockingDevices.Count > 0, "the exception names no blocking device");
                 Check.True(!device.IsOpen, "the device is open after a failed open");
-                return UnregisterAsync(registry, device);
+                return ScenarioRegistry.UnregisterAsync(registry, device);
             }
             throw new ScenarioFailedException("opening an edu device in a not viable group succeeded");
         });
     }
 
     /// <summary>Probes with the edu driver, hands the device at <paramref name="address"/> over, and cleans up.</summary>
-    internal static async Task WithEduAsync(ScenarioContext context, string address, Func<VfioRegistry, EduDevice, Task> body)
-    {
-        var registry = new VfioRegistry(context.Kernel);
-        await using (registry.ConfigureAwait(false))
-        {
-            registry.AddDriver(new EduPciDriver());
-            ProbeResult probe = await registry.ProbeAsync().ConfigureAwait(false);
-            foreach (ProbeFailure failure in probe.Failures)
-            {
-                context.Note("probe failure: " + failure.Device + ": " + failure.Error.Message);
-            }
-            EduDevice device = probe.Registered.OfType<EduDevice>().FirstOrDefault(d => d.Name == address)
-                ?? throw new ScenarioFailedException("the edu driver did not register " + address + " (registered: " + string.Join(", ", probe.Registered.Select(d => d.Name)) + ")");
-            try
-            {
-                await body(registry, device).ConfigureAwait(false);
-            }
-            finally
-            {
-                foreach (VfioDevice registered in probe.Registered)
-                {
-                    if (registered.State == VfioDeviceState.Registered)
-                    {
-                        await UnregisterAsync(registry, registered).ConfigureAwait(false);
-                    }
-                    registered.Dispose();
-                }
-            }
-        }
-    }
+    internal static Task WithEduAsync(ScenarioContext context, string address, Func<VfioRegistry, EduDevice, Task> body) =>
+        ScenarioRegistry.WithRegisteredAsync(context, new EduPciDriver(), address, body);
 
     /// <summary>Probes with the edu driver and runs <paramref name="body"/> on the device alone in its group, held open.</summary>
     internal static Task WithOpenEduAsync(ScenarioContext context, Func<EduDevice, Task> body) => WithEduAsync(context, context.DeviceAddress, async (_, device) =>
@@ -215,10 +187,4 @@ internal static class EduScenarios
         using DeviceReference open = device.Open();
         await body(device).ConfigureAwait(false);
     });
-
-    private static async Task UnregisterAsync(VfioRegistry registry, VfioDevice device)
-    {
-        using var timeout = new CancellationTokenSource(Timeout);
-        await registry.UnregisterAsync(device, timeout.Token).ConfigureAwait(false);
-    }
 }

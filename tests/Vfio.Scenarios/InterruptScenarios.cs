@@ -214,33 +214,8 @@ internal static class InterruptScenarios
     }
 
     /// <summary>Registers the context's edu function with a bare driver (no interrupts of its own) and cleans up.</summary>
-    private static async Task WithDeviceAsync(ScenarioContext context, Func<BareEdu, Task> body)
-    {
-        var registry = new VfioRegistry(context.Kernel);
-        await using (registry.ConfigureAwait(false))
-        {
-            registry.AddDriver(new BareEduDriver());
-            ProbeResult probe = await registry.ProbeAsync().ConfigureAwait(false);
-            BareEdu device = probe.Registered.OfType<BareEdu>().FirstOrDefault(d => d.Name == context.DeviceAddress)
-                ?? throw new ScenarioFailedException("the bare edu driver did not register " + context.DeviceAddress);
-            try
-            {
-                await body(device).ConfigureAwait(false);
-            }
-            finally
-            {
-                using var timeout = new CancellationTokenSource(Timeout);
-                foreach (VfioDevice registered in probe.Registered)
-                {
-                    if (registered.State == VfioDeviceState.Registered)
-                    {
-                        await registry.UnregisterAsync(registered, timeout.Token).ConfigureAwait(false);
-                    }
-                    registered.Dispose();
-                }
-            }
-        }
-    }
+    private static Task WithDeviceAsync(ScenarioContext context, Func<BareEdu, Task> body) =>
+        ScenarioRegistry.WithRegisteredAsync<BareEdu>(context, new BareEduDriver(), context.DeviceAddress, (_, device) => body(device));
 
     private static Task WithOpenAsync(ScenarioContext context, Func<BareEdu, MmioRegion, Task> body) => WithDeviceAsync(context, async device =>
     {

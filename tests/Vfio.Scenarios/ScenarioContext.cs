@@ -27,6 +27,9 @@ internal sealed record ScenarioContext(VfioKernel Kernel, string DeviceAddress, 
     /// <summary>The group of <see cref="HotResetDevices"/>.</summary>
     public int? HotResetGroupId { get; init; }
 
+    /// <summary>A QEMU ivshmem-plain function bound to vfio-pci: its BAR2 is shared memory, for bulk copies.</summary>
+    public string? SharedMemoryDeviceAddress { get; init; }
+
     /// <summary>The functions behind the root port and their group; fails the scenario when the machine has none.</summary>
     public (string Function0, string Function1, int Group) HotResetPair =>
         HotResetDevices is [{ } first, { } second] && HotResetGroupId is { } group

@@ -25,6 +25,7 @@ export VFIO_VM_MODE="$vm_mode"
 echo "vfio-vm: kernel $(uname -r), mode $vm_mode"
 
 finish() {
+  echo "vfio-vm: powering off"
   sync
   poweroff -f
   sleep 5

@@ -79,6 +79,17 @@ for dev in /sys/bus/pci/devices/*; do
 done
 [ -n "$nvme_address" ] || fail "no NVMe controller (class 0x010802) alone in its IOMMU group"
 
+# QEMU's ivshmem-plain function (BAR2: shared memory) for the bulk copy scenarios.
+shm_address=""
+for dev in /sys/bus/pci/devices/*; do
+  if [ "$(cat "$dev/vendor")" = 0x1af4 ] && [ "$(cat "$dev/device")" = 0x1110 ]; then
+    shm_address="${dev##*/}"
+    break
+  fi
+done
+[ -n "$shm_address" ] || fail "no PCI device 0x1af4:0x1110 (ivshmem)"
+bind_vfio "$shm_address"
+
 # The vfio tool: bind the controller away from nvme, show it, give it back (cli-init.sh).
 dmesg -n 1
 . /lib/cli-init.sh
@@ -89,7 +100,7 @@ bind_vfio "$nvme_address"
 dmesg -n 1
 echo "vfio-vm: running Vfio.VmTests on $address (group $group), $shared_address (group $shared_group, not viable)"
 /bin/Vfio.VmTests --mode "$vm_mode" --device "$address" --group "$group" --not-viable-device "$shared_address" --not-viable-group "$shared_group" \
-  $reset_args --hot-reset-group "$reset_group"
+  $reset_args --hot-reset-group "$reset_group" --shared-memory-device "$shm_address"
 echo "vfio-vm: program exited with status $?"
 run_program sample --sample "$address"
 run_program "nvme sample" --nvme-sample "$nvme_address"

@@ -56,6 +56,7 @@ parse_options() {
   no_apt="${VFIO_VM_NO_APT:-0}"
   fresh="${VFIO_VM_FRESH:-0}"
   vm_timeout="${VFIO_VM_TIMEOUT:-600}"
+  poweroff_grace="${VFIO_VM_POWEROFF_GRACE:-60}"
   verbose="${VFIO_VM_VERBOSE:-0}"
   selected_kernels="${VFIO_VM_KERNELS:-}"
   selected_modes="${VFIO_VM_MODES:-}"
@@ -913,8 +914,28 @@ boot() {
     "$@" \
     -kernel "$image" -initrd "$initramfs" \
     -append "$append" \
-    </dev/null >"$console" 2>"$qemu_err"
+    </dev/null >"$console" 2>"$qemu_err" &
+  local qemu_pid=$! finished_at=""
+  # Once the guest says it powers off, everything it had to say is on the console: a guest
+  # kernel that then hangs in its shutdown is stopped after $poweroff_grace seconds instead of
+  # holding the run until $vm_timeout (boot_problem reports it apart from a hung test).
+  while kill -0 "$qemu_pid" 2>/dev/null; do
+    if [ -z "$finished_at" ] && grep -q 'vfio-vm: powering off' "$console" 2>/dev/null; then
+      finished_at=$SECONDS
+    fi
+    if [ -n "$finished_at" ] && [ $((SECONDS - finished_at)) -ge "$poweroff_grace" ]; then
+      pkill -TERM -P "$qemu_pid" 2>/dev/null || true
+      kill -TERM "$qemu_pid" 2>/dev/null || true
+      break
+    fi
+    sleep 1
+  done
+  wait "$qemu_pid"
   qemu_rc=$?
+  poweroff_stuck=0
+  if [ -n "$finished_at" ] && [ $((SECONDS - finished_at)) -ge "$poweroff_grace" ] && [ "$qemu_rc" -ne 0 ]; then
+    poweroff_stuck=1
+  fi
   set -e
   boot_seconds=$((SECONDS - boot_started))
   vm_seconds=$((${vm_seconds:-0} + boot_seconds))
@@ -936,7 +957,11 @@ boot() {
 boot_problem() {
   local setup_error
   problem=""
-  if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
+  if [ "${poweroff_stuck:-0}" = 1 ]; then
+    # Not a failure of what ran: the guest finished and said so; its kernel did not complete the
+    # power-off (seen once under heavy host load). Said loudly, counted as nothing.
+    echo "$suite: WARNING: the guest finished but its kernel did not power off within ${poweroff_grace}s; QEMU was stopped" >&2
+  elif [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
     if ! grep -q 'vfio-vm: init started' "$console.txt"; then
       problem="guest hung: the kernel did not reach /init within ${vm_timeout}s"
     elif grep -q 'vfio-vm: running ' "$console.txt" && ! grep -q 'vfio-vm: program exited' "$console.txt"; then

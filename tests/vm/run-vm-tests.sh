@@ -9,6 +9,8 @@
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
 # Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
 # host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
+# An ivshmem-plain function at 07.0 (BAR2: 1 MiB of shared memory) is bound to vfio-pci for the
+# bulk copy scenarios.
 # In mode noiommu it boots another machine: no IOMMU, vfio in unsafe no-IOMMU mode, the edu device
 # and an NVMe controller in no-IOMMU groups; the no-IOMMU scenarios, then the edu and NVMe samples.
 #
@@ -32,6 +34,9 @@
 #   --fresh       delete the suite's cache in the clone first (the kernels outside stay)
 #                 (env VFIO_VM_FRESH=1)
 #   --timeout S   limit for each VM run, boot to power-off (env VFIO_VM_TIMEOUT, default 600)
+#                 (a guest that printed "vfio-vm: powering off" and then hangs in its kernel's
+#                 shutdown is stopped after VFIO_VM_POWEROFF_GRACE seconds, default 60, with a
+#                 warning: its results are complete)
 #   --verbose     show the whole serial console (env VFIO_VM_VERBOSE=1)
 #
 # Kernels live outside the clone, shared by every clone on the machine, in
@@ -79,7 +84,7 @@ run_vm() {
     run_noiommu_vm
     return
   fi
-  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0; limit ${vm_timeout}s)..."
+  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0 + ivshmem at 07.0; limit ${vm_timeout}s)..."
   boot "$kernel_image" "$initrd" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check vfio_vm_mode=$1" \
     -device intel-iommu,caching-mode=on \
     -device edu,addr=03.0 \
@@ -90,7 +95,9 @@ run_vm() {
     -device edu,bus=rp1,addr=00.0,multifunction=on \
     -device edu,bus=rp1,addr=00.1 \
     -drive file="$nvme_vfio_disk",if=none,id=nvfio,format=raw \
-    -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0
+    -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0 \
+    -object memory-backend-ram,id=shm0,size=1M \
+    -device ivshmem-plain,memdev=shm0,addr=07.0
   read_results
   read_sample sample "edu sample"
   read_sample "nvme sample" "NVMe sample"

@@ -44,7 +44,7 @@ namespace Vfio;
 /// and retries it the next time.
 /// </para>
 /// </remarks>
-public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
+public sealed unsafe partial class MmioRegion : IDisposable, IDeviceResource
 {
     private const int Live = 0;
     private const int Suspended = 1;
@@ -592,11 +592,7 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         }
         Span<byte> bytes = stackalloc byte[8];
         bytes.Clear();
-        long n = VfioErrors.Check(_kernel.PRead(_fd!, bytes[..size], (long)(_fileOffset + offset)), "pread", ErrorTarget);
-        if (n != size)
-        {
-            throw new VfioException($"A {size}-byte read at 0x{offset:x} of region {Info.Index} of {_deviceName} returned {n} bytes.");
-        }
+        ReadFile(offset, bytes[..size]);
         return BinaryPrimitives.ReadUInt64LittleEndian(bytes);
     }
 
@@ -621,14 +617,30 @@ public sealed unsafe class MmioRegion : IDisposable, IDeviceResource
         }
         Span<byte> bytes = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(bytes, value);
+        WriteFile(offset, bytes[..size]);
+    }
+
+    /// <summary>One pread of <paramref name="destination"/>'s length at <paramref name="offset"/> of the region, through the device file.</summary>
+    private void ReadFile(ulong offset, Span<byte> destination)
+    {
+        long n = VfioErrors.Check(_kernel.PRead(_fd!, destination, (long)(_fileOffset + offset)), "pread", ErrorTarget);
+        if (n != destination.Length)
+        {
+            throw new VfioException($"A {destination.Length}-byte read at 0x{offset:x} of region {Info.Index} of {_deviceName} returned {n} bytes.");
+        }
+    }
+
+    /// <summary>One pwrite of <paramref name="source"/> at <paramref name="offset"/> of the region, through the device file.</summary>
+    private void WriteFile(ulong offset, ReadOnlySpan<byte> source)
+    {
         // A write through the file may be a config write that turns the device's memory off or on.
-        bool gated = _device?.GateRegionWrite(Info.Index, offset, bytes[..size]) ?? false;
+        bool gated = _device?.GateRegionWrite(Info.Index, offset, source) ?? false;
         try
         {
-            long n = VfioErrors.Check(_kernel.PWrite(_fd!, bytes[..size], (long)(_fileOffset + offset)), "pwrite", ErrorTarget);
-            if (n != size)
+            long n = VfioErrors.Check(_kernel.PWrite(_fd!, source, (long)(_fileOffset + offset)), "pwrite", ErrorTarget);
+            if (n != source.Length)
             {
-                throw new VfioException($"A {size}-byte write at 0x{offset:x} of region {Info.Index} of {_deviceName} wrote {n} bytes.");
+                throw new VfioException($"A {source.Length}-byte write at 0x{offset:x} of region {Info.Index} of {_deviceName} wrote {n} bytes.");
             }
         }
         finally

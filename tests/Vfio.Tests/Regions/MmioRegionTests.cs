@@ -578,18 +578,31 @@ public partial class MmioRegionTests : KernelTest
     }
 
     /// <summary>
-    /// Reads and writes every width all over the region until it is revoked (ObjectDisposedException,
-    /// the only exception allowed) or, when <paramref name="over"/> is given, until it says the round is
-    /// over; records any value that is neither one written nor all-ones.
+    /// Reads and writes every width, and copies unaligned ranges in and out, all over the region until
+    /// it is revoked (ObjectDisposedException, the only exception allowed) or, when <paramref name="over"/>
+    /// is given, until it says the round is over; records any value that is neither one written nor all-ones.
     /// </summary>
     private static void Hammer(MmioRegion region, int seed, List<string> failures, ref int allOnes, StrongBox<bool>? over)
     {
         var random = new Random(seed);
+        Span<byte> copy = stackalloc byte[21];
+        Span<byte> valid = stackalloc byte[21];
+        valid.Fill(0x5a);
         while (over is null || !Volatile.Read(ref over.Value))
         {
             ulong offset = (ulong)random.Next(0x10000 / 8) * 8;
             try
             {
+                ulong copyAt = Math.Min(offset, 0x10000 - 32) + 3;
+                region.Read(copyAt, copy);
+                region.Write(copyAt, valid);
+                if (copy.ContainsAnyExcept((byte)0x5a, (byte)0xff))
+                {
+                    lock (failures)
+                    {
+                        failures.Add($"0x{copyAt:x}: copied {Convert.ToHexString(copy)}");
+                    }
+                }
                 uint word = region.Read32(offset);
                 ulong wide = region.Read64(offset);
                 byte narrow = region.Read8(offset + 1);

@@ -12,7 +12,7 @@ namespace Vfio.VmTests;
 /// <summary>
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS
-/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--only NAME]...</c> (with <c>--noiommu</c> first: the
+/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...</c> (with <c>--noiommu</c> first: the
 /// no-IOMMU scenarios, on the machine of mode noiommu), and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
 /// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
 /// <c>Vfio.VmTests --migration-sample</c> to run the migration sample's mtty round trip, as
@@ -24,7 +24,7 @@ namespace Vfio.VmTests;
 internal static class Program
 {
     private const string Usage = "usage: Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
-        + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--only NAME]...\n"
+        + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...\n"
         + "       Vfio.VmTests --noiommu --mode noiommu --device ADDRESS --group N [--only NAME]...\n"
         + "       Vfio.VmTests --platform --mode noiommu --device NAME --group N [--only NAME]... | --platform-sample\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
@@ -104,6 +104,7 @@ internal static class Program
         int? notViableGroup = null;
         var hotResetDevices = new List<string>();
         int? hotResetGroup = null;
+        string? sharedMemoryDevice = null;
         var only = new List<string>();
         ScenarioMode? mode = ScenarioMode.Legacy;
         for (int i = 0; i < args.Length; i++)
@@ -128,6 +129,9 @@ internal static class Program
                     break;
                 case "--hot-reset-group":
                     hotResetGroup = int.Parse(value, CultureInfo.InvariantCulture);
+                    break;
+                case "--shared-memory-device":
+                    sharedMemoryDevice = value;
                     break;
                 case "--only":
                     only.Add(value);
@@ -154,6 +158,7 @@ internal static class Program
             NotViableGroupId = notViableGroup,
             HotResetDevices = hotResetDevices.Count > 0 ? hotResetDevices : null,
             HotResetGroupId = hotResetGroup,
+            SharedMemoryDeviceAddress = sharedMemoryDevice,
             Mode = mode.Value,
             KernelVersion = Environment.OSVersion.Version,
         };
