@@ -36,8 +36,12 @@ internal sealed class BindingStore(string directory)
         return path;
     }
 
-    /// <summary>The record of a function, or null when there is none.</summary>
-    /// <exception cref="IOException">The record is there but cannot be read.</exception>
+    /// <summary>
+    /// The record of a function, or null when there is none. A record is trusted only as far as it is
+    /// checked: it must be for this function, and its driver names must be driver names (they become
+    /// sysfs paths when the function is restored; the library checks them as PciBoundFunction is made).
+    /// </summary>
+    /// <exception cref="IOException">The record is there but cannot be read, or is not valid (the message says why).</exception>
     public BindingRecordJson? Read(PciAddress address)
     {
         string path = PathOf(address);
@@ -45,16 +49,37 @@ internal sealed class BindingStore(string directory)
         {
             return null;
         }
+        BindingRecordJson record;
         try
         {
-            return JsonSerializer.Deserialize(File.ReadAllText(path), CliJson.Default.BindingRecordJson)
+            record = JsonSerializer.Deserialize(File.ReadAllText(path), CliJson.Default.BindingRecordJson)
                 ?? throw new IOException($"The binding record {path} is empty.");
         }
         catch (JsonException e)
         {
-            throw new IOException($"The binding record {path} is not valid ({e.Message}); delete it, and restore the driver by hand.", e);
+            throw Invalid(path, e.Message, e);
         }
+        if (record.Address != address.ToString())
+        {
+            throw Invalid(path, $"it is for {record.Address}, not {address}", null);
+        }
+        try
+        {
+            _ = ToBoundFunction(record, address, record.Group);
+        }
+        catch (ArgumentException e)
+        {
+            throw Invalid(path, e.Message, e);
+        }
+        return record;
     }
+
+    /// <summary>What a record says of its function, as the library restores it.</summary>
+    public static PciBoundFunction ToBoundFunction(BindingRecordJson? record, PciAddress address, int groupId) =>
+        new(address, groupId, record?.OriginalDriver, record?.OriginalOverride);
+
+    private static IOException Invalid(string path, string why, Exception? inner) =>
+        new($"The binding record {path} is not valid ({why}); delete it, and restore the driver by hand.", inner);
 
     public void Delete(PciAddress address) => File.Delete(PathOf(address));
 }

@@ -171,8 +171,8 @@ public abstract class SimulatedBusDevice : SimulatedDevice
 /// <summary>A simulated PCI function, listed under <c>bus/pci/devices</c>.</summary>
 public sealed class SimulatedPciDevice : SimulatedBusDevice
 {
-    internal SimulatedPciDevice(SimulatedKernel kernel, string address, PciDeviceModel model, IommuGroupState group, string? nativeDriver)
-        : base(kernel, address, model, group, "devices/pci" + address[..7] + "/" + address, nativeDriver)
+    internal SimulatedPciDevice(SimulatedKernel kernel, string address, PciDeviceModel model, IommuGroupState group, string? nativeDriver, string sysfsPath)
+        : base(kernel, address, model, group, sysfsPath, nativeDriver)
     {
     }
 

@@ -101,7 +101,7 @@ public sealed partial class SimulatedKernel
             model.Seal();
             var group = GroupLocked(iommuGroup, groupKind);
             string? native = driver is null || IommuGroupState.DmaManagingDrivers.Contains(driver) ? null : driver;
-            var device = new SimulatedPciDevice(this, address, model, group, native);
+            var device = new SimulatedPciDevice(this, address, model, group, native, PciDeviceFolderLocked(address));
             AddDeviceLocked(device, PciBus);
             var dir = Sysfs.Directory(device.SysfsRelative);
             dir.Attribute("vendor", () => Hex(model.VendorId, 4));

@@ -47,6 +47,9 @@ internal static partial class Log
     [LoggerMessage(15, LogLevel.Debug, "Closed a container")]
     public static partial void ContainerClosed(ILogger logger);
 
+    [LoggerMessage(17, LogLevel.Debug, "Group {GroupId} does not fit an open container ({Errno}); trying the next, or a new one")]
+    public static partial void GroupIncompatible(ILogger logger, int groupId, string errno);
+
     [LoggerMessage(16, LogLevel.Warning, "Tearing down group {GroupId} failed")]
     public static partial void GroupTeardownFailed(ILogger logger, int groupId, Exception exception);
 
@@ -58,6 +61,12 @@ internal static partial class Log
 
     [LoggerMessage(22, LogLevel.Information, "Device {Device} in group {GroupId} is gone from vfio; removing it")]
     public static partial void Removed(ILogger logger, string device, int groupId);
+
+    [LoggerMessage(23, LogLevel.Warning, "Discovery left out {Device}: {Reason}")]
+    public static partial void DiscoveryFailed(ILogger logger, string device, string reason, Exception exception);
+
+    [LoggerMessage(24, LogLevel.Error, "Disposing the registry gave up after {ElapsedMs} ms; still held: {Holders}")]
+    public static partial void DisposeGaveUp(ILogger logger, long elapsedMs, string holders);
 
     [LoggerMessage(550, LogLevel.Information, "The kernel asks for {Device} in group {GroupId} back (REQ signal {Count}); asking its holders to release it")]
     public static partial void KernelRequestedRelease(ILogger logger, string device, int groupId, int count);
@@ -109,6 +118,9 @@ internal static partial class Log
 
     [LoggerMessage(653, LogLevel.Warning, "Unmapping DMA buffer 0x{Iova:x}+0x{Length:x} failed; the container unmaps it again when its last group leaves, and the kernel drops it with the IOMMU in any case")]
     public static partial void DmaUnmapFailed(ILogger logger, ulong iova, ulong length, Exception exception);
+
+    [LoggerMessage(655, LogLevel.Error, "munmap of the memory of DMA buffer 0x{Iova:x}+0x{Length:x} of {Device} failed ({Errno}); it stays mapped in this process (the device no longer reaches it) until the buffer's next Dispose retries it")]
+    public static partial void DmaMemoryUnmapFailed(ILogger logger, ulong iova, ulong length, string device, string errno);
 
     [LoggerMessage(654, LogLevel.Information, "No free 2 MiB hugepages for a DMA buffer of {Device}; using 4 KiB pages instead")]
     public static partial void HugePagesFallback(ILogger logger, string device);

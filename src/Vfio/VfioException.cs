@@ -39,15 +39,18 @@ public class VfioException : IOException
         RegionIndex = target.RegionIndex;
     }
 
-    internal VfioException(string message, string operation, int errno, ErrorTarget target)
-        : base(message)
+    internal VfioException(string message, string operation, int errno, ErrorTarget target, Exception? innerException = null)
+        : base(message, innerException)
     {
         Operation = operation;
         Errno = errno;
         GroupId = target.GroupId;
         Device = target.Device;
         RegionIndex = target.RegionIndex;
-        HResult = errno;
+        if (errno != 0)
+        {
+            HResult = errno;
+        }
     }
 
     /// <summary>What was being done ("VFIO_GROUP_GET_DEVICE_FD", "open /dev/vfio/7").</summary>

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using System.Text.Json;
 using Vfio.Testing;
 
@@ -89,6 +90,26 @@ public sealed class BindCommandsTests : CliTest
         device.GetProperty("recorded").GetBoolean().Should().BeTrue();
         device.GetProperty("originalDriver").GetString().Should().Be("nvme");
         device.GetProperty("error").ValueKind.Should().Be(JsonValueKind.Null);
+    }
+
+    [Theory]
+    [InlineData("originalDriver", "../../../module/vfio/parameters")]
+    [InlineData("originalOverride", "nvme/../../..")]
+    [InlineData("address", "0000:00:07.0")]
+    public async Task ARecordWhoseNamesAreNotNamesIsRefusedAndNothingIsWritten(string field, string value)
+    {
+        (await Run("bind", "0000:00:06.0")).ExitCode.Should().Be(0);
+        var record = JsonNode.Parse(File.ReadAllText(RecordPath))!;
+        record[field] = value;
+        File.WriteAllText(RecordPath, record.ToJsonString());
+
+        var result = await Run("unbind", "--restore", "0000:00:06.0", "--json");
+
+        result.ExitCode.Should().NotBe(0);
+        var device = result.Json.GetProperty("devices")[0];
+        device.GetProperty("error").GetString().Should().Contain(RecordPath).And.Contain(value);
+        _nvme.Driver.Should().Be("vfio-pci", "nothing was unbound for a record that cannot be trusted");
+        File.Exists(RecordPath).Should().BeTrue("the record stays for the administrator to look at");
     }
 
     [Fact]

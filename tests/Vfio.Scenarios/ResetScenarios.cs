@@ -25,6 +25,7 @@ internal static class ResetScenarios
         new("hot_reset_kernel_wants_the_affected_group", KernelWantsTheAffectedGroup),
         new("hot_reset_refused_for_an_unbound_function", RefusedForAnUnboundFunction),
         new("hot_reset_resets_the_slot", ResetsTheSlot),
+        new("device_sets_are_the_kernels_reset_domains", DeviceSetsAreTheKernelsResetDomains),
     ];
 
     public static Task RootBusEnodev(ScenarioContext context) => EduScenarios.WithEduAsync(context, context.DeviceAddress, (_, device) =>
@@ -163,6 +164,61 @@ internal static class ResetScenarios
                 Check.True(sibling.CheckLiveness(0x0badf00d) && device.CheckLiveness(0x600d), "liveness check after the reset through the sibling");
                 Check.Equal(720u, await sibling.ComputeFactorialAsync(6, timeout.Token).ConfigureAwait(false), "6! by MSI on the sibling after the reset");
             }
+        });
+    }
+
+    /// <summary>
+    /// The library's device sets are vfio-pci's (vfio_pci_core_register_device): a function on the root
+    /// bus is alone, even beside another function of its slot, and the kernel can reset no slot or bus
+    /// for it (ENODEV); the two functions behind the root port share one set, and it holds exactly the
+    /// functions the kernel's hot reset of either reaches.
+    /// </summary>
+    public static Task DeviceSetsAreTheKernelsResetDomains(ScenarioContext context)
+    {
+        var (function0, function1, _) = context.HotResetPair;
+        var sysfs = new SysfsReader(context.Kernel);
+        foreach (string slot in sysfs.List("bus/pci/slots"))
+        {
+            context.Note($"slot {slot}: address {sysfs.ReadText("bus/pci/slots/" + slot + "/address")}, module {sysfs.ReadLinkName("bus/pci/slots/" + slot + "/module") ?? "none"}");
+        }
+        return EduScenarios.WithEduAsync(context, context.DeviceAddress, (registry, root) =>
+        {
+            Check.Equal("device:" + context.DeviceAddress, root.Set.Id, "the set of the function on the root bus");
+            using (DeviceReference open = root.Open())
+            {
+                try
+                {
+                    root.GetHotResetDependencies();
+                    throw new ScenarioFailedException("the kernel named a hot reset scope for a function on the root bus");
+                }
+                catch (VfioNotSupportedException e)
+                {
+                    Check.Equal(Errno.ENODEV, e.Errno, "errno of the hot reset info on the root bus");
+                }
+            }
+            if (context.NotViableDeviceAddress is { } shared)
+            {
+                // Function 0 of a root-bus slot whose function 1 is the NVMe controller: one slot, two sets.
+                var address = PciAddress.Parse(shared);
+                var sibling = address with { Function = 1 };
+                string first = registry.FindPci(address).SetId;
+                string second = registry.FindPci(sibling).SetId;
+                context.Note($"sets of {address} and {sibling}: {first}, {second}");
+                Check.Equal("device:" + address, first, "the set of " + address);
+                Check.Equal("device:" + sibling, second, "the set of " + sibling);
+            }
+            EduDevice? device = null, other = null;
+            Check.True(registry.TryFind(function0, out device) && registry.TryFind(function1, out other),
+                function0 + " and " + function1 + " are not both registered");
+            Check.True(ReferenceEquals(device!.Set, other!.Set), $"{function0} ({device.Set.Id}) and {function1} ({other.Set.Id}) are in different sets");
+            context.Note($"set of {function0} and {function1}: {device.Set.Id}");
+            using (DeviceReference open = device.Open())
+            {
+                string scope = string.Join(",", device.GetHotResetDependencies().Select(d => d.Address.ToString()).Order(StringComparer.Ordinal));
+                string members = string.Join(",", registry.Devices.Where(d => ReferenceEquals(d.Set, device.Set)).Select(d => d.Name).Order(StringComparer.Ordinal));
+                Check.Equal(scope, members, "the set's members (the kernel's hot reset scope)");
+            }
+            return Task.CompletedTask;
         });
     }
 

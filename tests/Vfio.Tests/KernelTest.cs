@@ -33,11 +33,13 @@ public abstract class KernelTest : IAsyncLifetime
 
     /// <summary>Another registry on the same kernel (as a second process would have), disposed after the test.</summary>
     /// <param name="releaseRequestInterval">How often unregistering asks for release; 50 ms when null.</param>
-    protected VfioRegistry NewRegistry(TimeSpan? releaseRequestInterval = null)
+    /// <param name="disposeTimeout">How long disposing waits for holders; the default when null.</param>
+    protected VfioRegistry NewRegistry(TimeSpan? releaseRequestInterval = null, TimeSpan? disposeTimeout = null)
     {
         var registry = new VfioRegistry(Kernel, Logs, new VfioRegistryOptions
         {
             ReleaseRequestInterval = releaseRequestInterval ?? TimeSpan.FromMilliseconds(50),
+            DisposeTimeout = disposeTimeout ?? new VfioRegistryOptions().DisposeTimeout,
         });
         _registries.Add(registry);
         return registry;

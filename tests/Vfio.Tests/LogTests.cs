@@ -30,7 +30,7 @@ public class LogTests : KernelTest
             entry["GroupId"].Should().Be(5);
         }
         Logs.Named("Probed").Single()["Driver"].Should().Be("edu");
-        Logs.Named("Registered").Single()["DeviceSet"].Should().Be("pci-slot:0000:00:03");
+        Logs.Named("Registered").Single()["DeviceSet"].Should().Be("device:0000:00:03.0");
     }
 
     [Fact]

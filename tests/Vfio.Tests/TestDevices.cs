@@ -82,5 +82,5 @@ internal static class TestContexts
     /// <summary>A PCI function's context as the registry would discover it, without reading sysfs.</summary>
     public static PciDeviceContext Pci(VfioRegistry registry, string address = "0000:00:03.0", int group = 5,
         ushort vendor = 0x1234, ushort device = 0x11e8, uint classCode = 0x00ff00) =>
-        new(registry, PciAddress.Parse(address), group, IommuGroupKind.Iommu, "vfio-pci", vendor, device, classCode, 0x1af4, 0x1100);
+        new(registry, PciAddress.Parse(address), group, IommuGroupKind.Iommu, "vfio-pci", vendor, device, classCode, 0x1af4, 0x1100, "pci-slot:" + PciAddress.Parse(address).SlotName);
 }

@@ -778,10 +778,18 @@ publish() {
     --artifacts-path "$shared_cache/artifacts" -o "$out" "$@" >"$log" 2>&1
 }
 
+# aot_toolchain_key: what a NativeAOT publish depends on besides the sources: the SDK and the
+# package feeds it restores the ILCompiler packs from. A failed NativeAOT publish is remembered
+# under this key only, so a new SDK or feed tries NativeAOT again.
+aot_toolchain_key() {
+  { dotnet --version; dotnet nuget list source --format short 2>/dev/null || true; env | grep -E '^NUGET_' | LC_ALL=C sort || true; } |
+    sha256sum | cut -c1-16
+}
+
 # publish_program REUSE: publishes the program into $program_dir unless it is there for the
 # current sources (or, with REUSE=1, there at all).
 publish_program() {
-  local reuse="$1" need=1 hash mode="" reason sdk
+  local reuse="$1" need=1 hash mode="" reason marker
   mkdir -p "$shared_cache"
   if [ -x "$program_dir/$program_name" ] && [ -f "$program_dir/inputs" ]; then
     if [ "$reuse" = 1 ] || [ "$(cat "$program_dir/inputs")" = "$(inputs_hash)" ]; then
@@ -790,15 +798,18 @@ publish_program() {
   fi
   if [ "$need" = 1 ]; then
     hash="$(inputs_hash)"
-    sdk="$(dotnet --version)"
-    if [ ! -f "$shared_cache/aot-unavailable-$sdk" ]; then
+    rm -f "$shared_cache"/aot-unavailable-* # markers keyed on the SDK version alone (older scripts)
+    marker="$shared_cache/aot-failed-$(aot_toolchain_key)"
+    if [ -f "$marker" ]; then
+      say "NativeAOT publish skipped: it failed with this SDK ($(dotnet --version)) and these feeds: $(cat "$marker"); delete $marker to retry"
+    else
       say "publishing the test program (NativeAOT)..."
       if publish "$program_dir" "$shared_cache/publish-aot.log" -p:VmTestsAot=true; then
         mode=aot
       else
         reason="$(grep -m1 -oE 'error [A-Z]*[0-9]*:.*|error :.*' "$shared_cache/publish-aot.log" || true)"
         say "NativeAOT publish failed (${reason:-see $shared_cache/publish-aot.log}); using self-contained single-file"
-        touch "$shared_cache/aot-unavailable-$sdk"
+        echo "${reason:-see $shared_cache/publish-aot.log}" >"$marker"
       fi
     fi
     if [ -z "$mode" ]; then
@@ -812,7 +823,7 @@ publish_program() {
     echo "$hash" >"$program_dir/inputs"
   fi
   [ -x "$program_dir/$program_name" ] || die "the published program $program_dir/$program_name is missing"
-  say "program: $(cat "$program_dir/mode" 2>/dev/null || echo unknown) build, $(du -h "$program_dir/$program_name" | cut -f1)"
+  say "program: $(cat "$program_dir/mode" 2>/dev/null || echo unknown) publish$([ "$need" = 0 ] && echo ", reused for these sources"), $(du -h "$program_dir/$program_name" | cut -f1)"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -102,13 +102,14 @@ internal static class BindCommands
             var results = new List<UnboundJson>();
             foreach (var function in targets)
             {
-                var record = restoring ? cli.Store.Read(function.Address) : null;
+                BindingRecordJson? record = null;
                 try
                 {
+                    record = restoring ? cli.Store.Read(function.Address) : null;
                     IReadOnlyList<PciFunction> after;
                     if (restoring)
                     {
-                        var bound = new PciBoundFunction(function.Address, function.IommuGroup ?? -1, record?.OriginalDriver, record?.OriginalOverride);
+                        var bound = BindingStore.ToBoundFunction(record, function.Address, function.IommuGroup ?? -1);
                         after = await PciBinding.RestoreAsync(cli.Kernel, [bound], options, cli.Progress, cancellationToken).ConfigureAwait(false);
                         if (record is not null)
                         {
@@ -121,7 +122,7 @@ internal static class BindCommands
                     }
                     results.Add(new UnboundJson(function.Address.ToString(), after[0].Driver, restoring, record?.OriginalDriver, record is not null, null));
                 }
-                catch (VfioException e)
+                catch (Exception e) when (e is VfioException or IOException)
                 {
                     results.Add(new UnboundJson(function.Address.ToString(), PciFunction.Read(cli.Kernel, function.Address).Driver, false, record?.OriginalDriver, record is not null, e.Message));
                 }

@@ -72,7 +72,7 @@ internal static class MdevCommands
         {
             return type.ReadAvailableInstances();
         }
-        catch (Exception e) when (e is VfioException or FormatException)
+        catch (VfioException)
         {
             return null;
         }

@@ -9,24 +9,35 @@ namespace Vfio.Testing;
 /// <c>vfio_pci_ioctl_pci_hot_reset</c>): for a device opened through its group as Linux 6.1 does it
 /// (group ids, ownership proved by group fds), for one bound to an iommufd through its cdev as 6.6 and
 /// later do (devids, ownership through the iommufd, an empty fd array). A function on a bus behind a
-/// bridge (<see cref="AddPciBridge"/>) is reset with its whole bus; a function on a bus without a
-/// parent bridge (the root bus) cannot be hot reset: ENODEV, as on real hardware.
+/// bridge (<see cref="AddPciBridge"/>) is reset with its whole bus, or with its slot when the bridge's
+/// slot is a hotplug slot that can be reset; a function on a bus without a parent bridge (the root bus)
+/// cannot be hot reset: ENODEV, as on real hardware. vfio-pci's device sets follow the same lines
+/// (<c>vfio_pci_core_register_device</c>): the slot's, else the bus's, and a root bus function alone.
 /// </summary>
 public sealed partial class SimulatedKernel
 {
     private const int HotResetHeaderSize = 12; // offsetofend(struct vfio_pci_hot_reset_info, count)
-    private readonly Dictionary<(int Domain, int Bus), string> _bridges = [];
+    private readonly Dictionary<(int Domain, int Bus), Bridge> _bridges = [];
+
+    /// <summary>A bridge above a bus: its address, and whether slot 0 of the bus is a hotplug slot that can be reset.</summary>
+    private readonly record struct Bridge(string Address, bool HotplugSlot);
 
     /// <summary>
     /// Puts PCI bus <paramref name="secondaryBus"/> behind a bridge (a PCIe root port or a switch
     /// port) at <paramref name="bridgeAddress"/>: every function on that bus then shares one reset
     /// scope, and a hot reset of any of them resets them all. The bridge itself is not a device of
     /// the simulated machine, and bridges do not nest (a root port on a bus without a bridge).
-    /// Functions on a bus with no bridge cannot be hot reset.
+    /// Functions on a bus with no bridge cannot be hot reset. Add the bridge before the functions
+    /// behind it: their sysfs folders sit in the bridge's (<c>devices/pci0000:00/0000:00:1c.0/0000:01:00.0</c>).
     /// </summary>
     /// <param name="bridgeAddress">The bridge's address, "dddd:bb:dd.f" in lower-case hex; its domain is the bus's domain.</param>
     /// <param name="secondaryBus">The bus number below the bridge (1 to 255).</param>
-    public void AddPciBridge(string bridgeAddress, int secondaryBus)
+    /// <param name="hotplugSlot">
+    /// True when slot 0 of the bus is a PCIe hotplug slot that pciehp drives (<c>/sys/bus/pci/slots/N</c>
+    /// with a <c>module</c> link to pciehp): a slot that can be reset, so its functions form a reset scope
+    /// and a device set of their own, apart from the bus's other slots.
+    /// </param>
+    public void AddPciBridge(string bridgeAddress, int secondaryBus, bool hotplugSlot = false)
     {
         ArgumentNullException.ThrowIfNull(bridgeAddress);
         ArgumentOutOfRangeException.ThrowIfLessThan(secondaryBus, 1);
@@ -44,29 +55,69 @@ public sealed partial class SimulatedKernel
         {
             // Root ports only: a bridge below another would put its bus, and the bridge itself,
             // into the upper bus's reset scope, which is not modelled.
-            if (_bridges.ContainsKey((domain, bus)))
+            if (_bridges.TryGetValue((domain, bus), out var above))
             {
-                throw new InvalidOperationException($"Bridges sit on a bus without a parent bridge (a root port); bus {bus:x2} is behind {_bridges[(domain, bus)]}.");
+                throw new InvalidOperationException($"Bridges sit on a bus without a parent bridge (a root port); bus {bus:x2} is behind {above.Address}.");
             }
-            if (!_bridges.TryAdd((domain, secondaryBus), bridgeAddress))
+            if (_bridges.TryGetValue((domain, secondaryBus), out var existing))
             {
-                throw new InvalidOperationException($"Bus {secondaryBus:x2} already has a bridge ({_bridges[(domain, secondaryBus)]}).");
+                throw new InvalidOperationException($"Bus {secondaryBus:x2} already has a bridge ({existing.Address}).");
+            }
+            if (_devices.Values.OfType<SimulatedPciDevice>().FirstOrDefault(d => PciLocation(d.Name) is var (dd, db, _) && dd == domain && db == secondaryBus) is { } early)
+            {
+                throw new InvalidOperationException($"Add the bridge before the functions behind it: {early.Name} is on bus {secondaryBus:x2} already.");
+            }
+            _bridges.Add((domain, secondaryBus), new Bridge(bridgeAddress, hotplugSlot));
+            if (hotplugSlot)
+            {
+                // pciehp names the slot by its physical slot number; the bus number stands in for it.
+                var slot = Sysfs.Directory("bus/pci/slots/" + Decimal(secondaryBus));
+                string slotAddress = bridgeAddress[..5] + secondaryBus.ToString("x2", CultureInfo.InvariantCulture) + ":00";
+                slot.Attribute("address", () => slotAddress + "\n");
+                Sysfs.Directory("module/pciehp");
+                slot.Link("module", "module/pciehp");
             }
         }
     }
 
-    /// <summary>The functions a hot reset of <paramref name="device"/> reaches, by address; null when none is possible. The lock is held.</summary>
+    /// <summary>The sysfs folder of a PCI function: under its host bridge, and under its bridge when its bus has one. The lock is held.</summary>
+    private string PciDeviceFolderLocked(string address)
+    {
+        AssertLocked();
+        var (domain, bus, _) = PciLocation(address);
+        return _bridges.TryGetValue((domain, bus), out var bridge)
+            ? "devices/pci" + bridge.Address[..7] + "/" + bridge.Address + "/" + address
+            : "devices/pci" + address[..7] + "/" + address;
+    }
+
+    /// <summary>
+    /// The functions a hot reset of <paramref name="device"/> reaches, in address order: its slot's when
+    /// the slot can be reset, else its bus's; null when none is possible (the root bus). The lock is held.
+    /// </summary>
     internal List<SimulatedPciDevice>? ResetScopeLocked(SimulatedPciDevice device)
     {
         AssertLocked();
-        var (domain, bus, _) = PciLocation(device.Name);
-        if (!_bridges.ContainsKey((domain, bus)))
+        var (domain, bus, devfn) = PciLocation(device.Name);
+        if (!_bridges.TryGetValue((domain, bus), out var bridge))
         {
             return null;
         }
+        bool slotOnly = bridge.HotplugSlot && devfn >> 3 == 0;
         return [.. _devices.Values.OfType<SimulatedPciDevice>()
-            .Where(d => PciLocation(d.Name) is var (dd, db, _) && dd == domain && db == bus)
+            .Where(d => PciLocation(d.Name) is var (dd, db, df) && dd == domain && db == bus && (!slotOnly || df >> 3 == 0))
             .OrderBy(d => d.Name, StringComparer.Ordinal)];
+    }
+
+    /// <summary>The device set vfio-pci puts a function in: its slot's, its bus's, or its own on the root bus. The lock is held.</summary>
+    private string DeviceSetLocked(SimulatedPciDevice device)
+    {
+        AssertLocked();
+        var (domain, bus, devfn) = PciLocation(device.Name);
+        if (!_bridges.TryGetValue((domain, bus), out var bridge))
+        {
+            return device.Name;
+        }
+        return bridge.HotplugSlot && devfn >> 3 == 0 ? device.Name[..10] : device.Name[..7];
     }
 
     /// <summary>VFIO_DEVICE_GET_PCI_HOT_RESET_INFO; the lock is held.</summary>
@@ -165,9 +216,10 @@ public sealed partial class SimulatedKernel
             }
             owned = d => groups.Contains(d.Group);
         }
-        // vfio_pci_dev_set_hot_reset: every function of the scope must be in the device set (bound to
-        // vfio-pci), and each of them owned by the caller.
-        if (scope.Any(d => !d.IsVfioBound) || !scope.All(owned))
+        // vfio_pci_dev_set_hot_reset: every function of the scope must be in the device's set (bound to
+        // vfio-pci, in the same slot or bus set), and each of them owned by the caller.
+        string set = DeviceSetLocked(device);
+        if (scope.Any(d => !d.IsVfioBound || DeviceSetLocked(d) != set) || !scope.All(owned))
         {
             return -Errno.EINVAL;
         }

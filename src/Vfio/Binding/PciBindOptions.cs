@@ -45,7 +45,19 @@ public sealed record PciBindOptions
 /// <param name="OriginalDriver">The driver it was bound to before ("nvme"), or null when it had none.</param>
 /// <param name="OriginalOverride">Its driver_override before, or null when unset.</param>
 /// <param name="Changed">False when it was already bound to a vfio driver and nothing was done to it.</param>
-public sealed record PciBoundFunction(PciAddress Address, int GroupId, string? OriginalDriver, string? OriginalOverride, bool Changed = true);
+/// <remarks>
+/// The driver names become part of sysfs paths when the function is restored, so they are checked when
+/// the record is made (from a binding record a file kept, say): a name that is not a driver name (one
+/// path component, no '/', not '.' or '..') is refused with an <see cref="ArgumentException"/>.
+/// </remarks>
+public sealed record PciBoundFunction(PciAddress Address, int GroupId, string? OriginalDriver, string? OriginalOverride, bool Changed = true)
+{
+    /// <summary>The driver it was bound to before ("nvme"), or null when it had none.</summary>
+    public string? OriginalDriver { get; init; } = OriginalDriver is null ? null : KernelNames.Check(KernelNameKind.Driver, OriginalDriver);
+
+    /// <summary>Its driver_override before, or null when unset.</summary>
+    public string? OriginalOverride { get; init; } = OriginalOverride is null ? null : KernelNames.Check(KernelNameKind.Driver, OriginalOverride);
+}
 
 /// <summary>A wait that is taking long: what is awaited and for how long so far.</summary>
 /// <param name="What">What is awaited ("/dev/vfio/7 to appear", "the process holding group 7 to release 0000:00:06.0").</param>

@@ -186,7 +186,10 @@ public sealed class PciBinding : IAsyncDisposable
         private readonly SysfsReader _sysfs = new(kernel);
         private readonly ILogger _logger = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<PciBinding>();
 
-        private static string Dir(PciAddress address) => "bus/pci/devices/" + address;
+        private static string Dir(PciAddress address) => SysfsDiscovery.PciDir(address);
+
+        // A driver's folder: the driver's name (read from a link, or kept in a record) is checked first.
+        private static string DriverDir(string driver) => KernelNames.Join("bus/pci/drivers", KernelNameKind.Driver, driver);
 
         public int GroupOf(PciAddress address) => SysfsDiscovery.TryReadGroup(_sysfs, Dir(address)).Id ?? -1;
 
@@ -199,10 +202,10 @@ public sealed class PciBinding : IAsyncDisposable
                 throw new ArgumentException("No PCI function to bind.", nameof(addresses));
             }
             var targets = addresses.Select(a => PciFunction.Read(kernel, a)).ToList();
-            if (!_sysfs.Exists("bus/pci/drivers/" + VfioPci))
+            if (!_sysfs.Exists(DriverDir(VfioPci)))
             {
                 throw new VfioNotFoundException(
-                    $"Cannot bind {Names(targets)}: vfio-pci is not loaded (no {kernel.Sys("bus/pci/drivers/" + VfioPci)}). Load it with `modprobe vfio-pci` (`vfio doctor` checks the rest).");
+                    $"Cannot bind {Names(targets)}: vfio-pci is not loaded (no {kernel.Sys(DriverDir(VfioPci))}). Load it with `modprobe vfio-pci` (`vfio doctor` checks the rest).");
             }
             bool noIommu = _sysfs.ReadText("module/vfio/parameters/enable_unsafe_noiommu_mode") is "Y" or "1";
             var steps = new List<Step>();
@@ -231,10 +234,10 @@ public sealed class PciBinding : IAsyncDisposable
             foreach (var step in steps.Where(s => s.Changed && s.Before.Driver is not null))
             {
                 string driver = step.Before.Driver!;
-                if (!_sysfs.Exists("bus/pci/drivers/" + driver + "/unbind"))
+                if (!_sysfs.Exists(DriverDir(driver) + "/unbind"))
                 {
                     throw new VfioBusyException(
-                        $"Cannot bind {step.Address}: the kernel will not release it from {driver}, which has no unbind file ({kernel.Sys("bus/pci/drivers/" + driver)}: a driver built with suppress_bind_attrs). Nothing was changed.");
+                        $"Cannot bind {step.Address}: the kernel will not release it from {driver}, which has no unbind file ({kernel.Sys(DriverDir(driver))}: a driver built with suppress_bind_attrs). Nothing was changed.");
                 }
             }
             return steps;
@@ -304,7 +307,7 @@ public sealed class PciBinding : IAsyncDisposable
             step.OverrideWritten = true;
             if (step.Before.Driver is { } driver)
             {
-                _sysfs.WriteText("bus/pci/drivers/" + driver + "/unbind", address.ToString(), target);
+                _sysfs.WriteText(DriverDir(driver) + "/unbind", address.ToString(), target);
                 step.Unbound = true;
                 if (_sysfs.ReadLinkName(Dir(address) + "/driver") is { } still)
                 {
@@ -334,7 +337,7 @@ public sealed class PciBinding : IAsyncDisposable
                     var target = new ErrorTarget(Device: address);
                     if ((step.Probed || step.Unbound) && _sysfs.ReadLinkName(Dir(step.Address) + "/driver") == VfioPci)
                     {
-                        _sysfs.WriteText("bus/pci/drivers/" + VfioPci + "/unbind", address, target);
+                        _sysfs.WriteText(DriverDir(VfioPci) + "/unbind", address, target);
                     }
                     if (step.OverrideWritten)
                     {
@@ -359,11 +362,11 @@ public sealed class PciBinding : IAsyncDisposable
         {
             var target = new ErrorTarget(Device: address.ToString());
             VfioException? failed = null;
-            if (_sysfs.Exists("bus/pci/drivers/" + driver + "/bind"))
+            if (_sysfs.Exists(DriverDir(driver) + "/bind"))
             {
                 try
                 {
-                    _sysfs.WriteText("bus/pci/drivers/" + driver + "/bind", address.ToString(), target);
+                    _sysfs.WriteText(DriverDir(driver) + "/bind", address.ToString(), target);
                 }
                 catch (VfioException e)
                 {
@@ -427,17 +430,8 @@ public sealed class PciBinding : IAsyncDisposable
         }
 
         /// <summary>The device's cdev (<c>/dev/vfio/devices/vfioN</c>) when the kernel gives it one, else null.</summary>
-        private string? CdevOf(PciAddress address)
-        {
-            foreach (string name in _sysfs.List(Dir(address) + "/vfio-dev"))
-            {
-                if (_sysfs.Exists(Dir(address) + "/vfio-dev/" + name + "/dev"))
-                {
-                    return kernel.Dev("vfio/devices/" + name);
-                }
-            }
-            return null;
-        }
+        private string? CdevOf(PciAddress address) =>
+            SysfsDiscovery.CdevOf(_sysfs, Dir(address)) is { } name ? kernel.Dev(KernelNames.Join("vfio/devices", KernelNameKind.Cdev, name)) : null;
 
         private bool Exists(string path) => kernel.Stat(path, out _) == 0;
 
@@ -535,7 +529,7 @@ public sealed class PciBinding : IAsyncDisposable
                     throw busy;
                 }
                 string why = bindError is not null ? bindError.Message.TrimEnd('.')
-                    : !_sysfs.Exists("bus/pci/drivers/" + original) ? $"{original} is not loaded (modprobe it)"
+                    : !_sysfs.Exists(DriverDir(original)) ? $"{original} is not loaded (modprobe it)"
                     : "the probe did not bind it (dmesg says why)";
                 throw new VfioException($"Could not give {address} back to {original}: it is bound to {now ?? "no driver"}; {why}.");
             }
@@ -586,7 +580,7 @@ public sealed class PciBinding : IAsyncDisposable
                 throw new VfioBusyException(
                     $"{address} is in use: {holder}. The kernel would block the unbind until that process closes the device. Stop its driver first, or unbind with --wait (PciBindOptions.WaitForRelease) to have the kernel ask it for the device.");
             }
-            string file = "bus/pci/drivers/" + function.Driver + "/unbind";
+            string file = DriverDir(function.Driver!) + "/unbind";
             var write = Task.Factory.StartNew(() => _sysfs.WriteText(file, address, new ErrorTarget(Device: address)),
                 CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             var started = Stopwatch.GetTimestamp();

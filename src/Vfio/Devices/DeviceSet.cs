@@ -1,9 +1,12 @@
 namespace Vfio;
 
 /// <summary>
-/// Devices that share a reset domain (the functions of one PCI slot, or a device alone) share one
-/// set: one lock and one open count. First-open and last-close hooks run under the set's lock, so a
-/// set-wide decision such as a hot reset sees a stable picture.
+/// Devices that share a reset domain share one set: one lock and one open count. First-open and
+/// last-close hooks run under the set's lock, so a set-wide decision such as a hot reset sees a stable
+/// picture. PCI functions form sets as vfio-pci does (<c>vfio_pci_core_register_device</c>): a function
+/// on a root bus, or a virtual function, is alone; one whose slot can be reset (a hotplug slot whose
+/// driver resets it, such as pciehp) shares the slot's set; any other shares its bus's set. Platform
+/// and mediated devices are each alone.
 /// </summary>
 /// <remarks>The kernel's <c>vfio_device_set</c>, keyed by its <c>set_id</c>.</remarks>
 public sealed class DeviceSet
@@ -18,7 +21,10 @@ public sealed class DeviceSet
         Id = id;
     }
 
-    /// <summary>The set's key: <c>pci-slot:0000:00:03</c> for PCI functions, the device's own name otherwise.</summary>
+    /// <summary>
+    /// The set's key: <c>pci-slot:0000:01:00</c> for the functions of a slot that can be reset,
+    /// <c>pci-bus:0000:01</c> for those of a bus, <c>device:</c> and the device's name for a device alone.
+    /// </summary>
     public string Id { get; }
 
     /// <summary>How many devices of the set are open, counting each device once per open.</summary>

@@ -93,13 +93,14 @@ public abstract partial class PciVfioDevice
     public void HotReset()
     {
         var dependencies = GetHotResetDependencies();
+        // The sets of the affected functions this registry has devices for (a function's set is the
+        // kernel's: its slot's, its bus's, or its own; see SysfsDiscovery.PciSetId).
         var sets = new SortedDictionary<string, DeviceSet>(StringComparer.Ordinal) { [Set.Id] = Set };
         foreach (var dependency in dependencies)
         {
-            string id = SetIdOf(dependency.Address);
-            if (!sets.ContainsKey(id) && Registry.DeviceSets.TryFind(id, out var set))
+            if (Registry.TryFind<VfioDevice>(dependency.Address.ToString(), out var affected))
             {
-                sets.Add(id, set);
+                sets.TryAdd(affected.Set.Id, affected.Set);
             }
         }
         var locked = new List<DeviceSet>(sets.Count);
@@ -120,9 +121,6 @@ public abstract partial class PciVfioDevice
             }
         }
     }
-
-    /// <summary>The device set key of a PCI function (its slot), as <see cref="PciDeviceContext"/> assigns it.</summary>
-    internal static string SetIdOf(PciAddress address) => "pci-slot:" + address.SlotName;
 
     private unsafe void HotResetLocked(IReadOnlyList<PciHotResetDependency> dependencies)
     {
@@ -149,7 +147,7 @@ public abstract partial class PciVfioDevice
             {
                 string? why = missingGroups.Contains(dependency.GroupId)
                     ? $"group {dependency.GroupId} is not open in this registry"
-                    : Registry.Sysfs.ReadLinkName("bus/pci/devices/" + dependency.Address + "/driver") switch
+                    : Registry.Sysfs.ReadLinkName(SysfsDiscovery.PciDir(dependency.Address) + "/driver", ErrorTarget) switch
                     {
                         null => "it is bound to no driver",
                         string d when !SysfsDiscovery.IsVfioDriver(d) => "it is bound to " + d,

@@ -7,8 +7,8 @@ namespace Vfio;
 public sealed class PciDeviceContext : VfioDeviceContext
 {
     internal PciDeviceContext(VfioRegistry registry, PciAddress address, int groupId, IommuGroupKind groupKind, string? kernelDriver,
-        ushort vendorId, ushort deviceId, uint classCode, ushort subsystemVendorId, ushort subsystemId)
-        : base(registry, address.ToString(), groupId, groupKind, PciVfioDevice.SetIdOf(address), kernelDriver)
+        ushort vendorId, ushort deviceId, uint classCode, ushort subsystemVendorId, ushort subsystemId, string setId)
+        : base(registry, address.ToString(), groupId, groupKind, setId, kernelDriver)
     {
         Address = address;
         VendorId = vendorId;
@@ -39,7 +39,8 @@ public sealed class PciDeviceContext : VfioDeviceContext
 
 /// <summary>
 /// A PCI function handed to user space by vfio-pci. Drivers for PCI devices derive from it.
-/// Functions of one slot share a device set (their reset domain).
+/// Functions that share a reset domain share a device set, as vfio-pci forms them: the functions of a
+/// slot that can be reset, else of a bus; a function on a root bus, or a virtual function, is alone.
 /// </summary>
 public abstract partial class PciVfioDevice : VfioDevice
 {

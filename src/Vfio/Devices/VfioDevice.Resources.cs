@@ -31,6 +31,27 @@ public abstract partial class VfioDevice
         }
     }
 
+    /// <summary>
+    /// Who holds the device, as far as the books know: the references held on it (the opens among them;
+    /// the registration's own not counted) and what
+    /// lives on its open file (regions, interrupt sets, DMA buffers, a migration), the library's own
+    /// REQ and ERR notifiers left out. For a registry that gives up waiting for a device to be released.
+    /// </summary>
+    internal string DescribeHolds()
+    {
+        IDeviceResource[] live;
+        lock (_resources)
+        {
+            live = [.. _resources];
+        }
+        var held = live.Where(r => r is not InterruptSet set || !IsLibraryIrq(set.Index)).Select(r => r.ToString()).ToList();
+        // The registration's own reference is nobody's hold.
+        int references = ReferenceCount - (State == VfioDeviceState.Registered ? 1 : 0);
+        int opens = Volatile.Read(ref _openCount);
+        return $"{Name} (group {GroupId}): {references} reference{(references == 1 ? "" : "s")}, {opens} of them open"
+            + (held.Count > 0 ? "; holding " + string.Join(", ", held) : string.Empty);
+    }
+
     private void RevokeResources()
     {
         IDeviceResource[] live;

@@ -210,7 +210,7 @@ public static class VfioDiagnostics
             }
 
             string iommufd = kernel.Dev("iommu");
-            bool cdevs = Exists(kernel.Dev("vfio/devices")) || PciFunction.ReadAll(kernel).Any(f => _sysfs.List("bus/pci/devices/" + f.Address + "/vfio-dev").Any(n => _sysfs.Exists("bus/pci/devices/" + f.Address + "/vfio-dev/" + n + "/dev")));
+            bool cdevs = Exists(kernel.Dev("vfio/devices")) || PciFunction.ReadAll(kernel).Any(f => SysfsDiscovery.CdevOf(_sysfs, SysfsDiscovery.PciDir(f.Address)) is not null);
             if (Exists(iommufd))
             {
                 if (cdevs)
@@ -338,10 +338,10 @@ public static class VfioDiagnostics
             bool folder = kernel.ListDirectory(vfio, out string[] names) == 0;
             if (folder)
             {
-                nodes.AddRange(names.Where(n => n != "devices").Select(n => vfio + "/" + n));
+                nodes.AddRange(names.Where(n => n != "devices" && KernelNames.IsValid(KernelNameKind.Device, n)).Select(n => vfio + "/" + n));
                 if (kernel.ListDirectory(vfio + "/devices", out string[] cdevs) == 0)
                 {
-                    nodes.AddRange(cdevs.Select(n => vfio + "/devices/" + n));
+                    nodes.AddRange(cdevs.Where(n => KernelNames.IsValid(KernelNameKind.Cdev, n)).Select(n => vfio + "/devices/" + n));
                 }
             }
             if (Exists(kernel.Dev("iommu")))

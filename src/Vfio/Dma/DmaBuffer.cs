@@ -52,6 +52,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     private IommuAddressSpace? _space;
     private DeviceReference _reference;
     private int _state; // 0 mapped, 1 unmapped (revoked), 2 disposed
+    private int _memoryLeft; // the errno of a refused munmap of the memory (still mapped), retried by the next Dispose; 0 when none
 
     /// <summary>The size of a hugepage DMA buffers use: 2 MiB.</summary>
     public const ulong HugePageSize = 2UL << 20;
@@ -107,7 +108,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         return Iova + offset;
     }
 
-    /// <summary>Unmaps the buffer from the IOMMU and frees its memory.</summary>
+    /// <summary>Unmaps the buffer from the IOMMU and frees its memory; a munmap of the memory the kernel refused, now or at an earlier dispose, is tried again.</summary>
+    /// <exception cref="VfioException">The kernel refused the munmap of the buffer's memory (errno in <see cref="VfioException.Errno"/>):
+    /// the memory is still mapped in the process, no longer reachable by the device; dispose again to retry.</exception>
     public void Dispose()
     {
         if (Unmap())
@@ -116,8 +119,29 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         }
         if (Interlocked.Exchange(ref _state, 2) != 2)
         {
+            _memory.UnmapFailed = (_, errno) => RecordMemoryLeft(errno);
             _memory.Dispose();
         }
+        else if (Interlocked.Exchange(ref _memoryLeft, 0) != 0)
+        {
+            int r = _device.Kernel.Munmap(_memory.Address, _memory.Length);
+            if (r < 0)
+            {
+                RecordMemoryLeft(-r);
+            }
+        }
+        if (Volatile.Read(ref _memoryLeft) is not 0 and int errno)
+        {
+            throw VfioErrors.Create(errno, "munmap", _device.ErrorTarget, string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"{this}: its {_memory.Length}-byte memory at 0x{_memory.Address:x} is still mapped in this process (the device no longer reaches it); dispose the buffer again to retry"));
+        }
+    }
+
+    /// <summary>The kernel refused the munmap of the buffer's memory: logged, and kept for the next Dispose.</summary>
+    private void RecordMemoryLeft(int errno)
+    {
+        Log.DmaMemoryUnmapFailed(_device.Registry.Logger, Iova, Length, _device.Name, Errno.Name(errno));
+        Volatile.Write(ref _memoryLeft, errno);
     }
 
     /// <inheritdoc/>
@@ -192,7 +216,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         }
         var space = device.AddressSpace
             ?? throw new InvalidOperationException($"Device {device.Name} is not open: open it before allocating DMA memory.");
-        ulong page = space.IommuInfo.MinPageSize;
+        ulong page = space.IommuInfoFor(device).MinPageSize;
         var requested = pages;
         pages = space.PagesFor(device, length, pages);
         if (!device.TryGet(out var reference))

@@ -21,9 +21,9 @@ public sealed record IommuInfo(ulong PageSizes, IReadOnlyList<IovaRange> IovaRan
     /// <summary>The smallest page size: the alignment of every DMA mapping.</summary>
     public ulong MinPageSize => PageSizes == 0 ? 4096 : PageSizes & (~PageSizes + 1);
 
-    internal static unsafe IommuInfo Query(VfioKernel kernel, SafeFd fd)
+    internal static unsafe IommuInfo Query(VfioKernel kernel, SafeFd fd, ErrorTarget target)
     {
-        byte[] buffer = InfoQuery.Run(kernel, fd, VfioUapi.VFIO_IOMMU_GET_INFO, new vfio_iommu_type1_info(), "VFIO_IOMMU_GET_INFO", default);
+        byte[] buffer = InfoQuery.Run(kernel, fd, VfioUapi.VFIO_IOMMU_GET_INFO, new vfio_iommu_type1_info(), "VFIO_IOMMU_GET_INFO", target);
         return Parse(buffer);
     }
 

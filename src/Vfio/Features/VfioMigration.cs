@@ -121,7 +121,7 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
         bool stopCopy = state == VfioMigrationState.StopCopy;
         long? estimate = stopCopy && progress is not null ? StopCopyEstimate() : null;
         var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 16 * ChunkSize, resumeWriterThreshold: 8 * ChunkSize, useSynchronizationContext: false));
-        using var cancel = CancelSignal.Create(_device.Kernel, cancellationToken);
+        using var cancel = CancelSignal.Create(_device, cancellationToken);
 
         // The kernel side reads on a thread of its own: a STOP_COPY read may block until the device
         // has data. The destination side is asynchronous. The pipe carries the bytes between them.
@@ -240,6 +240,9 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
         CloseSession();
         _device.ForgetMigration(this);
     }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"migration of {_device.Name}{(HasDataSession ? " (a data session open)" : string.Empty)}";
 
     bool IDeviceResource.Revoke()
     {
@@ -446,12 +449,14 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
     private sealed class CancelSignal : IDisposable
     {
         private readonly VfioKernel _kernel;
+        private readonly ErrorTarget _target;
         private readonly SafeFd? _fd;
         private readonly CancellationTokenRegistration _registration;
 
-        private CancelSignal(VfioKernel kernel, SafeFd? fd, CancellationToken token)
+        private CancelSignal(VfioKernel kernel, ErrorTarget target, SafeFd? fd, CancellationToken token)
         {
             _kernel = kernel;
+            _target = target;
             _fd = fd;
             if (fd is not null)
             {
@@ -459,10 +464,11 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
             }
         }
 
-        public static CancelSignal Create(VfioKernel kernel, CancellationToken token)
+        public static CancelSignal Create(VfioDevice device, CancellationToken token)
         {
-            VfioErrors.Check(kernel.EventFd(0, Flags.EFD_NONBLOCK, out var fd), "eventfd");
-            return new CancelSignal(kernel, fd, token);
+            var kernel = device.Kernel;
+            VfioErrors.Check(kernel.EventFd(0, Flags.EFD_NONBLOCK, out var fd), "eventfd for the migration data session", device.ErrorTarget);
+            return new CancelSignal(kernel, device.ErrorTarget, fd, token);
         }
 
         /// <summary>Wakes a waiter: the token fired, or the transfer is over.</summary>
@@ -489,7 +495,7 @@ public sealed class VfioMigration : IDisposable, IDeviceResource
                 {
                     continue;
                 }
-                VfioErrors.Check(n, "poll of the migration data session");
+                VfioErrors.Check(n, "poll of the migration data session", _target);
                 return fds[1].revents == 0 || fds[0].revents != 0;
             }
         }

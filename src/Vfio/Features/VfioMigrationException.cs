@@ -17,13 +17,13 @@ public sealed class VfioMigrationException : VfioException
 
     internal VfioMigrationException(string message, VfioException cause, VfioMigrationState from, VfioMigrationState to,
         VfioMigrationState target, VfioMigrationState? current)
-        : base(message, cause)
+        : base(message, $"migration arc {MigrationPlanner.Name(from)} -> {MigrationPlanner.Name(to)} ({cause.Operation})", cause.Errno,
+            new ErrorTarget(cause.GroupId, cause.Device, cause.RegionIndex), cause)
     {
         ArcFrom = from;
         ArcTo = to;
         Target = target;
         CurrentState = current;
-        HResult = cause.Errno;
         KernelErrno = cause.Errno;
     }
 
@@ -39,7 +39,7 @@ public sealed class VfioMigrationException : VfioException
     /// <summary>The state the device is in now, or null when even reading it failed (then reset the device).</summary>
     public VfioMigrationState? CurrentState { get; }
 
-    /// <summary>The errno the kernel returned for the arc.</summary>
+    /// <summary>The errno the kernel returned for the arc (the same as <see cref="VfioException.Errno"/>).</summary>
     public int KernelErrno { get; }
 
     /// <summary>True when only a device reset brings the device back (it is in ERROR, or its state is unknown).</summary>

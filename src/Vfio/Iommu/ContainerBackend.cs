@@ -176,7 +176,9 @@ internal sealed class ContainerBackend(VfioRegistry registry) : IommuBackend
     }
 
     // Under the group's gate: joins the first container that takes the group (no-IOMMU groups only
-    // share with no-IOMMU groups), or a new one.
+    // share with no-IOMMU groups), or a new one. Only a refusal that says the group does not fit that
+    // container (IsIncompatible) moves on to the next; any other error is the group's own, and a new
+    // container would meet it too.
     private void AttachToContainerLocked(GroupSlot slot, IommuGroup group)
     {
         LockAssert.Held(slot.Gate);
@@ -185,28 +187,30 @@ internal sealed class ContainerBackend(VfioRegistry registry) : IommuBackend
         {
             foreach (var existing in Containers)
             {
-                if (existing.IsNoIommu == noIommu && existing.TryAttachLocked(group) == 0)
+                if (existing.IsNoIommu != noIommu)
+                {
+                    continue;
+                }
+                int rc = existing.TryAttachLocked(group);
+                if (rc == 0)
                 {
                     Log.GroupAttached(registry.Logger, group.Id, existing.IommuTypeName);
                     return;
                 }
+                if (!IsIncompatible(-rc))
+                {
+                    throw AttachError(group, -rc);
+                }
+                Log.GroupIncompatible(registry.Logger, group.Id, Errno.Name(-rc));
             }
-            var container = VfioContainer.Open(registry, _attachLock);
+            var container = VfioContainer.Open(registry, _attachLock, group.ErrorTarget);
             Log.ContainerOpened(registry.Logger);
             try
             {
                 int rc = container.TryAttachLocked(group);
                 if (rc < 0)
                 {
-                    // Since Linux 6.0 a group whose device a kernel driver claimed after our status check
-                    // fails here with EPERM (claiming DMA ownership), not at VFIO_GROUP_GET_STATUS: name
-                    // the device that blocks it rather than blame permissions.
-                    if (-rc == Errno.EPERM && group.Kind == IommuGroupKind.Iommu && IommuGroup.BlockingDevices(registry, group.Id) is { Count: > 0 } blocking)
-                    {
-                        throw IommuGroup.NotViable(group.Id, blocking);
-                    }
-                    string? hint = -rc == Errno.EPERM && noIommu ? "No-IOMMU groups need CAP_SYS_RAWIO" : null;
-                    VfioErrors.Throw(-rc, "VFIO_GROUP_SET_CONTAINER", group.ErrorTarget, hint);
+                    throw AttachError(group, -rc);
                 }
             }
             catch
@@ -221,6 +225,30 @@ internal sealed class ContainerBackend(VfioRegistry registry) : IommuBackend
             }
             Log.GroupAttached(registry.Logger, group.Id, container.IommuTypeName);
         }
+    }
+
+    /// <summary>
+    /// True for the errnos with which VFIO_GROUP_SET_CONTAINER says that the group does not fit this
+    /// container, and a container of its own may take it (Linux 6.1 to 7.x, vfio_container_attach_group
+    /// and vfio_iommu_type1_attach_group): EINVAL when the group's IOMMU aperture or reserved regions
+    /// conflict with the container's mappings, EBUSY while the container's DMA vaddrs are invalidated.
+    /// EPERM there means a real group meeting no-IOMMU ones (kept apart before asking) or a group whose
+    /// DMA cannot be claimed, which no container cures; EINTR, ENOMEM, EIO are failures of the call.
+    /// </summary>
+    internal static bool IsIncompatible(int errno) => errno is Errno.EINVAL or Errno.EBUSY;
+
+    // The kernel refused the group in every container it fits.
+    private VfioException AttachError(IommuGroup group, int errno)
+    {
+        // Since Linux 6.0 a group whose device a kernel driver claimed after our status check fails
+        // here with EPERM (claiming DMA ownership), not at VFIO_GROUP_GET_STATUS: name the device that
+        // blocks it rather than blame permissions.
+        if (errno == Errno.EPERM && group.Kind == IommuGroupKind.Iommu && IommuGroup.BlockingDevices(registry, group.Id) is { Count: > 0 } blocking)
+        {
+            return IommuGroup.NotViable(group.Id, blocking);
+        }
+        string? hint = errno == Errno.EPERM && group.Kind == IommuGroupKind.NoIommu ? "No-IOMMU groups need CAP_SYS_RAWIO" : null;
+        return VfioErrors.Create(errno, "VFIO_GROUP_SET_CONTAINER", group.ErrorTarget, hint);
     }
 
     // Under the group's gate, with nothing holding the group any more: detach it from its container,

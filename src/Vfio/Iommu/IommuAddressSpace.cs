@@ -44,6 +44,15 @@ internal abstract class IommuAddressSpace
         }
     }
 
+    /// <summary>The IOMMU's info, as <see cref="IommuInfo"/>, asked for a device: a failed query names it.</summary>
+    public IommuInfo IommuInfoFor(VfioDevice device)
+    {
+        lock (_dmaLock)
+        {
+            return IommuInfoLocked(device.ErrorTarget);
+        }
+    }
+
     /// <summary>How many DMA mappings the address space holds.</summary>
     public int DmaMappingCount
     {
@@ -71,8 +80,8 @@ internal abstract class IommuAddressSpace
     /// <summary>The IOVA of a host address inside any DMA buffer mapped here; false when it is in none. Lock-free, O(log n).</summary>
     public bool TryTranslateToIova(nint hostAddress, out ulong iova) => _translation.TryTranslate(hostAddress, out iova);
 
-    /// <summary>Asks the kernel for the IOMMU's info now: the mapping budget as it stands.</summary>
-    public abstract IommuInfo QueryIommuInfo();
+    /// <summary>Asks the kernel for the IOMMU's info now: the mapping budget as it stands. Errors name <paramref name="target"/>.</summary>
+    public abstract IommuInfo QueryIommuInfo(ErrorTarget target);
 
     /// <summary>Maps <paramref name="length"/> bytes at <paramref name="hostAddress"/> at <paramref name="iova"/>; 0 or a negative errno.</summary>
     private protected abstract int MapCore(nint hostAddress, ulong iova, ulong length, DmaAccess access);
@@ -141,7 +150,7 @@ internal abstract class IommuAddressSpace
             {
                 return null;
             }
-            var info = IommuInfoLocked();
+            var info = IommuInfoLocked(device.ErrorTarget);
             _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
             if (MappingsAvailableLocked() == 0)
             {
@@ -279,10 +288,11 @@ internal abstract class IommuAddressSpace
         }
     }
 
-    private IommuInfo IommuInfoLocked()
+    // The info as first asked; a query's errors name the object asking (a device allocating DMA).
+    private IommuInfo IommuInfoLocked(ErrorTarget target = default)
     {
         LockAssert.Held(_dmaLock);
-        return _iommuInfo ??= QueryIommuInfo();
+        return _iommuInfo ??= QueryIommuInfo(target);
     }
 
     private int MappingsAvailableLocked()

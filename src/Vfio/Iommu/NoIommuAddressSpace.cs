@@ -34,7 +34,7 @@ internal sealed class NoIommuAddressSpace(VfioRegistry registry) : IommuAddressS
     /// physical memory, with no limit on their number. No kernel call answers it: without an IOMMU
     /// there is nothing to ask.
     /// </summary>
-    public override IommuInfo QueryIommuInfo() => new(SmallPage | DmaBuffer.HugePageSize, [new IovaRange(0, ulong.MaxValue)], null);
+    public override IommuInfo QueryIommuInfo(ErrorTarget target) => new(SmallPage | DmaBuffer.HugePageSize, [new IovaRange(0, ulong.MaxValue)], null);
 
     internal override DmaPages PagesFor(VfioDevice device, ulong length, DmaPages pages) =>
         length > SmallPage ? DmaPages.Huge : pages;

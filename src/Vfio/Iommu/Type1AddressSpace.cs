@@ -14,7 +14,7 @@ internal sealed unsafe class Type1AddressSpace(VfioRegistry registry, SafeFd con
     /// <summary>The type1 IOMMU driver's default <c>dma_entry_limit</c>: DMA mappings per container.</summary>
     internal const int DefaultDmaEntryLimit = ushort.MaxValue;
 
-    public override IommuInfo QueryIommuInfo() => IommuInfo.Query(Registry.Kernel, container);
+    public override IommuInfo QueryIommuInfo(ErrorTarget target) => IommuInfo.Query(Registry.Kernel, container, target);
 
     private protected override string UnmapOperation => "VFIO_IOMMU_UNMAP_DMA";
 

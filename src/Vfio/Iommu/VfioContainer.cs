@@ -73,9 +73,11 @@ public sealed class VfioContainer
     internal int GroupCount => Volatile.Read(ref _groups).Length;
 
     /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
-    /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container).</exception>
+    /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container); the error names the container's first group.</exception>
     /// <exception cref="VfioNotSupportedException">The container is a no-IOMMU container: it has no IOMMU to describe.</exception>
-    public IommuInfo QueryIommuInfo() => IsNoIommu ? throw NoIommu("VFIO_IOMMU_GET_INFO") : AddressSpace.QueryIommuInfo();
+    public IommuInfo QueryIommuInfo() => IsNoIommu
+        ? throw NoIommu("VFIO_IOMMU_GET_INFO")
+        : AddressSpace.QueryIommuInfo(Groups is [var first, ..] ? first.ErrorTarget : default);
 
     // The no-IOMMU driver answers every IOMMU ioctl with ENOTTY.
     private static VfioNotSupportedException NoIommu(string operation) => new(
@@ -115,15 +117,19 @@ public sealed class VfioContainer
 
     internal void DirtyTrackingStopped(DirtyPageTracking tracking) => Interlocked.CompareExchange(ref _dirtyTracking, null, tracking);
 
-    /// <summary>Opens a new container and checks the API version.</summary>
-    internal static VfioContainer Open(VfioRegistry registry, Lock attachLock)
+    /// <summary>Opens a new container for a group (named in the errors) and checks the API version.</summary>
+    internal static VfioContainer Open(VfioRegistry registry, Lock attachLock, ErrorTarget target)
     {
         var kernel = registry.Kernel;
         string path = kernel.Dev("vfio/vfio");
-        VfioErrors.Check(kernel.Open(path, Flags.O_RDWR, out var fd), "open " + path);
+        int rc = kernel.Open(path, Flags.O_RDWR, out var fd);
+        if (rc < 0)
+        {
+            VfioErrors.Throw(-rc, "open " + path, target, -rc == Errno.ENOENT ? "The vfio module is not loaded, or was built without CONFIG_VFIO_CONTAINER (vfio doctor checks)" : null);
+        }
         try
         {
-            int version = VfioErrors.Check(kernel.Ioctl(fd, VfioUapi.VFIO_GET_API_VERSION, 0), "VFIO_GET_API_VERSION");
+            int version = VfioErrors.Check(kernel.Ioctl(fd, VfioUapi.VFIO_GET_API_VERSION, 0), "VFIO_GET_API_VERSION", target);
             if (version != VfioUapi.VFIO_API_VERSION)
             {
                 throw new VfioException($"The kernel speaks VFIO API version {version}; this library speaks {VfioUapi.VFIO_API_VERSION}.");
@@ -138,13 +144,14 @@ public sealed class VfioContainer
     }
 
     /// <summary>True when the container has the extension (an IOMMU type, VFIO_UNMAP_ALL, ...).</summary>
-    internal bool CheckExtension(int extension) =>
-        VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_CHECK_EXTENSION, extension), "VFIO_CHECK_EXTENSION") > 0;
+    internal bool CheckExtension(int extension, ErrorTarget target = default) =>
+        VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_CHECK_EXTENSION, extension), "VFIO_CHECK_EXTENSION", target) > 0;
 
     /// <summary>
     /// Attaches a group: VFIO_GROUP_SET_CONTAINER, then, for the first group, VFIO_SET_IOMMU (the
     /// kernel accepts it only once a group is in). Returns the kernel's errno (negated) when it
-    /// refuses the group, so the caller can try another container; throws for other failures.
+    /// refuses the group, so the caller can decide whether another container may take it; throws for
+    /// other failures.
     /// </summary>
     internal unsafe int TryAttachLocked(IommuGroup group)
     {
@@ -199,11 +206,11 @@ public sealed class VfioContainer
         {
             type = VfioUapi.VFIO_NOIOMMU_IOMMU;
         }
-        else if (CheckExtension(VfioUapi.VFIO_TYPE1v2_IOMMU))
+        else if (CheckExtension(VfioUapi.VFIO_TYPE1v2_IOMMU, group.ErrorTarget))
         {
             type = VfioUapi.VFIO_TYPE1v2_IOMMU;
         }
-        else if (CheckExtension(VfioUapi.VFIO_TYPE1_IOMMU))
+        else if (CheckExtension(VfioUapi.VFIO_TYPE1_IOMMU, group.ErrorTarget))
         {
             type = VfioUapi.VFIO_TYPE1_IOMMU;
         }

@@ -41,14 +41,17 @@ internal sealed class CreatedMdevTable
         }
     }
 
-    /// <summary>Removes every mdev still here (closed, unregistered, disposed, removed); a failure is logged and the rest go on.</summary>
-    public async Task RemoveAllAsync(ILogger logger)
+    /// <summary>
+    /// Removes every mdev still here (closed, unregistered, disposed, removed); a failure is logged and
+    /// the rest go on. A cancellation stops it, leaving the mdevs not yet removed here.
+    /// </summary>
+    public async Task RemoveAllAsync(ILogger logger, CancellationToken cancellationToken)
     {
         foreach (var mdev in All)
         {
             try
             {
-                await mdev.RemoveAsync().ConfigureAwait(false);
+                await mdev.RemoveAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (VfioException e)
             {

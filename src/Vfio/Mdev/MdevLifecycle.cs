@@ -19,6 +19,9 @@ internal static class MdevLifecycle
     {
         var registry = type.Parent.Registry;
         registry.ThrowIfDisposed();
+        // Cancellation is checked before each step that changes something: the create, the
+        // registration, the open. Once the mdev exists, a cancellation undoes what was done.
+        cancellationToken.ThrowIfCancellationRequested();
         // The driver is chosen before anything is created, so a missing one leaves nothing to undo.
         var driver = registry.Drivers.FirstOrDefault(d => d.HandlesMdevType(type.Id))
             ?? throw new InvalidOperationException(
@@ -39,7 +42,9 @@ internal static class MdevLifecycle
                 throw new InvalidOperationException(
                     $"Driver {driver.Name} created a {device.GetType().Name} for mdev {name}, not a {typeof(TDevice).Name}.");
             }
+            cancellationToken.ThrowIfCancellationRequested();
             registry.Register(device);
+            cancellationToken.ThrowIfCancellationRequested();
             open = device.Open();
             var created = new CreatedMdev<TDevice>(type, typed, open);
             registry.CreatedMdevTable.Add(created);
@@ -98,7 +103,7 @@ internal static class MdevLifecycle
     public static void Remove(VfioRegistry registry, MdevType type, Guid uuid)
     {
         string name = uuid.ToString("D", CultureInfo.InvariantCulture);
-        string dir = "bus/mdev/devices/" + name;
+        string dir = SysfsDiscovery.MdevDir(name);
         try
         {
             registry.Sysfs.WriteText(dir + "/remove", "1", new ErrorTarget(Device: name));
@@ -136,9 +141,9 @@ internal static class MdevLifecycle
         var target = new ErrorTarget(Device: name);
         if (errno == Errno.ENOENT)
         {
-            if (!registry.Sysfs.Exists("class/mdev_bus/" + type.Parent.Name))
+            if (!registry.Sysfs.Exists(type.Parent.SysfsRelative))
             {
-                return new VfioNotFoundException($"Cannot {operation}: the mdev parent {type.Parent.Name} is gone (no {registry.Kernel.Sys("class/mdev_bus/" + type.Parent.Name)}): its driver was unloaded or its device removed.");
+                return new VfioNotFoundException($"Cannot {operation}: the mdev parent {type.Parent.Name} is gone (no {registry.Kernel.Sys(type.Parent.SysfsRelative)}): its driver was unloaded or its device removed.");
             }
             if (!registry.Sysfs.Exists(type.SysfsRelative))
             {

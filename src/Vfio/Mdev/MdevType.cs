@@ -32,20 +32,17 @@ public sealed class MdevType
     /// <summary>Its <c>device_api</c> attribute: the VFIO device API its devices expose ("vfio-pci").</summary>
     public string DeviceApi { get; }
 
-    internal string SysfsRelative => Parent.SysfsRelative + "/mdev_supported_types/" + Id;
+    internal string SysfsRelative => KernelNames.Join(Parent.SysfsRelative + "/mdev_supported_types", KernelNameKind.MdevType, Id);
 
     /// <summary>Reads <c>available_instances</c> now: how many more devices of this type can be created.</summary>
     /// <exception cref="VfioNotFoundException">The type (or its parent) is gone.</exception>
-    public int ReadAvailableInstances()
-    {
-        string text = Parent.Registry.Sysfs.ReadText(SysfsRelative + "/available_instances")
-            ?? throw Gone();
-        return int.Parse(text.Trim(), NumberStyles.None, CultureInfo.InvariantCulture);
-    }
+    /// <exception cref="VfioException">The attribute cannot be read, or is not a count (the message says what it read).</exception>
+    public int ReadAvailableInstances() =>
+        Parent.Registry.Sysfs.ReadCount(SysfsRelative + "/available_instances", new ErrorTarget(Device: Parent.Name)) ?? throw Gone();
 
     /// <summary>Reads the UUIDs of the devices of this type that exist now (the type's <c>devices</c> folder).</summary>
     public IReadOnlyList<Guid> ReadDevices() =>
-        [.. Parent.Registry.Sysfs.List(SysfsRelative + "/devices").Select(n => Guid.TryParse(n, out var g) ? g : Guid.Empty).Where(g => g != Guid.Empty)];
+        [.. Parent.Registry.Sysfs.List(SysfsRelative + "/devices", KernelNameKind.Uuid, new ErrorTarget(Device: Parent.Name)).Select(n => Guid.ParseExact(n, "D"))];
 
     /// <summary>
     /// Creates an mdev of this type (writes its UUID to the type's <c>create</c>), then has the
@@ -55,11 +52,16 @@ public sealed class MdevType
     /// </summary>
     /// <typeparam name="TDevice">The device type the matching driver creates.</typeparam>
     /// <param name="uuid">The new device's UUID; a new random one when null.</param>
-    /// <param name="cancellationToken">Stops waiting while a failed creation is undone.</param>
+    /// <param name="cancellationToken">
+    /// Checked before each step that changes something (the create, the registration, the open): once
+    /// cancelled, no further step is taken, what was done is undone, and the call throws
+    /// <see cref="OperationCanceledException"/>.
+    /// </param>
     /// <returns>The open device; disposing the handle closes, unregisters, disposes and removes it.</returns>
     /// <exception cref="InvalidOperationException">No driver added to the registry handles this type, or it creates another device type.</exception>
     /// <exception cref="VfioNotFoundException">The parent or the type is gone.</exception>
     /// <exception cref="VfioException">The kernel refused: no instance left (ENOSPC, EUSERS), the UUID exists (EEXIST), ...; or the first open failed.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled; nothing this call created is left.</exception>
     public Task<CreatedMdev<TDevice>> CreateAsync<TDevice>(Guid? uuid = null, CancellationToken cancellationToken = default)
         where TDevice : MdevVfioDevice =>
         MdevLifecycle.CreateAsync<TDevice>(this, uuid ?? Guid.NewGuid(), cancellationToken);

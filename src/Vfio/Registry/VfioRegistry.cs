@@ -34,7 +34,11 @@ public sealed partial class VfioRegistry : IAsyncDisposable
     private readonly Dictionary<string, VfioDevice> _devices = new(StringComparer.Ordinal);
     private readonly List<VfioDriver> _drivers = [];
     private readonly Dictionary<VfioDevice, VfioDriver> _probed = [];
-    private bool _disposed;
+    // Disposal: _disposed refuses new work from the first DisposeAsync on; _disposeGate lets one call at
+    // a time do the work; _disposeDone is set once everything was released.
+    private readonly SemaphoreSlim _disposeGate = new(1, 1);
+    private volatile bool _disposed;
+    private bool _disposeDone;
 
     /// <summary>Creates a registry.</summary>
     /// <param name="kernel">The kernel to use; <see cref="VfioKernel.Linux"/> when null.</param>
@@ -210,7 +214,9 @@ public sealed partial class VfioRegistry : IAsyncDisposable
     /// Looks at the devices bound to vfio in sysfs: creates and registers a device through the first
     /// matching driver for each new one, and unregisters (then disposes) the devices this registry
     /// probed that are no longer bound to vfio. A driver whose setup fails leaves nothing behind; the
-    /// failure is reported in the result.
+    /// failure is reported in the result. So is a new device whose sysfs cannot be read or does not read
+    /// as the kernel writes it (its <see cref="ProbeFailure.Driver"/> is null): the other devices are
+    /// probed all the same, and a registered device is not taken for gone because its sysfs broke.
     /// </summary>
     /// <param name="cancellationToken">Stops waiting for removed devices' references.</param>
     /// <returns>What was registered, removed and what failed.</returns>
@@ -222,7 +228,8 @@ public sealed partial class VfioRegistry : IAsyncDisposable
         var present = new HashSet<string>(StringComparer.Ordinal);
 
         var drivers = Drivers;
-        foreach (var context in Discovery.Discover(drivers))
+        var unreadable = new List<DiscoveryFailure>();
+        foreach (var context in Discovery.Discover(drivers, unreadable))
         {
             present.Add(context.Name);
             lock (_lock)
@@ -269,6 +276,19 @@ public sealed partial class VfioRegistry : IAsyncDisposable
             }
         }
 
+        foreach (var failure in unreadable)
+        {
+            present.Add(failure.Device);
+            lock (_lock)
+            {
+                if (_devices.ContainsKey(failure.Device))
+                {
+                    continue;
+                }
+            }
+            failures.Add(new ProbeFailure(failure.Device, null, failure.Error));
+        }
+
         var removed = new List<string>();
         VfioDevice[] gone;
         lock (_lock)
@@ -289,30 +309,102 @@ public sealed partial class VfioRegistry : IAsyncDisposable
 
     /// <summary>
     /// Unregisters every device (waiting for their references), disposes the ones probed by a
-    /// driver, and closes whatever groups and containers remain.
+    /// driver, and closes whatever groups and containers remain; waits at most
+    /// <see cref="VfioRegistryOptions.DisposeTimeout"/>. See <see cref="DisposeAsync(CancellationToken)"/>.
     /// </summary>
-    public async ValueTask DisposeAsync()
+    /// <exception cref="VfioBusyException">Holders did not let go in time; the message (and the log) says who holds what.</exception>
+    public ValueTask DisposeAsync() => new(DisposeAsync(CancellationToken.None));
+
+    /// <summary>
+    /// Disposes the registry: removes the mdevs it created, unregisters every device (all at once, asking
+    /// each one's holders to let go through <see cref="VfioDevice.OnReleaseRequested"/>), disposes the
+    /// ones probed by a driver, and closes whatever groups and containers remain. From the first call on
+    /// the registry takes no new device, probe or mdev. The wait is bounded by
+    /// <see cref="VfioRegistryOptions.DisposeTimeout"/> and by <paramref name="cancellationToken"/>: when
+    /// either ends it, the devices still held stay registered and usable, who holds what (each device's
+    /// references and opens, and the regions, interrupt sets, DMA buffers and migration on its open
+    /// file) is logged as an error and put in the exception, and a later call takes up where this one
+    /// stopped. Once everything is released, further calls do nothing.
+    /// </summary>
+    /// <param name="cancellationToken">Stops waiting for holders.</param>
+    /// <exception cref="OperationCanceledException">The token was cancelled before every device was released.</exception>
+    /// <exception cref="VfioBusyException">The timeout passed before every device was released; the message says who holds what.</exception>
+    public async Task DisposeAsync(CancellationToken cancellationToken)
     {
-        if (_disposed)
+        if (Volatile.Read(ref _disposeDone))
         {
             return;
         }
         _disposed = true;
-        // Mdevs this registry created are removed (never any other): closed, unregistered, disposed, removed.
-        await CreatedMdevTable.RemoveAllAsync(Logger).ConfigureAwait(false);
-        foreach (var device in Devices)
+        long started = Stopwatch.GetTimestamp();
+        var timeout = Options.DisposeTimeout;
+        using var bound = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        if (timeout != Timeout.InfiniteTimeSpan)
         {
-            bool probed;
-            lock (_lock)
+            bound.CancelAfter(timeout);
+        }
+        try
+        {
+            await _disposeGate.WaitAsync(bound.Token).ConfigureAwait(false);
+            try
             {
-                probed = _probed.ContainsKey(device);
+                // Mdevs this registry created are removed (never any other): closed, unregistered, disposed, removed.
+                await CreatedMdevTable.RemoveAllAsync(Logger, bound.Token).ConfigureAwait(false);
+                await Task.WhenAll(Devices.Select(device => UnregisterForDisposeAsync(device, bound.Token))).ConfigureAwait(false);
+                if (Devices.Count == 0 && CreatedMdevTable.All.Count == 0)
+                {
+                    Volatile.Write(ref _disposeDone, true);
+                    return;
+                }
             }
-            await UnregisterAsync(device).ConfigureAwait(false);
-            if (probed)
+            finally
             {
-                device.Dispose();
+                _disposeGate.Release();
             }
         }
+        catch (OperationCanceledException) when (bound.IsCancellationRequested)
+        {
+        }
+        string holders = DescribeHolders();
+        long elapsed = (long)Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+        Log.DisposeGaveUp(Logger, elapsed, holders);
+        string message = $"Disposing the registry {(cancellationToken.IsCancellationRequested ? "was cancelled" : "gave up")} after {elapsed} ms; still held: {holders}. "
+            + "Dispose those references (their holders were asked to let go through OnReleaseRequested), then dispose the registry again.";
+        if (cancellationToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(message, cancellationToken);
+        }
+        throw new VfioBusyException(message);
+    }
+
+    // One device's part of disposal: unregistered (its holders asked to let go) and, when a driver of
+    // this registry probed it, disposed. A cancellation leaves it registered.
+    private async Task UnregisterForDisposeAsync(VfioDevice device, CancellationToken cancellationToken)
+    {
+        bool probed;
+        lock (_lock)
+        {
+            probed = _probed.ContainsKey(device);
+        }
+        try
+        {
+            await UnregisterAsync(device, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return;
+        }
+        if (probed)
+        {
+            device.Dispose();
+        }
+    }
+
+    /// <summary>Who holds what of the devices still registered, one device after another.</summary>
+    private string DescribeHolders()
+    {
+        var devices = Devices;
+        return devices.Count == 0 ? "nothing (an mdev could not be removed)" : string.Join("; ", devices.Select(d => d.DescribeHolds()));
     }
 
     internal IReadOnlyList<VfioDevice> DevicesInGroup(int groupId)

@@ -57,12 +57,9 @@ public sealed record IommuGroupInfo(int Id, IommuGroupKind Kind, IReadOnlyList<I
         ArgumentNullException.ThrowIfNull(kernel);
         var sysfs = new SysfsReader(kernel);
         var result = new List<IommuGroupInfo>();
-        foreach (string name in sysfs.List("kernel/iommu_groups"))
+        foreach (string name in sysfs.List("kernel/iommu_groups", KernelNameKind.GroupId))
         {
-            if (int.TryParse(name, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
-            {
-                result.Add(Read(sysfs, id));
-            }
+            result.Add(Read(sysfs, int.Parse(name, NumberStyles.None, CultureInfo.InvariantCulture)));
         }
         result.Sort((a, b) => a.Id.CompareTo(b.Id));
         return result;
@@ -71,11 +68,12 @@ public sealed record IommuGroupInfo(int Id, IommuGroupKind Kind, IReadOnlyList<I
     internal static IommuGroupInfo Read(SysfsReader sysfs, int id)
     {
         string dir = "kernel/iommu_groups/" + id.ToString(CultureInfo.InvariantCulture);
-        var members = sysfs.List(dir + "/devices")
+        var target = ErrorTarget.Group(id);
+        var members = sysfs.List(dir + "/devices", KernelNameKind.Device, target)
             .Order(StringComparer.Ordinal)
-            .Select(name => new IommuGroupMember(name, sysfs.ReadLinkName(dir + "/devices/" + name + "/driver")))
+            .Select(name => new IommuGroupMember(name, sysfs.ReadLinkName(dir + "/devices/" + name + "/driver", target)))
             .ToList();
-        var kind = sysfs.ReadText(dir + "/name") == "vfio-noiommu" ? IommuGroupKind.NoIommu : IommuGroupKind.Iommu;
+        var kind = sysfs.ReadText(dir + "/name", target) == "vfio-noiommu" ? IommuGroupKind.NoIommu : IommuGroupKind.Iommu;
         return new IommuGroupInfo(id, kind, members);
     }
 }

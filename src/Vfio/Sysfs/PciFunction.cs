@@ -34,18 +34,28 @@ public sealed record PciFunction(PciAddress Address, ushort VendorId, ushort Dev
     /// </summary>
     public bool BlocksGroup => Driver is not null && !KernelDrivers.ManagesDma(Driver);
 
-    /// <summary>Reads every PCI function sysfs lists, in address order.</summary>
+    /// <summary>
+    /// Reads every PCI function sysfs lists, in address order. A function whose sysfs cannot be read, or
+    /// does not read as the kernel writes it, is left out (<see cref="Read"/> says what is wrong with it).
+    /// </summary>
     /// <param name="kernel">The kernel to read.</param>
     public static IReadOnlyList<PciFunction> ReadAll(VfioKernel kernel)
     {
         ArgumentNullException.ThrowIfNull(kernel);
         var sysfs = new SysfsReader(kernel);
         var result = new List<PciFunction>();
-        foreach (string name in sysfs.List("bus/pci/devices"))
+        foreach (string name in sysfs.List("bus/pci/devices", KernelNameKind.PciAddress))
         {
-            if (PciAddress.TryParse(name, CultureInfo.InvariantCulture, out var address) && TryRead(sysfs, address) is { } function)
+            try
             {
-                result.Add(function);
+                if (TryRead(sysfs, PciAddress.Parse(name, CultureInfo.InvariantCulture)) is { } function)
+                {
+                    result.Add(function);
+                }
+            }
+            catch (VfioException)
+            {
+                // One function sysfs cannot show does not hide the others.
             }
         }
         result.Sort((a, b) => string.CompareOrdinal(a.Address.ToString(), b.Address.ToString()));
@@ -56,28 +66,26 @@ public sealed record PciFunction(PciAddress Address, ushort VendorId, ushort Dev
     /// <param name="kernel">The kernel to read.</param>
     /// <param name="address">The function's address.</param>
     /// <exception cref="VfioNotFoundException">There is no such function.</exception>
+    /// <exception cref="VfioException">Its sysfs cannot be read, or an attribute does not read as the kernel writes it (the message says which and what it read).</exception>
     public static PciFunction Read(VfioKernel kernel, PciAddress address)
     {
         ArgumentNullException.ThrowIfNull(kernel);
         return TryRead(new SysfsReader(kernel), address)
-            ?? throw new VfioNotFoundException($"No PCI function {address} in sysfs ({kernel.Sys("bus/pci/devices/" + address)}); `lspci -D` or `vfio list` shows the addresses there are.");
+            ?? throw new VfioNotFoundException($"No PCI function {address} in sysfs ({kernel.Sys(SysfsDiscovery.PciDir(address))}); `lspci -D` or `vfio list` shows the addresses there are.");
     }
 
     internal static PciFunction? TryRead(SysfsReader sysfs, PciAddress address)
     {
-        string dir = "bus/pci/devices/" + address;
-        if (sysfs.ReadHex(dir + "/vendor") is not uint vendor)
+        string dir = SysfsDiscovery.PciDir(address);
+        var target = new ErrorTarget(Device: address.ToString());
+        if (PciIds.Read(sysfs, dir, target) is not { } ids)
         {
             return null;
         }
-        string? driverOverride = sysfs.ReadText(dir + "/driver_override");
-        var (group, kind) = SysfsDiscovery.TryReadGroup(sysfs, dir);
-        return new PciFunction(address, (ushort)vendor,
-            (ushort)(sysfs.ReadHex(dir + "/device") ?? 0),
-            sysfs.ReadHex(dir + "/class") ?? 0,
-            (ushort)(sysfs.ReadHex(dir + "/subsystem_vendor") ?? 0),
-            (ushort)(sysfs.ReadHex(dir + "/subsystem_device") ?? 0),
-            sysfs.ReadLinkName(dir + "/driver"),
+        string? driverOverride = sysfs.ReadText(dir + "/driver_override", target);
+        var (group, kind) = SysfsDiscovery.TryReadGroup(sysfs, dir, target);
+        return new PciFunction(address, ids.VendorId, ids.DeviceId, ids.ClassCode, ids.SubsystemVendorId, ids.SubsystemId,
+            sysfs.ReadLinkName(dir + "/driver", KernelNameKind.Driver, "a driver", target),
             driverOverride is null or "(null)" or "" ? null : driverOverride,
             group, kind);
     }

@@ -64,4 +64,16 @@ public sealed class PciFunctionTests
 
         read.Should().Throw<VfioNotFoundException>().Which.Message.Should().Contain("0000:00:09.0").And.Contain("vfio list");
     }
+
+    [Fact]
+    public void AFunctionWhoseIdsCannotBeReadIsLeftOutOfTheListAndNamedWhenAskedFor()
+    {
+        var broken = _kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, 5);
+        _kernel.AddPciDevice("0000:00:04.0", 0x1234, 0x11e8, 0x00ff00, 6);
+        _kernel.Sysfs.Directory(broken.SysfsRelative).Attribute("device", () => "0xffffffffff\n");
+
+        PciFunction.ReadAll(_kernel).Select(f => f.Address.ToString()).Should().Equal("0000:00:04.0");
+        var read = () => PciFunction.Read(_kernel, PciAddress.Parse("0000:00:03.0"));
+        read.Should().Throw<VfioException>().WithMessage("*0000:00:03.0*device*0xffffffffff*");
+    }
 }

@@ -94,12 +94,26 @@ public class PciVfioDeviceNotifierTests : KernelTest
     }
 
     [Fact]
-    public void SubscribingToErrorsOfAConventionalPciFunctionIsHarmless()
+    public async Task SubscribingToErrorsOfAConventionalPciFunctionWiresNothingAndKeepsTheReleaseRequest()
     {
-        AddPci();
+        var sim = AddPci();
         var device = RegisterPci();
-        using var open = device.Open();
+        var open = device.Open();
+        int eventFds = Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd);
+        int fired = 0;
+        var asked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        device.WhenReleaseRequested = _ => asked.TrySetResult();
 
-        device.Invoking(d => d.ErrorDetected += (_, _) => { }).Should().NotThrow("ERR exists only on PCI Express; the event never fires");
+        device.ErrorDetected += (_, _) => Interlocked.Increment(ref fired);
+
+        Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFds, "ERR exists only on PCI Express: no eventfd is made for it");
+        sim.Model.Invoking(model => model.RaiseInterrupt(PciIrq.Err)).Should().Throw<ArgumentOutOfRangeException>("a conventional function has no ERR interrupt");
+        var unbind = Task.Run(sim.Unbind);
+        await asked.Task.WaitAsync(Guard);
+        open.Dispose();
+        await unbind.WaitAsync(Guard);
+        fired.Should().Be(0);
+        Logs.Named("DeviceErrorReported").Should().BeEmpty();
+        Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(0);
     }
 }

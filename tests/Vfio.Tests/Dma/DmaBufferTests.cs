@@ -8,6 +8,29 @@ public class DmaBufferTests : KernelTest
     private const ulong TwoMiB = 2UL << 20;
 
     [Fact]
+    public void AFailedMunmapOfTheMemoryIsReportedAndTheNextDisposeFreesIt()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        int mappings = Kernel.MappingCount;
+        var buffer = device.AllocateDmaBuffer(64 << 10);
+        Kernel.FailNext(SimulatedCall.Munmap, Errno.EINVAL);
+
+        var error = buffer.Invoking(b => b.Dispose()).Should().Throw<VfioException>().Which;
+
+        error.Operation.Should().Be("munmap");
+        error.Errno.Should().Be(Errno.EINVAL);
+        error.Message.Should().Contain(device.Name).And.Contain("dispose the buffer again");
+        Logs.Named("DmaMemoryUnmapFailed").Should().ContainSingle();
+        buffer.IsMapped.Should().BeFalse("the device no longer reaches it");
+        Kernel.MappingCount.Should().Be(mappings + 1, "the memory is still mapped, and the books say so");
+        buffer.Dispose();
+        Kernel.MappingCount.Should().Be(mappings);
+        buffer.Dispose();
+    }
+
+    [Fact]
     public void ALengthIsRoundedUpToTheIommuPageAndTheMemoryIsPageAligned()
     {
         AddPci();

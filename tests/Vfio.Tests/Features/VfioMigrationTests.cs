@@ -105,6 +105,9 @@ public class VfioMigrationTests : KernelTest
         e.CurrentState.Should().Be(VfioMigrationState.Error);
         e.RequiresReset.Should().BeTrue();
         e.KernelErrno.Should().Be(Errno.EIO);
+        e.Errno.Should().Be(Errno.EIO, "the exception carries the kernel's errno as every VfioException does");
+        e.Operation.Should().Contain("RUNNING_P2P -> STOP").And.Contain("VFIO_DEVICE_FEATURE");
+        e.Device.Should().Be(A);
         e.Message.Should().Contain("RUNNING_P2P -> STOP").And.Contain("ERROR").And.Contain("Reset the device").And.Contain(A);
 
         var again = () => migration.SetState(VfioMigrationState.Running);
@@ -179,6 +182,24 @@ public class VfioMigrationTests : KernelTest
             (await migration.SaveAsync(Stream.Null)).Should().BeGreaterThan(0, "the session is still there");
         }
         Kernel.OpenFileCount(SimulatedFileKind.MigrationData).Should().Be(0, "closing the device ends the session");
+    }
+
+    [Fact]
+    public async Task AnEventfdTheKernelRefusesForASaveNamesTheDevice()
+    {
+        var (a, _) = Add(A, 4);
+        using var open = a.Open();
+        var migration = a.GetMigration();
+        migration.SetState(VfioMigrationState.StopCopy);
+        Kernel.FailNext(SimulatedCall.EventFd, Errno.EMFILE);
+
+        var act = () => migration.SaveAsync(Stream.Null);
+
+        var e = (await act.Should().ThrowAsync<VfioException>()).Which;
+        e.Errno.Should().Be(Errno.EMFILE);
+        e.Device.Should().Be(A);
+        e.Operation.Should().Contain("eventfd");
+        (await migration.SaveAsync(Stream.Null)).Should().BeGreaterThan(0, "the session is still there");
     }
 
     [Fact]

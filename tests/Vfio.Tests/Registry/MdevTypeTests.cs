@@ -166,9 +166,12 @@ public sealed class MdevTypeTests : KernelTest
     public async Task ASysfsReadFailingAfterTheCreateRemovesTheMdev()
     {
         var type = Type("mtty-1");
+        var uuid = Guid.NewGuid();
         Kernel.FailNext(SimulatedCall.ReadLink, Errno.EIO); // reading the new device's mdev_type link
-        var act = () => type.CreateAsync<MttyDevice>();
-        (await act.Should().ThrowAsync<VfioException>()).Which.Errno.Should().Be(Errno.EIO);
+        var act = () => type.CreateAsync<MttyDevice>(uuid);
+        var error = (await act.Should().ThrowAsync<VfioException>()).Which;
+        error.Errno.Should().Be(Errno.EIO);
+        error.Device.Should().Be(uuid.ToString(), "the error names the mdev whose sysfs could not be read");
         Mdevs().Should().BeEmpty();
         type.ReadAvailableInstances().Should().Be(24);
     }
@@ -240,5 +243,59 @@ public sealed class MdevTypeTests : KernelTest
 
         again.Should().Throw<VfioException>().Which.Message.Should().Contain("exists already");
         type.RemoveDevice(uuid);
+    }
+
+    [Theory]
+    [InlineData("lots\n")]
+    [InlineData("\0\0")]
+    [InlineData("-1\n")]
+    [InlineData("99999999999\n")]
+    public void AvailableInstancesSysfsCannotGiveSaysWhatItRead(string text)
+    {
+        var type = Type("mtty-1");
+        Kernel.Sysfs.Directory("devices/virtual/mtty/mtty/mdev_supported_types/mtty-1").Attribute("available_instances", () => text);
+
+        var read = () => type.ReadAvailableInstances();
+
+        read.Should().Throw<VfioException>().WithMessage("*mdev_bus/mtty/mdev_supported_types/mtty-1/available_instances*reads*not a count*");
+    }
+
+    [Fact]
+    public async Task ACreateCancelledBeforeItStartsCreatesNothing()
+    {
+        var type = Type("mtty-2");
+
+        var act = () => type.CreateAsync<MttyDevice>(cancellationToken: new CancellationToken(true));
+
+        await act.Should().ThrowAsync<OperationCanceledException>();
+        Mdevs().Should().BeEmpty();
+        Registry.Devices.Should().BeEmpty();
+        Registry.Groups.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task ACreateCancelledAfterTheMdevExistsRemovesIt()
+    {
+        using var cancel = new CancellationTokenSource();
+        var registry = NewRegistry();
+        registry.AddDriver(new CancellingMttyDriver(cancel));
+        var type = registry.FindMdevParent("mtty").Type("mtty-2");
+
+        var act = () => type.CreateAsync<MttyDevice>(cancellationToken: cancel.Token);
+
+        await act.Should().ThrowAsync<OperationCanceledException>();
+        Mdevs().Should().BeEmpty();
+        registry.Devices.Should().BeEmpty("the device was not registered after the cancellation");
+        registry.Groups.Should().BeEmpty("the device was never opened");
+    }
+
+    /// <summary>A driver whose construction of the device cancels the creation (as a caller's token would, at that moment).</summary>
+    private sealed class CancellingMttyDriver(CancellationTokenSource cancel) : MdevDriver<MttyDevice>("cancelling", "mtty-2")
+    {
+        protected internal override MttyDevice CreateDevice(MdevDeviceContext context)
+        {
+            cancel.Cancel();
+            return new MttyDevice(context);
+        }
     }
 }

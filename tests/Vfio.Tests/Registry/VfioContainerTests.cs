@@ -96,6 +96,83 @@ public class VfioContainerTests : KernelTest
         Kernel.OpenFileCountTotal.Should().Be(0);
     }
 
+    [Theory]
+    [InlineData(Errno.EINVAL)]
+    [InlineData(Errno.EBUSY)]
+    public void AGroupTheOpenContainerRefusesAsIncompatibleGetsAContainerOfItsOwn(int errno)
+    {
+        AddPci();
+        AddPci("0000:00:04.0", group: 6);
+        var first = RegisterPci();
+        var second = RegisterPci("0000:00:04.0");
+        using var firstOpen = first.Open();
+
+        // type1's attach refuses a group whose aperture or reserved regions conflict with the
+        // container's mappings (EINVAL), or joins into a container whose vaddrs are invalidated (EBUSY).
+        Kernel.FailNext(SimulatedCall.Ioctl, errno, VfioUapi.VFIO_GROUP_SET_CONTAINER);
+        using var secondOpen = second.Open();
+
+        Registry.Containers.Should().HaveCount(2);
+        second.Group!.Container.Should().NotBeSameAs(first.Group!.Container);
+    }
+
+    [Theory]
+    [InlineData(Errno.EINTR)]
+    [InlineData(Errno.ENOMEM)]
+    [InlineData(Errno.EIO)]
+    [InlineData(Errno.EPERM)]
+    public void AGroupTheOpenContainerRefusesForAnotherReasonFailsWithoutANewContainer(int errno)
+    {
+        AddPci();
+        AddPci("0000:00:04.0", group: 6);
+        var first = RegisterPci();
+        var second = RegisterPci("0000:00:04.0");
+        using var firstOpen = first.Open();
+
+        Kernel.FailNext(SimulatedCall.Ioctl, errno, VfioUapi.VFIO_GROUP_SET_CONTAINER);
+        var error = second.Invoking(d => d.Open()).Should().Throw<VfioException>().Which;
+
+        error.Errno.Should().Be(errno);
+        error.Operation.Should().Be("VFIO_GROUP_SET_CONTAINER");
+        error.GroupId.Should().Be(6);
+        Registry.Containers.Should().ContainSingle("no second container was opened for an error a new one would not cure");
+        Kernel.OpenFileCount(SimulatedFileKind.Container).Should().Be(1);
+        using (second.Open())
+        {
+            Registry.Containers.Should().ContainSingle().Which.Groups.Select(g => g.Id).Should().BeEquivalentTo([5, 6]);
+        }
+    }
+
+    [Fact]
+    public void OpeningTheContainerFileNamesTheGroupItWasFor()
+    {
+        AddPci();
+        var device = RegisterPci();
+        Kernel.DenyAccess(Kernel.Dev("vfio/vfio"));
+
+        var error = device.Invoking(d => d.Open()).Should().Throw<VfioAccessDeniedException>().Which;
+
+        error.Operation.Should().Be("open " + Kernel.Dev("vfio/vfio"));
+        error.GroupId.Should().Be(5);
+        error.Message.Should().Contain("group 5");
+    }
+
+    [Fact]
+    public void AnIommuInfoFailureDuringADmaAllocationNamesTheDeviceAndGroup()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        Kernel.FailNext(SimulatedCall.Ioctl, Errno.EIO, VfioUapi.VFIO_IOMMU_GET_INFO);
+
+        var error = device.Invoking(d => d.AllocateDmaBuffer(4096)).Should().Throw<VfioException>().Which;
+
+        error.Operation.Should().Be("VFIO_IOMMU_GET_INFO");
+        error.Device.Should().Be("0000:00:03.0");
+        error.GroupId.Should().Be(5);
+        using var buffer = device.AllocateDmaBuffer(4096);
+    }
+
     [Fact]
     public void DmaMappingsAreUnmappedWhenTheLastGroupLeaves()
     {

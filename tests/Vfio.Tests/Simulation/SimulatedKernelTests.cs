@@ -275,6 +275,27 @@ public sealed unsafe partial class SimulatedKernelTests : IDisposable
     }
 
     [Fact]
+    public void AFunctionBehindABridgeHasItsFolderInTheBridgesAndTheBridgeComesFirst()
+    {
+        _kernel.AddPciBridge("0000:00:1c.0", secondaryBus: 1, hotplugSlot: true);
+        var behind = _kernel.AddPciDevice("0000:01:00.0", 0x1234, 0x11e8, 0x00ff00, iommuGroup: 7);
+        var root = _kernel.AddPciDevice("0000:00:07.0", 0x1234, 0x11e8, 0x00ff00, iommuGroup: 8);
+        var late = () => _kernel.AddPciBridge("0000:00:1d.0", secondaryBus: 0);
+        _kernel.AddPciDevice("0000:02:00.0", 0x1234, 0x11e8, 0x00ff00, iommuGroup: 9);
+        var after = () => _kernel.AddPciBridge("0000:00:1d.0", secondaryBus: 2);
+
+        _kernel.ReadLink(_kernel.Sys("bus/pci/devices/0000:01:00.0"), out string link).Should().Be(0);
+        link.Should().Be("../../../devices/pci0000:00/0000:00:1c.0/0000:01:00.0");
+        behind.SysfsPath.Should().EndWith("/devices/pci0000:00/0000:00:1c.0/0000:01:00.0");
+        root.SysfsPath.Should().EndWith("/devices/pci0000:00/0000:00:07.0");
+        Seam.ReadText(_kernel, _kernel.Sys("bus/pci/slots/1/address")).Should().Be("0000:01:00\n");
+        _kernel.ReadLink(_kernel.Sys("bus/pci/slots/1/module"), out string module).Should().Be(0);
+        module.Should().EndWith("module/pciehp");
+        late.Should().Throw<ArgumentOutOfRangeException>();
+        after.Should().Throw<InvalidOperationException>().WithMessage("*before the functions behind it*0000:02:00.0*");
+    }
+
+    [Fact]
     public void AnAnonymousMappingLargerThanTheMachinesMemoryIsRefusedWithEnomem()
     {
         _kernel.MemoryBytes = 1UL << 30;
