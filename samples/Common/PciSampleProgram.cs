@@ -81,6 +81,10 @@ internal sealed class PciSampleProgram<TDevice>
                 {
                     report.Detail($"{failure.Driver} failed on {failure.Device}: {failure.Error.Message}");
                 }
+                foreach (var skipped in result.NotOnVfio)
+                {
+                    report.Detail(skipped.Hint);
+                }
                 device = result.Registered.OfType<TDevice>().FirstOrDefault(d => address is null || d.Address == address);
                 if (device is null)
                 {

@@ -77,6 +77,9 @@ public abstract class SimulatedDevice
     /// <summary>For PCI MSI/MSI-X: the vectors enabled (vdev->num_ctx).</summary>
     internal int EnabledVectors { get; set; }
 
+    /// <summary>For PCI: INTx disabled through the command register user space wrote (vdev->virq_disabled): INTx stays masked meanwhile.</summary>
+    internal bool VirqDisabled { get; set; }
+
     /// <summary>The bus's vfio driver name ("vfio-pci", "vfio-platform").</summary>
     internal abstract bool IsVfioBound { get; }
 
@@ -88,6 +91,7 @@ public abstract class SimulatedDevice
             .ToArray();
         ActiveIrqIndex = -1;
         EnabledVectors = 0;
+        VirqDisabled = false;
         Kernel.Defer(Model.Enable);
     }
 
@@ -182,7 +186,19 @@ public sealed class SimulatedPciDevice : SimulatedBusDevice
     /// <summary>The model that emulates the function.</summary>
     public new PciDeviceModel Model => (PciDeviceModel)base.Model;
 
+    /// <summary>
+    /// How the kernel can reset the function, as sysfs <c>reset_method</c> lists them, found when the
+    /// function was added (pci_init_reset_methods): "flr", "af_flr", "pm", "bus"; empty when it has none.
+    /// </summary>
+    public IReadOnlyList<string> ResetMethods { get; internal set; } = [];
+
     internal override bool IsVfioBound => DriverName == "vfio-pci";
+
+    /// <summary>The order the function was enumerated in (added to the kernel).</summary>
+    internal long Sequence { get; set; }
+
+    /// <summary>vdev->needs_reset: closed without a function reset, so a bus reset is due when its set is closed. The kernel lock guards it.</summary>
+    internal bool NeedsReset { get; set; }
 }
 
 /// <summary>A simulated platform device, listed under <c>bus/platform/devices</c>.</summary>

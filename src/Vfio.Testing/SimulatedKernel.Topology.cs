@@ -111,6 +111,12 @@ public sealed partial class SimulatedKernel
             dir.Attribute("subsystem_device", () => Hex(model.SubsystemId, 4));
             dir.Attribute("revision", () => Hex(model.Revision, 2));
             dir.Attribute("driver_override", () => (device.Override ?? "(null)") + "\n", text => StoreOverride(text, v => device.Override = v));
+            dir.BinaryAttribute("config", model.ReadConfigSpaceAsHost);
+            device.ResetMethods = ProbeResetMethodsLocked(device);
+            if (device.ResetMethods.Count > 0)
+            {
+                dir.Attribute("reset_method", () => string.Join(' ', device.ResetMethods) + "\n");
+            }
             if (driver is not null)
             {
                 RegisterDriverLocked(PciBus, driver);

@@ -297,7 +297,7 @@ public sealed partial class SimulatedKernel : VfioKernel
             }
             else if (node is SysfsAttribute attribute)
             {
-                if ((access != Flags.O_WRONLY && attribute.Show is null) || (access != Flags.O_RDONLY && attribute.Store is null))
+                if ((access != Flags.O_WRONLY && !attribute.Readable) || (access != Flags.O_RDONLY && attribute.Store is null))
                 {
                     return -Errno.EACCES;
                 }

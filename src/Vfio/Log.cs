@@ -68,6 +68,9 @@ internal static partial class Log
     [LoggerMessage(24, LogLevel.Error, "Disposing the registry gave up after {ElapsedMs} ms; still held: {Holders}")]
     public static partial void DisposeGaveUp(ILogger logger, long elapsedMs, string holders);
 
+    [LoggerMessage(25, LogLevel.Information, "Driver {Driver} matches {Device}, which is not bound to vfio-pci but to {KernelDriver}: {Hint}")]
+    public static partial void MatchNotOnVfio(ILogger logger, string driver, string device, string kernelDriver, string hint);
+
     [LoggerMessage(550, LogLevel.Information, "The kernel asks for {Device} in group {GroupId} back (REQ signal {Count}); asking its holders to release it")]
     public static partial void KernelRequestedRelease(ILogger logger, string device, int groupId, int count);
 

@@ -23,7 +23,29 @@ internal static class PciScenarios
         new("pci_command_bus_master", CommandBusMaster),
         new("pci_region_access_past_the_end", RegionAccessPastTheEnd),
         new("pci_capabilities_nvme", NvmeCapabilities),
+        new("probe_reports_a_match_held_by_a_kernel_driver", ProbeReportsAMatchHeldByAKernelDriver),
+        new("pci_virtio_offers_access_platform", VirtioOffersAccessPlatform),
     ];
+
+    /// <summary>
+    /// A virtio device reaches memory through the IOMMU only when it offers VIRTIO_F_ACCESS_PLATFORM
+    /// (bit 33), which QEMU's iommu_platform=on gives (docs/dma.md): the machine's virtio-rng does.
+    /// Read from the common configuration the vendor capability of type 1 points at.
+    /// </summary>
+    public static void VirtioOffersAccessPlatform(ScenarioContext context)
+    {
+        using var virtio = PciFunction.Open(context, FunctionResetScenarios.VirtioRng(context));
+        int common = virtio.FindCapabilities(0x09).FirstOrDefault(at => virtio.ReadConfig(at + 3, 1) == 1);
+        Check.True(common != 0, "virtio-rng shows no common configuration capability");
+        uint bar = virtio.ReadConfig(common + 4, 1);
+        uint offset = virtio.ReadConfig(common + 8, 4);
+        virtio.WriteConfig(0x04, 2, virtio.ReadConfig(0x04, 2) | 0x2);
+        virtio.WriteBar32(bar, offset, 1); // device_feature_select: bits 32 to 63
+        uint high = virtio.ReadBar32(bar, offset + 4);
+        context.Note(string.Create(CultureInfo.InvariantCulture, $"virtio-rng features 32-63: 0x{high:x8} (common configuration in BAR{bar} at 0x{offset:x})"));
+        Check.True((high & 0x1) != 0, "virtio-rng does not offer VIRTIO_F_VERSION_1");
+        Check.True((high & 0x2) != 0, "virtio-rng does not offer VIRTIO_F_ACCESS_PLATFORM: started without iommu_platform=on, its DMA would bypass the IOMMU");
+    }
 
     public static Task ConfigHeader(ScenarioContext context) => EduScenarios.WithOpenEduAsync(context, device =>
     {
@@ -147,6 +169,34 @@ internal static class PciScenarios
             Check.Equal(256UL * 16, device.GetRegionInfo(PciVfioDevice.ConfigRegion).Size, "config region size (a PCI Express function has 4 KiB)");
         }
         await registry.UnregisterAsync(device).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A driver for NVMe controllers probes the machine: the controller bound to vfio-pci is registered,
+    /// the one the kernel's nvme driver holds is reported with that driver and the writes that would
+    /// hand it over, and the probe leaves it alone.
+    /// </summary>
+    public static async Task ProbeReportsAMatchHeldByAKernelDriver(ScenarioContext context)
+    {
+        await using var registry = new VfioRegistry(context.Kernel);
+        registry.AddDriver(new PlainNvmeDriver());
+        ProbeResult result = await registry.ProbeAsync().ConfigureAwait(false);
+        foreach (var skipped in result.NotOnVfio)
+        {
+            context.Note("not on vfio: " + skipped.Hint);
+        }
+        Check.True(result.Registered.Any(d => d.Name == FunctionResetScenarios.Nvme(context)), "the NVMe controller bound to vfio-pci was not registered");
+        var held = result.NotOnVfio.FirstOrDefault(n => n.KernelDriver == "nvme")
+            ?? throw new ScenarioFailedException("no NVMe controller held by the kernel's nvme driver was reported");
+        Check.Equal("plain-nvme", held.Driver, "the matching driver");
+        Check.True(held.Hint.Contains("driver_override", StringComparison.Ordinal) && held.Hint.Contains(held.Device + "/driver/unbind", StringComparison.Ordinal),
+            "the hint does not say how to hand the controller over: " + held.Hint);
+        Check.True(!registry.TryFind<PlainPciDevice>(held.Device, out _), held.Device + " was registered though the kernel's nvme driver holds it");
+    }
+
+    private sealed class PlainNvmeDriver() : PciDriver<PlainPciDevice>("plain-nvme", PciMatch.Class(NvmeClassCode))
+    {
+        protected internal override PlainPciDevice CreateDevice(PciDeviceContext context) => new(context);
     }
 
     private const uint NvmeClassCode = 0x010802;

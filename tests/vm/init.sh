@@ -50,7 +50,8 @@ done
 bind_vfio "$address"
 bind_vfio "$shared_address"
 
-# Two edu functions of one slot behind a PCIe root port: one reset scope for a hot reset.
+# Two edu functions of one slot behind a PCIe root port: one reset scope for a hot reset. An edu
+# function alone on the bus behind another root port is bound too (the reset scenarios find it).
 reset_args=""
 reset_group=""
 for dev in /sys/bus/pci/devices/*; do
@@ -58,12 +59,32 @@ for dev in /sys/bus/pci/devices/*; do
   case "$candidate" in 0000:00:*) continue ;; esac
   if [ "$(cat "$dev/vendor")" = "$vendor_id" ] && [ "$(cat "$dev/device")" = "$device_id" ]; then
     bind_vfio "$candidate"
+    if [ "$(ls -d /sys/bus/pci/devices/"${candidate%:*}":* | wc -l)" -eq 1 ]; then
+      echo "vfio-vm: $candidate is alone on its bus"
+      continue
+    fi
     reset_group="$(group_of "$candidate")"
     reset_args="$reset_args --hot-reset-device $candidate"
   fi
 done
 [ -n "$reset_args" ] || fail "no edu function behind a root port"
 echo "vfio-vm: hot-reset pair:$reset_args (group $reset_group: $(ls "/sys/kernel/iommu_groups/$reset_group/devices" | tr '\n' ' '))"
+
+# The functions the config-space and reset scenarios compare with the simulation: ivshmem-plain
+# (1af4:1110, no reset method; its BAR2 is shared memory, for the bulk copy scenarios too) and a
+# modern virtio-rng (1af4:1044, vendor-specific capabilities).
+shm_address=""
+for dev in /sys/bus/pci/devices/*; do
+  ids="$(cat "$dev/vendor"):$(cat "$dev/device")"
+  case "$ids" in
+    0x1af4:0x1110|0x1af4:0x1044)
+      bind_vfio "${dev##*/}"
+      echo "vfio-vm: $ids at ${dev##*/} bound to vfio-pci"
+      [ "$ids" = 0x1af4:0x1044 ] || shm_address="${dev##*/}"
+      ;;
+  esac
+done
+[ -n "$shm_address" ] || fail "no PCI device 0x1af4:0x1110 (ivshmem)"
 
 # The NVMe controller alone in its IOMMU group (the other one shares the edu function's slot):
 # bound to the built-in nvme driver at boot, handed to vfio-pci for the NVMe sample.
@@ -78,17 +99,6 @@ for dev in /sys/bus/pci/devices/*; do
   fi
 done
 [ -n "$nvme_address" ] || fail "no NVMe controller (class 0x010802) alone in its IOMMU group"
-
-# QEMU's ivshmem-plain function (BAR2: shared memory) for the bulk copy scenarios.
-shm_address=""
-for dev in /sys/bus/pci/devices/*; do
-  if [ "$(cat "$dev/vendor")" = 0x1af4 ] && [ "$(cat "$dev/device")" = 0x1110 ]; then
-    shm_address="${dev##*/}"
-    break
-  fi
-done
-[ -n "$shm_address" ] || fail "no PCI device 0x1af4:0x1110 (ivshmem)"
-bind_vfio "$shm_address"
 
 # The vfio tool: bind the controller away from nvme, show it, give it back (cli-init.sh).
 dmesg -n 1

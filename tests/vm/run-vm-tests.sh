@@ -2,15 +2,16 @@
 # Boots a real Linux kernel in QEMU (software emulation, no KVM needed) with an emulated Intel
 # IOMMU and two QEMU "edu" PCI devices: one alone in its slot, one sharing a multifunction slot
 # (and so its IOMMU group) with an NVMe controller that stays bound to the kernel's nvme driver,
-# and two edu functions of one slot behind a PCIe root port (one hot-reset scope).
-# It binds both edu functions to vfio-pci and runs the scenarios of tests/Vfio.Scenarios (the
+# and two edu functions of one slot behind a PCIe root port (one hot-reset scope); for the config
+# space and reset scenarios also an ivshmem-plain at 07.0 (no reset method; BAR2 is 1 MiB of
+# shared memory, for the bulk copy scenarios too), a modern virtio-rng (vendor-specific
+# capabilities) and an edu function alone behind a second root port (a bus reset of its own).
+# It binds the edu functions and those three to vfio-pci and runs the scenarios of tests/Vfio.Scenarios (the
 # same suite dotnet test runs on the simulated kernel) through the library's real P/Invoke path,
 # then the edu sample's program (samples/EduDriver), whose output it prints between markers, and
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
 # Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
 # host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
-# An ivshmem-plain function at 07.0 (BAR2: 1 MiB of shared memory) is bound to vfio-pci for the
-# bulk copy scenarios.
 # In mode noiommu it boots another machine: no IOMMU, vfio in unsafe no-IOMMU mode, the edu device
 # and an NVMe controller in no-IOMMU groups; the no-IOMMU scenarios, then the edu and NVMe samples.
 #
@@ -84,7 +85,7 @@ run_vm() {
     run_noiommu_vm
     return
   fi
-  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0 + ivshmem at 07.0; limit ${vm_timeout}s)..."
+  say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0 + ivshmem-plain at 07.0 + virtio-rng at 08.0 + an edu alone behind a root port at 09.0; limit ${vm_timeout}s)..."
   boot "$kernel_image" "$initrd" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check vfio_vm_mode=$1" \
     -device intel-iommu,caching-mode=on \
     -device edu,addr=03.0 \
@@ -96,8 +97,10 @@ run_vm() {
     -device edu,bus=rp1,addr=00.1 \
     -drive file="$nvme_vfio_disk",if=none,id=nvfio,format=raw \
     -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0 \
-    -object memory-backend-ram,id=shm0,size=1M \
-    -device ivshmem-plain,memdev=shm0,addr=07.0
+    -object memory-backend-ram,id=shm0,size=1M -device ivshmem-plain,memdev=shm0,addr=07.0 \
+    -device virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=08.0 \
+    -device pcie-root-port,id=rp2,chassis=2,slot=2,addr=09.0 \
+    -device edu,bus=rp2,addr=00.0
   read_results
   read_sample sample "edu sample"
   read_sample "nvme sample" "NVMe sample"

@@ -34,7 +34,7 @@ internal sealed class SysfsFile(SimulatedKernel kernel, string path, SysfsNode n
         {
             return -Errno.EISDIR;
         }
-        if (!CanRead || node is not SysfsAttribute { Show: { } show })
+        if (!CanRead || node is not SysfsAttribute { Readable: true } attribute)
         {
             return -Errno.EBADF;
         }
@@ -42,16 +42,16 @@ internal sealed class SysfsFile(SimulatedKernel kernel, string path, SysfsNode n
         {
             return -Errno.EINVAL;
         }
-        string text;
+        string? text = null;
         using (Kernel.Enter())
         {
             if (node.AccessError != 0)
             {
                 return -node.AccessError;
             }
-            text = show();
+            text = attribute.Show?.Invoke();
         }
-        byte[] bytes = Encoding.UTF8.GetBytes(text);
+        byte[] bytes = text is not null ? Encoding.UTF8.GetBytes(text) : attribute.Binary!();
         if (offset >= bytes.Length)
         {
             return 0;

@@ -14,13 +14,20 @@ internal readonly record struct RegionDescriptor(ulong Size, uint Flags, IReadOn
 /// </summary>
 /// <remarks>
 /// The kernel calls a model's hooks one at a time (never two at once for the same model), and never
-/// while it holds its own lock, so a hook may raise interrupts and perform DMA.
+/// while it holds its own lock, so a hook may raise interrupts and perform DMA. Work a device does
+/// after a register write returns (a DMA transfer, a command completing) is scheduled with
+/// <see cref="ScheduleWork(Action)"/> and runs under the same rule. docs/device-models.md is the
+/// guide for model authors.
 /// </remarks>
-public abstract class DeviceModel
+public abstract partial class DeviceModel
 {
     private protected DeviceModel()
     {
+        _drain = new WorkDrain(this);
     }
+
+    // The model's own thread-pool work item for its background work (DeviceModel.Work.cs).
+    private readonly WorkDrain _drain;
 
     /// <summary>The kernel device that hosts this model, once it was added to a kernel.</summary>
     internal SimulatedDevice? Device { get; set; }
@@ -31,8 +38,21 @@ public abstract class DeviceModel
     /// </summary>
     internal object Gate { get; } = new();
 
-    /// <summary>Whether the device can be reset (VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET). True unless overridden.</summary>
+    /// <summary>
+    /// The model's lock: held while every hook and every piece of scheduled work runs. Take it in
+    /// members a test reads from outside (a register's value, a counter), so that they see the
+    /// device between two hooks, never in the middle of one.
+    /// </summary>
+    protected object ModelLock => Gate;
+
+    /// <summary>
+    /// Whether the device can be reset (VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET). True unless
+    /// overridden. For a PCI function the kernel decides, as vfio-pci does (see <see cref="PciDeviceModel.SupportsReset"/>).
+    /// </summary>
     public virtual bool SupportsReset => true;
+
+    /// <summary>Whether the device file reports VFIO_DEVICE_FLAGS_RESET and takes VFIO_DEVICE_RESET now.</summary>
+    internal virtual bool ResetWorks => SupportsReset;
 
     /// <summary>
     /// Raises interrupt <paramref name="vector"/> of IRQ index <paramref name="irqIndex"/> (for PCI: 0 INTx,
@@ -72,7 +92,11 @@ public abstract class DeviceModel
         }
     }
 
-    /// <summary>Puts the device's registers back to their reset values (VFIO_DEVICE_RESET, and open and close of the device).</summary>
+    /// <summary>
+    /// Puts the device's registers back to their reset values: called when the kernel resets the
+    /// device (VFIO_DEVICE_RESET, a hot reset, and for a PCI function the resets vfio-pci does at open
+    /// and close when the function has a reset method), with the model's lock held.
+    /// </summary>
     protected virtual void OnReset()
     {
     }

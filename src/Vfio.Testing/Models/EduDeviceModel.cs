@@ -23,8 +23,9 @@ namespace Vfio.Testing;
 /// </list>
 /// <para>
 /// As in QEMU, the factorial and the DMA complete after the register write returns (QEMU uses a
-/// thread and a 100 ms timer); here they complete on a thread-pool work item, without any delay.
-/// <see cref="WhenIdleAsync"/> waits for the work in flight. The device's DMA goes through the
+/// thread and a 100 ms timer): the model schedules them (<see cref="DeviceModel.ScheduleWork(TimeSpan, Action)"/>,
+/// a transfer 100 ms of device time later), so they run in the background or when a test moves the
+/// kernel's device clock. <see cref="DeviceModel.WhenIdleAsync"/> waits for the work in flight. The device's DMA goes through the
 /// simulated IOMMU (<see cref="DeviceModel.DmaRead"/>, <see cref="DeviceModel.DmaWrite"/>): a
 /// transfer to an address that is not mapped shows in <see cref="SimulatedKernel.DmaFaults"/>, and the
 /// device still completes it (and raises its interrupt), as QEMU does. Addresses are clamped to the
@@ -60,9 +61,9 @@ public sealed class EduDeviceModel : PciDeviceModel
     private const ulong DmaRun = 0x1;
     private const ulong DmaToRam = 0x2;
     private const ulong DmaIrq = 0x4;
+    private static readonly TimeSpan DmaTime = TimeSpan.FromMilliseconds(100);
 
     private readonly byte[] _buffer = new byte[DmaBufferSize];
-    private readonly List<Task> _work = [];
     private uint _liveness;
     private uint _factorial;
     private uint _status;
@@ -120,19 +121,6 @@ public sealed class EduDeviceModel : PciDeviceModel
         }
     }
 
-    /// <summary>Completes when the factorials and DMA transfers started so far have completed.</summary>
-    public Task WhenIdleAsync()
-    {
-        lock (Gate)
-        {
-            _work.RemoveAll(t => t.IsCompleted);
-            return Task.WhenAll([.. _work]);
-        }
-    }
-
-    /// <inheritdoc/>
-    public override bool SupportsReset => false;
-
     /// <inheritdoc/>
     protected override ulong ReadBar(int bar, ulong offset, int size)
     {
@@ -175,7 +163,7 @@ public sealed class EduDeviceModel : PciDeviceModel
                 {
                     _factorial = (uint)value;
                     _status |= StatusComputing;
-                    Start(CompleteFactorial);
+                    ScheduleWork(CompleteFactorial); // QEMU computes on its own thread
                 }
                 break;
             case 0x20:
@@ -198,7 +186,7 @@ public sealed class EduDeviceModel : PciDeviceModel
                 break;
             case 0x98 when !running && (value & DmaRun) != 0:
                 _dmaCommand = value;
-                Start(CompleteDma);
+                ScheduleWork(DmaTime, CompleteDma); // QEMU completes a transfer on a 100 ms timer
                 break;
         }
     }
@@ -216,17 +204,7 @@ public sealed class EduDeviceModel : PciDeviceModel
         }
     }
 
-    private void Start(Action completion)
-    {
-        _work.RemoveAll(t => t.IsCompleted);
-        _work.Add(Task.Run(() =>
-        {
-            lock (Gate)
-            {
-                completion();
-            }
-        }));
-    }
+
 
     private void CompleteFactorial()
     {

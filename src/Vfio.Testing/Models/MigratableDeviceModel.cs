@@ -5,26 +5,29 @@ using Vfio.Interop;
 namespace Vfio.Testing;
 
 /// <summary>
-/// A PCI function with migration v2, as a vendor migration driver (mlx5, hisi_acc) presents one: its
-/// device state is BAR0's memory; VFIO_DEVICE_FEATURE_MIGRATION reports <see cref="Capabilities"/>;
-/// a SET of MIG_DEVICE_STATE to any supported state is walked arc by arc over the shortest path, as
-/// drivers do with the core's <c>vfio_mig_get_next_state</c>; STOP_COPY and PRE_COPY open a read-only
-/// data session streaming the state, RESUMING a write-only one that is checked and loaded when the
-/// device leaves RESUMING. Optionally it logs its own DMA writes (DMA_LOGGING_*).
+/// A PCI function with migration v2, as a vendor migration driver (mlx5, hisi_acc) presents one:
+/// VFIO_DEVICE_FEATURE_MIGRATION reports <see cref="Capabilities"/>; a SET of MIG_DEVICE_STATE to any
+/// supported state is walked arc by arc over the shortest path, as drivers do with the core's
+/// <c>vfio_mig_get_next_state</c>; STOP_COPY and PRE_COPY open a read-only data session streaming the
+/// device state, RESUMING a write-only one that is checked and loaded when the device leaves RESUMING.
+/// Optionally it logs its own DMA writes (DMA_LOGGING_*).
 /// </summary>
 /// <remarks>
+/// <para>Used as it is, the device state is BAR0's memory. Derive from it to model your own device's
+/// migration: the protected constructor takes your identity and migration flags, and you define BARs,
+/// interrupts and capabilities as for any <see cref="PciDeviceModel"/>; <see cref="SaveState"/> gives
+/// the bytes your device's state migrates as, <see cref="LoadState"/> takes them back on the
+/// destination, <see cref="OnMigrationStateChanged"/> follows each arc (stop your background work in
+/// STOP, for example), and <see cref="MarkStateDirty"/> tells a PRE_COPY session that there is more to
+/// read. All of them run with the model's lock held, like every hook.</para>
 /// <para>Data session semantics follow the drivers: reads and writes are streams (pread and pwrite
 /// fail with ESPIPE); a saving session reads to end of stream (0) once in STOP_COPY, and fails with
-/// ENOMSG in PRE_COPY when nothing more is there now (a write to BAR0 makes new dirty data); a session
-/// whose state was left fails with ENODEV. Reset (VFIO_DEVICE_RESET, and the device's last close)
-/// returns the device to RUNNING and ends the session.</para>
-/// <para>The stream is a sequence of records (magic, identity, length, the state's bytes); the last
-/// record loaded wins. A truncated or foreign stream fails RESUMING -&gt; STOP with EINVAL and the device stays in RESUMING.</para>
-/// <para>Derive from it to model your own device's migration: override <see cref="SaveDeviceState"/>
-/// and <see cref="LoadDeviceState"/> for what the device carries over (by default BAR0's memory), the
-/// BAR accessors for its registers, <see cref="OnReset"/> (calling the base) for its reset, and call
-/// <see cref="MarkStateChanged"/> when its state changes other than through BAR0, so that a PRE_COPY
-/// session has new data to give.</para>
+/// ENOMSG in PRE_COPY when nothing more is there now; a session whose state was left fails with
+/// ENODEV. Reset (VFIO_DEVICE_RESET, and the device's last close) returns the device to RUNNING and
+/// ends the session.</para>
+/// <para>The stream is a sequence of records (magic, identity, length, state bytes); the last record
+/// loaded wins. A truncated or foreign stream, or one <see cref="LoadState"/> refuses, fails
+/// RESUMING -&gt; STOP with EINVAL and the device stays in RESUMING.</para>
 /// </remarks>
 public class MigratableDeviceModel : PciDeviceModel
 {
@@ -32,7 +35,7 @@ public class MigratableDeviceModel : PciDeviceModel
     private const int RecordHeader = 16;
     private const int MaxResumeBytes = 64 << 20;
 
-    private readonly byte[] _state;
+    private readonly byte[]? _state;
     private VfioMigrationState _migrationState = VfioMigrationState.Running;
     private MigrationDataFile? _session;
     private (VfioMigrationState From, VfioMigrationState To, int Errno, VfioMigrationState LeaveIn)? _failArc;
@@ -44,31 +47,34 @@ public class MigratableDeviceModel : PciDeviceModel
     /// <param name="capabilities">The migration flags it reports; must include <see cref="VfioMigrationCapabilities.StopCopy"/>.</param>
     /// <param name="stateSize">BAR0's size: a power of two, at least 4096.</param>
     public MigratableDeviceModel(VfioMigrationCapabilities capabilities = VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.P2P, int stateSize = 4096)
-        : this(0x1234, 0x11f0, 0x00ff00, capabilities, stateSize)
+        : this(0x1234, 0x11f0, 0x00ff00, capabilities)
     {
+        if (stateSize < 4096 || !BitOperations.IsPow2(stateSize))
+        {
+            throw new ArgumentOutOfRangeException(nameof(stateSize), stateSize, "The state size is a power of two of at least 4096.");
+        }
+        _state = new byte[stateSize];
+        DefineBar(0, (ulong)stateSize);
+        MsiVectors = 1;
     }
 
-    /// <summary>Creates a derived model's function with its own identity; BAR0 is <paramref name="stateSize"/> bytes of state unless the BAR accessors say otherwise.</summary>
-    /// <param name="vendorId">The PCI vendor id.</param>
-    /// <param name="deviceId">The PCI device id; with the vendor id, the identity a stream must carry to be loaded.</param>
+    /// <summary>
+    /// Creates a migratable function of your own: define its BARs, interrupts and capabilities, and
+    /// override <see cref="SaveState"/> and <see cref="LoadState"/> (by default the state is empty).
+    /// </summary>
+    /// <param name="vendorId">The vendor id.</param>
+    /// <param name="deviceId">The device id.</param>
     /// <param name="classCode">The 24-bit class code.</param>
     /// <param name="capabilities">The migration flags it reports; must include <see cref="VfioMigrationCapabilities.StopCopy"/>.</param>
-    /// <param name="stateSize">BAR0's size: a power of two, at least 4096.</param>
-    protected MigratableDeviceModel(ushort vendorId, ushort deviceId, uint classCode, VfioMigrationCapabilities capabilities, int stateSize)
-        : base(vendorId, deviceId, classCode, isExpress: true)
+    /// <param name="isExpress">True for a PCI Express function (the default, as migratable devices are).</param>
+    protected MigratableDeviceModel(ushort vendorId, ushort deviceId, uint classCode, VfioMigrationCapabilities capabilities, bool isExpress = true)
+        : base(vendorId, deviceId, classCode, isExpress)
     {
         if ((capabilities & VfioMigrationCapabilities.StopCopy) == 0 || ((ulong)capabilities & ~7UL) != 0)
         {
             throw new ArgumentException("Migration capabilities are STOP_COPY, optionally with P2P and PRE_COPY.", nameof(capabilities));
         }
-        if (stateSize < 4096 || !BitOperations.IsPow2(stateSize))
-        {
-            throw new ArgumentOutOfRangeException(nameof(stateSize), stateSize, "The state size is a power of two of at least 4096.");
-        }
         Capabilities = capabilities;
-        _state = new byte[stateSize];
-        DefineBar(0, (ulong)stateSize);
-        MsiVectors = 1;
     }
 
     /// <summary>The migration flags VFIO_DEVICE_FEATURE_MIGRATION reports.</summary>
@@ -95,31 +101,34 @@ public class MigratableDeviceModel : PciDeviceModel
         }
     }
 
-    /// <summary>A copy of the device state, as <see cref="SaveDeviceState"/> gives it (by default BAR0's memory).</summary>
+    /// <summary>A copy of the device state: what <see cref="SaveState"/> gives now (by default BAR0's memory).</summary>
     public byte[] GetDeviceState()
     {
         lock (Gate)
         {
-            return SaveDeviceState();
+            return SaveState();
         }
     }
 
     /// <summary>
-    /// The state the device carries over, a new array each call (the stream record's payload): by
-    /// default a copy of BAR0's memory. Called with the model's lock held (as the BAR accessors are), on entering
-    /// PRE_COPY and STOP_COPY and for each PRE_COPY read after <see cref="MarkStateChanged"/>.
+    /// The device's state as the migration stream carries it: taken when a saving session starts
+    /// (entering STOP_COPY or PRE_COPY) and again for what changed in PRE_COPY. By default BAR0's
+    /// memory, or nothing for a device made with the protected constructor. Runs with the model's lock held.
     /// </summary>
-    protected virtual byte[] SaveDeviceState() => (byte[])_state.Clone();
+    protected virtual byte[] SaveState() => _state is null ? [] : (byte[])_state.Clone();
 
     /// <summary>
-    /// Loads the state a stream carried, on RESUMING -&gt; STOP (the last record's payload, from a
-    /// device of the same vendor and device id); false refuses it: the arc fails with EINVAL and the
-    /// device stays in RESUMING. By default: BAR0's memory, whose size the state must have. Called
-    /// with the model's lock held.
+    /// Takes a state <see cref="SaveState"/> produced (on this device or another of the same kind) when
+    /// the device leaves RESUMING. Return false to refuse it: RESUMING -&gt; STOP then fails with EINVAL and
+    /// the device stays in RESUMING. By default BAR0's memory, which must be as long. Runs with the model's lock held.
     /// </summary>
-    /// <param name="state">The payload of the last record.</param>
-    protected virtual bool LoadDeviceState(ReadOnlySpan<byte> state)
+    /// <param name="state">The bytes of the last record of the stream.</param>
+    protected virtual bool LoadState(ReadOnlySpan<byte> state)
     {
+        if (_state is null)
+        {
+            return state.IsEmpty;
+        }
         if (state.Length != _state.Length)
         {
             return false;
@@ -129,12 +138,19 @@ public class MigratableDeviceModel : PciDeviceModel
     }
 
     /// <summary>
-    /// Tells an open PRE_COPY session that the device state changed (writes to BAR0 do it themselves):
-    /// its next read gives a new record, and <c>VFIO_MIG_GET_PRECOPY_INFO</c> counts it as dirty bytes.
-    /// Call it from a BAR accessor or another handler the simulated kernel calls (the model's lock is held there).
+    /// Called after each arc the device takes (RUNNING -&gt; RUNNING_P2P, ... and back to RUNNING at a
+    /// reset), with the model's lock held: stop the device's own work in STOP, resume it in RUNNING.
     /// </summary>
-    protected void MarkStateChanged()
+    /// <param name="previous">The state left.</param>
+    /// <param name="current">The state entered.</param>
+    protected virtual void OnMigrationStateChanged(VfioMigrationState previous, VfioMigrationState current)
     {
+    }
+
+    /// <summary>Tells an open PRE_COPY session that the state changed since it was read: its next read gets a new record. The model's lock is held.</summary>
+    protected void MarkStateDirty()
+    {
+        LockAssert.Held(Gate);
         if (_session is { Saving: true, Complete: false } session)
         {
             session.Dirty = true;
@@ -182,29 +198,37 @@ public class MigratableDeviceModel : PciDeviceModel
     }
 
     /// <inheritdoc/>
-    protected override ulong ReadBar(int bar, ulong offset, int size) => bar == 0 ? ReadStore(_state, offset, size) : base.ReadBar(bar, offset, size);
+    protected override ulong ReadBar(int bar, ulong offset, int size) => bar == 0 && _state is not null ? ReadStore(_state, offset, size) : base.ReadBar(bar, offset, size);
 
     /// <inheritdoc/>
     protected override void WriteBar(int bar, ulong offset, int size, ulong value)
     {
-        if (bar != 0)
+        if (bar != 0 || _state is null)
         {
             base.WriteBar(bar, offset, size, value);
             return;
         }
         WriteStore(_state, offset, size, value);
-        MarkStateChanged(); // PRE_COPY tracks changes made while running
+        MarkStateDirty(); // PRE_COPY tracks changes made while running
     }
 
     /// <inheritdoc/>
     protected override void OnReset()
     {
         base.OnReset();
-        Array.Clear(_state);
+        if (_state is not null)
+        {
+            Array.Clear(_state);
+        }
+        var from = _migrationState;
         _migrationState = VfioMigrationState.Running;
         EndSession();
         _logRanges = null;
         _dirtyPages.Clear();
+        if (from != VfioMigrationState.Running)
+        {
+            OnMigrationStateChanged(from, VfioMigrationState.Running);
+        }
     }
 
     internal int GetMigrationState(out VfioMigrationState state)
@@ -220,7 +244,7 @@ public class MigratableDeviceModel : PciDeviceModel
     {
         lock (Gate)
         {
-            length = (ulong)(RecordHeader + SaveDeviceState().Length);
+            length = (ulong)(RecordHeader + SaveState().Length);
             return 0;
         }
     }
@@ -250,12 +274,14 @@ public class MigratableDeviceModel : PciDeviceModel
                     }
                     return -fail.Errno;
                 }
-                int r = Step(_migrationState, next, out var opened);
+                var from = _migrationState;
+                int r = Step(from, next, out var opened);
                 if (r < 0)
                 {
                     return r;
                 }
                 _migrationState = next;
+                OnMigrationStateChanged(from, next);
                 if (opened is not null)
                 {
                     if (next != target)
@@ -322,7 +348,7 @@ public class MigratableDeviceModel : PciDeviceModel
 
     private byte[] Record()
     {
-        byte[] state = SaveDeviceState();
+        byte[] state = SaveState();
         var record = new byte[RecordHeader + state.Length];
         BinaryPrimitives.WriteUInt32LittleEndian(record, RecordMagic);
         BinaryPrimitives.WriteUInt16LittleEndian(record.AsSpan(4), VendorId);
@@ -336,7 +362,7 @@ public class MigratableDeviceModel : PciDeviceModel
     {
         int at = 0;
         int last = -1;
-        int lastLength = 0;
+        int length = 0;
         while (at < stream.Length)
         {
             if (stream.Length - at < RecordHeader
@@ -348,14 +374,14 @@ public class MigratableDeviceModel : PciDeviceModel
                 return -Errno.EINVAL;
             }
             last = at;
-            lastLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(stream[(at + 8)..]);
-            at += RecordHeader + lastLength;
+            length = (int)BinaryPrimitives.ReadUInt32LittleEndian(stream[(at + 8)..]);
+            at += RecordHeader + length;
         }
         if (last < 0)
         {
             return -Errno.EINVAL;
         }
-        return LoadDeviceState(stream.Slice(last + RecordHeader, lastLength)) ? 0 : -Errno.EINVAL;
+        return LoadState(stream.Slice(last + RecordHeader, length)) ? 0 : -Errno.EINVAL;
     }
 
     // ---- The data session, called by MigrationDataFile; the Gate is taken here -------------------
@@ -412,7 +438,7 @@ public class MigratableDeviceModel : PciDeviceModel
                 return -Errno.EINVAL; // valid only in the PRE_COPY states
             }
             initial = (ulong)Math.Max(0, file.InitialEnd - file.Position);
-            dirty = (ulong)(file.Available - (long)initial) + (file.Dirty ? (ulong)(RecordHeader + SaveDeviceState().Length) : 0);
+            dirty = (ulong)(file.Available - (long)initial) + (file.Dirty ? (ulong)(RecordHeader + SaveState().Length) : 0);
             return 0;
         }
     }

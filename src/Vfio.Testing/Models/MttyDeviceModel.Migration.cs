@@ -139,10 +139,9 @@ public sealed partial class MttyDeviceModel : IMigrationDriver
         }
     }
 
-    // mtty_close disables the data files; the migration state stays as it was.
+    // mtty_close disables the data files and does nothing else to the device; the migration state stays as it was.
     internal override void Disable()
     {
-        base.Disable();
         lock (Gate)
         {
             DisableFiles();

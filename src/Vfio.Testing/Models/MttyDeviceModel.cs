@@ -44,8 +44,12 @@ public sealed partial class MttyDeviceModel : PciDeviceModel
     /// <summary>The number of serial ports (BARs).</summary>
     public int Ports { get; }
 
-    /// <inheritdoc/>
-    public override bool SupportsReset => false; // mtty reports VFIO_DEVICE_FLAGS_PCI alone
+    // mtty reports VFIO_DEVICE_FLAGS_PCI alone, and its open and close do nothing to the device: no vfio-pci behind it.
+    internal override bool ResetWorks => false;
+
+    internal override void Enable()
+    {
+    }
 
     // mtty_create_config_space
     private void CreateConfigSpace()

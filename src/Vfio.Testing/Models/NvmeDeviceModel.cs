@@ -23,9 +23,9 @@ namespace Vfio.Testing;
 /// fails; clearing CC.EN resets the controller (queues dropped) and clears CSTS.RDY at once.
 /// </para>
 /// <para>
-/// A doorbell write queues a pass over the queues on the thread pool (one pass at a time; the model's
-/// own reusable work item, so the write allocates nothing), as QEMU processes queues on a timer after
-/// the write returns; <see cref="WhenIdleAsync"/> waits for it. Commands and
+/// A doorbell write schedules a pass over the queues (<see cref="DeviceModel.ScheduleWork(ScheduledWork, TimeSpan)"/>:
+/// one pass at a time, the model's own reusable work, so the write allocates nothing), as QEMU
+/// processes queues on a timer after the write returns; <see cref="DeviceModel.WhenIdleAsync"/> waits for it. Commands and
 /// data move by DMA through the simulated IOMMU (PRP1, PRP2 and PRP lists); a command whose data
 /// transfer faults completes with Data Transfer Error; a submission or completion entry that cannot
 /// be read or written sets CSTS.CFS and stops the controller, as QEMU does.
@@ -95,12 +95,9 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     private readonly byte[] _storage;
     private readonly SubmissionQueue?[] _sqs = new SubmissionQueue?[MaxIoQueuePairs + 1];
     private readonly CompletionQueue?[] _cqs = new CompletionQueue?[MaxIoQueuePairs + 1];
-    private readonly QueuePass _pass;
+    private readonly ScheduledWork _pass;
     private readonly int[] _messages = new int[MsixTableSize];
     private int _commands;
-    private bool _passQueued;
-    private TaskCompletionSource? _idle;
-    private Exception? _passFailure;
 
     /// <summary>Creates the controller as QEMU's <c>-device nvme,serial=SERIAL,drive=...</c> does.</summary>
     /// <param name="serial">The serial number (at most 20 characters).</param>
@@ -124,7 +121,19 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         MsixTableOffset = MsixTable;
         MsixPbaOffset = MsixPba;
         InterruptPin = 1;
-        _pass = new QueuePass(this);
+        // QEMU 7.2's layout on q35's root bus: MSI-X at 0x40, PCI Express (a root complex integrated
+        // endpoint with FLR) at 0x80, power management with No_Soft_Reset at 0x60, listed in that order.
+        PlaceCapability(0x11, 0x40);
+        PlaceCapability(0x10, 0x80);
+        PlaceCapability(0x01, 0x60);
+        PowerManagementNoSoftReset = true;
+        FunctionLevelReset = true;
+        ExpressPortType = PciExpressPortType.RootComplexIntegratedEndpoint;
+        int express = FindCapability(0x10)!.Offset;
+        BinaryPrimitives.WriteUInt32LittleEndian(ConfigSpace[(express + 0x0c)..], 0x0000_0411); // link: 2.5 GT/s x1, L0s
+        BinaryPrimitives.WriteUInt32LittleEndian(ConfigSpace[(express + 0x24)..], 0x0030_0000); // device capabilities 2
+        SetWritable(express + 8, 2, 0x000f); // device control: the error reporting enables, as QEMU's wmask
+        _pass = CreateWork(ProcessQueues);
         ResetRegisters();
     }
 
@@ -221,24 +230,6 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
-    /// <summary>Completes when the queue processing started so far has completed (faulted if it threw).</summary>
-    public Task WhenIdleAsync()
-    {
-        lock (Gate)
-        {
-            if (_passFailure is { } failure)
-            {
-                return Task.FromException(failure);
-            }
-            if (!_passQueued)
-            {
-                return Task.CompletedTask;
-            }
-            _idle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            return _idle.Task;
-        }
-    }
-
     /// <inheritdoc/>
     protected override ulong ReadBar(int bar, ulong offset, int size)
     {
@@ -283,12 +274,15 @@ public sealed class NvmeDeviceModel : PciDeviceModel
         }
     }
 
-    /// <inheritdoc/>
+    /// <summary>
+    /// A function reset, as QEMU 7.2's nvme_pci_reset does it: the queues are dropped (and, as for any
+    /// QEMU PCI function, the MSI-X table masked), while the controller registers keep what was written
+    /// (the VM suite shows AQA unchanged across an FLR).
+    /// </summary>
     protected override void OnReset()
     {
         base.OnReset();
         ResetController();
-        ResetRegisters();
     }
 
     private uint Register32(int offset) => BinaryPrimitives.ReadUInt32LittleEndian(_registers.AsSpan(offset));
@@ -416,48 +410,11 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     }
 
     /// <summary>
-    /// Queues a pass over the queues on the thread pool unless one is queued already (it will see this
-    /// doorbell too: a pass reads the doorbells under the lock the write holds). The work item is the
-    /// model's own, so a doorbell write allocates nothing, as a driver's I/O path may expect.
+    /// Schedules a pass over the queues unless one is scheduled already (it will see this doorbell too:
+    /// a pass reads the doorbells under the lock the write holds). The work is the model's own, so a
+    /// doorbell write allocates nothing, as a driver's I/O path may expect.
     /// </summary>
-    private void Start()
-    {
-        if (!_passQueued)
-        {
-            _passQueued = true;
-            ThreadPool.UnsafeQueueUserWorkItem(_pass, preferLocal: false);
-        }
-    }
-
-    private void RunPass()
-    {
-        lock (Gate)
-        {
-            _passQueued = false;
-            try
-            {
-                ProcessQueues();
-            }
-#pragma warning disable CA1031 // a failure of the model surfaces in WhenIdleAsync, not on a pool thread
-            catch (Exception e)
-#pragma warning restore CA1031
-            {
-                _passFailure ??= e;
-            }
-            if (!_passQueued && _idle is { } idle)
-            {
-                _idle = null;
-                if (_passFailure is { } failure)
-                {
-                    idle.SetException(failure);
-                }
-                else
-                {
-                    idle.SetResult();
-                }
-            }
-        }
-    }
+    private void Start() => ScheduleWork(_pass);
 
     private bool Failed => (Register32(0x1c) & CstsFatal) != 0;
 
@@ -816,10 +773,6 @@ public sealed class NvmeDeviceModel : PciDeviceModel
     }
 
     /// <summary>The model's one reusable thread-pool work item: a pass over the queues.</summary>
-    private sealed class QueuePass(NvmeDeviceModel model) : IThreadPoolWorkItem
-    {
-        public void Execute() => model.RunPass();
-    }
 
     private sealed class SubmissionQueue(int id, ulong address, int size, int cqid)
     {

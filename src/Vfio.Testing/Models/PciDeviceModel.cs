@@ -18,18 +18,24 @@ public enum PciBarKind
 
 /// <summary>
 /// A simulated PCI function: a configuration space (256 bytes, or 4096 for PCI Express) with the
-/// standard header, BAR sizing and a capability list (power management, MSI, MSI-X, PCI Express),
-/// BARs whose registers are read and written through <see cref="ReadBar"/> and <see cref="WriteBar"/>
-/// (plain memory unless overridden), interrupts and DMA.
+/// standard header, BAR sizing and a capability list (power management, MSI, MSI-X, PCI Express, and
+/// any capability the model declares with its bytes), BARs whose registers are read and written
+/// through <see cref="ReadBar"/> and <see cref="WriteBar"/> (plain memory unless overridden), an
+/// MSI-X table and pending bit array, interrupts and DMA.
 /// </summary>
 /// <remarks>
-/// <para>Define BARs, interrupt counts and identity before the model is added to a kernel with
-/// <see cref="SimulatedKernel.AddPciDevice(string, PciDeviceModel, int, string?)"/>; they are fixed from then on.</para>
+/// <para>Define BARs, interrupts, identity and capabilities first. The definition is fixed, and config
+/// space laid out, when the model is added to a kernel with
+/// <see cref="SimulatedKernel.AddPciDevice(string, PciDeviceModel, int, string?)"/>, or earlier when the
+/// model looks at its layout (<see cref="ConfigSpace"/>, <see cref="PciModelCapability.Offset"/>,
+/// <see cref="FindCapability(byte)"/>). Config space as it is when the model joins a kernel is its
+/// power-on state, which every reset of the device restores.</para>
 /// <para>The model is the device alone. What vfio-pci does to it (the device file's regions and
-/// interrupts, config space virtualisation, hidden capabilities, enabling it at the first open) is
-/// the simulated kernel's: Vfio/VfioPciCore.cs and Vfio/VfioPciConfig.cs.</para>
+/// interrupts, config space virtualisation, hidden capabilities, enabling it at the first open, when
+/// the device is reset) is the simulated kernel's: Vfio/VfioPciCore.cs and Vfio/VfioPciConfig.cs, and
+/// docs/device-models.md for model authors.</para>
 /// </remarks>
-public class PciDeviceModel : DeviceModel
+public partial class PciDeviceModel : DeviceModel
 {
     internal const int CommandOffset = 0x04;
     internal const ushort CommandIo = 0x1;
@@ -40,14 +46,7 @@ public class PciDeviceModel : DeviceModel
 
     private readonly Bar?[] _bars = new Bar?[6];
     private readonly byte[]?[] _barMemory = new byte[]?[6];
-    private byte[] _config = [];
-    private byte[] _writable = [];
-    private byte[] _resetConfig = [];
     private VfioPciCore? _vfioPci;
-    private int _msiOffset;
-    private int _pmOffset;
-    private int _msixOffset;
-    private bool _sealed;
     private byte _interruptPin = 1;
     private int _msiVectors;
     private int _msixVectors;
@@ -55,9 +54,9 @@ public class PciDeviceModel : DeviceModel
     private ulong _msixTableOffset;
     private ulong? _msixPbaOffset;
     private bool _powerManagement = true;
+    private bool _noSoftReset;
     private bool _functionLevelReset;
-    private readonly List<(byte Id, int Length)> _extraCapabilities = [];
-    private readonly List<(ushort Id, byte Version, int Length)> _extendedCapabilities = [];
+    private PciExpressPortType _expressPortType = PciExpressPortType.Endpoint;
 
     /// <summary>Creates a PCI function with the given identity.</summary>
     /// <param name="vendorId">The vendor id (config offset 0x00).</param>
@@ -99,7 +98,7 @@ public class PciDeviceModel : DeviceModel
         get => _interruptPin;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             ArgumentOutOfRangeException.ThrowIfGreaterThan(value, (byte)4);
             _interruptPin = value;
         }
@@ -111,7 +110,7 @@ public class PciDeviceModel : DeviceModel
         get => _msiVectors;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             if (value < 0 || value > 32 || (value != 0 && !BitOperations.IsPow2(value)))
             {
                 throw new ArgumentOutOfRangeException(nameof(value), value, "MSI supports 1, 2, 4, 8, 16 or 32 vectors.");
@@ -126,7 +125,7 @@ public class PciDeviceModel : DeviceModel
         get => _msixVectors;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             ArgumentOutOfRangeException.ThrowIfNegative(value);
             ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 2048);
             _msixVectors = value;
@@ -139,7 +138,7 @@ public class PciDeviceModel : DeviceModel
         get => _msixBar;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             ArgumentOutOfRangeException.ThrowIfNegative(value);
             ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 5);
             _msixBar = value;
@@ -152,7 +151,7 @@ public class PciDeviceModel : DeviceModel
         get => _msixTableOffset;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             if ((value & 7) != 0 || value > uint.MaxValue)
             {
                 throw new ArgumentOutOfRangeException(nameof(value), value, "The MSI-X table offset is 8-byte aligned and fits 32 bits.");
@@ -167,7 +166,7 @@ public class PciDeviceModel : DeviceModel
         get => _msixPbaOffset;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             if (value is { } v && ((v & 7) != 0 || v > uint.MaxValue))
             {
                 throw new ArgumentOutOfRangeException(nameof(value), value, "The MSI-X PBA offset is 8-byte aligned and fits 32 bits.");
@@ -177,16 +176,33 @@ public class PciDeviceModel : DeviceModel
     }
 
     /// <summary>
-    /// Whether the function has a power management capability (true by default). Without it the
-    /// kernel has no D3hot-to-D0 reset for the function, as for QEMU's edu device.
+    /// Whether the function has a power management capability (true by default). With it, and with
+    /// <see cref="PowerManagementNoSoftReset"/> clear, the kernel can reset the function by taking it
+    /// to D3hot and back (its "pm" reset method). Without it the kernel has no such reset, as for
+    /// QEMU's edu device.
     /// </summary>
     public bool HasPowerManagement
     {
         get => _powerManagement;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             _powerManagement = value;
+        }
+    }
+
+    /// <summary>
+    /// The power management capability's No_Soft_Reset bit (control/status bit 3): the function keeps
+    /// its state when it returns from D3hot to D0, so the kernel cannot use that transition as a reset.
+    /// False by default; QEMU's NVMe controller sets it.
+    /// </summary>
+    public bool PowerManagementNoSoftReset
+    {
+        get => _noSoftReset;
+        set
+        {
+            ThrowIfLaidOut();
+            _noSoftReset = value;
         }
     }
 
@@ -196,51 +212,24 @@ public class PciDeviceModel : DeviceModel
         get => _functionLevelReset;
         set
         {
-            ThrowIfSealed();
+            ThrowIfLaidOut();
             _functionLevelReset = value;
         }
     }
 
     /// <summary>
-    /// Adds a standard capability with no behaviour (its body reads as zeros) after the built-in ones
-    /// (power management, MSI, MSI-X, PCI Express). The device file, as vfio-pci presents it, does not
-    /// show a capability vfio-pci does not virtualize (slot id, hot swap, debug port, CompactPCI CRC,
-    /// hot-plug controller, bridge subsystem id, AGP 8x, secure device, enhanced allocation and any id
-    /// above 0x14): the list skips it, though its bytes stay where they are.
+    /// What the PCI Express capability says the function is: an endpoint by default; a root complex
+    /// integrated endpoint for a function on a root bus, as QEMU makes a PCI Express device plugged
+    /// into q35's root bus (then vfio-pci shows the capability without its link registers).
     /// </summary>
-    /// <param name="id">The capability id.</param>
-    /// <param name="length">Its length in bytes, at least 2 (the header).</param>
-    public void AddCapability(byte id, int length)
+    public PciExpressPortType ExpressPortType
     {
-        ThrowIfSealed();
-        ArgumentOutOfRangeException.ThrowIfLessThan(length, 2);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, 0xc0);
-        _extraCapabilities.Add((id, length));
-    }
-
-    /// <summary>
-    /// Adds an extended capability (PCI Express functions only) with no behaviour; the extended list
-    /// starts at 0x100 in the order added. The device file, as vfio-pci presents it, hides the ones vfio-pci
-    /// does not virtualize (it knows AER, VC, serial number, power budgeting, MFVC, vendor specific,
-    /// ACS, ARI, ATS, SR-IOV, multicast, PRI, resizable BAR, DPA, TPH, LTR and DVSEC): the list skips
-    /// a hidden one, and a hidden first one becomes a header with id 0 that only links to the next.
-    /// </summary>
-    /// <param name="id">The extended capability id.</param>
-    /// <param name="version">Its version (0 to 15).</param>
-    /// <param name="length">Its length in bytes, a multiple of 4, at least 4 (the header).</param>
-    public void AddExtendedCapability(ushort id, byte version, int length)
-    {
-        ThrowIfSealed();
-        if (!IsExpress)
+        get => _expressPortType;
+        set
         {
-            throw new InvalidOperationException("Only a PCI Express function has extended capabilities.");
+            ThrowIfLaidOut();
+            _expressPortType = value;
         }
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(version, (byte)15);
-        if (length < 4 || length % 4 != 0 || length > 0xf00)
-        {
-            throw new ArgumentOutOfRangeException(nameof(length), length, "An extended capability is a multiple of 4 bytes long, at least 4.");
-        }
-        _extendedCapabilities.Add((id, version, length));
     }
 
     /// <summary>The configuration space size: 4096 for PCI Express, 256 otherwise.</summary>
@@ -251,9 +240,6 @@ public class PciDeviceModel : DeviceModel
 
     /// <summary>Whether memory decoding is on (command bit 1); region reads and writes of memory BARs fail with EIO otherwise.</summary>
     public bool MemorySpaceEnabled => (Command & CommandMemory) != 0;
-
-    /// <summary>The power state in the power management capability's PMCSR: 0 (D0) to 3 (D3hot); 0 without the capability.</summary>
-    public int PowerState => _pmOffset == 0 ? 0 : (int)(ReadConfigRegister(_pmOffset + 4, 2) & 3);
 
     /// <summary>Whether vfio-pci lets a mapped access reach the BARs now (<see cref="VfioPciCore.MemoryEnabledLocked"/>).</summary>
     internal override bool MappedMemoryReachable
@@ -267,9 +253,6 @@ public class PciDeviceModel : DeviceModel
         }
     }
 
-    /// <summary>PMCSR's offset in config space (the power management capability + 4), 0 without the capability.</summary>
-    internal int PmcsrOffset => _pmOffset == 0 ? 0 : _pmOffset + 4;
-
     /// <summary>Whether I/O decoding is on (command bit 0).</summary>
     public bool IoSpaceEnabled => (Command & CommandIo) != 0;
 
@@ -277,10 +260,22 @@ public class PciDeviceModel : DeviceModel
     public bool BusMasterEnabled => (Command & CommandMaster) != 0;
 
     /// <summary>Whether MSI is enabled (the kernel enables it when the driver sets MSI triggers).</summary>
-    public bool MsiEnabled => _msiOffset != 0 && (ReadConfigRegister(_msiOffset + 2, 2) & 1) != 0;
+    public bool MsiEnabled => MsiOffset != 0 && (ReadConfigRegister(MsiOffset + 2, 2) & 1) != 0;
 
     /// <summary>Whether MSI-X is enabled (the kernel enables it when the driver sets MSI-X triggers).</summary>
-    public bool MsixEnabled => _msixOffset != 0 && (ReadConfigRegister(_msixOffset + 2, 2) & 0x8000) != 0;
+    public bool MsixEnabled => MsixOffset != 0 && (ReadConfigRegister(MsixOffset + 2, 2) & 0x8000) != 0;
+
+    /// <summary>The power state the function is in (power management control bits 1:0; D0 without the capability).</summary>
+    public PciPowerState PowerState
+    {
+        get
+        {
+            lock (Gate)
+            {
+                return PowerStateLocked;
+            }
+        }
+    }
 
     /// <summary>Declares BAR <paramref name="index"/>.</summary>
     /// <param name="index">The BAR number, 0 to 5 (a 64-bit BAR also takes the next one).</param>
@@ -290,7 +285,7 @@ public class PciDeviceModel : DeviceModel
     /// <param name="mappable">Whether user space may mmap it (VFIO_REGION_INFO_FLAG_MMAP); memory BARs only.</param>
     public void DefineBar(int index, ulong size, PciBarKind kind = PciBarKind.Memory32, bool prefetchable = false, bool mappable = true)
     {
-        ThrowIfSealed();
+        ThrowIfLaidOut();
         ArgumentOutOfRangeException.ThrowIfNegative(index);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(index, kind == PciBarKind.Memory64 ? 4 : 5);
         ulong min = kind == PciBarKind.Io ? 4UL : 16UL;
@@ -310,7 +305,7 @@ public class PciDeviceModel : DeviceModel
     /// <param name="areas">The mappable areas, page aligned.</param>
     public void DefineSparseMmap(int index, params SparseMmapArea[] areas)
     {
-        ThrowIfSealed();
+        ThrowIfLaidOut();
         ArgumentNullException.ThrowIfNull(areas);
         var bar = _bars[index] ?? throw new InvalidOperationException($"BAR {index} is not defined.");
         bar.Sparse = [.. areas];
@@ -320,11 +315,12 @@ public class PciDeviceModel : DeviceModel
     /// <param name="index">The BAR number.</param>
     public ulong BarSize(int index) => _bars[index]?.Size ?? 0;
 
-    /// <summary>Reads the configuration space as the device sees it (no hooks), for tests.</summary>
+    /// <summary>Reads the configuration space as the device sees it (no hooks, no vfio-pci view), for tests.</summary>
     /// <param name="offset">The byte offset.</param>
     /// <param name="size">1, 2 or 4.</param>
     public uint ReadConfigRegister(int offset, int size)
     {
+        LayOut();
         lock (Gate)
         {
             return ReadConfigRaw(offset, size);
@@ -333,7 +329,8 @@ public class PciDeviceModel : DeviceModel
 
     /// <summary>
     /// Raises interrupt <paramref name="vector"/> the way the function is set up to signal: MSI-X when
-    /// enabled, else MSI when enabled, else INTx unless the command register disables it.
+    /// enabled, else MSI when enabled, else INTx. An INTx the kernel holds back (masked, or disabled in
+    /// the command register) stays pending until it is let through, as a level-triggered line does.
     /// </summary>
     /// <param name="vector">The MSI or MSI-X vector (ignored for INTx).</param>
     public bool SignalInterrupt(int vector = 0)
@@ -346,13 +343,11 @@ public class PciDeviceModel : DeviceModel
         {
             return RaiseInterrupt(1, vector);
         }
-        return (Command & CommandIntxDisable) == 0 && RaiseInterrupt(0, 0);
+        return RaiseInterrupt(0, 0);
     }
 
-    /// <summary>The raw configuration space, for subclasses that emulate registers of their own.</summary>
-    protected Span<byte> ConfigSpace => _config;
-
     /// <summary>Reads a BAR register. By default BARs are plain memory (bytes never written read as zero).</summary>
+    /// <remarks>The MSI-X table and pending bit array are the model's own registers: accesses to them never reach this hook.</remarks>
     /// <param name="bar">The BAR number.</param>
     /// <param name="offset">The offset in the BAR.</param>
     /// <param name="size">1, 2, 4 or 8 bytes.</param>
@@ -365,14 +360,15 @@ public class PciDeviceModel : DeviceModel
     /// <param name="value">The value, in its low <paramref name="size"/> bytes.</param>
     protected virtual void WriteBar(int bar, ulong offset, int size, ulong value) => WriteStore(BarMemory(bar), offset, size, value);
 
-    /// <summary>Reads configuration space (1, 2 or 4 bytes, naturally aligned).</summary>
+    /// <summary>Reads configuration space (1, 2 or 4 bytes, naturally aligned, within one dword).</summary>
     /// <param name="offset">The byte offset.</param>
     /// <param name="size">1, 2 or 4.</param>
-    protected virtual uint ReadConfig(int offset, int size) => (uint)ReadStore(_config, (ulong)offset, size);
+    protected virtual uint ReadConfig(int offset, int size) => (uint)ReadStore(Config, (ulong)offset, size);
 
     /// <summary>
     /// Writes configuration space: only writable bits change (command, cache line, latency timer,
-    /// interrupt line, MSI/MSI-X control, address and data, power state), and BARs answer sizing.
+    /// interrupt line, MSI/MSI-X control, address and data, power state, and the bits the model's
+    /// declared capabilities made writable), and BARs answer sizing.
     /// </summary>
     /// <param name="offset">The byte offset.</param>
     /// <param name="size">1, 2 or 4.</param>
@@ -382,22 +378,27 @@ public class PciDeviceModel : DeviceModel
         int dword = offset & ~3;
         int shift = (offset & 3) * 8;
         uint sizeMask = size == 4 ? uint.MaxValue : ((1u << (size * 8)) - 1) << shift;
-        uint old = BinaryPrimitives.ReadUInt32LittleEndian(_config.AsSpan(dword));
+        uint old = BinaryPrimitives.ReadUInt32LittleEndian(Config.AsSpan(dword));
         uint merged = (old & ~sizeMask) | ((value << shift) & sizeMask);
         if (dword >= 0x10 && dword < 0x28)
         {
-            BinaryPrimitives.WriteUInt32LittleEndian(_config.AsSpan(dword), SizedBar((dword - 0x10) / 4, merged));
+            BinaryPrimitives.WriteUInt32LittleEndian(Config.AsSpan(dword), SizedBar((dword - 0x10) / 4, merged));
             return;
         }
-        uint writable = BinaryPrimitives.ReadUInt32LittleEndian(_writable.AsSpan(dword));
-        BinaryPrimitives.WriteUInt32LittleEndian(_config.AsSpan(dword), (old & ~writable) | (merged & writable));
+        uint writable = BinaryPrimitives.ReadUInt32LittleEndian(_writable.AsSpan(dword)) & sizeMask;
+        BinaryPrimitives.WriteUInt32LittleEndian(Config.AsSpan(dword), (old & ~writable) | (merged & writable));
     }
 
-    /// <inheritdoc/>
+    /// <summary>
+    /// Puts the device back in its power-on state: config space as it was when the model joined the
+    /// kernel, BAR memory zeroed, every MSI-X vector masked. Override it to reset the registers of your
+    /// own device (call the base), or to keep state a reset does not clear on your hardware.
+    /// </summary>
     protected override void OnReset()
     {
-        _resetConfig.CopyTo(_config, 0);
+        _resetConfig.CopyTo(Config, 0);
         Array.Clear(_barMemory);
+        ResetMsixTable();
     }
 
     private byte[] BarMemory(int bar)
@@ -410,14 +411,8 @@ public class PciDeviceModel : DeviceModel
     {
         if (_bars[index] is { } bar)
         {
-            uint flags = bar.Kind switch
-            {
-                PciBarKind.Io => 1u,
-                PciBarKind.Memory64 => 0x4u | (bar.Prefetchable ? 0x8u : 0),
-                _ => bar.Prefetchable ? 0x8u : 0,
-            };
             uint low = bar.Kind == PciBarKind.Io ? 0x3u : 0xfu;
-            return (value & ~(uint)(bar.Size - 1) & ~low) | flags;
+            return (value & ~(uint)(bar.Size - 1) & ~low) | BarFlags(bar);
         }
         if (index > 0 && _bars[index - 1] is { Kind: PciBarKind.Memory64 } lower)
         {
@@ -426,179 +421,13 @@ public class PciDeviceModel : DeviceModel
         return 0;
     }
 
-    private void ThrowIfSealed()
+    /// <summary>A BAR's low flag bits: I/O space, or memory with its type and prefetchable bit.</summary>
+    internal static uint BarFlags(Bar bar) => bar.Kind switch
     {
-        if (_sealed)
-        {
-            throw new InvalidOperationException("The model is in use by a kernel; define it before adding it.");
-        }
-    }
-
-    internal override void Seal()
-    {
-        if (_sealed)
-        {
-            throw new InvalidOperationException("The model is already in use by a kernel.");
-        }
-        _sealed = true;
-        _config = new byte[ConfigSpaceSize];
-        _writable = new byte[ConfigSpaceSize];
-        var c = _config.AsSpan();
-        BinaryPrimitives.WriteUInt16LittleEndian(c[0x00..], VendorId);
-        BinaryPrimitives.WriteUInt16LittleEndian(c[0x02..], DeviceId);
-        c[0x08] = Revision;
-        c[0x09] = (byte)ClassCode;
-        c[0x0a] = (byte)(ClassCode >> 8);
-        c[0x0b] = (byte)(ClassCode >> 16);
-        BinaryPrimitives.WriteUInt16LittleEndian(c[0x2c..], SubsystemVendorId);
-        BinaryPrimitives.WriteUInt16LittleEndian(c[0x2e..], SubsystemId);
-        c[0x3d] = InterruptPin;
-        Writable(CommandOffset, 2, CommandIo | CommandMemory | CommandMaster | 0x40 | 0x100 | CommandIntxDisable);
-        Writable(0x0c, 2, 0xffff);
-        Writable(0x3c, 1, 0xff);
-
-        // BARs get addresses as firmware would assign them, each aligned to its size.
-        ulong memory = 0xf000_0000;
-        ulong io = 0xc000;
-        for (int i = 0; i < 6; i++)
-        {
-            if (_bars[i] is not { } bar)
-            {
-                continue;
-            }
-            ref ulong next = ref bar.Kind == PciBarKind.Io ? ref io : ref memory;
-            next = (next + bar.Size - 1) & ~(bar.Size - 1);
-            uint lowValue = SizedBar(i, (uint)next);
-            BinaryPrimitives.WriteUInt32LittleEndian(c[(0x10 + (4 * i))..], lowValue);
-            next += bar.Size;
-        }
-        if (MsixVectors > 0)
-        {
-            ulong needed = Math.Max(PbaOffset + (ulong)(((MsixVectors + 63) / 64) * 8), MsixTableOffset + ((ulong)MsixVectors * 16));
-            if (BarSize(MsixBar) < needed || _bars[MsixBar]!.Kind == PciBarKind.Io)
-            {
-                throw new InvalidOperationException($"BAR {MsixBar} must be a memory BAR of at least {needed} bytes for the MSI-X table and PBA.");
-            }
-        }
-
-        // Capabilities: power management, then MSI, MSI-X, PCI Express and any added ones.
-        var capabilities = new List<(byte Id, int Size)>();
-        if (HasPowerManagement)
-        {
-            capabilities.Add((0x01, 8));
-        }
-        if (MsiVectors > 0)
-        {
-            capabilities.Add((0x05, 16));
-        }
-        if (MsixVectors > 0)
-        {
-            capabilities.Add((0x11, 12));
-        }
-        if (IsExpress)
-        {
-            capabilities.Add((0x10, 0x3c));
-        }
-        int builtIn = capabilities.Count;
-        capabilities.AddRange(_extraCapabilities);
-        var offsets = new int[capabilities.Count];
-        int offset = 0x40;
-        for (int i = 0; i < capabilities.Count; i++)
-        {
-            offsets[i] = offset;
-            offset = (offset + capabilities[i].Size + 0xf) & ~0xf;
-            if (offsets[i] + capabilities[i].Size > 0x100)
-            {
-                throw new InvalidOperationException("The capabilities do not fit in the 192 bytes of config space after the header.");
-            }
-        }
-        for (int i = 0; i < capabilities.Count; i++)
-        {
-            var (id, _) = capabilities[i];
-            offset = offsets[i];
-            c[offset] = id;
-            c[offset + 1] = (byte)(i == capabilities.Count - 1 ? 0 : offsets[i + 1]);
-            if (i >= builtIn)
-            {
-                continue;
-            }
-            switch (id)
-            {
-                case 0x01:
-                    _pmOffset = offset;
-                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0003);
-                    Writable(offset + 4, 2, 0x0003);
-                    break;
-                case 0x05:
-                    _msiOffset = offset;
-                    ushort mmc = (ushort)(BitOperations.Log2((uint)MsiVectors) << 1);
-                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], (ushort)(0x80 | mmc));
-                    Writable(offset + 2, 2, 0x71);
-                    Writable(offset + 4, 4, 0xffff_fffc);
-                    Writable(offset + 8, 4, 0xffff_ffff);
-                    Writable(offset + 12, 2, 0xffff);
-                    break;
-                case 0x11:
-                    _msixOffset = offset;
-                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], (ushort)(MsixVectors - 1));
-                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 4)..], (uint)MsixTableOffset | (uint)MsixBar);
-                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 8)..], (uint)PbaOffset | (uint)MsixBar);
-                    Writable(offset + 2, 2, 0xc000);
-                    break;
-                case 0x10:
-                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 2)..], 0x0002); // version 2, endpoint
-                    // Device capabilities: 128-byte payload, role-based error reporting, FLR if set.
-                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 4)..], (1u << 15) | (FunctionLevelReset ? 1u << 28 : 0));
-                    Writable(offset + 8, 2, 0xffff); // device control
-                    // Link: 2.5 GT/s x1 supported and negotiated, as QEMU's endpoints report.
-                    BinaryPrimitives.WriteUInt32LittleEndian(c[(offset + 0xc)..], 0x11);
-                    BinaryPrimitives.WriteUInt16LittleEndian(c[(offset + 0x12)..], 0x11);
-                    break;
-            }
-        }
-        c[0x34] = (byte)(capabilities.Count > 0 ? offsets[0] : 0);
-        c[0x06] = capabilities.Count > 0 ? (byte)(c[0x06] | 0x10) : (byte)(c[0x06] & ~0x10);
-        if (IsExpress)
-        {
-            LayOutExtendedCapabilities(c);
-        }
-        _resetConfig = (byte[])_config.Clone();
-        _vfioPci = new VfioPciCore(this, new VfioPciConfig(this, _config));
-    }
-
-    /// <summary>Lays the extended capabilities out from 0x100, each linked to the next, in the order added.</summary>
-    private void LayOutExtendedCapabilities(Span<byte> c)
-    {
-        var list = _extendedCapabilities;
-        int offset = 0x100;
-        for (int i = 0; i < list.Count; i++)
-        {
-            var (id, version, length) = list[i];
-            if (offset + length > ConfigSpaceSize)
-            {
-                throw new InvalidOperationException("The extended capabilities do not fit in 4 KiB of config space.");
-            }
-            int next = i == list.Count - 1 ? 0 : offset + ((length + 7) & ~7);
-            BinaryPrimitives.WriteUInt32LittleEndian(c[offset..], id | ((uint)version << 16) | ((uint)next << 20));
-            offset = next;
-        }
-    }
-
-    private ulong PbaOffset => MsixPbaOffset ?? ((MsixTableOffset + ((ulong)MsixVectors * 16) + 7) & ~7UL);
-
-    private void Writable(int offset, int size, uint mask)
-    {
-        for (int i = 0; i < size; i++)
-        {
-            _writable[offset + i] = (byte)(mask >> (8 * i));
-        }
-    }
-
-    /// <summary>Where the MSI capability is (0: none).</summary>
-    internal int MsiOffset => _msiOffset;
-
-    /// <summary>Where the MSI-X capability is (0: none).</summary>
-    internal int MsixOffset => _msixOffset;
+        PciBarKind.Io => 1u,
+        PciBarKind.Memory64 => 0x4u | (bar.Prefetchable ? 0x8u : 0),
+        _ => bar.Prefetchable ? 0x8u : 0,
+    };
 
     /// <summary>vfio-pci's handling of this function, once the model is in a kernel.</summary>
     internal VfioPciCore VfioPci => _vfioPci ?? throw new InvalidOperationException("The model is not in a kernel yet.");
@@ -609,14 +438,14 @@ public class PciDeviceModel : DeviceModel
     internal uint ReadConfigRaw(int offset, int size)
     {
         LockAssert.Held(Gate);
-        return (uint)ReadStore(_config, (ulong)offset, size);
+        return (uint)ReadStore(Config, (ulong)offset, size);
     }
 
     /// <summary>The kernel's own writes to the function's config registers (the PCI core's enable, MSI set-up), past the writable masks. The Gate is held.</summary>
     internal void WriteConfigRaw(int offset, int size, uint value)
     {
         LockAssert.Held(Gate);
-        WriteStore(_config, (ulong)offset, size, value);
+        WriteStore(Config, (ulong)offset, size, value);
     }
 
     /// <summary>A config access through the model's hooks, as a config cycle from the kernel reaches the device. The Gate is held.</summary>
@@ -633,18 +462,18 @@ public class PciDeviceModel : DeviceModel
         WriteConfig(offset, size, value);
     }
 
-    /// <summary>pci_dev_save_and_disable's copy of config space. The Gate is held.</summary>
+    /// <summary>pci_save_state's copy of config space. The Gate is held.</summary>
     internal byte[] SaveConfigLocked()
     {
         LockAssert.Held(Gate);
-        return (byte[])_config.Clone();
+        return (byte[])Config.Clone();
     }
 
-    /// <summary>pci_dev_restore: config space back as saved. The Gate is held.</summary>
+    /// <summary>pci_restore_state: config space back as saved. The Gate is held.</summary>
     internal void RestoreConfigLocked(byte[] saved)
     {
         LockAssert.Held(Gate);
-        saved.CopyTo(_config, 0);
+        saved.CopyTo(Config, 0);
     }
 
     // The device file's view of the function is vfio-pci's (Vfio/VfioPciCore.cs).
@@ -669,18 +498,36 @@ public class PciDeviceModel : DeviceModel
 
     internal override void Disable() => VfioPci.Disable();
 
+    /// <summary>vfio-pci's reset_works: a function reset worked when the device was opened.</summary>
+    internal override bool ResetWorks => VfioPci.ResetWorks;
+
     internal override void ResetKeepingConfig() => VfioPci.ResetKeepingConfig();
+
+    internal override void Seal()
+    {
+        if (Device is not null || _vfioPci is not null)
+        {
+            throw new InvalidOperationException("The model is already in use by a kernel.");
+        }
+        LayOut();
+        _resetConfig = (byte[])Config.Clone();
+        ResetMsixTable();
+        _vfioPci = new VfioPciCore(this, new VfioPciConfig(this));
+    }
 
     private protected override ulong ReadRegisterLocked(int region, ulong offset, int size)
     {
         LockAssert.Held(Gate);
-        return ReadBar(region, offset, size);
+        return TryReadMsix(region, offset, size, out ulong value) ? value : ReadBar(region, offset, size);
     }
 
     private protected override void WriteRegisterLocked(int region, ulong offset, int size, ulong value)
     {
         LockAssert.Held(Gate);
-        WriteBar(region, offset, size, value);
+        if (!TryWriteMsix(region, offset, size, value))
+        {
+            WriteBar(region, offset, size, value);
+        }
     }
 
     internal sealed class Bar(ulong size, PciBarKind kind, bool prefetchable, bool mappable)

@@ -40,6 +40,9 @@ internal sealed class SysfsDirectory(string name) : SysfsNode(name)
     public SysfsAttribute Attribute(string name, Func<string>? show, Func<string, int>? store = null) =>
         Add(new SysfsAttribute(name, show, store));
 
+    /// <summary>A binary attribute (bin_attribute, as a PCI function's <c>config</c>): its bytes are read outside the kernel lock.</summary>
+    public SysfsAttribute BinaryAttribute(string name, Func<byte[]> read) => Add(new SysfsAttribute(name, null, null) { Binary = read });
+
     public SysfsLink Link(string name, string target) => Add(new SysfsLink(name, target));
 
     public void Remove(string name) => _children.Remove(name);
@@ -54,6 +57,11 @@ internal sealed class SysfsAttribute(string name, Func<string>? show, Func<strin
     public Func<string>? Show { get; } = show;
 
     public Func<string, int>? Store { get; } = store;
+
+    /// <summary>A binary attribute's read: called without the kernel lock (it may take a device model's lock).</summary>
+    public Func<byte[]>? Binary { get; init; }
+
+    public bool Readable => Show is not null || Binary is not null;
 }
 
 /// <summary>A symbolic link; <see cref="Target"/> is a path from the sysfs root.</summary>

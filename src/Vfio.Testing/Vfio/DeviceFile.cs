@@ -38,6 +38,10 @@ internal unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedD
         {
             return DeviceFeatures.Ioctl(Kernel, Device, (byte*)argument); // takes the model's lock, then the kernel's
         }
+        if (request == VfioUapi.VFIO_DEVICE_RESET && Device is SimulatedPciDevice { Model: var function })
+        {
+            return function.VfioPci.ResetFromIoctl(); // vfio_pci_ioctl_reset: takes the model's lock, then the kernel's
+        }
         using (Kernel.Enter())
         {
             var model = Device.Model;
@@ -49,7 +53,7 @@ internal unsafe class DeviceFile(SimulatedKernel kernel, string path, SimulatedD
                 {
                     return -Errno.EINVAL;
                 }
-                info->flags = model.InfoFlags | (model.SupportsReset ? VfioUapi.VFIO_DEVICE_FLAGS_RESET : 0);
+                info->flags = model.InfoFlags | (model.ResetWorks ? VfioUapi.VFIO_DEVICE_FLAGS_RESET : 0);
                 info->num_regions = (uint)model.RegionCount;
                 info->num_irqs = (uint)model.IrqIndexCount;
                 return 0;

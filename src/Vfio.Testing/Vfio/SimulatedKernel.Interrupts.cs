@@ -197,9 +197,9 @@ public sealed partial class SimulatedKernel
     private static void UnmaskIntxLocked(SimulatedDevice device, IrqLine line)
     {
         device.Kernel.AssertLocked();
-        if (!line.Masked)
+        if (!line.Masked || device.VirqDisabled)
         {
-            return;
+            return; // vfio_pci_intx_unmask_handler: nothing while user space disables INTx in the command register
         }
         line.Masked = false;
         // A level-triggered line still asserted fires again as soon as it is unmasked.
@@ -236,7 +236,7 @@ public sealed partial class SimulatedKernel
             if (!isIntx)
             {
                 device.ActiveIrqIndex = Intx;
-                line.Masked = false;
+                line.Masked = device.VirqDisabled; // vfio_intx_enable: masked while INTx is disabled in the command register
             }
             Replace(line, eventFd);
             if (eventFd is not null && line.Pending && !line.Masked)
@@ -321,6 +321,20 @@ public sealed partial class SimulatedKernel
                     line.Pending = false;
                     trigger.Signal();
                 }
+            }
+            if (r.Index == Msix)
+            {
+                // request_irq unmasks the vector in the device's table, free_irq masks it.
+                var vfioPci = ((PciDeviceModel)device.Model).VfioPci;
+                var used = triggers.Select(t => t is not null).ToArray();
+                int first = r.Start;
+                Defer(() =>
+                {
+                    for (int i = 0; i < used.Length; i++)
+                    {
+                        vfioPci.ProgramMsixVector(first + i, used[i]);
+                    }
+                });
             }
             return 0;
         }
@@ -626,6 +640,41 @@ public sealed partial class SimulatedKernel
                     line.Trigger?.Signal();
                     return line.Trigger is not null;
             }
+        }
+    }
+
+    /// <summary>
+    /// User space set or cleared INTx disable in the command register (vfio_pci_intx_mask and
+    /// vfio_pci_intx_unmask through vdev->virq_disabled): INTx is masked meanwhile and unmasked after.
+    /// Called with the device's model lock held, never the kernel's.
+    /// </summary>
+    internal void SetVirqDisabled(SimulatedDevice device, bool disabled)
+    {
+        using (Enter())
+        {
+            device.VirqDisabled = disabled;
+            if (device.ActiveIrqIndex != Intx || device.Irqs.Length == 0)
+            {
+                return;
+            }
+            var line = device.Irqs[Intx][0];
+            if (disabled)
+            {
+                line.Masked = true;
+            }
+            else
+            {
+                UnmaskIntxLocked(device, line);
+            }
+        }
+    }
+
+    /// <summary>vdev->irq_type: the IRQ index vfio-pci has enabled for the device (-1: none).</summary>
+    internal int ActiveIrqIndexOf(SimulatedDevice device)
+    {
+        using (Enter())
+        {
+            return device.ActiveIrqIndex;
         }
     }
 }

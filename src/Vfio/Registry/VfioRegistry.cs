@@ -289,6 +289,20 @@ public sealed partial class VfioRegistry : IAsyncDisposable
             failures.Add(new ProbeFailure(failure.Device, null, failure.Error));
         }
 
+        var notOnVfio = new List<ProbeNotOnVfio>();
+        if (drivers.Any(d => d.Bus == DriverBus.Pci))
+        {
+            foreach (var context in Discovery.PciNotOnVfio())
+            {
+                if (VfioDriver.Select(drivers, context) is { } driver)
+                {
+                    var skipped = NotOnVfio(context, driver);
+                    notOnVfio.Add(skipped);
+                    Log.MatchNotOnVfio(Logger, driver.Name, context.Name, context.KernelDriver ?? "no driver", skipped.Hint);
+                }
+            }
+        }
+
         var removed = new List<string>();
         VfioDevice[] gone;
         lock (_lock)
@@ -302,7 +316,19 @@ public sealed partial class VfioRegistry : IAsyncDisposable
             device.Dispose();
             removed.Add(device.Name);
         }
-        return new ProbeResult(registered, removed, failures);
+        return new ProbeResult(registered, removed, failures) { NotOnVfio = notOnVfio };
+    }
+
+    /// <summary>What to tell about a function a driver matches that is not on vfio-pci: who holds it and the sysfs writes that hand it over.</summary>
+    private ProbeNotOnVfio NotOnVfio(PciDeviceContext context, VfioDriver driver)
+    {
+        string name = context.Name;
+        string held = context.KernelDriver is { } kernelDriver ? $"the kernel's {kernelDriver} driver holds it" : "no driver holds it";
+        string unbind = context.KernelDriver is null ? string.Empty : $"echo {name} > {Kernel.Sys("bus/pci/devices/" + name + "/driver/unbind")}; ";
+        string hint = $"{name} matches driver {driver.Name} but is not bound to vfio-pci ({held}). To drive it, as root: `vfio bind {name}` "
+            + $"(PciBinding.BindAsync from code), or {unbind}echo vfio-pci > {Kernel.Sys("bus/pci/devices/" + name + "/driver_override")}; echo {name} > {Kernel.Sys("bus/pci/drivers_probe")}; then probe again"
+            + (context.GroupId < 0 ? ". It has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on) first." : ".");
+        return new ProbeNotOnVfio(name, driver.Name, context.KernelDriver, hint);
     }
 
     internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

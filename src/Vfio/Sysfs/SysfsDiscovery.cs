@@ -43,6 +43,34 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
         return result;
     }
 
+    /// <summary>
+    /// The PCI functions not bound to a vfio driver (bound to a kernel driver or to none), described as
+    /// far as sysfs says; a function without an IOMMU group has group -1. One whose sysfs cannot be
+    /// read is left out: it is none of the probe's devices, and the probe's own discovery reports
+    /// those bound to vfio.
+    /// </summary>
+    public List<PciDeviceContext> PciNotOnVfio()
+    {
+        var result = new List<PciDeviceContext>();
+        foreach (string name in Sysfs.List("bus/pci/devices", KernelNameKind.PciAddress))
+        {
+            var address = PciAddress.Parse(name, CultureInfo.InvariantCulture);
+            try
+            {
+                string? driver = ReadDriver(PciDir(address), new ErrorTarget(Device: name));
+                if (driver is null || !IsVfioDriver(driver))
+                {
+                    result.Add(DescribePci(address, driver, requireGroup: false));
+                }
+            }
+            catch (VfioException)
+            {
+                // Left out, as said above.
+            }
+        }
+        return result;
+    }
+
     /// <summary>Describes one PCI function, whatever it is bound to; throws when sysfs has no such function, it has no group, or its sysfs cannot be read.</summary>
     public PciDeviceContext DescribePci(PciAddress address) =>
         DescribePci(address, ReadDriver(PciDir(address), new ErrorTarget(Device: address.ToString())));
@@ -200,14 +228,15 @@ internal sealed class SysfsDiscovery(VfioRegistry registry)
         };
     }
 
-    private PciDeviceContext DescribePci(PciAddress address, string? driver)
+    private PciDeviceContext DescribePci(PciAddress address, string? driver, bool requireGroup = true)
     {
         string name = address.ToString();
         string dir = PciDir(address);
         var target = new ErrorTarget(Device: name);
         var ids = PciIds.Read(Sysfs, dir, target)
             ?? throw new VfioNotFoundException($"No PCI function {name} in sysfs ({registry.Kernel.Sys(dir)}).");
-        var (groupId, kind) = ReadGroup(dir, name);
+        var (groupId, kind) = requireGroup ? ReadGroup(dir, name)
+            : TryReadGroup(Sysfs, dir, target) is (int id, IommuGroupKind found) ? (id, found) : (-1, IommuGroupKind.Iommu);
         return new PciDeviceContext(registry, address, groupId, kind, driver,
             ids.VendorId, ids.DeviceId, ids.ClassCode, ids.SubsystemVendorId, ids.SubsystemId, PciSetId(address, target));
     }

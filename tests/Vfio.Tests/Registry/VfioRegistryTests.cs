@@ -57,6 +57,30 @@ public class VfioRegistryTests : KernelTest
     }
 
     [Fact]
+    public async Task AMatchingFunctionHeldByAKernelDriverIsReportedWithTheDriverAndWhatToDoAndLogged()
+    {
+        AddPci();
+        AddPci("0000:00:04.1", group: 4, model: new PciDeviceModel(0x1234, 0x11e8, 0x00ff00), driver: "edu-host");
+        AddPci("0000:00:04.2", group: 7, model: new PciDeviceModel(0x1234, 0x11e8, 0x00ff00), driver: null);
+        AddPci("0000:00:05.0", group: 6, model: new PciDeviceModel(0x8086, 0x10d3, 0x020000), driver: "e1000e");
+        Registry.AddDriver(new TestPciDriver(null, PciMatch.Id(0x1234, 0x11e8)));
+
+        var result = await Registry.ProbeAsync();
+
+        result.Registered.Should().ContainSingle().Which.Name.Should().Be("0000:00:03.0");
+        result.NotOnVfio.Select(n => (n.Device, n.Driver, n.KernelDriver)).Should().Equal(
+            ("0000:00:04.1", "test-pci", "edu-host"),
+            ("0000:00:04.2", "test-pci", (string?)null));
+        var held = result.NotOnVfio[0];
+        held.Hint.Should().Contain("the kernel's edu-host driver holds it")
+            .And.Contain("echo 0000:00:04.1 > /simulated/sys/bus/pci/devices/0000:00:04.1/driver/unbind")
+            .And.Contain("echo vfio-pci > /simulated/sys/bus/pci/devices/0000:00:04.1/driver_override")
+            .And.Contain("echo 0000:00:04.1 > /simulated/sys/bus/pci/drivers_probe");
+        result.NotOnVfio[1].Hint.Should().Contain("no driver holds it").And.NotContain("unbind");
+        Logs.Entries.Should().Contain(e => e.EventId.Id == 25 && e.Message.Contains("0000:00:04.1", StringComparison.Ordinal) && e.Message.Contains("edu-host", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task ProbeMatchesAPciDriverByClass()
     {
         AddPci(model: new PciDeviceModel(0x144d, 0xa808, 0x010802));

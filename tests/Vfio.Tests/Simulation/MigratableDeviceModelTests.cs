@@ -1,64 +1,95 @@
 using System.Buffers.Binary;
-using Vfio.Interop;
 using Vfio.Testing;
 
 namespace Vfio.Tests.Simulation;
 
-/// <summary>A driver author's own migratable device: a model derived from <see cref="MigratableDeviceModel"/>.</summary>
-public sealed class MigratableDeviceModelTests : KernelTest
+/// <summary>
+/// A device model of one's own that migrates: derived from <see cref="MigratableDeviceModel"/>, with its
+/// registers as its state, driven through the library's migration API.
+/// </summary>
+public class MigratableDeviceModelTests : KernelTest
 {
-    private const string A = "0000:00:04.0";
-    private const string B = "0000:00:05.0";
+    private const string Source = "0000:00:04.0";
+    private const string Destination = "0000:00:05.0";
 
     /// <summary>
-    /// A counter device: writing BAR0 offset 0 adds to a counter kept outside BAR0's memory, reading it
-    /// gives the counter. Its migration carries the counter (8 bytes) and refuses a counter above
-    /// <see cref="Limit"/>, as a device checks what it loads.
+    /// A counter: BAR0 0x0 is its count, a write to 0x4 adds that much while the device runs (not in
+    /// STOP); its state migrates as the 8 bytes of count and the number of additions.
     /// </summary>
-    private sealed class CounterModel() : MigratableDeviceModel(0x1af4, 0x10ff, 0x058000, VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.PreCopy, 4096)
+    private sealed class CounterModel : MigratableDeviceModel
     {
-        public const ulong Limit = 1_000_000;
+        private uint _count;
+        private uint _additions;
 
-        private ulong _counter;
+        public CounterModel()
+            : base(0x1234, 0x1c0f, 0x00ff00, VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.P2P | VfioMigrationCapabilities.PreCopy)
+        {
+            DefineBar(0, 0x1000);
+        }
 
-        /// <summary>The counter, read as the model saves it.</summary>
-        public ulong Counter => BinaryPrimitives.ReadUInt64LittleEndian(GetDeviceState());
+        public List<(VfioMigrationState From, VfioMigrationState To)> Arcs { get; } = [];
 
-        protected override ulong ReadBar(int bar, ulong offset, int size) =>
-            bar == 0 && offset == 0 ? _counter : base.ReadBar(bar, offset, size);
+        public bool Running { get; private set; } = true;
+
+        public uint Count
+        {
+            get
+            {
+                lock (ModelLock)
+                {
+                    return _count;
+                }
+            }
+        }
+
+        protected override ulong ReadBar(int bar, ulong offset, int size) => offset switch
+        {
+            0x0 => _count,
+            0x8 => _additions,
+            _ => 0,
+        };
 
         protected override void WriteBar(int bar, ulong offset, int size, ulong value)
         {
-            if (bar == 0 && offset == 0)
+            if (offset == 0x4 && Running)
             {
-                _counter += value;
-                MarkStateChanged();
-                return;
+                _count += (uint)value;
+                _additions++;
+                MarkStateDirty();
             }
-            base.WriteBar(bar, offset, size, value);
         }
 
-        protected override byte[] SaveDeviceState()
+        protected override byte[] SaveState()
         {
             var state = new byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(state, _counter);
+            BinaryPrimitives.WriteUInt32LittleEndian(state, _count);
+            BinaryPrimitives.WriteUInt32LittleEndian(state.AsSpan(4), _additions);
             return state;
         }
 
-        protected override bool LoadDeviceState(ReadOnlySpan<byte> state)
+        protected override bool LoadState(ReadOnlySpan<byte> state)
         {
-            if (state.Length != 8 || BinaryPrimitives.ReadUInt64LittleEndian(state) > Limit)
+            if (state.Length != 8)
             {
                 return false;
             }
-            _counter = BinaryPrimitives.ReadUInt64LittleEndian(state);
+            _count = BinaryPrimitives.ReadUInt32LittleEndian(state);
+            _additions = BinaryPrimitives.ReadUInt32LittleEndian(state[4..]);
             return true;
+        }
+
+        protected override void OnMigrationStateChanged(VfioMigrationState previous, VfioMigrationState current)
+        {
+            Arcs.Add((previous, current));
+            Running = current is VfioMigrationState.Running or VfioMigrationState.PreCopy;
         }
 
         protected override void OnReset()
         {
             base.OnReset();
-            _counter = 0;
+            _count = 0;
+            _additions = 0;
+            Running = true;
         }
     }
 
@@ -69,73 +100,81 @@ public sealed class MigratableDeviceModelTests : KernelTest
         return (RegisterPci(address), model);
     }
 
+    private static void Add(RecordingPciDevice device, uint amount) => device.WriteRegion(0, 4, BitConverter.GetBytes(amount));
+
     [Fact]
-    public async Task ADerivedModelMigratesTheStateItSavesAndLoads()
+    public async Task ADerivedModelsRegistersMigrateAsTheStateItSaves()
     {
-        var (a, modelA) = Add(A, 4);
-        var (b, modelB) = Add(B, 5);
-        using var openA = a.Open();
-        using var openB = b.Open();
-        a.WriteRegion(0, 0, BitConverter.GetBytes(41UL));
-        a.WriteRegion(0, 0, BitConverter.GetBytes(1UL));
+        var (source, counter) = Add(Source, 4);
+        var (destination, copy) = Add(Destination, 5);
+        using var openSource = source.Open();
+        using var openDestination = destination.Open();
+        Add(source, 5);
+        Add(source, 37);
 
-        var migrationA = a.GetMigration();
-        migrationA.Capabilities.Should().Be(VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.PreCopy);
-        migrationA.SetState(VfioMigrationState.StopCopy);
+        var migration = source.GetMigration();
+        migration.Capabilities.Should().Be(VfioMigrationCapabilities.StopCopy | VfioMigrationCapabilities.P2P | VfioMigrationCapabilities.PreCopy);
+        migration.SetState(VfioMigrationState.StopCopy);
+        Add(source, 1000);
+        counter.Count.Should().Be(42u, "the device does not count in STOP_COPY");
         using var saved = new MemoryStream();
-        long written = await migrationA.SaveAsync(saved);
-        written.Should().Be(16 + 8, "one record: its 16-byte header and the 8 bytes the model saves");
-        modelA.Counter.Should().Be(42);
-
-        var migrationB = b.GetMigration();
-        migrationB.SetState(VfioMigrationState.Resuming);
+        await migration.SaveAsync(saved);
+        var resume = destination.GetMigration();
+        resume.SetState(VfioMigrationState.Resuming);
         saved.Position = 0;
-        await migrationB.ResumeAsync(saved);
-        migrationB.SetState(VfioMigrationState.Running);
-        modelB.Counter.Should().Be(42);
-        var read = new byte[8];
-        b.ReadRegion(0, 0, read);
-        BitConverter.ToUInt64(read).Should().Be(42);
-    }
+        await resume.ResumeAsync(saved);
+        resume.SetState(VfioMigrationState.Running);
 
-    [Fact]
-    public async Task StateTheDerivedModelRefusesFailsTheLoadingArcAndLeavesTheDeviceResuming()
-    {
-        var (a, _) = Add(A, 4);
-        var (b, modelB) = Add(B, 5);
-        using var openA = a.Open();
-        using var openB = b.Open();
-        a.WriteRegion(0, 0, BitConverter.GetBytes(CounterModel.Limit + 1));
-        var migrationA = a.GetMigration();
-        migrationA.SetState(VfioMigrationState.StopCopy);
-        using var saved = new MemoryStream();
-        await migrationA.SaveAsync(saved);
-
-        var migrationB = b.GetMigration();
-        migrationB.SetState(VfioMigrationState.Resuming);
-        saved.Position = 0;
-        await migrationB.ResumeAsync(saved);
-        var failed = FluentActions.Invoking(() => migrationB.SetState(VfioMigrationState.Running)).Should().Throw<VfioMigrationException>().Which;
-        failed.KernelErrno.Should().Be(Errno.EINVAL);
-        failed.CurrentState.Should().Be(VfioMigrationState.Resuming);
-        modelB.MigrationState.Should().Be(VfioMigrationState.Resuming);
-        modelB.Counter.Should().Be(0);
-    }
-
-    [Fact]
-    public async Task AChangeTheDerivedModelMarksGivesPreCopyNewData()
-    {
-        var (a, _) = Add(A, 4);
-        using var open = a.Open();
-        a.WriteRegion(0, 0, BitConverter.GetBytes(5UL));
-        var migration = a.GetMigration();
-        migration.SetState(VfioMigrationState.PreCopy);
-        using var saved = new MemoryStream();
-        (await migration.SaveAsync(saved)).Should().Be(24, "the initial record");
-        (await migration.SaveAsync(saved)).Should().Be(0, "nothing changed since");
-
-        a.WriteRegion(0, 0, BitConverter.GetBytes(3UL)); // the counter lives outside BAR0's memory: the model marks it
-        (await migration.SaveAsync(saved)).Should().Be(24, "a new record after the change");
+        copy.Count.Should().Be(42u);
+        var additions = new byte[4];
+        destination.ReadRegion(0, 8, additions);
+        BitConverter.ToUInt32(additions).Should().Be(2u);
+        counter.Arcs.Should().Equal(
+            (VfioMigrationState.Running, VfioMigrationState.RunningP2P),
+            (VfioMigrationState.RunningP2P, VfioMigrationState.Stop),
+            (VfioMigrationState.Stop, VfioMigrationState.StopCopy));
+        copy.Running.Should().BeTrue();
         migration.SetState(VfioMigrationState.Running);
+    }
+
+    [Fact]
+    public async Task WritesWhileInPreCopyMarkTheStateDirty()
+    {
+        var (source, _) = Add(Source, 4);
+        using var open = source.Open();
+        var migration = source.GetMigration();
+        migration.SetState(VfioMigrationState.PreCopy);
+        using var first = new MemoryStream();
+        await migration.SaveAsync(first);
+
+        Add(source, 7);
+        using var second = new MemoryStream();
+        await migration.SaveAsync(second);
+
+        second.Length.Should().Be(first.Length, "one more record of the counter's 8 bytes");
+        BinaryPrimitives.ReadUInt32LittleEndian(second.ToArray().AsSpan(16)).Should().Be(7u);
+        migration.SetState(VfioMigrationState.Running);
+    }
+
+    [Fact]
+    public async Task AStateTheModelRefusesFailsLeavingResumingAndTheDeviceStaysThere()
+    {
+        var (destination, copy) = Add(Destination, 5);
+        using var open = destination.Open();
+        var resume = destination.GetMigration();
+        resume.SetState(VfioMigrationState.Resuming);
+        var record = new byte[16 + 4]; // a record of the right identity, but 4 bytes of state
+        BinaryPrimitives.WriteUInt32LittleEndian(record, 0x524d4656);
+        BinaryPrimitives.WriteUInt16LittleEndian(record.AsSpan(4), 0x1234);
+        BinaryPrimitives.WriteUInt16LittleEndian(record.AsSpan(6), 0x1c0f);
+        BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(8), 4);
+        await resume.ResumeAsync(new MemoryStream(record));
+
+        var leave = () => resume.SetState(VfioMigrationState.Running);
+
+        leave.Should().Throw<VfioMigrationException>().Which.KernelErrno.Should().Be(Errno.EINVAL);
+        copy.MigrationState.Should().Be(VfioMigrationState.Resuming);
+        destination.Reset();
+        copy.MigrationState.Should().Be(VfioMigrationState.Running);
     }
 }

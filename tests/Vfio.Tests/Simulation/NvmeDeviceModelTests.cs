@@ -446,7 +446,7 @@ public sealed class NvmeDeviceModelTests : IAsyncLifetime
                 if (vector < 0)
                 {
                     // A polled queue: once the controller is idle, what it posted is in memory.
-                    await test._model.WhenIdleAsync().WaitAsync(cancellationToken);
+                    await test._model.WhenIdleAsync(cancellationToken);
                     if ((BinaryPrimitives.ReadUInt16LittleEndian(cq.Span[((_head * 16) + 14)..]) & 1) != (_phase ? 1 : 0))
                     {
                         throw new InvalidOperationException($"the controller went idle without completing a command on queue {id}");

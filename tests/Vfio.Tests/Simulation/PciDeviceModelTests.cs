@@ -275,4 +275,134 @@ public sealed unsafe class PciDeviceModelTests : IDisposable
         _kernel.Ioctl(_opened.Device, VfioUapi.VFIO_DEVICE_RESET, 0).Should().Be(0);
         _model.Resets.Should().Be(before + 1);
     }
+
+    /// <summary>A model that declares capabilities with contents and edits config space before it joins a kernel.</summary>
+    private sealed class DeclaringModel : PciDeviceModel
+    {
+        public DeclaringModel()
+            : base(0x1234, 0x5678, 0x020000, isExpress: true)
+        {
+            DefineBar(0, 0x1000);
+            MsixVectors = 2;
+            PlaceCapability(0x11, 0xa0);
+            PlaceCapability(0x10, 0x40);
+            Vendor = AddVendorCapability([0xaa, 0xbb], [0, 0xff]);
+            Fixed = AddCapability(0x13, [6, 0x03, 0, 0], offset: 0xc8);
+            AddExtendedCapability(0x0001, 2, new byte[0x44]);
+            Serial = AddExtendedCapability(0x0003, 1, [1, 2, 3, 4, 5, 6, 7, 8], offset: 0x180);
+            VendorOffsetBeforeJoining = Vendor.Offset;
+            ConfigSpace[0x3c] = 0x0b; // the interrupt line firmware left, part of the power-on state
+        }
+
+        public PciModelCapability Vendor { get; }
+
+        public PciModelCapability Fixed { get; }
+
+        public PciModelCapability Serial { get; }
+
+        public int VendorOffsetBeforeJoining { get; }
+
+        public void TryDefineAnotherBar() => DefineBar(2, 0x1000);
+    }
+
+    [Fact]
+    public void DeclaredCapabilitiesHaveTheirBytesAndOffsetsBeforeTheModelJoinsAKernel()
+    {
+        var model = new DeclaringModel();
+
+        model.VendorOffsetBeforeJoining.Should().Be(model.Vendor.Offset);
+        model.FindCapability(0x10)!.Offset.Should().Be(0x40, "placed");
+        model.FindCapability(0x11)!.Offset.Should().Be(0xa0, "placed");
+        model.Fixed.Offset.Should().Be(0xc8);
+        model.Serial.Offset.Should().Be(0x180);
+        model.Vendor.Length.Should().Be(5);
+        model.ReadConfigRegister(model.Vendor.Offset + 2, 1).Should().Be(5u, "the length byte is filled in");
+        model.ReadConfigRegister(model.Vendor.Offset + 3, 2).Should().Be(0xbbaau);
+        model.ReadConfigRegister(0x100, 4).Should().Be(0x0001u | (2u << 16) | (0x180u << 20), "AER first, linked to the serial number");
+        model.ReadConfigRegister(0x180, 4).Should().Be(0x0003u | (1u << 16));
+        model.ReadConfigRegister(0x184, 4).Should().Be(0x04030201u);
+        model.Vendor.Contains(model.Vendor.Offset + 4).Should().BeTrue();
+        model.Vendor.Contains(model.Vendor.Offset + 5).Should().BeFalse();
+    }
+
+    [Fact]
+    public void PlacedBuiltInCapabilitiesLeadTheListInTheOrderPlaced()
+    {
+        var model = new DeclaringModel();
+        var order = new List<int>();
+        for (int at = (int)model.ReadConfigRegister(0x34, 1); at != 0; at = (int)model.ReadConfigRegister(at + 1, 1))
+        {
+            order.Add((int)model.ReadConfigRegister(at, 1));
+        }
+
+        order.Should().Equal(0x11, 0x10, 0x01, 0x09, 0x13);
+    }
+
+    [Fact]
+    public void TheDefinitionIsFixedOnceConfigSpaceIsLaidOut()
+    {
+        var model = new DeclaringModel();
+
+        var define = () => model.TryDefineAnotherBar();
+        var place = () => model.PlaceCapability(0x01, 0x80);
+
+        define.Should().Throw<InvalidOperationException>().WithMessage("*fixed once config space is laid out*");
+        place.Should().Throw<InvalidOperationException>();
+    }
+
+    [Fact]
+    public void CapabilitiesThatOverlapAreRefusedWhenConfigSpaceIsLaidOut()
+    {
+        var model = new PciDeviceModel(0x1234, 0x5678, 0x00ff00) { HasPowerManagement = false };
+        model.AddCapability(0x09, [4, 0, 0, 0, 0, 0], offset: 0x40);
+        model.AddCapability(0x13, [6, 0, 0, 0], offset: 0x44);
+
+        var layOut = () => model.FindCapability(0x09);
+
+        layOut.Should().Throw<InvalidOperationException>().WithMessage("*0x44 overlaps*");
+    }
+
+    [Fact]
+    public void TheFirstExtendedCapabilityMustSitAt0x100()
+    {
+        var model = new PciDeviceModel(0x1234, 0x5678, 0x00ff00, isExpress: true);
+        model.AddExtendedCapability(0x0003, 1, new byte[8], offset: 0x140);
+
+        var layOut = () => model.FindExtendedCapability(0x0003);
+
+        layOut.Should().Throw<InvalidOperationException>().WithMessage("*sits at 0x100*");
+    }
+
+    [Fact]
+    public void ConfigSpaceAsTheModelJoinedIsThePowerOnStateAResetRestores()
+    {
+        var model = new DeclaringModel();
+        var kernel = new SimulatedKernel();
+        kernel.AddPciDevice("0000:00:04.0", model, iommuGroup: 4);
+        using (var opened = Seam.OpenDevice(kernel, 4, "0000:00:04.0"))
+        {
+            Seam.WriteConfig(kernel, opened.Device, model.Vendor.Offset + 4, 1, 0x77);
+            model.ReadConfigRegister(model.Vendor.Offset + 4, 1).Should().Be(0x77u, "vfio-pci writes a vendor capability through, and the byte is writable");
+            kernel.Ioctl(opened.Device, VfioUapi.VFIO_DEVICE_RESET, 0).Should().Be(0, "the function has af_flr");
+        }
+
+        model.ReadConfigRegister(model.Vendor.Offset + 4, 1).Should().Be(0xbbu, "a reset restored the declared byte");
+        model.ReadConfigRegister(0x3c, 1).Should().Be(0x0bu, "and the interrupt line written before the model joined");
+        kernel.AssertNoLeaks();
+    }
+
+    [Fact]
+    public void ConfigRegisterReadsAllocateNothingOnceConfigSpaceIsLaidOut()
+    {
+        var model = new DeclaringModel();
+        model.ReadConfigRegister(0, 4);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 100; i++)
+        {
+            model.ReadConfigRegister(model.Vendor.Offset, 4);
+        }
+
+        (GC.GetAllocatedBytesForCurrentThread() - before).Should().Be(0, "a trapped doorbell write checks config space, and a driver's I/O path may expect no allocation");
+    }
 }

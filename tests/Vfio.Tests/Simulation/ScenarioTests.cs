@@ -9,7 +9,8 @@ namespace Vfio.Tests.Simulation;
 /// kernel with the same machine: an edu function alone in group 3, and an edu function sharing its
 /// slot (and so group 4) with an NVMe controller bound to the host's nvme driver, and two edu
 /// functions of one slot behind a PCIe root port (bus 1, group 6), and an NVMe controller alone in
-/// group 5 for the NVMe sample, and an ivshmem function (BAR2: 1 MiB of shared memory) alone in group 7.
+/// group 5 for the NVMe sample, ivshmem-plain (group 7; BAR2: 1 MiB of shared memory), a modern
+/// virtio-rng (group 8) and an edu function alone behind a second root port (bus 2, group 9).
 /// </summary>
 public sealed class ScenarioTests(ITestOutputHelper output)
 {
@@ -28,10 +29,10 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         kernel.AddPciDevice("0000:01:00.0", new EduDeviceModel(), iommuGroup: 6);
         kernel.AddPciDevice("0000:01:00.1", new EduDeviceModel(), iommuGroup: 6);
         kernel.AddPciDevice("0000:00:06.0", new NvmeDeviceModel(), iommuGroup: 5);
-        var sharedMemory = new PciDeviceModel(0x1af4, 0x1110, 0x050000);
-        sharedMemory.DefineBar(0, 0x100);
-        sharedMemory.DefineBar(2, 1 << 20, PciBarKind.Memory64, prefetchable: true);
-        kernel.AddPciDevice("0000:00:07.0", sharedMemory, iommuGroup: 7);
+        kernel.AddPciDevice("0000:00:07.0", new IvshmemPlainModel(), iommuGroup: 7);
+        kernel.AddPciDevice("0000:00:08.0", new VirtioRngModel(), iommuGroup: 8);
+        kernel.AddPciBridge("0000:00:09.0", secondaryBus: 2);
+        kernel.AddPciDevice("0000:02:00.0", new EduDeviceModel(), iommuGroup: 9);
         var context = new ScenarioContext(kernel, "0000:00:03.0", 3)
         {
             NotViableDeviceAddress = "0000:00:04.0",

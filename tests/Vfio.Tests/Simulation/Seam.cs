@@ -92,6 +92,30 @@ internal static unsafe class Seam
         return info;
     }
 
+    /// <summary>Reads 1, 2 or 4 bytes of the device file's config region (pread at index 7).</summary>
+    public static uint ReadConfig(SimulatedKernel kernel, SafeFd device, int offset, int size)
+    {
+        Span<byte> bytes = stackalloc byte[4];
+        kernel.PRead(device, bytes[..size], (7L << 40) + offset).Should().Be(size, "the config read at 0x{0:x} succeeds", offset);
+        return MemoryMarshal.Read<uint>(bytes);
+    }
+
+    /// <summary>Writes 1, 2 or 4 bytes of the device file's config region (pwrite at index 7).</summary>
+    public static void WriteConfig(SimulatedKernel kernel, SafeFd device, int offset, int size, uint value)
+    {
+        Span<byte> bytes = stackalloc byte[4];
+        MemoryMarshal.Write(bytes, in value);
+        kernel.PWrite(device, bytes[..size], (7L << 40) + offset).Should().Be(size, "the config write at 0x{0:x} succeeds", offset);
+    }
+
+    /// <summary>A pread of a region at index &lt;&lt; 40; the seam's result.</summary>
+    public static long ReadRegion(SimulatedKernel kernel, SafeFd device, int index, ulong offset, Span<byte> data) =>
+        kernel.PRead(device, data, ((long)index << 40) + (long)offset);
+
+    /// <summary>A pwrite of a region at index &lt;&lt; 40; the seam's result.</summary>
+    public static long WriteRegion(SimulatedKernel kernel, SafeFd device, int index, ulong offset, ReadOnlySpan<byte> data) =>
+        kernel.PWrite(device, data, ((long)index << 40) + (long)offset);
+
     public static SafeFd EventFd(SimulatedKernel kernel, int flags = 0)
     {
         kernel.EventFd(0, flags, out var fd).Should().Be(0);

@@ -358,7 +358,7 @@ public sealed unsafe partial class SimulatedKernelTests : IDisposable
 
         _kernel.PWrite(opened.Device, BitConverter.GetBytes((ushort)3), (long)info.offset + pm + 4).Should().Be(2);
 
-        model.PowerState.Should().Be(3);
+        model.PowerState.Should().Be(PciPowerState.D3Hot);
         bar0.Invoking(b => b.ReadTrapped(0, 4)).Should().Throw<SimulatedFaultException>().Which.Signal.Should().Be("SIGBUS");
         _kernel.PWrite(opened.Device, BitConverter.GetBytes((ushort)0), (long)info.offset + pm + 4).Should().Be(2);
         bar0.ReadTrapped(0, 4).Should().Be(0);
