@@ -1,6 +1,7 @@
 using System.Globalization;
 using Vfio;
 using Vfio.Testing;
+using static MigrationSample.MigrationReport;
 
 namespace MigrationSample;
 
@@ -82,18 +83,6 @@ public static class MigrationProgram
         }
         return same ? 0 : 1;
     }
-
-    private static string Name(VfioMigrationState state) => state switch
-    {
-        VfioMigrationState.StopCopy => "STOP_COPY",
-        VfioMigrationState.RunningP2P => "RUNNING_P2P",
-        VfioMigrationState.PreCopy => "PRE_COPY",
-        VfioMigrationState.PreCopyP2P => "PRE_COPY_P2P",
-        _ => state.ToString().ToUpperInvariant(),
-    };
-
-    private static Task Line(TextWriter output, string step, string what, bool ok = true) =>
-        output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"[{(ok ? "  ok" : "FAIL")}] {step,-11} {what}"));
 
     /// <summary>Counts progress reports (a real tool would draw a bar with BytesTransferred / EstimatedTotalBytes).</summary>
     private sealed class ConsoleProgress : IProgress<MigrationProgress>

@@ -73,6 +73,13 @@ public sealed partial class SimulatedKernel
                     PutHugePagesLocked(hugePages);
                     return -Errno.ENOMEM; // the process that hosts the simulation could not get it
                 }
+                // MAP_LOCKED locks the pages (mlock), charged to RLIMIT_MEMLOCK: EAGAIN beyond it.
+                if ((flags & Flags.MAP_LOCKED) != 0 && !LockAreaLocked(memory.Address, memory.Length))
+                {
+                    PutHugePagesLocked(hugePages);
+                    memory.Put();
+                    return -Errno.EAGAIN;
+                }
                 _areas.Add(memory.Address, new VirtualMemoryArea(memory.Address, length, hugePages > 0 ? "anonymous hugepage memory" : "anonymous memory", memory, null, hugePages));
                 mapping = new SafeMapping(this, memory.Address, length);
                 return 0;
@@ -259,6 +266,7 @@ public sealed partial class SimulatedKernel
             {
                 _areas.Add(end, area.Slice(end, (nuint)(area.End - end)));
             }
+            ReleasePhysicalLocked(area, start, end);
             area.Memory?.Put();
             area.File?.Put();
             PutHugePagesLocked(area.HugePages);

@@ -42,6 +42,10 @@ public sealed partial class SimulatedKernel
     {
         AssertLocked();
         var model = device.Model;
+        if (device.Group.Kind == SimulatedGroupKind.NoIommu && !UnsafeNoIommuMode)
+        {
+            return -Errno.EINVAL; // vfio_group_find_or_alloc: no IOMMU group and no no-IOMMU mode
+        }
         if (!model.HasResetHandler && _platformResetRequired)
         {
             return -Errno.ENOENT; // "No reset function found for device ..."

@@ -131,7 +131,19 @@ public sealed partial class SimulatedKernel
     /// <param name="model">The model.</param>
     /// <param name="iommuGroup">Its IOMMU group.</param>
     /// <param name="driver">The driver it is bound to at boot ("vfio-platform" by default; null for none).</param>
-    public SimulatedPlatformDevice AddPlatformDevice(string name, PlatformDeviceModel model, int iommuGroup, string? driver = "vfio-platform")
+    public SimulatedPlatformDevice AddPlatformDevice(string name, PlatformDeviceModel model, int iommuGroup, string? driver = "vfio-platform") =>
+        AddPlatformDevice(name, model, iommuGroup, SimulatedGroupKind.Iommu, driver);
+
+    /// <summary>
+    /// Adds a platform device in a group of the given kind (<see cref="SimulatedGroupKind.NoIommu"/> for
+    /// a machine without an IOMMU, whose vfio-platform needs <see cref="UnsafeNoIommuMode"/>).
+    /// </summary>
+    /// <param name="name">Its name on the platform bus, e.g. "fe000000.dma" or "LNRO0005:00".</param>
+    /// <param name="model">The model.</param>
+    /// <param name="iommuGroup">Its IOMMU group.</param>
+    /// <param name="groupKind">Iommu or NoIommu.</param>
+    /// <param name="driver">The driver it is bound to at boot, or null.</param>
+    public SimulatedPlatformDevice AddPlatformDevice(string name, PlatformDeviceModel model, int iommuGroup, SimulatedGroupKind groupKind, string? driver)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(model);
@@ -146,8 +158,12 @@ public sealed partial class SimulatedKernel
             {
                 throw new InvalidOperationException("A device " + name + " exists already.");
             }
+            if (groupKind == SimulatedGroupKind.Emulated)
+            {
+                throw new ArgumentException("Emulated groups belong to mdevs.", nameof(groupKind));
+            }
             model.Seal();
-            var group = GroupLocked(iommuGroup, SimulatedGroupKind.Iommu);
+            var group = GroupLocked(iommuGroup, groupKind);
             string? native = driver is null || IommuGroupState.DmaManagingDrivers.Contains(driver) ? null : driver;
             var device = new SimulatedPlatformDevice(this, name, model, group, native);
             AddDeviceLocked(device, PlatformBus);

@@ -309,6 +309,11 @@ public sealed partial class SimulatedKernel : VfioKernel
         {
             return -denied;
         }
+        if (path == PagemapPath)
+        {
+            file = new PagemapFile(this, path, ShowsPageFrames);
+            return 0;
+        }
         if (OpenIommufdNodeLocked(path, out file) is int opened)
         {
             return opened;

@@ -18,9 +18,15 @@ internal enum ScenarioMode
 
     /// <summary>The VFIO device cdev (/dev/vfio/devices/vfioN) bound to an iommufd (/dev/iommu).</summary>
     Iommufd,
+
+    /// <summary>
+    /// No IOMMU at all, vfio in unsafe no-IOMMU mode (vfio.enable_unsafe_noiommu_mode=1): devices bound
+    /// to vfio-pci get groups /dev/vfio/noiommu-N with the no-IOMMU container driver.
+    /// </summary>
+    NoIommu,
 }
 
-/// <summary>The modes' names as the VM suites spell them (legacy, legacy-compat, iommufd).</summary>
+/// <summary>The modes' names as the VM suites spell them (legacy, legacy-compat, iommufd, noiommu).</summary>
 internal static class ScenarioModes
 {
     /// <summary>Reads a mode's name; null when it names none.</summary>
@@ -29,6 +35,7 @@ internal static class ScenarioModes
         "legacy" => ScenarioMode.Legacy,
         "legacy-compat" => ScenarioMode.LegacyCompat,
         "iommufd" => ScenarioMode.Iommufd,
+        "noiommu" => ScenarioMode.NoIommu,
         _ => null,
     };
 
@@ -37,6 +44,7 @@ internal static class ScenarioModes
     {
         ScenarioMode.Legacy => "legacy",
         ScenarioMode.LegacyCompat => "legacy-compat",
+        ScenarioMode.NoIommu => "noiommu",
         _ => "iommufd",
     };
 }

@@ -8,6 +8,12 @@
 
 . /lib/init-common.sh
 
+# Mode noiommu boots another machine (no IOMMU, edu and NVMe only): its steps are in noiommu-init.sh,
+# which powers off at its end.
+if [ "$vm_mode" = noiommu ]; then
+  . /lib/noiommu-init.sh
+fi
+
 vendor_id=0x1234
 device_id=0x11e8
 

@@ -651,18 +651,22 @@ debian_mdev_kernel() {
 #   vfio             built from linux-source-7.N with kernel/vfio.config (mtty built in)
 #   vfio-compat      the same with kernel/legacy-compat.config on top
 # Modes: legacy (VFIO's container with type1), legacy-compat (the same uAPI on iommufd's
-# compatibility container), iommufd (the device cdev bound to /dev/iommu). The guest reads its
+# compatibility container), iommufd (the device cdev bound to /dev/iommu), noiommu (no IOMMU at
+# all, vfio in unsafe no-IOMMU mode: groups /dev/vfio/noiommu-N). The guest reads its
 # mode from the kernel command line (vfio_vm_mode=MODE) and hands it to the test program.
 # ---------------------------------------------------------------------------------------------
 declare -A kernel_modes=(
   [debian-6.1]=legacy [debian-6.12]=legacy [debian-7]=legacy [debian-6.1-mdev]=legacy
   # The kernel built with both APIs runs each scenario through the library's two backends: the
-  # legacy one and the iommufd one (the device cdev bound to /dev/iommu); run-mdev-tests.sh keeps
-  # it to the first. vfio-compat runs the legacy backend on iommufd's compatibility container. (Its
+  # legacy one and the iommufd one (the device cdev bound to /dev/iommu), and in no-IOMMU mode on a
+  # machine without an IOMMU; run-mdev-tests.sh keeps it to the first. vfio-compat runs the legacy
+  # backend on iommufd's compatibility container. (Its
   # raw container scenarios and the cli step know that container by the mode legacy-compat, so an
   # iommufd mode there would need them to ask the kernel instead.)
-  [vfio]="legacy iommufd" [vfio-compat]=legacy-compat
+  [vfio]="legacy iommufd noiommu" [vfio-compat]=legacy-compat
 )
+# A suite whose machine has no use for some modes sets suite_modes (after sourcing this file) to
+# the modes it runs; matrix then leaves the others out. Empty: every mode of each kernel.
 
 # kernel_module_list ID: the modules the guest loads for kernel ID, in load order (insmod, so
 # dependencies first; unpack_modules checks that). vfio_virqfd is a module of its own in 6.1 and
@@ -717,12 +721,13 @@ matrix() {
   for id in "$@"; do
     [ -z "$selected_kernels" ] || [[ " $selected_kernels " == *" $id "* ]] || continue
     for mode in ${kernel_modes[$id]}; do
+      [ -z "${suite_modes:-}" ] || [[ " $suite_modes " == *" $mode "* ]] || continue
       [ -z "$selected_modes" ] || [[ " $selected_modes " == *" $mode "* ]] || continue
       runs+="$id $mode"$'\n'
       any=1
     done
   done
-  [ "$any" = 1 ] || die "no kernel of this suite runs in mode(s)$selected_modes (modes: $(for id in "$@"; do echo "$id=${kernel_modes[$id]// /,}"; done | tr '\n' ' '))"
+  [ "$any" = 1 ] || die "no kernel of this suite runs in mode(s)$selected_modes (modes: $(for id in "$@"; do echo "$id=${kernel_modes[$id]// /,}"; done | tr '\n' ' ')${suite_modes:+; this suite runs only $suite_modes})"
 }
 
 # run_matrix INIT KERNEL_ID...: runs the suite on each kernel and mode of the matrix: prepares
@@ -764,7 +769,7 @@ run_matrix() {
 inputs_hash() {
   (
     cd "$repo"
-    find src/Vfio src/Vfio.Testing src/Vfio.Cli samples/EduDriver samples/NvmeDriver samples/MdevLifecycle samples/Common \
+    find src/Vfio src/Vfio.Testing src/Vfio.Cli samples/EduDriver samples/NvmeDriver samples/MdevLifecycle samples/Migration samples/VirtioRngPlatform samples/Common \
       tests/Vfio.Scenarios tests/vm/Vfio.VmTests \( -name bin -o -name obj \) -prune -o -type f -print
     ls Directory.Build.props Directory.Packages.props global.json .editorconfig 2>/dev/null
   ) | LC_ALL=C sort | (cd "$repo" && xargs sha256sum) | sha256sum | cut -d' ' -f1
@@ -828,7 +833,8 @@ publish_program() {
 
 # ---------------------------------------------------------------------------------------------
 # initramfs: a base archive (busybox, the program with the C libraries it links, /init (the
-# suite's init script) and /lib/init-common.sh, which it sources), and per kernel a second archive
+# suite's init script) and /lib/init-common.sh, which it sources, with /lib/cli-init.sh and
+# /lib/noiommu-init.sh, which init.sh sources), and per kernel a second archive
 # appended to it with the kernel's modules and their load order (the kernel unpacks both)
 # ---------------------------------------------------------------------------------------------
 # build_base_initramfs INIT: sets $base_initrd, rebuilt only when the program or the guest scripts
@@ -836,7 +842,7 @@ publish_program() {
 build_base_initramfs() {
   local init="$1" key root busybox_bin gcc_s extra
   base_initrd="$cache/initramfs-base.cpio.gz"
-  key="$(cat "$program_dir/inputs") $(cat "$init" "$here/init-common.sh" "$here/cli-init.sh" | sha256sum | cut -d' ' -f1)"
+  key="$(cat "$program_dir/inputs") $(cat "$init" "$here/init-common.sh" "$here/cli-init.sh" "$here/noiommu-init.sh" | sha256sum | cut -d' ' -f1)"
   if [ ${#initramfs_programs[@]} -gt 0 ]; then
     key="$key $(sha256sum "${initramfs_programs[@]}" | sha256sum | cut -d' ' -f1)"
   fi
@@ -874,6 +880,7 @@ build_base_initramfs() {
   [ -e "$root/lib64" ] || ln -s lib "$root/lib64" 2>/dev/null || true
   cp "$here/init-common.sh" "$root/lib/init-common.sh"
   cp "$here/cli-init.sh" "$root/lib/cli-init.sh"
+  cp "$here/noiommu-init.sh" "$root/lib/noiommu-init.sh"
   cp "$init" "$root/init"
   chmod +x "$root/init"
   pack_cpio "$root" "$base_initrd.tmp" || die "building the initramfs failed"
@@ -907,9 +914,10 @@ kernel_initramfs() {
 # ---------------------------------------------------------------------------------------------
 # Boot and results
 # ---------------------------------------------------------------------------------------------
-# boot IMAGE INITRD APPEND QEMU_ARG...: runs QEMU (TCG, q35 unless a QEMU_ARG says -M) until the
-# guest powers off or $vm_timeout passes; sets $qemu_rc and $boot_seconds, writes the serial
-# console to $console (default $cache/console.log) and its text to $console.txt.
+# boot IMAGE INITRD APPEND QEMU_ARG...: runs QEMU (TCG, q35 unless a QEMU_ARG says -M, with
+# ${vm_memory:-2G} of memory) until the guest powers off or $vm_timeout passes; sets $qemu_rc and
+# $boot_seconds, writes the serial console to $console (default $cache/console.log) and its text
+# to $console.txt.
 boot() {
   local image="$1" initramfs="$2" append="$3" qemu_err="$cache/qemu.err" boot_started=$SECONDS machine=(-M q35)
   shift 3
@@ -918,7 +926,7 @@ boot() {
   rm -f "$console" "$qemu_err"
   set +e
   timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 \
-    "${machine[@]}" -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -nic none \
+    "${machine[@]}" -accel tcg -cpu max -m "${vm_memory:-2G}" -smp 2 -nographic -no-reboot -nic none \
     "$@" \
     -kernel "$image" -initrd "$initramfs" \
     -append "$append" \

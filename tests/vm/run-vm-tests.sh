@@ -12,20 +12,22 @@
 # the NVMe sample's program (samples/NvmeDriver) on a second NVMe controller alone in slot 06.0.
 # Before that sample, the vfio tool (src/Vfio.Cli, cli-init.sh) binds that controller away from the
 # host nvme driver, shows it and gives it back, and checks that nvme has it again (its block device).
+# In mode noiommu it boots another machine: no IOMMU, vfio in unsafe no-IOMMU mode, the edu device
+# and an NVMe controller in no-IOMMU groups; the no-IOMMU scenarios, then the edu and NVMe samples.
 #
 # It runs on each kernel of a matrix, and on each kernel in each of its modes (see lib.sh):
 #   debian-6.1   Debian bookworm's 6.1 cloud kernel                  legacy
 #   debian-6.12  Debian trixie's 6.12 cloud kernel                   legacy
 #   debian-7     the newest 7.x cloud kernel of sid/trixie-backports legacy
 #   vfio         built from Debian's linux-source-7.N (newest, 7.2 or later) with
-#                tests/vm/kernel/vfio.config: everything built in      legacy, iommufd
+#                tests/vm/kernel/vfio.config: everything built in      legacy, iommufd, noiommu
 #   vfio-compat  the same without VFIO's container: /dev/vfio/vfio is iommufd's
 #                compatibility container (kernel/legacy-compat.config)  legacy-compat
 #
 # Usage: tests/vm/run-vm-tests.sh [--kernel ID]... [--mode MODE]... [--reuse] [--no-apt] [--fresh]
 #                                 [--timeout SECONDS] [--verbose]
 #   --kernel ID   run only on kernel ID (repeat it, or give a comma list; env VFIO_VM_KERNELS)
-#   --mode MODE   run only in MODE: legacy, legacy-compat or iommufd (env VFIO_VM_MODES)
+#   --mode MODE   run only in MODE: legacy, legacy-compat, iommufd or noiommu (env VFIO_VM_MODES)
 #   --reuse       reuse the published program and the initramfs in the cache as they are, without
 #                 checking whether the sources changed (env VFIO_VM_REUSE=1)
 #   --no-apt      never call apt; the tools, the apt lists and the kernels must already be there
@@ -79,6 +81,10 @@ nvme_vfio_disk="$cache/nvme-vfio.img"
 # no_timer_check: under host load, TCG can miss the kernel's IO-APIC timer test window, and with
 # interrupt remapping on the kernel panics ("timer doesn't work through Interrupt-remapped IO-APIC").
 run_vm() {
+  if [ "$1" = noiommu ]; then
+    run_noiommu_vm
+    return
+  fi
   say "booting (QEMU TCG, intel-iommu + edu at 03.0 + edu/nvme at 04.0/04.1 + two edu behind a root port at 05.0 + nvme at 06.0 + ivshmem-plain at 07.0 + virtio-rng at 08.0 + an edu alone behind a root port at 09.0; limit ${vm_timeout}s)..."
   boot "$kernel_image" "$initrd" "console=ttyS0 intel_iommu=on quiet loglevel=3 panic=-1 no_timer_check vfio_vm_mode=$1" \
     -device intel-iommu,caching-mode=on \
@@ -99,6 +105,20 @@ run_vm() {
   read_sample sample "edu sample"
   read_sample "nvme sample" "NVMe sample"
   read_sample cli "vfio tool (bind, show, unbind --restore)"
+}
+
+# run_noiommu_vm: mode noiommu's machine: q35 without an IOMMU, vfio in unsafe no-IOMMU mode, the edu
+# device at 03.0 and an NVMe controller at 06.0 (noiommu-init.sh). 256 MiB of memory: a device without
+# an IOMMU sees physical addresses, and edu's DMA reaches only the first 256 MiB (its 28-bit mask).
+run_noiommu_vm() {
+  say "booting (QEMU TCG, no IOMMU, 256 MiB, edu at 03.0 + nvme at 06.0; limit ${vm_timeout}s)..."
+  vm_memory=256M boot "$kernel_image" "$initrd" "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check vfio.enable_unsafe_noiommu_mode=1 vfio_vm_mode=noiommu" \
+    -device edu,addr=03.0 \
+    -drive file="$nvme_vfio_disk",if=none,id=nvfio,format=raw \
+    -device nvme,serial=VFIONVME01,drive=nvfio,addr=06.0
+  read_results
+  read_sample sample "edu sample (no-IOMMU)"
+  read_sample "nvme sample" "NVMe sample (no-IOMMU)"
 }
 
 run_matrix "$here/init.sh" debian-6.1 debian-6.12 debian-7 vfio vfio-compat

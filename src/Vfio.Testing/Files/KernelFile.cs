@@ -29,6 +29,9 @@ public enum SimulatedFileKind
 
     /// <summary>An iommufd context, opened from <c>/dev/iommu</c>.</summary>
     Iommufd,
+
+    /// <summary>A file of the process's <c>/proc/self</c> (its page map).</summary>
+    Proc,
 }
 
 /// <summary>

@@ -10,9 +10,10 @@ namespace Vfio.Testing;
 /// space is mtty's 255-byte emulation (vendor 0x4348, device 0x3253, class 0x070002). Regions are read
 /// and written through the device file only (no mmap). It signals the INTx or MSI eventfd where mtty
 /// does (receive FIFO at its trigger level, overrun, transmitter empty; not the modem-status cases). mtty's quirks
-/// are kept: a full FIFO (head back on tail) reads as empty, as Linux 6.1's mtty shows it.
+/// are kept: a full FIFO (head back on tail) reads as empty, as Linux 6.1's mtty shows it (7.x's too).
+/// It migrates as Linux 6.7 and later's mtty does (MttyDeviceModel.Migration.cs).
 /// </summary>
-public sealed class MttyDeviceModel : PciDeviceModel
+public sealed partial class MttyDeviceModel : PciDeviceModel
 {
     /// <summary>The ports all mtty devices share (MAX_MTTYS).</summary>
     public const int MaxPorts = 24;
@@ -47,10 +48,6 @@ public sealed class MttyDeviceModel : PciDeviceModel
     internal override bool ResetWorks => false;
 
     internal override void Enable()
-    {
-    }
-
-    internal override void Disable()
     {
     }
 
@@ -323,6 +320,7 @@ public sealed class MttyDeviceModel : PciDeviceModel
                 }
                 break;
             case Uart.Fcr:
+                port.Fcr = data;
                 if ((data & (Uart.FcrClearReceive | Uart.FcrClearTransmit)) != 0)
                 {
                     port.Count = 0;
@@ -368,6 +366,8 @@ public sealed class MttyDeviceModel : PciDeviceModel
         public bool Dlab { get; set; }
 
         public ushort Divisor { get; set; }
+
+        public byte Fcr { get; set; }
     }
 
     /// <summary>16550 register offsets and bits (uapi/linux/serial_reg.h).</summary>

@@ -44,7 +44,7 @@ internal static unsafe class DeviceFeatures
         }
         byte* data = argument + headerSize;
         long size = argsz - headerSize;
-        var migratable = device.Model as MigratableDeviceModel;
+        var migratable = MigrationDrivers.Of(device.Model);
         switch (flags & VfioUapi.VFIO_DEVICE_FEATURE_MASK)
         {
             case VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION:
@@ -137,7 +137,7 @@ internal static unsafe class DeviceFeatures
         return argsz < minsz ? -Errno.EINVAL : 1;
     }
 
-    private static int DeviceState(SimulatedKernel kernel, MigratableDeviceModel model, uint flags, long size, vfio_device_feature_mig_state* mig)
+    private static int DeviceState(SimulatedKernel kernel, IMigrationDriver model, uint flags, long size, vfio_device_feature_mig_state* mig)
     {
         int r = CheckFeature(flags, size, Get | Set, sizeof(vfio_device_feature_mig_state));
         if (r != 1)
@@ -168,7 +168,7 @@ internal static unsafe class DeviceFeatures
         return 0;
     }
 
-    private static int DmaLogging(MigratableDeviceModel model, uint flags, long size, byte* data)
+    private static int DmaLogging(IMigrationDriver model, uint flags, long size, byte* data)
     {
         switch (flags & VfioUapi.VFIO_DEVICE_FEATURE_MASK)
         {

@@ -38,14 +38,13 @@ internal sealed class DmaMapping(ulong iova, ulong size, ulong vaddr, bool read,
 /// The type1 IOMMU driver's data for one container (vfio_iommu): the mappings sorted by IOVA, the
 /// page sizes, the usable IOVA ranges and the count of mappings still allowed.
 /// </summary>
-internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaMappings
+internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, ContainerState container, bool v2) : IDmaMappings
 {
     // The driver's settings, taken from the kernel when the IOMMU is set (as module parameters and
     // the IOMMU's geometry are fixed for a vfio_iommu's life).
     private readonly ulong pageSizes = kernel.IommuPageSizes;
     private readonly IReadOnlyList<SimulatedIovaRange> ranges = kernel.IovaRanges;
     private readonly bool reportDmaAvail = kernel.ReportsDmaAvailable;
-    private const ulong MaxDirtyBitmapSize = 256UL << 20;
     private readonly List<DmaMapping> _mappings = [];
 
     public bool V2 { get; } = v2;
@@ -95,6 +94,10 @@ internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaM
         if (request == VfioUapi.VFIO_IOMMU_UNMAP_DMA)
         {
             return Unmap((vfio_iommu_type1_dma_unmap*)argument);
+        }
+        if (request == VfioUapi.VFIO_IOMMU_DIRTY_PAGES)
+        {
+            return DirtyPages((byte*)argument);
         }
         return -Errno.ENOTTY;
     }
@@ -226,10 +229,25 @@ internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaM
             return -Errno.EINVAL;
         }
         bool all = (unmap->flags & VfioUapi.VFIO_DMA_UNMAP_FLAG_ALL) != 0;
-        // Dirty tracking is never started here, and vaddr invalidation is not simulated.
-        if ((unmap->flags & (VfioUapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VfioUapi.VFIO_DMA_UNMAP_FLAG_VADDR)) != 0)
+        bool dirty = (unmap->flags & VfioUapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) != 0;
+        // Vaddr invalidation is not simulated; the kernel refuses it with a bitmap, as it refuses ALL with one.
+        if ((unmap->flags & VfioUapi.VFIO_DMA_UNMAP_FLAG_VADDR) != 0 || (dirty && all))
         {
             return -Errno.EINVAL;
+        }
+        vfio_bitmap bitmap = default;
+        if (dirty)
+        {
+            if (unmap->argsz < MinSize + sizeof(vfio_bitmap))
+            {
+                return -Errno.EINVAL;
+            }
+            bitmap = *(vfio_bitmap*)((byte*)unmap + MinSize);
+            int r = VerifyBitmapSize(unmap->size >> PageShift(bitmap.pgsize), bitmap.size);
+            if (r < 0)
+            {
+                return r;
+            }
         }
         ulong iova = unmap->iova;
         ulong size = unmap->size;
@@ -247,6 +265,11 @@ internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaM
             size = ulong.MaxValue;
         }
         else if (size == 0 || (size & pgmask) != 0 || iova + size - 1 < iova)
+        {
+            return -Errno.EINVAL;
+        }
+        // A bitmap only while tracking, and only at the smallest page size.
+        if (dirty && (!Tracking || bitmap.pgsize != MinPageSize))
         {
             return -Errno.EINVAL;
         }
@@ -279,6 +302,10 @@ internal sealed unsafe class Type1Iommu(SimulatedKernel kernel, bool v2) : IDmaM
             if (!V2 && iova > m.Iova)
             {
                 break; // type1 (v1) stops at a mapping that starts before the range
+            }
+            if (dirty)
+            {
+                ReportDirty(m, iova, bitmap);
             }
             unmapped += m.Size;
             m.Memory.Put();

@@ -75,6 +75,8 @@ public sealed partial class SimulatedKernel
         }
     }
 
+    // vfio_iommu_driver_allowed as CHECK_EXTENSION applies it: an empty container asks every driver
+    // (in unsafe mode the no-IOMMU driver answers VFIO_NOIOMMU_IOMMU), one with groups only its kind's.
     private static bool DriverAllowed(ContainerState container, bool noIommuDriver) =>
         container.Groups.Count == 0 || container.NoIommu == noIommuDriver;
 
@@ -113,7 +115,7 @@ public sealed partial class SimulatedKernel
         {
             if (type is VfioUapi.VFIO_TYPE1_IOMMU or VfioUapi.VFIO_TYPE1v2_IOMMU)
             {
-                container.Type1 = new Type1Iommu(this, type == VfioUapi.VFIO_TYPE1v2_IOMMU);
+                container.Type1 = new Type1Iommu(this, container, type == VfioUapi.VFIO_TYPE1v2_IOMMU);
                 return 0;
             }
             result = -Errno.EINVAL; // the driver knows the extension but cannot open with it

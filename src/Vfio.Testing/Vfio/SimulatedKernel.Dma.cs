@@ -159,8 +159,9 @@ public sealed partial class SimulatedKernel
             return binding.Attached?.Ioas;
         }
         var container = device.Group.Container;
-        reason = container?.NoIommuDriver == true ? "DMA without an IOMMU is not simulated" : "the group is not in a container with an IOMMU";
-        return container?.Type1;
+        reason = "the group is not in a container with an IOMMU";
+        // Without an IOMMU the device's addresses are physical addresses: whatever page has that frame.
+        return container?.NoIommuDriver == true ? new PhysicalMemory(this) : container?.Type1;
     }
 
     /// <summary>Charges pinned bytes to the locked-memory limit; false when they would exceed it. The lock is held.</summary>

@@ -94,6 +94,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         }
     }
 
+    /// <summary>The address space the buffer is mapped in; null once unmapped.</summary>
+    internal IommuAddressSpace? Space => Volatile.Read(ref _space);
+
     /// <summary>The buffer's host virtual address (what <see cref="VfioContainer.TranslateToIova"/> takes).</summary>
     public nint HostAddress => _memory.Address;
 
@@ -146,6 +149,33 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
 
     bool IDeviceResource.Revoke() => Unmap();
 
+    /// <summary>
+    /// Unmaps the buffer and reads its dirty pages in the same kernel call (type1's
+    /// <c>VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP</c>, see <see cref="DirtyPageTracking.Unmap"/>); when the
+    /// kernel refuses, it throws and the buffer stays mapped.
+    /// </summary>
+    internal void UnmapReadingDirty(Span<ulong> dirty, ulong pageSize)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _state) == 2, this);
+        var space = Volatile.Read(ref _space);
+        if (space is null || Interlocked.CompareExchange(ref _state, 1, 0) != 0)
+        {
+            throw new InvalidOperationException($"{this} is not mapped any more: its device closed, or it was unmapped already.");
+        }
+        try
+        {
+            space.Unmap(this, dirty, pageSize);
+        }
+        catch
+        {
+            Interlocked.CompareExchange(ref _state, 0, 1);
+            throw;
+        }
+        Volatile.Write(ref _space, null);
+        _reference.Dispose();
+        _device.ForgetResource(this);
+    }
+
     /// <summary>The address space dropped every mapping (its last device left): nothing to unmap any more.</summary>
     internal void Orphan() => Volatile.Write(ref _space, null);
 
@@ -187,6 +217,8 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         var space = device.AddressSpace
             ?? throw new InvalidOperationException($"Device {device.Name} is not open: open it before allocating DMA memory.");
         ulong page = space.IommuInfoFor(device).MinPageSize;
+        var requested = pages;
+        pages = space.PagesFor(device, length, pages);
         if (!device.TryGet(out var reference))
         {
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
@@ -201,19 +233,22 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             reserved = space.ReserveIova(device, size, iova, huge ? HugePageSize : 0);
             if (huge)
             {
-                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB, 0, out memory);
+                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | Flags.MAP_HUGETLB | space.MemoryFlags, 0, out memory);
                 if (rc == -Errno.ENOMEM && pages == DmaPages.HugeIfAvailable)
                 {
                     Log.HugePagesFallback(device.Registry.Logger, device.Name);
                     huge = false;
-                    space.ReleaseIova(reserved.Value);
+                    if (reserved is ulong hugeRange)
+                    {
+                        space.ReleaseIova(hugeRange);
+                    }
                     reserved = null;
                     size = RoundUp(length, page);
                     reserved = space.ReserveIova(device, size, iova);
                 }
                 else if (rc == -Errno.ENOMEM)
                 {
-                    throw NoHugePages(device, size);
+                    throw NoHugePages(device, size, space.HugePagesReason(requested));
                 }
                 else
                 {
@@ -222,14 +257,14 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
             }
             if (!huge)
             {
-                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE, 0, out memory);
+                int rc = device.Kernel.Mmap(null, (nuint)size, Flags.PROT_READ | Flags.PROT_WRITE, Flags.MAP_PRIVATE | Flags.MAP_POPULATE | space.MemoryFlags, 0, out memory);
                 if (rc == -Errno.ENOMEM)
                 {
                     throw NoMemory(device, size);
                 }
                 VfioErrors.Check(rc, "mmap (DMA memory)", device.ErrorTarget);
             }
-            ulong mappedAt = reserved.Value;
+            ulong? mappedAt = reserved;
             reserved = null; // Map gives the range back itself when the kernel refuses
             var buffer = space.Map(device, memory!, mappedAt, size, access, reference);
             buffer.IsHugePages = huge;
@@ -269,7 +304,7 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
     };
 
     // The kernel refuses a MAP_HUGETLB mapping with ENOMEM when the hugepage pool cannot cover it.
-    private static VfioResourceLimitException NoHugePages(VfioDevice device, ulong size)
+    private static VfioResourceLimitException NoHugePages(VfioDevice device, ulong size, string? why)
     {
         const string Pool = "kernel/mm/hugepages/hugepages-2048kB/";
         string free = device.Registry.Sysfs.ReadText(Pool + "free_hugepages")?.Trim() ?? "?";
@@ -278,8 +313,9 @@ public sealed unsafe class DmaBuffer : IDisposable, IDeviceResource
         return new VfioResourceLimitException(
             string.Create(CultureInfo.InvariantCulture,
                 $"Cannot allocate a {size >> 20} MiB DMA buffer of 2 MiB hugepages for {device.Name}: it needs {needed} free hugepages, and the system has {free} free of {total} reserved. ") +
-            "Reserve more as root: echo N > /proc/sys/vm/nr_hugepages (or vm.nr_hugepages in /etc/sysctl.conf, or hugepages=N on the kernel command line), " +
-            "or allocate with DmaPages.HugeIfAvailable to fall back to normal pages.",
+            (why is null ? "" : why + " ") +
+            "Reserve more as root: echo N > /proc/sys/vm/nr_hugepages (or vm.nr_hugepages in /etc/sysctl.conf, or hugepages=N on the kernel command line)" +
+            (why is null ? ", or allocate with DmaPages.HugeIfAvailable to fall back to normal pages." : "."),
             VfioResourceLimitException.HugePages, "mmap (DMA memory, 2 MiB hugepages)", Errno.ENOMEM, device.ErrorTarget);
     }
 }

@@ -120,6 +120,17 @@ public abstract class IommuAddressSpace
     /// <summary>Unmaps the range; 0 or a negative errno, with the bytes the kernel unmapped.</summary>
     private protected abstract int UnmapCore(ulong iova, ulong length, out ulong unmapped);
 
+    /// <summary>
+    /// Unmaps the range and has the kernel set the bits of its dirty pages in <paramref name="dirty"/>,
+    /// one per <paramref name="pageSize"/> bytes; 0 or a negative errno. Only type1 has it
+    /// (<c>VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP</c>); elsewhere ENOTTY.
+    /// </summary>
+    private protected virtual int UnmapDirtyCore(ulong iova, ulong length, Span<ulong> dirty, ulong pageSize, out ulong unmapped)
+    {
+        unmapped = 0;
+        return -Errno.ENOTTY;
+    }
+
     /// <summary>The name of the unmap call, for errors ("VFIO_IOMMU_UNMAP_DMA").</summary>
     private protected abstract string UnmapOperation { get; }
 
@@ -174,15 +185,43 @@ public abstract class IommuAddressSpace
     }
 
     /// <summary>
+    /// The pages DMA memory of <paramref name="length"/> bytes needs here: what the caller asked for,
+    /// unless the address space needs more (physically contiguous memory, without an IOMMU).
+    /// </summary>
+    internal virtual DmaPages PagesFor(VfioDevice device, ulong length, DmaPages pages) => pages;
+
+    /// <summary>mmap flags DMA memory needs here besides private and populated (MAP_LOCKED, without an IOMMU).</summary>
+    internal virtual int MemoryFlags => 0;
+
+    /// <summary>Why a buffer needs hugepages here when the caller did not ask for them, for the error when there are none; null when it did ask.</summary>
+    internal virtual string? HugePagesReason(DmaPages requested) => null;
+
+    /// <summary>
+    /// True when the device reaches DMA memory at an address the memory has whatever the IOMMU would do
+    /// (without an IOMMU: its physical address), so no IOVA is chosen; throws, before any memory is
+    /// allocated, for a buffer at <paramref name="fixedIova"/> such an address space cannot give.
+    /// </summary>
+    private protected virtual bool AddressFromMemory(VfioDevice device, ulong? fixedIova) => false;
+
+    /// <summary>The device address of <paramref name="memory"/> where <see cref="AddressFromMemory"/> holds, checked for the device.</summary>
+    private protected virtual ulong DeviceAddressOf(VfioDevice device, SafeMapping memory, ulong length) =>
+        throw new InvalidOperationException("This address space chooses IOVAs.");
+
+    /// <summary>
     /// Reserves the IOVA range for a buffer of <paramref name="length"/> bytes before its memory is
     /// allocated, so that a buffer the address space cannot map costs no memory: the mapping budget,
     /// the IOMMU's valid ranges, the device's DMA mask and the free space are checked here. Give the
-    /// range to <see cref="Map"/>, or back with <see cref="ReleaseIova"/>.
+    /// range to <see cref="Map"/>, or back with <see cref="ReleaseIova"/>. Null when the device
+    /// address comes from the memory itself (<see cref="AddressFromMemory"/>): give <see cref="Map"/> null.
     /// </summary>
-    internal ulong ReserveIova(VfioDevice device, ulong length, ulong? fixedIova, ulong alignment = 0)
+    internal ulong? ReserveIova(VfioDevice device, ulong length, ulong? fixedIova, ulong alignment = 0)
     {
         lock (_dmaLock)
         {
+            if (AddressFromMemory(device, fixedIova))
+            {
+                return null;
+            }
             var info = IommuInfoLocked(device.ErrorTarget);
             _iova ??= new IovaAllocator(info.IovaRanges, info.MinPageSize);
             if (MappingsAvailableLocked() == 0)
@@ -223,16 +262,36 @@ public abstract class IommuAddressSpace
         }
     }
 
-    /// <summary>Maps <paramref name="memory"/> at an IOVA range from <see cref="ReserveIova"/>; on failure the range is given back.</summary>
-    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong iova, ulong length, DmaAccess access, DeviceReference reference)
+    /// <summary>
+    /// Maps <paramref name="memory"/> at an IOVA range from <see cref="ReserveIova"/> (on failure the
+    /// range is given back), or, for null, at the device address the memory has.
+    /// </summary>
+    internal DmaBuffer Map(VfioDevice device, SafeMapping memory, ulong? reserved, ulong length, DmaAccess access, DeviceReference reference)
     {
         lock (_dmaLock)
         {
-            _reserved.Remove(iova);
+            ulong iova;
+            try
+            {
+                iova = reserved ?? DeviceAddressOf(device, memory, length);
+            }
+            catch when (reserved is ulong range)
+            {
+                _reserved.Remove(range);
+                _iova?.Free(range);
+                throw;
+            }
+            if (reserved is ulong taken)
+            {
+                _reserved.Remove(taken);
+            }
             int rc = MapCore(memory.Address, iova, length, access);
             if (rc < 0)
             {
-                _iova?.Free(iova);
+                if (reserved.HasValue)
+                {
+                    _iova?.Free(iova);
+                }
                 throw MapError(-rc, iova, length, device);
             }
             var buffer = new DmaBuffer(device, this, memory, iova, length, access, reference);
@@ -247,7 +306,13 @@ public abstract class IommuAddressSpace
     /// Unmaps a buffer. When the kernel refuses, the address space keeps it in its books (the device
     /// may still reach it) and tries again when its last device leaves.
     /// </summary>
-    internal void Unmap(DmaBuffer buffer)
+    internal void Unmap(DmaBuffer buffer) => Unmap(buffer, default, 0);
+
+    /// <summary>
+    /// Unmaps a buffer and, when <paramref name="dirty"/> is not empty, has the kernel fill it with the
+    /// buffer's dirty pages in the same call (see <see cref="UnmapDirtyCore"/>).
+    /// </summary>
+    internal void Unmap(DmaBuffer buffer, Span<ulong> dirty, ulong pageSize)
     {
         lock (_dmaLock)
         {
@@ -256,7 +321,8 @@ public abstract class IommuAddressSpace
                 return;
             }
             string operation = string.Create(CultureInfo.InvariantCulture, $"{UnmapOperation} 0x{buffer.Iova:x}+0x{buffer.Length:x}");
-            VfioErrors.Check(UnmapCore(buffer.Iova, buffer.Length, out ulong unmapped), operation);
+            int rc = dirty.IsEmpty ? UnmapCore(buffer.Iova, buffer.Length, out ulong unmapped) : UnmapDirtyCore(buffer.Iova, buffer.Length, dirty, pageSize, out unmapped);
+            VfioErrors.Check(rc, operation);
             _buffers.Remove(buffer);
             _translation.Remove(buffer.HostAddress);
             _iova?.Free(buffer.Iova);

@@ -47,6 +47,27 @@ internal sealed unsafe class Type1AddressSpace(VfioRegistry registry, SafeFd con
         return rc;
     }
 
+    private protected override int UnmapDirtyCore(ulong iova, ulong length, Span<ulong> dirty, ulong pageSize, out ulong unmapped)
+    {
+        // The unmap request with a vfio_bitmap right after it (data[]).
+        byte* request = stackalloc byte[sizeof(vfio_iommu_type1_dma_unmap) + sizeof(vfio_bitmap)];
+        var unmap = (vfio_iommu_type1_dma_unmap*)request;
+        *unmap = new vfio_iommu_type1_dma_unmap
+        {
+            argsz = (uint)(sizeof(vfio_iommu_type1_dma_unmap) + sizeof(vfio_bitmap)),
+            flags = VfioUapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            iova = iova,
+            size = length,
+        };
+        fixed (ulong* bits = dirty)
+        {
+            *(vfio_bitmap*)(request + sizeof(vfio_iommu_type1_dma_unmap)) = new vfio_bitmap { pgsize = pageSize, size = (ulong)dirty.Length * sizeof(ulong), data = bits };
+            int rc = Registry.Kernel.Ioctl(container, VfioUapi.VFIO_IOMMU_UNMAP_DMA, request);
+            unmapped = unmap->size;
+            return rc;
+        }
+    }
+
     // Kernels before 5.10 do not report DMA_AVAIL: the module parameter says the limit.
     private protected override int ReadEntryLimit()
     {

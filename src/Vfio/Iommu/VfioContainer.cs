@@ -16,6 +16,7 @@ public sealed class VfioContainer
     // ContainerBackend). Held here only to assert it.
     private readonly Lock _attachLock;
     private IommuGroup[] _groups = [];
+    private DirtyPageTracking? _dirtyTracking;
 
     private VfioContainer(VfioRegistry registry, SafeFd fd, Lock attachLock)
     {
@@ -51,7 +52,8 @@ public sealed class VfioContainer
     /// first asked after the IOMMU was set (the budget shrinks as buffers are mapped: see
     /// <see cref="QueryIommuInfo"/> and <see cref="DmaMappingsAvailable"/>).
     /// </summary>
-    public IommuInfo IommuInfo => AddressSpace.IommuInfo;
+    /// <exception cref="VfioNotSupportedException">The container is a no-IOMMU container: it has no IOMMU to describe.</exception>
+    public IommuInfo IommuInfo => IsNoIommu ? throw NoIommu("VFIO_IOMMU_GET_INFO") : AddressSpace.IommuInfo;
 
     /// <summary>How many DMA mappings the container holds.</summary>
     public int DmaMappingCount => AddressSpace.DmaMappingCount;
@@ -65,14 +67,22 @@ public sealed class VfioContainer
 
     internal SafeFd Fd { get; }
 
-    /// <summary>The container's DMA address space: its type1 IOMMU.</summary>
-    internal IommuAddressSpace AddressSpace { get; }
+    /// <summary>The container's DMA address space: its type1 IOMMU, or physical memory in no-IOMMU mode.</summary>
+    internal IommuAddressSpace AddressSpace { get; private set; }
 
     internal int GroupCount => Volatile.Read(ref _groups).Length;
 
     /// <summary>Asks the kernel for the IOMMU's info now (VFIO_IOMMU_GET_INFO): the mapping budget as it stands.</summary>
     /// <exception cref="VfioException">The kernel refused (no IOMMU set yet: no group in the container); the error names the container's first group.</exception>
-    public IommuInfo QueryIommuInfo() => AddressSpace.QueryIommuInfo(Groups is [var first, ..] ? first.ErrorTarget : default);
+    /// <exception cref="VfioNotSupportedException">The container is a no-IOMMU container: it has no IOMMU to describe.</exception>
+    public IommuInfo QueryIommuInfo() => IsNoIommu
+        ? throw NoIommu("VFIO_IOMMU_GET_INFO")
+        : AddressSpace.QueryIommuInfo(Groups is [var first, ..] ? first.ErrorTarget : default);
+
+    // The no-IOMMU driver answers every IOMMU ioctl with ENOTTY.
+    private static VfioNotSupportedException NoIommu(string operation) => new(
+        $"A no-IOMMU container has no IOMMU: the kernel answers {operation} with ENOTTY. Its devices reach memory by physical address; DMA buffers carry it in DmaBuffer.Iova.",
+        operation, Errno.ENOTTY, default);
 
     /// <summary>
     /// The IOVA of a host address inside any DMA buffer of this container; null when the address is in
@@ -86,6 +96,26 @@ public sealed class VfioContainer
     /// <param name="hostAddress">A host virtual address.</param>
     /// <param name="iova">The device's address for it.</param>
     public bool TryTranslateToIova(nint hostAddress, out ulong iova) => AddressSpace.TryTranslateToIova(hostAddress, out iova);
+
+    /// <summary>
+    /// Starts the IOMMU's dirty page tracking for every DMA mapping of the container
+    /// (<c>VFIO_IOMMU_DIRTY_PAGES</c>, type1v2); dispose the result to stop it. One at a time per container.
+    /// See <see cref="DirtyPageTracking"/> for what type1 can and cannot tell.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Tracking is active already.</exception>
+    /// <exception cref="VfioNotSupportedException">The container has no IOMMU (no-IOMMU mode) or its IOMMU driver has no dirty tracking (iommufd's compatibility container).</exception>
+    public DirtyPageTracking StartDirtyPageTracking()
+    {
+        if (Volatile.Read(ref _dirtyTracking) is { IsActive: true } active)
+        {
+            throw new InvalidOperationException($"Dirty page tracking of {this} is active already ({active}): dispose it before starting another, since stopping either would stop both.");
+        }
+        var tracking = DirtyPageTracking.Start(this);
+        Volatile.Write(ref _dirtyTracking, tracking);
+        return tracking;
+    }
+
+    internal void DirtyTrackingStopped(DirtyPageTracking tracking) => Interlocked.CompareExchange(ref _dirtyTracking, null, tracking);
 
     /// <summary>Opens a new container for a group (named in the errors) and checks the API version.</summary>
     internal static VfioContainer Open(VfioRegistry registry, Lock attachLock, ErrorTarget target)
@@ -190,6 +220,11 @@ public sealed class VfioContainer
         }
         VfioErrors.Check(Registry.Kernel.Ioctl(Fd, VfioUapi.VFIO_SET_IOMMU, type), "VFIO_SET_IOMMU", group.ErrorTarget);
         IommuType = type;
+        if (type == VfioUapi.VFIO_NOIOMMU_IOMMU)
+        {
+            AddressSpace = new NoIommuAddressSpace(Registry);
+            Log.NoIommuContainer(Registry.Logger, group.Id);
+        }
     }
 
     /// <inheritdoc/>

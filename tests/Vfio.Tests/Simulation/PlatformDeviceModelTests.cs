@@ -217,6 +217,21 @@ public sealed unsafe class PlatformDeviceModelTests : IDisposable
     }
 
     [Fact]
+    public void ADeviceWithoutAnIommuBindsOnlyInUnsafeNoIommuMode()
+    {
+        _kernel.Iommu = SimulatedIommuState.Absent;
+        _kernel.PlatformResetRequired = false;
+        var device = _kernel.AddPlatformDevice(Name, Dma(), 0, SimulatedGroupKind.NoIommu, "vfio-platform");
+        device.Driver.Should().BeNull("vfio-platform finds no IOMMU group and no-IOMMU mode is off");
+        Seam.WriteText(_kernel, _kernel.Sys("bus/platform/drivers/vfio-platform/bind"), Name).Should().Be(-Errno.EINVAL);
+
+        _kernel.UnsafeNoIommuMode = true;
+        Seam.WriteText(_kernel, _kernel.Sys("bus/platform/drivers/vfio-platform/bind"), Name).Should().BeGreaterThan(0);
+        device.Driver.Should().Be("vfio-platform");
+        Seam.ReadText(_kernel, _kernel.Sys("kernel/iommu_groups/0/name")).Should().Be("vfio-noiommu\n");
+    }
+
+    [Fact]
     public void BindingToVfioPlatformNeedsDriverOverride()
     {
         var device = _kernel.AddPlatformDevice(Name, Dma(), iommuGroup: 9, driver: null);

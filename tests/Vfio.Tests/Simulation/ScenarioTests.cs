@@ -22,6 +22,9 @@ public sealed class ScenarioTests(ITestOutputHelper output)
     public static TheoryData<string> Names => [.. ScenarioCatalog.All.Select(s => s.Name)];
 
     /// <summary>The scenarios that apply to a kernel without iommufd (the others skip there, as on Debian's kernels).</summary>
+    /// <summary>The scenarios that apply in mode iommufd (the others skip there, as in the VM).</summary>
+    public static TheoryData<string> IommufdModeNames => [.. ScenarioCatalog.All.Except(ScenarioCatalog.NeedContainer).Select(s => s.Name)];
+
     public static TheoryData<string> LegacyKernelNames => [.. ScenarioCatalog.All.Except(ScenarioCatalog.NeedIommufd).Select(s => s.Name)];
 
     /// <summary>The simulated counterpart of the VM's machine (tests/vm/run-vm-tests.sh), as Linux <paramref name="version"/> in <paramref name="mode"/>.</summary>
@@ -63,7 +66,7 @@ public sealed class ScenarioTests(ITestOutputHelper output)
     public Task ScenarioPassesOnASimulated72KernelInModeLegacy(string name) => RunAsync(name, Machine(new Version(7, 2), ScenarioMode.Legacy));
 
     [Theory]
-    [MemberData(nameof(Names))]
+    [MemberData(nameof(IommufdModeNames))]
     public Task ScenarioPassesOnASimulated72KernelInModeIommufd(string name) => RunAsync(name, Machine(new Version(7, 2), ScenarioMode.Iommufd));
 
     private async Task RunAsync(string name, (SimulatedKernel Kernel, ScenarioContext Context) machine)
@@ -88,13 +91,56 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         var kernel = new SimulatedKernel();
         kernel.AddMttyParent();
         using var log = new StringWriter();
-        var context = new ScenarioContext(kernel, string.Empty, -1) { Log = log };
+        // The simulated mtty migrates as Linux 6.7 and later's does.
+        var context = new ScenarioContext(kernel, string.Empty, -1) { Log = log, KernelVersion = new Version(7, 3) };
         string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
         output.WriteLine(log.ToString());
         failure.Should().BeNull();
         kernel.AssertNoLeaks();
         kernel.ListDirectory(kernel.Sys("bus/mdev/devices"), out var mdevs).Should().Be(0);
         mdevs.Should().BeEmpty("every scenario removes the mdevs it made");
+    }
+
+    public static TheoryData<string> NoIommuNames => [.. ScenarioCatalog.NoIommu.Select(s => s.Name)];
+
+    /// <summary>
+    /// The no-IOMMU scenarios on the simulated counterpart of the VM's noiommu mode: no IOMMU, vfio in
+    /// unsafe no-IOMMU mode, the edu device bound to vfio-pci in no-IOMMU group 0.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(NoIommuNames))]
+    public async Task NoIommuScenarioPassesOnTheSimulatedKernel(string name)
+    {
+        var kernel = new SimulatedKernel { Iommu = SimulatedIommuState.Absent, UnsafeNoIommuMode = true };
+        kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), 0, SimulatedGroupKind.NoIommu, "vfio-pci");
+        using var log = new StringWriter();
+        var context = new ScenarioContext(kernel, "0000:00:03.0", 0) { Log = log, Mode = ScenarioMode.NoIommu };
+        string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        output.WriteLine(log.ToString());
+        failure.Should().BeNull();
+        kernel.AssertNoLeaks();
+        kernel.DmaFaults.Should().BeEmpty();
+    }
+
+    public static TheoryData<string> PlatformNames => [.. ScenarioCatalog.Platform.Select(s => s.Name)];
+
+    /// <summary>
+    /// The platform scenarios on the simulated counterpart of the platform VM (tests/vm/run-platform-tests.sh):
+    /// no IOMMU, vfio in no-IOMMU mode, vfio-platform with reset_required=0 holding a virtio-mmio entropy device.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PlatformNames))]
+    public async Task PlatformScenarioPassesOnTheSimulatedKernel(string name)
+    {
+        var kernel = new SimulatedKernel { Iommu = SimulatedIommuState.Absent, UnsafeNoIommuMode = true, PlatformResetRequired = false };
+        kernel.AddPlatformDevice("LNRO0005:00", new VirtioMmioRngModel(), 0, SimulatedGroupKind.NoIommu, "vfio-platform");
+        using var log = new StringWriter();
+        var context = new ScenarioContext(kernel, "LNRO0005:00", 0) { Log = log, Mode = ScenarioMode.NoIommu };
+        string? failure = await ScenarioRunner.RunOneAsync(ScenarioCatalog.Named(name), context);
+        output.WriteLine(log.ToString());
+        failure.Should().BeNull();
+        kernel.AssertNoLeaks();
+        kernel.DmaFaults.Should().BeEmpty();
     }
 
     [Fact]
@@ -113,5 +159,5 @@ public sealed class ScenarioTests(ITestOutputHelper output)
 
     [Fact]
     public void EveryScenarioHasAUniqueName() =>
-        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Select(s => s.Name).Should().OnlyHaveUniqueItems();
+        ScenarioCatalog.All.Concat(ScenarioCatalog.Mdev).Concat(ScenarioCatalog.NoIommu).Concat(ScenarioCatalog.Platform).Select(s => s.Name).Should().OnlyHaveUniqueItems();
 }

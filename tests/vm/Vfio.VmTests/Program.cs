@@ -2,6 +2,8 @@ using System.Globalization;
 using EduDriver;
 using NvmeDriver;
 using MdevLifecycle;
+using MigrationSample;
+using VirtioRngPlatform;
 using Vfio.Cli;
 using Vfio.Scenarios;
 
@@ -10,22 +12,27 @@ namespace Vfio.VmTests;
 /// <summary>
 /// Runs the VFIO scenarios against the running kernel. Started inside the VM by
 /// tests/vm/run-vm-tests.sh as <c>Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS
-/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...</c>, and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
+/// --not-viable-group N] [--hot-reset-device ADDRESS]... [--hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...</c> (with <c>--noiommu</c> first: the
+/// no-IOMMU scenarios, on the machine of mode noiommu), and as <c>Vfio.VmTests --sample ADDRESS</c> to run the
 /// edu sample's program, as <c>Vfio.VmTests --nvme-sample ADDRESS</c> to run the NVMe sample's, as
+/// <c>Vfio.VmTests --migration-sample</c> to run the migration sample's mtty round trip, as
+/// <c>Vfio.VmTests --platform ...</c> and <c>--platform-sample</c> for the platform machine's scenarios and sample, as
 /// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
 /// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
-/// mode the host booted the kernel in (legacy, legacy-compat or iommufd; <see cref="ScenarioMode"/>).
+/// mode the host booted the kernel in (legacy, legacy-compat, iommufd or noiommu; <see cref="ScenarioMode"/>).
 /// </summary>
 internal static class Program
 {
     private const string Usage = "usage: Vfio.VmTests [--mode MODE] --device ADDRESS --group N [--not-viable-device ADDRESS --not-viable-group N]\n"
         + "       [--hot-reset-device ADDRESS --hot-reset-device ADDRESS --hot-reset-group N] [--shared-memory-device ADDRESS] [--only NAME]...\n"
+        + "       Vfio.VmTests --noiommu --mode noiommu --device ADDRESS --group N [--only NAME]...\n"
+        + "       Vfio.VmTests --platform --mode noiommu --device NAME --group N [--only NAME]... | --platform-sample\n"
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
-        + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose]\n"
+        + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose] | --migration-sample\n"
         + "       Vfio.VmTests --cli ARG... (the vfio tool)\n"
-        + "       MODE: legacy (default), legacy-compat or iommufd";
+        + "       MODE: legacy (default), legacy-compat, iommufd or noiommu";
 
     private static async Task<int> Main(string[] args)
     {
@@ -50,6 +57,16 @@ internal static class Program
         {
             return await MdevLifecycleProgram.RunAsync(["--real", .. args[1..]], Console.Out).ConfigureAwait(false);
         }
+        if (args.Length == 1 && args[0] == "--platform-sample")
+        {
+            // The VirtioRngPlatform sample on the platform machine's virtio-mmio entropy device.
+            return await VirtioRngProgram.RunAsync(["--real"], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length == 1 && args[0] == "--migration-sample")
+        {
+            // The migration sample's mtty round trip on the kernel's mtty (Linux 6.7 and later).
+            return await MttyMigrationProgram.RunAsync(real: true, Console.Out).ConfigureAwait(false);
+        }
         if (args.Length > 0 && args[0] == "--mdev")
         {
             // The mdev machine (tests/vm/run-mdev-tests.sh): the mtty parent, no PCI device for vfio.
@@ -68,6 +85,19 @@ internal static class Program
             return await ScenarioRunner.RunAsync(ScenarioCatalog.Mdev, mdevContext, Console.Out).ConfigureAwait(false) == 0 ? 0 : 1;
         }
 
+        // The no-IOMMU machine (mode noiommu): the edu device in a no-IOMMU group, nothing else.
+        IEnumerable<Scenario> scenarios = ScenarioCatalog.All;
+        if (args.Length > 0 && args[0] == "--noiommu")
+        {
+            scenarios = ScenarioCatalog.NoIommu;
+            args = args[1..];
+        }
+        else if (args.Length > 0 && args[0] == "--platform")
+        {
+            // The platform machine (tests/vm/run-platform-tests.sh): the device is a platform device's name.
+            scenarios = ScenarioCatalog.Platform;
+            args = args[1..];
+        }
         string? device = null;
         int? group = null;
         string? notViableDevice = null;
@@ -132,7 +162,6 @@ internal static class Program
             Mode = mode.Value,
             KernelVersion = Environment.OSVersion.Version,
         };
-        IEnumerable<Scenario> scenarios = ScenarioCatalog.All;
         if (only.Count > 0)
         {
             scenarios = scenarios.Where(s => only.Contains(s.Name));
