@@ -58,12 +58,15 @@ public abstract partial class VfioDevice
         lock (_resources)
         {
             live = [.. _resources];
-            _resources.Clear();
         }
-        // Newest first: interrupts set up after a mapping go before it.
+        // Newest first: interrupts set up after a mapping go before it. Each stays in the books until
+        // it is revoked: a config write on another thread that turns the device's memory off meanwhile
+        // must still find the mapped regions not yet revoked and suspend them (a touch of one would be
+        // SIGBUS).
         for (int i = live.Length - 1; i >= 0; i--)
         {
             live[i].Revoke();
+            ForgetResource(live[i]);
         }
     }
 }

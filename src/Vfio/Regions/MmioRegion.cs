@@ -449,7 +449,13 @@ public sealed unsafe partial class MmioRegion : IDisposable, IDeviceResource
             }
             else
             {
-                // Every other access holds a reference on its mapping, which defers the unmap until it is done.
+                // Every other access holds a reference on its mapping, which defers the unmap until it is
+                // done; all-ones goes in place first, so that an access still on its way reads all-ones
+                // even if another thread turns the device's memory off before the unmap (SIGBUS otherwise).
+                if (!allOnes && EachMapping(static (region, mapping) => AllOnesMemory.MapOver(region._kernel, mapping.Address, mapping.Length)) is < 0 and int r)
+                {
+                    Log.RegionRevokeFailed(Logger, ToString(), Errno.Name(-r));
+                }
                 if (_mapping is not null)
                 {
                     Unmap(_mapping);
