@@ -48,7 +48,8 @@ internal sealed partial class IovaTranslateBenchmark : IBenchmark
     {
         var kernel = new SimulatedKernel { DmaEntryLimit = Buffers + 16 };
         kernel.AddPciDevice("0000:00:03.0", 0x1234, 0x11e8, 0x00ff00, iommuGroup: 5);
-        var registry = new VfioRegistry(kernel);
+        // The container's type1 books, as the description says (the simulated 7.2 kernel would offer iommufd).
+        var registry = new VfioRegistry(kernel, options: new VfioRegistryOptions { Backend = VfioBackend.Legacy });
         using var device = new PlainDevice(registry.FindPci(PciAddress.Parse("0000:00:03.0", null)));
         registry.Register(device);
         var open = device.Open();
