@@ -270,6 +270,10 @@ public abstract class IommuAddressSpace
     {
         lock (_dmaLock)
         {
+            if (reserved is ulong taken)
+            {
+                _reserved.Remove(taken);
+            }
             ulong iova;
             try
             {
@@ -277,13 +281,8 @@ public abstract class IommuAddressSpace
             }
             catch when (reserved is ulong range)
             {
-                _reserved.Remove(range);
                 _iova?.Free(range);
                 throw;
-            }
-            if (reserved is ulong taken)
-            {
-                _reserved.Remove(taken);
             }
             int rc = MapCore(memory.Address, iova, length, access);
             if (rc < 0)

@@ -388,7 +388,7 @@ public sealed unsafe partial class MmioRegion : IDisposable, IDeviceResource
             }
             ClearBounds();
             Volatile.Write(ref _state, Suspended);
-            int r = EachMapping(static (region, mapping) => AllOnesMemory.MapOver(region._kernel, mapping.Address, mapping.Length));
+            int r = MapAllOnesOver();
             if (r < 0)
             {
                 if (MapBack() == 0)
@@ -436,26 +436,19 @@ public sealed unsafe partial class MmioRegion : IDisposable, IDeviceResource
             ClearBounds();
             bool allOnes = _state == Suspended;
             Volatile.Write(ref _state, Revoked);
-            if (_base != null)
+            // An access may still be on its way to the mappings on another thread: all-ones goes in place
+            // first, so that it reads all-ones even if another thread turns the device's memory off
+            // meanwhile (SIGBUS otherwise). The fast path's mapping keeps it until the region is collected
+            // (the mapping's finalizer unmaps it then); every other access holds a reference on its
+            // mapping, which defers the unmap until it is done.
+            int r = allOnes ? 0 : MapAllOnesOver();
+            if (r < 0)
             {
-                // The fast path may still be on its way to this memory on another thread: all-ones stays
-                // in place until the region is collected (the mapping's finalizer unmaps it then).
-                if (!allOnes && AllOnesMemory.MapOver(_kernel, _mapping!.Address, _mapping.Length) is < 0 and int r)
-                {
-                    // Nothing can be put in place: unmap, so that the device file is not held open.
-                    Log.RegionRevokeFailed(Logger, ToString(), Errno.Name(-r));
-                    Unmap(_mapping);
-                }
+                Log.RegionRevokeFailed(Logger, ToString(), Errno.Name(-r));
             }
-            else
+            if (_base == null || r < 0)
             {
-                // Every other access holds a reference on its mapping, which defers the unmap until it is
-                // done; all-ones goes in place first, so that an access still on its way reads all-ones
-                // even if another thread turns the device's memory off before the unmap (SIGBUS otherwise).
-                if (!allOnes && EachMapping(static (region, mapping) => AllOnesMemory.MapOver(region._kernel, mapping.Address, mapping.Length)) is < 0 and int r)
-                {
-                    Log.RegionRevokeFailed(Logger, ToString(), Errno.Name(-r));
-                }
+                // Off the fast path, or nothing could be put in place: unmap, so that the device file is not held open.
                 if (_mapping is not null)
                 {
                     Unmap(_mapping);
@@ -493,6 +486,9 @@ public sealed unsafe partial class MmioRegion : IDisposable, IDeviceResource
         Volatile.Write(ref _end16, Size / 2);
         Volatile.Write(ref _end8, Size);
     }
+
+    /// <summary>Maps all-ones memory in place of each of the region's mappings; 0, or the first error.</summary>
+    private int MapAllOnesOver() => EachMapping(static (region, mapping) => AllOnesMemory.MapOver(region._kernel, mapping.Address, mapping.Length));
 
     /// <summary>Runs <paramref name="action"/> on the whole mapping or on each area; the first negative errno stops it.</summary>
     private int EachMapping(Func<MmioRegion, SafeMapping, int> action)
