@@ -214,8 +214,11 @@ public sealed class BindCommandsTests : CliTest
         var device = new ReleasingDevice(registry.FindPci(PciAddress.Parse("0000:00:06.0")));
         registry.Register(device);
         device.Opened = device.Open();
+        // The holder lets go once the tool has shown its progress, however late a loaded machine runs it.
+        var error = new WatchedWriter("vfio: waiting for the process holding 0000:00:06.0");
+        device.ReleaseAfter = error.Seen;
 
-        var result = await Run("unbind", "--restore", "--wait", "0000:00:06.0");
+        var result = await Run(error, "unbind", "--restore", "--wait", "0000:00:06.0");
 
         result.ExitCode.Should().Be(0, result.Error);
         result.Error.Should().Contain("vfio: waiting for the process holding 0000:00:06.0 to release it");
@@ -263,11 +266,47 @@ public sealed class BindCommandsTests : CliTest
     {
         public DeviceReference Opened { get; set; }
 
+        public Task ReleaseAfter { get; set; } = Task.CompletedTask;
+
         protected override void OnReleaseRequested(int count)
         {
             if (count >= 1)
             {
-                _ = Task.Run(Opened.Dispose);
+                _ = ReleaseAfter.ContinueWith(_ => Opened.Dispose(), TaskScheduler.Default);
+            }
+        }
+    }
+
+    /// <summary>Error output whose <see cref="Seen"/> completes once <paramref name="text"/> has been written.</summary>
+    private sealed class WatchedWriter(string text) : StringWriter
+    {
+        private readonly TaskCompletionSource _seen = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task Seen => _seen.Task;
+
+        public override void Write(char value)
+        {
+            base.Write(value);
+            Check();
+        }
+
+        public override void Write(string? value)
+        {
+            base.Write(value);
+            Check();
+        }
+
+        public override void Write(char[] buffer, int index, int count)
+        {
+            base.Write(buffer, index, count);
+            Check();
+        }
+
+        private void Check()
+        {
+            if (!_seen.Task.IsCompleted && ToString().Contains(text, StringComparison.Ordinal))
+            {
+                _seen.TrySetResult();
             }
         }
     }

@@ -28,10 +28,13 @@ public abstract class CliTest : IDisposable
         public JsonElement Json => JsonDocument.Parse(Output).RootElement;
     }
 
-    protected async Task<Result> Run(params string[] args)
+    protected Task<Result> Run(params string[] args) => Run(new StringWriter(), args);
+
+    /// <summary>Runs the tool with its error output going to <paramref name="error"/> (a test that watches it as it is written).</summary>
+    protected async Task<Result> Run(StringWriter error, params string[] args)
     {
         using var output = new StringWriter();
-        using var error = new StringWriter();
+        using var _ = error;
         int code = await VfioCommandLine.RunAsync(args, Kernel, output, error, Bindings).WaitAsync(TimeSpan.FromSeconds(60));
         return new Result(code, output.ToString(), error.ToString());
     }
