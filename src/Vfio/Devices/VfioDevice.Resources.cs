@@ -27,7 +27,14 @@ public abstract partial class VfioDevice
     {
         lock (_resources)
         {
-            _resources.Remove(resource);
+            // From the end: resources mostly go in the reverse order they came (a buffer freed soon
+            // after it was allocated, newest first at close), so a device with many of them does not
+            // scan the whole list per release.
+            int at = _resources.LastIndexOf(resource);
+            if (at >= 0)
+            {
+                _resources.RemoveAt(at);
+            }
         }
     }
 

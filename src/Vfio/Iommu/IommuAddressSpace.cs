@@ -319,19 +319,25 @@ public abstract class IommuAddressSpace
             {
                 return;
             }
-            string operation = string.Create(CultureInfo.InvariantCulture, $"{UnmapOperation} 0x{buffer.Iova:x}+0x{buffer.Length:x}");
             int rc = dirty.IsEmpty ? UnmapCore(buffer.Iova, buffer.Length, out ulong unmapped) : UnmapDirtyCore(buffer.Iova, buffer.Length, dirty, pageSize, out unmapped);
-            VfioErrors.Check(rc, operation);
+            if (rc < 0)
+            {
+                VfioErrors.Check(rc, UnmapOperationOf(buffer));
+            }
             _buffers.Remove(buffer);
             _translation.Remove(buffer.HostAddress);
             _iova?.Free(buffer.Iova);
             Log.DmaUnmapped(Registry.Logger, buffer.Iova, buffer.Length);
             if (unmapped != buffer.Length)
             {
-                throw new VfioException($"{operation} unmapped 0x{unmapped:x} bytes: the container's mappings and the library's disagree.");
+                throw new VfioException($"{UnmapOperationOf(buffer)} unmapped 0x{unmapped:x} bytes: the container's mappings and the library's disagree.");
             }
         }
     }
+
+    // Named only when something went wrong: an unmap that succeeds formats nothing.
+    private string UnmapOperationOf(DmaBuffer buffer) =>
+        string.Create(CultureInfo.InvariantCulture, $"{UnmapOperation} 0x{buffer.Iova:x}+0x{buffer.Length:x}");
 
     // The last device is leaving: unmap everything explicitly, then forget it (the kernel drops the
     // mappings with the IOMMU anyway, so a failed unmap leaks nothing; it is logged).

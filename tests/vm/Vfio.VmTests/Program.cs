@@ -18,7 +18,8 @@ namespace Vfio.VmTests;
 /// <c>Vfio.VmTests --migration-sample</c> to run the migration sample's mtty round trip, as
 /// <c>Vfio.VmTests --platform ...</c> and <c>--platform-sample</c> for the platform machine's scenarios and sample, as
 /// <c>Vfio.VmTests --cli ARG...</c> to run the vfio tool, and as
-/// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>). MODE is the
+/// <c>Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE</c> for benchmarks/vm/run-nvme-bench.sh (<see cref="NvmeBench"/>), and
+/// <c>Vfio.VmTests --dma-bench ADDRESS --native PATH</c> for benchmarks/vm/run-dma-bench.sh (<see cref="DmaBench"/>). MODE is the
 /// mode the host booted the kernel in (legacy, legacy-compat, iommufd or noiommu; <see cref="ScenarioMode"/>).
 /// </summary>
 internal static class Program
@@ -30,6 +31,7 @@ internal static class Program
         + "       Vfio.VmTests --sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-sample ADDRESS [--verbose]\n"
         + "       Vfio.VmTests --nvme-bench ADDRESS --kernel-disk DEVICE [--seconds N] [--warm-up N] [--region-mib N]\n"
+        + "       Vfio.VmTests --dma-bench ADDRESS --native PATH [--rounds N] [--open-iterations N] [--map-iterations N] [--huge-iterations N]\n"
         + "       Vfio.VmTests --mdev [--mode MODE] | --mdev-sample [--verbose] | --migration-sample\n"
         + "       Vfio.VmTests --cli ARG... (the vfio tool)\n"
         + "       MODE: legacy (default), legacy-compat, iommufd or noiommu";
@@ -52,6 +54,10 @@ internal static class Program
         if (args.Length > 1 && args[0] == "--nvme-bench")
         {
             return await NvmeBench.RunAsync(["--device", .. args[1..]], Console.Out).ConfigureAwait(false);
+        }
+        if (args.Length > 1 && args[0] == "--dma-bench")
+        {
+            return await DmaBench.RunAsync(["--device", .. args[1..]], Console.Out).ConfigureAwait(false);
         }
         if (args.Length > 0 && args[0] == "--mdev-sample")
         {
