@@ -39,11 +39,7 @@ case "$rounds" in
   ''|*[!0-9]*|0) echo "run-dma-bench: VFIO_DMA_BENCH_ROUNDS must be a positive whole number" >&2; exit 2 ;;
 esac
 
-if [ "$fresh" = 1 ]; then
-  say "deleting the cache ($cache)"
-  rm -rf "$cache"
-fi
-mkdir -p "$cache"
+bench_cache
 
 need_tools gcc=gcc
 headers="$(bash "$here/../abi/fetch-uapi-headers.sh")" || die "no 7.x uAPI headers for the C side (tests/abi/fetch-uapi-headers.sh)"
@@ -67,17 +63,4 @@ boot_problem
 read_sample "dma bench" "DMA map and device open benchmark"
 
 say "VM ran ${boot_seconds}s; $((SECONDS - started))s in all"
-ratios="$(sed -n '/vfio-vm: dma bench begins/,/vfio-vm: dma bench exited/p' "$console.txt" \
-  | grep -E '^(dma_map|device_open)_[a-z0-9_]+: [0-9.]+' | sed -E 's/^([a-z0-9_]+: [0-9.]+).*/\1/' || true)"
-for name in dma_map_ratio_legacy dma_map_ratio_iommufd device_open_ratio_legacy device_open_ratio_iommufd; do
-  if ! grep -q "^$name: " <<<"$ratios"; then
-    [ -n "$problem" ] || problem="the benchmark printed no $name"
-  fi
-done
-[ -n "$ratios" ] && printf '%s\n' "$ratios"
-if [ -n "$problem" ]; then
-  echo "$suite: ERROR: $problem" >&2
-  echo "$suite: last lines of the serial console ($console.txt):" >&2
-  tail -n 25 "$console.txt" | sed 's/^/  | /' >&2
-  exit 1
-fi
+bench_figures "dma bench" '(dma_map|device_open)_[a-z0-9_]+' dma_map_ratio_legacy dma_map_ratio_iommufd device_open_ratio_legacy device_open_ratio_iommufd

@@ -46,11 +46,7 @@ for value in "$seconds" "$rounds"; do
   esac
 done
 
-if [ "$fresh" = 1 ]; then
-  say "deleting the cache ($cache)"
-  rm -rf "$cache"
-fi
-mkdir -p "$cache"
+bench_cache
 
 need_tools fio=fio
 # Debian's 6.1 cloud kernel (its nvme driver built in), as the VM suite's first kernel (lib.sh).
@@ -83,17 +79,4 @@ grep -m1 'vfio-vm: kernel disk' "$console.txt" | sed "s/^vfio-vm: /$suite: /" ||
 read_sample "nvme bench" "NVMe benchmark"
 
 say "VM ran ${boot_seconds}s; $((SECONDS - started))s in all"
-ratios="$(sed -n '/vfio-vm: nvme bench begins/,/vfio-vm: nvme bench exited/p' "$console.txt" \
-  | grep -E '^nvme_[a-z0-9_]+_ratio: [0-9.]+' | sed -E 's/^([a-z0-9_]+: [0-9.]+).*/\1/' || true)"
-for name in nvme_qd1_read_iops_ratio nvme_qd32_read_iops_ratio nvme_qd1_write_iops_ratio; do
-  if ! grep -q "^$name: " <<<"$ratios"; then
-    [ -n "$problem" ] || problem="the benchmark printed no $name"
-  fi
-done
-[ -n "$ratios" ] && printf '%s\n' "$ratios"
-if [ -n "$problem" ]; then
-  echo "$suite: ERROR: $problem" >&2
-  echo "$suite: last lines of the serial console ($console.txt):" >&2
-  tail -n 25 "$console.txt" | sed 's/^/  | /' >&2
-  exit 1
-fi
+bench_figures "nvme bench" 'nvme_[a-z0-9_]+_ratio' nvme_qd1_read_iops_ratio nvme_qd32_read_iops_ratio nvme_qd1_write_iops_ratio

@@ -1047,6 +1047,38 @@ read_sample() {
   fi
 }
 
+# The benchmarks in a VM (benchmarks/vm/run-*-bench.sh) share these two.
+# bench_cache: after parse_options, empties the benchmark's $cache with --fresh, and makes it.
+bench_cache() {
+  if [ "$fresh" = 1 ]; then
+    say "deleting the cache ($cache)"
+    rm -rf "$cache"
+  fi
+  mkdir -p "$cache"
+}
+
+# bench_figures MARKER REGEX NAME...: prints on stdout the guest's "name: value" lines between
+# "vfio-vm: MARKER begins" and its exit line whose name matches REGEX (extended, anchored at the
+# start); exits 1, with the console's last lines, when the boot had a problem or a NAME is missing.
+bench_figures() {
+  local marker="$1" regex="$2" figures name
+  shift 2
+  figures="$(sed -n "/vfio-vm: $marker begins/,/vfio-vm: $marker exited/p" "$console.txt" \
+    | grep -E "^($regex): [0-9.]+" | sed -E 's/^([a-z0-9_]+: [0-9.]+).*/\1/' || true)"
+  for name in "$@"; do
+    if ! grep -q "^$name: " <<<"$figures"; then
+      [ -n "$problem" ] || problem="the benchmark printed no $name"
+    fi
+  done
+  [ -n "$figures" ] && printf '%s\n' "$figures"
+  if [ -n "$problem" ]; then
+    echo "$suite: ERROR: $problem" >&2
+    echo "$suite: last lines of the serial console ($console.txt):" >&2
+    tail -n 25 "$console.txt" | sed 's/^/  | /' >&2
+    exit 1
+  fi
+}
+
 # record_run MODE: after a run's read_results (and read_sample), reports its problem with the
 # console's last lines, and adds the closing line "KERNEL MODE: N passed, N failed" (", N skipped"
 # when some were) of $kernel_name to the totals. A run with a problem counts at least one failure.

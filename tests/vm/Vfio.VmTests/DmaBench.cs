@@ -139,7 +139,7 @@ internal static class DmaBench
         var open = kernel.Take();
         using (var buffer = device.AllocateDmaBuffer(SmallBuffer))
         {
-            output.WriteLine($"library, {name}: map (AllocateDmaBuffer, 4 KiB): {string.Join(", ", kernel.Take())}");
+            output.WriteLine($"library, {name}: map (AllocateDmaBuffer, 4 KiB, at IOVA 0x{buffer.Iova:x}): {string.Join(", ", kernel.Take())}");
         }
         output.WriteLine($"library, {name}: unmap (Dispose): {string.Join(", ", kernel.Take())}");
         reference.Dispose();
@@ -254,27 +254,17 @@ internal static class DmaBench
             string? device = null;
             string? native = null;
             int rounds = 5, open = 100, map = 2000, huge = 100;
-            for (int i = 0; i + 1 < args.Count; i += 2)
+            bool read = OptionPairs.Read(args, (name, value) => name switch
             {
-                string value = args[i + 1];
-                switch (args[i])
-                {
-                    case "--device":
-                        device = value;
-                        break;
-                    case "--native":
-                        native = value;
-                        break;
-                    case "--rounds" when int.TryParse(value, CultureInfo.InvariantCulture, out rounds) && rounds > 0:
-                    case "--open-iterations" when int.TryParse(value, CultureInfo.InvariantCulture, out open) && open > 0:
-                    case "--map-iterations" when int.TryParse(value, CultureInfo.InvariantCulture, out map) && map > 0:
-                    case "--huge-iterations" when int.TryParse(value, CultureInfo.InvariantCulture, out huge) && huge > 0:
-                        break;
-                    default:
-                        return null;
-                }
-            }
-            return args.Count % 2 != 0 || device is null || native is null ? null : new Settings(device, native, rounds, open, map, huge);
+                "--device" => (device = value) is not null,
+                "--native" => (native = value) is not null,
+                "--rounds" => OptionPairs.Positive(value, out rounds),
+                "--open-iterations" => OptionPairs.Positive(value, out open),
+                "--map-iterations" => OptionPairs.Positive(value, out map),
+                "--huge-iterations" => OptionPairs.Positive(value, out huge),
+                _ => false,
+            });
+            return !read || device is null || native is null ? null : new Settings(device, native, rounds, open, map, huge);
         }
     }
 }

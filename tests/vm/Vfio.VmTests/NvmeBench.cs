@@ -68,6 +68,8 @@ internal static class NvmeBench
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
             await controller.StartAsync(adminEntries: 32, vectors: 2, timeout.Token).ConfigureAwait(false);
             var ns = await controller.IdentifyNamespaceAsync(1, timeout.Token).ConfigureAwait(false);
+            // The backend the registry chose: the legacy container on a kernel without iommufd (Debian's 6.1).
+            output.WriteLine($"library backend: {controller.Backend?.ToString().ToLowerInvariant()}");
             var drivers = new List<Func<Workload, Task<RunResult>>>();
             drivers.AddRange(Engines.Select(engine => (Func<Workload, Task<RunResult>>)(w => RunFioAsync(settings, w, engine))));
             drivers.AddRange(LibraryModes.Select(mode => (Func<Workload, Task<RunResult>>)(w => RunLibraryAsync(settings, controller, ns, w, mode.Name, mode.Mode))));
@@ -305,30 +307,17 @@ internal static class NvmeBench
             double warmUp = 1;
             ulong regionMib = 32;
             int rounds = 5;
-            for (int i = 0; i + 1 < args.Count; i += 2)
+            bool read = OptionPairs.Read(args, (name, value) => name switch
             {
-                string value = args[i + 1];
-                switch (args[i])
-                {
-                    case "--device":
-                        device = value;
-                        break;
-                    case "--kernel-disk":
-                        disk = value;
-                        break;
-                    case "--seconds" when double.TryParse(value, CultureInfo.InvariantCulture, out seconds) && seconds > 0:
-                        break;
-                    case "--warm-up" when double.TryParse(value, CultureInfo.InvariantCulture, out warmUp) && warmUp >= 0:
-                        break;
-                    case "--region-mib" when ulong.TryParse(value, CultureInfo.InvariantCulture, out regionMib) && regionMib > 0:
-                        break;
-                    case "--rounds" when int.TryParse(value, CultureInfo.InvariantCulture, out rounds) && rounds > 0:
-                        break;
-                    default:
-                        return null;
-                }
-            }
-            if (args.Count % 2 != 0 || device is null || disk is null)
+                "--device" => (device = value) is not null,
+                "--kernel-disk" => (disk = value) is not null,
+                "--seconds" => double.TryParse(value, CultureInfo.InvariantCulture, out seconds) && seconds > 0,
+                "--warm-up" => double.TryParse(value, CultureInfo.InvariantCulture, out warmUp) && warmUp >= 0,
+                "--region-mib" => ulong.TryParse(value, CultureInfo.InvariantCulture, out regionMib) && regionMib > 0,
+                "--rounds" => OptionPairs.Positive(value, out rounds),
+                _ => false,
+            });
+            if (!read || device is null || disk is null)
             {
                 return null;
             }
