@@ -323,7 +323,7 @@ public sealed partial class SimulatedKernel : VfioKernel
             string name = path[(DevRoot.Length + "/vfio/".Length)..];
             if (name == "vfio")
             {
-                file = new ContainerFile(this, path);
+                file = new ContainerFile(this, path, _iommufdServesContainer);
                 return 0;
             }
             return OpenGroupLocked(name, path, out file);

@@ -41,8 +41,8 @@ internal static partial class Log
     [LoggerMessage(13, LogLevel.Debug, "Detached group {GroupId} from its container")]
     public static partial void GroupDetached(ILogger logger, int groupId);
 
-    [LoggerMessage(14, LogLevel.Debug, "Opened a container")]
-    public static partial void ContainerOpened(ILogger logger);
+    [LoggerMessage(14, LogLevel.Debug, "Opened a container: {Provider}")]
+    public static partial void ContainerOpened(ILogger logger, string provider);
 
     [LoggerMessage(15, LogLevel.Debug, "Closed a container")]
     public static partial void ContainerClosed(ILogger logger);

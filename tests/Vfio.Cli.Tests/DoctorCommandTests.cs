@@ -16,6 +16,21 @@ public sealed class DoctorCommandTests : CliTest
         result.Output.Should().Contain("[ok     ] iommu").And.Contain("[ok     ] group.3").And.EndWith("VFIO is ready." + Environment.NewLine);
     }
 
+    [Theory]
+    [InlineData(false, "(vfio's own", "vfio, vfio-pci and vfio_iommu_type1 are loaded.")]
+    [InlineData(true, "served by iommufd's compatibility container", "vfio_iommu_type1 is not needed")]
+    public async Task TheContainerLineSaysWhichContainerServesTheNode(bool iommufd, string container, string modules)
+    {
+        Kernel.IommufdServesContainer = iommufd;
+        Kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), 3);
+
+        var result = await Run("doctor");
+
+        result.ExitCode.Should().Be(0, result.Output);
+        result.Output.Should().MatchRegex(@"\[ok *\] backend\.container .*" + System.Text.RegularExpressions.Regex.Escape(container))
+            .And.MatchRegex(@"\[ok *\] modules .*" + System.Text.RegularExpressions.Regex.Escape(modules));
+    }
+
     [Fact]
     public async Task AMachineWithoutIommuExitsOneWithWhatToDo()
     {

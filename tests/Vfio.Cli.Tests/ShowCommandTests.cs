@@ -40,10 +40,41 @@ public sealed class ShowCommandTests : CliTest
         result.Output.Should().Contain("Backend:     legacy container with the type1v2 IOMMU; group node " + Dev("vfio/7") + " (iommu)");
         var backend = json.Json.GetProperty("backend");
         backend.GetProperty("interface").GetString().Should().Be("container");
+        backend.GetProperty("container").GetString().Should().Be("vfio");
         backend.GetProperty("iommuType").GetString().Should().Be("type1v2");
         backend.GetProperty("groupNode").GetString().Should().Be(Dev("vfio/7"));
         backend.GetProperty("deviceNode").ValueKind.Should().Be(System.Text.Json.JsonValueKind.Null);
         backend.GetProperty("dmaMappingsAvailable").GetUInt32().Should().Be(65535);
+    }
+
+    [Fact]
+    public async Task OnIommufdsCompatibilityContainerTheLegacyBackendSaysWhoServesIt()
+    {
+        Kernel.IommufdServesContainer = true;
+
+        var result = await Run("show", "0000:00:06.0", "--backend", "legacy");
+        var json = await Run("show", "0000:00:06.0", "--backend", "legacy", "--json");
+
+        result.ExitCode.Should().Be(0, result.Error);
+        result.Output.Should().Contain("Backend:     legacy container: iommufd's compatibility container, emulating the type1v2 IOMMU (no dirty page tracking); group node "
+            + Dev("vfio/7") + " (iommu)");
+        var backend = json.Json.GetProperty("backend");
+        backend.GetProperty("interface").GetString().Should().Be("container");
+        backend.GetProperty("container").GetString().Should().Be("iommufd-compat");
+        backend.GetProperty("iommuType").GetString().Should().Be("type1v2");
+        backend.GetProperty("dmaMappingsAvailable").GetUInt32().Should().Be(uint.MaxValue, "iommufd's DMA_AVAIL, which counts nothing");
+    }
+
+    [Fact]
+    public async Task ThroughIommufdTheBackendNamesNoContainer()
+    {
+        Kernel.IommufdServesContainer = true;
+
+        var json = await Run("show", "0000:00:06.0", "--json");
+
+        json.ExitCode.Should().Be(0, json.Error);
+        json.Json.GetProperty("backend").GetProperty("interface").GetString().Should().Be("iommufd");
+        json.Json.GetProperty("backend").GetProperty("container").ValueKind.Should().Be(System.Text.Json.JsonValueKind.Null);
     }
 
     [Fact]

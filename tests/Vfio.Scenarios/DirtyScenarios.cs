@@ -10,7 +10,7 @@ namespace Vfio.Scenarios;
 /// device's container, and at the errno level the checks the kernel makes of page sizes, bitmap
 /// sizes and ranges. type1 cannot see device writes: with a vfio-pci device in the container every
 /// mapped page reads dirty at every read, the same on Linux 6.1 and 7.x. iommufd's compatibility
-/// container has no type1 dirty tracking at all, which the scenarios check in that mode.
+/// container has no type1 dirty tracking at all, which the scenarios check where the kernel has it.
 /// </summary>
 internal static unsafe class DirtyScenarios
 {
@@ -31,13 +31,14 @@ internal static unsafe class DirtyScenarios
     [
         .. InTheContainer,
         new("dirty_type1_kernel_checks_page_and_bitmap_sizes", KernelChecks),
+        new("dirty_type1_one_read_over_mappings_off_a_bitmap_word_is_stale", StaleMultiMappingRead),
         new("dirty_type1_needs_type1v2", NeedsType1v2),
     ];
 
     public static Task EveryMappedPageDirty(ScenarioContext context) => EduScenarios.WithOpenEduAsync(InContainer(context), device =>
     {
         VfioContainer container = device.Group!.Container!;
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             var refused = Check.Throws<VfioNotSupportedException>(() => container.StartDirtyPageTracking(), "StartDirtyPageTracking on iommufd's compatibility container");
             context.Note(refused.Message);
@@ -70,6 +71,19 @@ internal static unsafe class DirtyScenarios
             }
             context.Note(FormattableString.Invariant($"buffers at 0x{a.Iova:x}, 0x{b.Iova:x}, 0x{c.Iova:x}: {all}"));
 
+            // Two buffers 16 pages apart, with gaps between and after them, read together again and again:
+            // only their pages, at every read. (One kernel call over both would report pages of the gaps
+            // from the second read on: dirty_type1_one_read_over_mappings_off_a_bitmap_word_is_stale.)
+            const ulong Base = 0x800000;
+            using DmaBuffer d = device.AllocateDmaBuffer(8 * Page, iova: Base);
+            using DmaBuffer e = device.AllocateDmaBuffer(4 * Page, iova: Base + (16 * Page));
+            for (int read = 1; read <= 3; read++)
+            {
+                DirtyPageBitmap two = tracking.Read(Base, 32 * Page);
+                context.Note(FormattableString.Invariant($"read {read} of 0x{Base:x}+32 pages: {two}, words 0x{two.Words[0]:x}"));
+                Check.Equal(0xf00ffUL, two.Words[0], $"read {read} of buffers at pages 0-7 and 16-19 of 32");
+            }
+
             // A range that cuts a buffer is refused by the kernel, and the error says what the range must be.
             var cut = Check.Throws<VfioException>(() => tracking.Read(a.Iova + Page, Page), "a read of a range cutting a buffer");
             Check.Equal(Errno.EINVAL, cut.Errno, "errno of a range cutting a buffer");
@@ -82,7 +96,7 @@ internal static unsafe class DirtyScenarios
     public static Task UnmapReportsTheBuffer(ScenarioContext context) => EduScenarios.WithOpenEduAsync(InContainer(context), device =>
     {
         VfioContainer container = device.Group!.Container!;
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             Check.Throws<VfioNotSupportedException>(() => container.StartDirtyPageTracking(), "StartDirtyPageTracking on iommufd's compatibility container");
             return Task.CompletedTask;
@@ -128,7 +142,7 @@ internal static unsafe class DirtyScenarios
         // 7.3 gave 0xf00ff00ff for 0xf00ff at a second read of pages 0-7 and 16-19).
         Check.Ok(files.MapDma(memory, 8 * Page, Iova + 64 * Page, 4 * Page), "VFIO_IOMMU_MAP_DMA of 4 pages one bitmap word after the first");
         var bitmap = new ulong[4];
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             // vfio_compat.c: VFIO_IOMMU_DIRTY_PAGES is not one of its ioctls, and its unmap takes only FLAG_ALL.
             Check.Fails(Dirty(files, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), Errno.ENOTTY, "DIRTY_PAGES START on iommufd's compatibility container");
@@ -188,9 +202,50 @@ internal static unsafe class DirtyScenarios
         Check.Ok(files.UnmapDma(Iova + 64 * Page, 4 * Page, out _), "VFIO_IOMMU_UNMAP_DMA of the second mapping");
     }
 
+    /// <summary>
+    /// type1's GET_BITMAP over two mappings, the second 16 pages after the first (not a multiple of 64):
+    /// update_user_bitmap shifts the second mapping's own bitmap left in place by 16 and ORs in the
+    /// caller's word (the first mapping's bits), and vfio_iova_dirty_bitmap clears only its 4 pages'
+    /// bits afterwards. The first read is right; the second reports pages 20-23 and 32-35, which no
+    /// mapping holds, and the neighbours' pages shifted along. Reading each mapping from its own start
+    /// (what DirtyPageTracking.Read does) never shifts, and masked to the mapping's pages is exact
+    /// even after the stale reads (the kernel copies whole words, stale bits and all).
+    /// </summary>
+    public static void StaleMultiMappingRead(ScenarioContext context)
+    {
+        context.SkipOnIommufdCompat("it has no VFIO_IOMMU_DIRTY_PAGES at all (ENOTTY, checked by dirty_type1_kernel_checks_page_and_bitmap_sizes)");
+        using var files = new VfioFiles(context);
+        files.OpenReadyContainer();
+        files.OpenDevice();
+        var memory = files.Memory(12 * Page);
+        const ulong Iova = 0x800000;
+        Check.Ok(files.MapDma(memory, 0, Iova, 8 * Page), "VFIO_IOMMU_MAP_DMA of pages 0-7");
+        Check.Ok(files.MapDma(memory, 8 * Page, Iova + (16 * Page), 4 * Page), "VFIO_IOMMU_MAP_DMA of pages 16-19");
+        Check.Ok(Dirty(files, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), "DIRTY_PAGES START");
+        var bitmap = new ulong[1];
+        ulong[] expected = [0xf00ffUL, 0xf00ff00ffUL, 0xf00ff00ff00ffUL];
+        for (int read = 0; read < expected.Length; read++)
+        {
+            Array.Clear(bitmap);
+            Check.Ok(GetBitmap(files, Iova, 20 * Page, Page, bitmap), $"GET_BITMAP of both mappings, read {read + 1}");
+            context.Note(FormattableString.Invariant($"read {read + 1} of pages 0-19: 0x{bitmap[0]:x}"));
+            Check.Equal(expected[read], bitmap[0], $"read {read + 1} of pages 0-7 and 16-19 in one call (type1's stale bits)");
+        }
+        Array.Clear(bitmap);
+        Check.Ok(GetBitmap(files, Iova + (16 * Page), 4 * Page, Page, bitmap), "GET_BITMAP of the second mapping alone");
+        context.Note(FormattableString.Invariant($"the second mapping alone, from its start: 0x{bitmap[0]:x}"));
+        Check.Equal(0xfUL, bitmap[0] & 0xf, "the second mapping's 4 pages, read from its start");
+        Array.Clear(bitmap);
+        Check.Ok(GetBitmap(files, Iova, 8 * Page, Page, bitmap), "GET_BITMAP of the first mapping alone");
+        Check.Equal(0xffUL, bitmap[0], "the first mapping's 8 pages, read from its start");
+        Check.Ok(Dirty(files, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), "DIRTY_PAGES STOP");
+        Check.Ok(files.UnmapDma(Iova, 8 * Page, out _), "VFIO_IOMMU_UNMAP_DMA of the first mapping");
+        Check.Ok(files.UnmapDma(Iova + (16 * Page), 4 * Page, out _), "VFIO_IOMMU_UNMAP_DMA of the second mapping");
+    }
+
     public static void NeedsType1v2(ScenarioContext context)
     {
-        context.SkipIn(ScenarioMode.LegacyCompat, "iommufd's compatibility container has no VFIO_IOMMU_DIRTY_PAGES at all (ENOTTY, checked by dirty_type1_kernel_checks_page_and_bitmap_sizes)");
+        context.SkipOnIommufdCompat("iommufd's compatibility container has no VFIO_IOMMU_DIRTY_PAGES at all (ENOTTY, checked by dirty_type1_kernel_checks_page_and_bitmap_sizes)");
         using var files = new VfioFiles(context);
         files.OpenContainer();
         files.OpenGroup();

@@ -53,7 +53,7 @@ internal static class DmaScenarios
         IommuInfo parsed = IommuInfo.Parse(buffer);
         context.Note(FormattableString.Invariant($"DMA mappings available: {parsed.DmaMappingsAvailable}"));
         Check.Equal(info.iova_pgsizes, parsed.PageSizes, "page sizes as the library reads them");
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             // iommufd's compatibility container (drivers/iommu/iommufd/vfio_compat.c) has no type1
             // dirty tracking, so no migration capability, and no count of mappings: its limit is the
@@ -78,7 +78,7 @@ internal static class DmaScenarios
         var memory = files.Memory(0x3000);
         // type1 counts every mapping against dma_entry_limit; iommufd's compatibility container does
         // not count them (its DMA_AVAIL stays U32_MAX).
-        bool counts = context.Mode != ScenarioMode.LegacyCompat;
+        bool counts = !context.IommufdServesContainer;
         for (int i = 0; i < 3; i++)
         {
             Check.Ok(files.MapDma(memory, (ulong)i * 0x1000, 0x500000 + ((ulong)i * 0x10000), 0x1000), "VFIO_IOMMU_MAP_DMA " + i);
@@ -109,7 +109,7 @@ internal static class DmaScenarios
 
     public static Task EntryLimit(ScenarioContext context)
     {
-        context.SkipIn(ScenarioMode.LegacyCompat, "type1's dma_entry_limit does not exist under iommufd's compatibility container, whose limit is the memory cgroup's");
+        context.SkipOnIommufdCompat("type1's dma_entry_limit does not exist under iommufd's compatibility container, whose limit is the memory cgroup's");
         const int Limit = 4;
         var sysfs = new SysfsReader(context.Kernel);
         int original = EntryLimitOf(context);

@@ -9,6 +9,13 @@ internal static class ScenarioCatalog
     /// <summary>The scenarios that need a kernel with iommufd and the VFIO device cdev; they skip on others.</summary>
     public static IReadOnlyList<Scenario> NeedIommufd { get; } = IommufdScenarios.All;
 
+    /// <summary>
+    /// The scenarios of type1's mapping limit and dirty tracking, which iommufd's compatibility container
+    /// lacks: they skip where it serves /dev/vfio/vfio (its absence is checked by others).
+    /// </summary>
+    public static IReadOnlyList<Scenario> NotOnIommufdCompat { get; } =
+        [.. All.Where(s => s.Name is "dma_entry_limit_enospc_and_library_check" or "dirty_type1_needs_type1v2" or "dirty_type1_one_read_over_mappings_off_a_bitmap_word_is_stale")];
+
     /// <summary>The scenarios that need the library's legacy container; they skip in mode iommufd.</summary>
     public static IReadOnlyList<Scenario> NeedContainer { get; } = DirtyScenarios.InTheContainer;
 

@@ -42,7 +42,10 @@ internal sealed record ScenarioContext(VfioKernel Kernel, string DeviceAddress, 
     /// </summary>
     public Version KernelVersion { get; init; } = new(6, 1);
 
-    /// <summary>How the kernel offers VFIO on this machine; the simulated kernel models <see cref="ScenarioMode.Legacy"/>.</summary>
+    /// <summary>
+    /// How the library is made to reach the devices on this machine (the VM suite's mode); which
+    /// container the kernel has is <see cref="IommufdServesContainer"/>'s to say.
+    /// </summary>
     public ScenarioMode Mode { get; init; } = ScenarioMode.Legacy;
 
     /// <summary>
@@ -72,6 +75,38 @@ internal sealed record ScenarioContext(VfioKernel Kernel, string DeviceAddress, 
         if (missing.Count > 0)
         {
             throw new ScenarioSkippedException("the kernel has " + string.Join(" and ", missing));
+        }
+    }
+
+    /// <summary>
+    /// Whether <c>/dev/vfio/vfio</c> is iommufd's compatibility container (a kernel built with
+    /// CONFIG_IOMMUFD_VFIO_CONTAINER instead of vfio's own container), as the kernel answers the
+    /// library's question (<see cref="VfioContainer.IsServedByIommufd"/>). Asked of the kernel rather
+    /// than read from the mode: that kernel runs in modes legacy-compat and iommufd alike, and the
+    /// scenarios that open the container themselves meet it in both. False without the node; an
+    /// unexpected error from the kernel fails the scenario.
+    /// </summary>
+    public bool IommufdServesContainer
+    {
+        get
+        {
+            if (Kernel.Open(Kernel.Dev("vfio/vfio"), Vfio.Interop.Interop.Flags.O_RDWR, out var fd) != 0)
+            {
+                return false;
+            }
+            using (fd)
+            {
+                return VfioContainer.IsServedByIommufd(Kernel, fd);
+            }
+        }
+    }
+
+    /// <summary>Skips the scenario, saying why, where <c>/dev/vfio/vfio</c> is iommufd's compatibility container (<see cref="IommufdServesContainer"/>).</summary>
+    public void SkipOnIommufdCompat(string reason)
+    {
+        if (IommufdServesContainer)
+        {
+            throw new ScenarioSkippedException("not on iommufd's compatibility container: " + reason);
         }
     }
 

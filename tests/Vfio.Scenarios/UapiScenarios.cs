@@ -13,6 +13,7 @@ internal static unsafe class UapiScenarios
     /// <summary>Every uAPI-level scenario, in the order they run.</summary>
     public static IReadOnlyList<Scenario> All { get; } =
     [
+        new("container_provider_as_the_kernel_says", ContainerProvider),
         new("group_status_not_viable", GroupStatusNotViable),
         new("set_container_not_viable_eperm", SetContainerNotViable),
         new("device_info_no_reset", DeviceInfoNoReset),
@@ -27,6 +28,41 @@ internal static unsafe class UapiScenarios
         new("dma_unmap_part_of_mapping_einval", DmaUnmapPartOfMapping),
         new("dma_map_outside_iova_ranges_einval", DmaMapOutsideIovaRanges),
     ];
+
+    /// <summary>
+    /// Which container serves /dev/vfio/vfio, as the library asks it (an iommufd ioctl on the container
+    /// file), against the kernel's other facts: iommufd's compatibility container comes with /dev/iommu
+    /// and without vfio_iommu_type1 (whose module folder, with its parameters, is there even when it is
+    /// built in), and mode legacy-compat runs only on it. iommufd's container answers
+    /// IOMMU_OPTION_RLIMIT_MODE with 1: pinned pages charged to the process, as type1 charges them.
+    /// </summary>
+    public static void ContainerProvider(ScenarioContext context)
+    {
+        var sysfs = new SysfsReader(context.Kernel);
+        bool type1 = sysfs.Exists("module/vfio_iommu_type1");
+        bool iommufd = context.Kernel.Stat(context.Kernel.Dev("iommu"), out _) == 0;
+        bool compat = context.IommufdServesContainer;
+        context.Note($"/dev/vfio/vfio served by {(compat ? "iommufd" : "vfio")}; vfio_iommu_type1 {(type1 ? "present" : "absent")}; /dev/iommu {(iommufd ? "present" : "absent")}");
+        Check.Equal(!type1 && iommufd, compat, "iommufd serves /dev/vfio/vfio (the library's answer) as the kernel's modules and nodes say");
+        if (context.Mode == ScenarioMode.LegacyCompat)
+        {
+            Check.True(compat, "mode legacy-compat runs on iommufd's compatibility container");
+        }
+        using var files = new VfioFiles(context);
+        files.OpenContainer();
+        var option = new iommu_option { size = (uint)sizeof(iommu_option), option_id = IommufdUapi.IOMMU_OPTION_RLIMIT_MODE, op = IommufdUapi.IOMMU_OPTION_OP_GET };
+        int rc = context.Kernel.Ioctl(files.Container!, IommufdUapi.IOMMU_OPTION, &option);
+        if (compat)
+        {
+            Check.Ok(rc, "IOMMU_OPTION_RLIMIT_MODE get on iommufd's compatibility container");
+            Check.Equal(1UL, option.val64, "RLIMIT_MODE of iommufd's compatibility container (charged to the process)");
+        }
+        else
+        {
+            // vfio's container: a number its IOMMU driver does not know, and no driver yet (EINVAL).
+            Check.Fails(rc, Errno.EINVAL, "IOMMU_OPTION on vfio's own container before VFIO_SET_IOMMU");
+        }
+    }
 
     public static void GroupStatusNotViable(ScenarioContext context)
     {
@@ -46,7 +82,7 @@ internal static unsafe class UapiScenarios
         files.OpenGroup();
         int container = files.Container!.Value;
         int rc = context.Kernel.Ioctl(files.Group!, VFIO_GROUP_SET_CONTAINER, &container);
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             // iommufd's compatibility container takes any group (vfio_group_ioctl_set_container); the
             // ownership check comes when the device is bound to the iommufd, at VFIO_GROUP_GET_DEVICE_FD.
@@ -165,7 +201,7 @@ internal static unsafe class UapiScenarios
         files.OpenContainer();
         files.OpenGroup();
         files.SetContainer();
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             // iommufd's compatibility container makes its IOAS when the group joins it, so the device
             // opens before any VFIO_SET_IOMMU.
@@ -203,7 +239,7 @@ internal static unsafe class UapiScenarios
         files.OpenReadyContainer();
         var memory = files.Memory(0x2000);
         Check.Ok(files.MapDma(memory, 0, 0x300000, 0x2000), "VFIO_IOMMU_MAP_DMA");
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             // iommufd refuses to split a mapping too, with ENOENT (iopt_unmap_iova_range).
             Check.Fails(files.UnmapDma(0x301000, 0x1000, out _), Errno.ENOENT, "VFIO_IOMMU_UNMAP_DMA of the second half of a mapping (iommufd's compatibility container)");
@@ -220,7 +256,7 @@ internal static unsafe class UapiScenarios
     {
         using var files = new VfioFiles(context);
         files.OpenReadyContainer();
-        if (context.Mode == ScenarioMode.LegacyCompat)
+        if (context.IommufdServesContainer)
         {
             // type1 learns a group's reserved regions (the MSI window) when the group joins the
             // container; iommufd when the device attaches: before a device is open, iommufd's

@@ -56,13 +56,21 @@ cli_steps() {
   echo "vfio-vm: cli begins"
   echo "# $address is on $(driver_of "$address") with block device /dev/${block:-none}"
 
-  # What the kernel has: in mode legacy-compat (the vfio-compat kernel) /dev/vfio/vfio is iommufd's
-  # compatibility container and there is no vfio_iommu_type1; elsewhere it is vfio's own. iommufd
-  # and the device cdevs where /dev/iommu exists (the kernels built from source), none on Debian's.
-  case "$vm_mode" in
-    legacy-compat) container_line='backend.container .*served by iommufd.s compatibility container'; container_kind="iommufd's compatibility container" ;;
-    *) container_line='backend.container .*(vfio.s own'; container_kind="vfio's own container" ;;
-  esac
+  # What the kernel has, in any mode: /dev/vfio/vfio is iommufd's compatibility container where the
+  # kernel says so when it is first opened ("IOMMUFD is providing /dev/vfio/vfio, not VFIO.", once per
+  # boot, iommufd/main.c; on the vfio-compat kernel, in modes legacy-compat and iommufd alike), vfio's
+  # own elsewhere. iommufd and the device cdevs where /dev/iommu exists (the kernels built from
+  # source), none on Debian's.
+  : <>/dev/vfio/vfio
+  if dmesg | grep -q 'IOMMUFD is providing /dev/vfio/vfio'; then
+    container_line='backend.container .*served by iommufd.s compatibility container'; container_kind="iommufd's compatibility container"
+    show_container_line="Backend: *legacy container: iommufd's compatibility container, emulating the type1v2 IOMMU"
+  else
+    container_line='backend.container .*(vfio.s own'; container_kind="vfio's own container"
+    show_container_line='Backend: *legacy container with the type1v2 IOMMU'
+  fi
+  echo "# /dev/vfio/vfio is $container_kind"
+
   if [ -c /dev/iommu ]; then
     iommufd_line='backend.iommufd .*/dev/iommu is there; device cdevs [^:]*: yes'; iommufd_kind="iommufd with the device cdevs"
   else
@@ -88,13 +96,23 @@ cli_steps() {
     && [ -f "/run/vfio-dotnet/bindings/$address.json" ] && [ -z "$(block_device "$address")" ] && ok=0
   cli_check bind "$ok" "after bind: exit $cli_rc, driver '$(driver_of "$address")', /dev/vfio/$group $( [ -c "/dev/vfio/$group" ] && echo present || echo missing)"
 
-  # The backend of the mode: the legacy container's type1v2, or iommufd's IOAS through the cdev.
+  # The backend of the mode: the legacy container's type1v2 (vfio's or iommufd's emulation of it),
+  # or iommufd's IOAS through the cdev.
   cli_run show "$address" --backend "$vm_backend"
-  case "$vm_backend" in iommufd) backend_line='Backend: *iommufd, IOAS' ;; *) backend_line='Backend: *legacy container with the type1v2 IOMMU' ;; esac
+  case "$vm_backend" in iommufd) backend_line='Backend: *iommufd, IOAS' ;; *) backend_line="$show_container_line" ;; esac
   ok=1
   [ "$cli_rc" = 0 ] && echo "$cli_out" | grep -q 'BAR0' && echo "$cli_out" | grep -q 'MSI-X' \
     && echo "$cli_out" | grep -q "$backend_line" && ok=0
-  cli_check show "$ok" "show of $address through the $vm_backend backend failed (exit $cli_rc)"
+  cli_check show "$ok" "show of $address through the $vm_backend backend failed or did not show '$backend_line' (exit $cli_rc)"
+
+  # The legacy container as show sees it in every mode: on the vfio-compat kernel in mode iommufd too,
+  # it names iommufd's compatibility container (its --json says which container serves the node).
+  if [ "$vm_backend" = iommufd ]; then
+    cli_run show "$address" --backend legacy
+    ok=1
+    [ "$cli_rc" = 0 ] && echo "$cli_out" | grep -q "$show_container_line" && ok=0
+    cli_check show-container "$ok" "show of $address through the legacy container did not show '$show_container_line' (exit $cli_rc)"
+  fi
 
   cli_run unbind --restore "$address"
   waited=0

@@ -660,10 +660,10 @@ declare -A kernel_modes=(
   # The kernel built with both APIs runs each scenario through the library's two backends: the
   # legacy one and the iommufd one (the device cdev bound to /dev/iommu), and in no-IOMMU mode on a
   # machine without an IOMMU; run-mdev-tests.sh keeps it to the first. vfio-compat runs the legacy
-  # backend on iommufd's compatibility container. (Its
-  # raw container scenarios and the cli step know that container by the mode legacy-compat, so an
-  # iommufd mode there would need them to ask the kernel instead.)
-  [vfio]="legacy iommufd noiommu" [vfio-compat]=legacy-compat
+  # backend on iommufd's compatibility container, and the iommufd backend beside it: the scenarios
+  # that open /dev/vfio/vfio themselves and the cli step ask the kernel which container that is
+  # (the library's detection; the kernel's "IOMMUFD is providing /dev/vfio/vfio" message), not the mode.
+  [vfio]="legacy iommufd noiommu" [vfio-compat]="legacy-compat iommufd"
 )
 # A suite whose machine has no use for some modes sets suite_modes (after sourcing this file) to
 # the modes it runs; matrix then leaves the others out. Empty: every mode of each kernel.

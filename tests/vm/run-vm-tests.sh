@@ -22,7 +22,7 @@
 #   vfio         built from Debian's linux-source-7.N (newest, 7.2 or later) with
 #                tests/vm/kernel/vfio.config: everything built in      legacy, iommufd, noiommu
 #   vfio-compat  the same without VFIO's container: /dev/vfio/vfio is iommufd's
-#                compatibility container (kernel/legacy-compat.config)  legacy-compat
+#                compatibility container (kernel/legacy-compat.config)  legacy-compat, iommufd
 #
 # Usage: tests/vm/run-vm-tests.sh [--kernel ID]... [--mode MODE]... [--reuse] [--no-apt] [--fresh]
 #                                 [--timeout SECONDS] [--verbose]

@@ -77,9 +77,9 @@ internal static class ShowCommand
         IovaRangeJson[] ranges = [.. iommu.IovaRanges.Select(r => new IovaRangeJson(Cli.Hex(r.Start), Cli.Hex(r.End)))];
         string groupKind = device.GroupKind.ToString().ToLowerInvariant();
         var backend = device.AddressSpace is IommufdAddressSpace ioas
-            ? new BackendJson("iommufd", IommuTypeName(device.GetIommuHardwareInfo().Type), groupKind, null, device.CdevPath, ioas.IoasId,
+            ? new BackendJson("iommufd", null, IommuTypeName(device.GetIommuHardwareInfo().Type), groupKind, null, device.CdevPath, ioas.IoasId,
                 ioas.LockedMemoryAccounting == LockedMemoryAccounting.Process ? "process" : "user", pageSizes, ranges, null)
-            : new BackendJson("container", device.Group!.Container!.IommuTypeName, groupKind, device.Group.NodePath, null, null, null,
+            : new BackendJson("container", device.Group!.Container!.IsIommufdCompat ? "iommufd-compat" : "vfio", device.Group.Container.IommuTypeName, groupKind, device.Group.NodePath, null, null, null,
                 pageSizes, ranges, iommu.DmaMappingsAvailable);
         var flags = Named((info.IsPci, "pci"), (info.IsPlatform, "platform"), (info.CanReset, "reset"));
         var regions = new List<RegionJson>();
@@ -226,7 +226,9 @@ internal static class ShowCommand
         var b = d.Backend;
         w.WriteLine(b.Interface == "iommufd"
             ? string.Create(CultureInfo.InvariantCulture, $"Backend:     iommufd, IOAS {b.Ioas} ({b.IommuType} IOMMU, pinned memory charged to the {b.LockedMemoryAccounting}); device node {b.DeviceNode} ({b.GroupKind})")
-            : $"Backend:     legacy container with the {b.IommuType} IOMMU; group node {b.GroupNode} ({b.GroupKind})");
+            : b.Container == "iommufd-compat"
+                ? $"Backend:     legacy container: iommufd's compatibility container, emulating the {b.IommuType} IOMMU (no dirty page tracking); group node {b.GroupNode} ({b.GroupKind})"
+                : $"Backend:     legacy container with the {b.IommuType} IOMMU; group node {b.GroupNode} ({b.GroupKind})");
         w.WriteLine($"IOMMU:       page sizes {string.Join(", ", b.PageSizes.Select(Cli.Size))}; IOVA ranges {string.Join(", ", b.IovaRanges.Select(r => r.Start + "-" + r.End))}"
             + (b.DmaMappingsAvailable is uint avail ? string.Create(CultureInfo.InvariantCulture, $"; {avail} DMA mappings available") : ""));
         w.WriteLine($"Device:      {string.Join(", ", d.Info.Flags)}; {d.Info.Regions} regions, {d.Info.Irqs} interrupt indexes");

@@ -35,7 +35,9 @@ internal sealed record UnbindDocument(int Version, IReadOnlyList<UnboundJson> De
 
 internal sealed record IovaRangeJson(string Start, string End);
 
-internal sealed record BackendJson(string Interface, string IommuType, string GroupKind, string? GroupNode, string? DeviceNode, uint? Ioas,
+// Container: for the container interface, who serves /dev/vfio/vfio: "vfio" (vfio's own) or
+// "iommufd-compat" (iommufd's compatibility container); null for iommufd.
+internal sealed record BackendJson(string Interface, string? Container, string IommuType, string GroupKind, string? GroupNode, string? DeviceNode, uint? Ioas,
     string? LockedMemoryAccounting, IReadOnlyList<ulong> PageSizes, IReadOnlyList<IovaRangeJson> IovaRanges, uint? DmaMappingsAvailable);
 
 internal sealed record DeviceInfoJson(IReadOnlyList<string> Flags, uint Regions, uint Irqs);

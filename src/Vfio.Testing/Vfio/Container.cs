@@ -19,12 +19,32 @@ internal sealed class ContainerState
     public bool NoIommu { get; set; }
 
     public bool HasDriver => Type1 is not null || NoIommuDriver;
+
+    /// <summary>
+    /// Whether iommufd serves the file (drivers/iommu/iommufd/vfio_compat.c) rather than vfio's
+    /// container.c: a group joining makes the IOAS its type1 emulation maps into, so the driver is
+    /// there before VFIO_SET_IOMMU (see <see cref="SimulatedKernel.IommufdServesContainer"/>).
+    /// </summary>
+    public bool IommufdCompat { get; init; }
 }
 
 /// <summary>A file opened from <c>/dev/vfio/vfio</c>: each open is a new container.</summary>
-internal sealed class ContainerFile(SimulatedKernel kernel, string path) : KernelFile(kernel, path)
+internal sealed class ContainerFile : KernelFile
 {
-    public ContainerState Container { get; } = new();
+    // iommufd's compatibility container is an iommufd file, which answers iommufd's own ioctls too;
+    // opened as /dev/vfio/vfio it charges pinned pages to the process, as type1 does
+    // (iommufd_fops_open). Only IOMMU_OPTION is passed to it here; the IOAS commands are not simulated
+    // on this file.
+    private readonly IommufdContext? _iommufd;
+
+    public ContainerFile(SimulatedKernel kernel, string path, bool iommufdCompat)
+        : base(kernel, path)
+    {
+        Container = new ContainerState { IommufdCompat = iommufdCompat };
+        _iommufd = iommufdCompat ? new IommufdContext(kernel, PinAccounting.Mm) : null;
+    }
+
+    public ContainerState Container { get; }
 
     public override SimulatedFileKind Kind => SimulatedFileKind.Container;
 
@@ -32,6 +52,10 @@ internal sealed class ContainerFile(SimulatedKernel kernel, string path) : Kerne
     {
         using (Kernel.Enter())
         {
+            if (_iommufd is not null && request == IommufdUapi.IOMMU_OPTION)
+            {
+                return _iommufd.Ioctl(request, argument);
+            }
             if (request == VfioUapi.VFIO_GET_API_VERSION)
             {
                 return VfioUapi.VFIO_API_VERSION;

@@ -47,6 +47,10 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
     private readonly bool reportDmaAvail = kernel.ReportsDmaAvailable;
     private readonly List<DmaMapping> _mappings = [];
 
+    // iommufd's emulation of type1 (drivers/iommu/iommufd/vfio_compat.c) rather than type1 itself: no
+    // count of mappings, no dirty tracking, unmap flags ALL only, ENOENT for an unmap cutting a mapping.
+    private readonly bool compat = container.IommufdCompat;
+
     public bool V2 { get; } = v2;
 
     public int Available { get; private set; } = kernel.DmaEntryLimit;
@@ -65,8 +69,12 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
             m.Memory.Put();
             kernel.UnlockLocked(m.Size);
         }
-        Available += _mappings.Count;
+        if (!compat)
+        {
+            Available += _mappings.Count;
+        }
         _mappings.Clear();
+        _dirty.Clear();
     }
 
     /// <summary>The type1 driver's CHECK_EXTENSION once it is the container's driver.</summary>
@@ -95,7 +103,7 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
         {
             return Unmap((vfio_iommu_type1_dma_unmap*)argument);
         }
-        if (request == VfioUapi.VFIO_IOMMU_DIRTY_PAGES)
+        if (request == VfioUapi.VFIO_IOMMU_DIRTY_PAGES && !compat)
         {
             return DirtyPages((byte*)argument);
         }
@@ -115,15 +123,20 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
         // Linux 6.1 builds the chain in this order: migration (which reports only the smallest page
         // size, the dirty-bitmap granule), DMA_AVAIL (from 5.10), the IOVA ranges (left out when the
         // list is empty, as for a container holding only an mdev).
+        // iommufd's emulation: no migration capability (no dirty tracking), DMA_AVAIL always U32_MAX
+        // (its limit is the memory cgroup's), then the IOVA ranges.
         var caps = new CapabilityChain();
-        caps.Add(
-            new vfio_iommu_type1_info_cap_migration { pgsize_bitmap = MinPageSize, max_dirty_bitmap_size = MaxDirtyBitmapSize },
-            (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION,
-            1);
-        if (reportDmaAvail)
+        if (!compat)
         {
             caps.Add(
-                new vfio_iommu_type1_info_dma_avail { avail = (uint)Available },
+                new vfio_iommu_type1_info_cap_migration { pgsize_bitmap = MinPageSize, max_dirty_bitmap_size = MaxDirtyBitmapSize },
+                (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION,
+                1);
+        }
+        if (reportDmaAvail || compat)
+        {
+            caps.Add(
+                new vfio_iommu_type1_info_dma_avail { avail = compat ? uint.MaxValue : (uint)Available },
                 (ushort)VfioUapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
                 1);
         }
@@ -193,7 +206,7 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
         {
             return -Errno.EEXIST;
         }
-        if (Available == 0)
+        if (Available == 0 && !compat)
         {
             return -Errno.ENOSPC;
         }
@@ -216,14 +229,20 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
         area.Memory!.Get();
         var mapping = new DmaMapping(iova, size, vaddr, read, write, area.Memory);
         _mappings.Insert(FloorIndex(iova) + 1, mapping);
-        Available--;
+        if (!compat)
+        {
+            Available--;
+        }
+        TrackNewMapping(mapping);
         return 0;
     }
 
     private int Unmap(vfio_iommu_type1_dma_unmap* unmap)
     {
         const int MinSize = 24; // offsetofend(struct vfio_iommu_type1_dma_unmap, size)
-        uint mask = VfioUapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VfioUapi.VFIO_DMA_UNMAP_FLAG_ALL | VfioUapi.VFIO_DMA_UNMAP_FLAG_VADDR;
+        uint mask = compat
+            ? VfioUapi.VFIO_DMA_UNMAP_FLAG_ALL
+            : VfioUapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VfioUapi.VFIO_DMA_UNMAP_FLAG_ALL | VfioUapi.VFIO_DMA_UNMAP_FLAG_VADDR;
         if (unmap->argsz < MinSize || (unmap->flags & ~mask) != 0)
         {
             return -Errno.EINVAL;
@@ -275,18 +294,20 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
         }
         ulong last = iova + size - 1;
 
-        // type1v2 is strict: an unmap may not bisect a mapping at either end.
+        // type1v2 is strict: an unmap may not bisect a mapping at either end; iommufd refuses it too,
+        // with ENOENT (iopt_unmap_iova_range).
         if (V2 && !all)
         {
+            int cut = compat ? -Errno.ENOENT : -Errno.EINVAL;
             var first = Find(iova);
             if (first is not null && first.Iova != iova)
             {
-                return -Errno.EINVAL;
+                return cut;
             }
             var end = Find(last);
             if (end is not null && end.End - 1 != last)
             {
-                return -Errno.EINVAL;
+                return cut;
             }
         }
 
@@ -311,7 +332,11 @@ internal sealed unsafe partial class Type1Iommu(SimulatedKernel kernel, Containe
             m.Memory.Put();
             kernel.UnlockLocked(m.Size);
             _mappings.RemoveAt(i);
-            Available++;
+            _dirty.Remove(m);
+            if (!compat)
+            {
+                Available++;
+            }
         }
         unmap->size = unmapped;
         return 0;

@@ -82,6 +82,13 @@ internal sealed unsafe class IommufdContext(SimulatedKernel kernel)
     private readonly SortedDictionary<uint, IommufdObject> _objects = [];
     private readonly Dictionary<IommuGroupState, GroupAttach> _groups = [];
 
+    /// <summary>A context whose pinned pages are charged as <paramref name="accounting"/> says from the start (the compatibility container's).</summary>
+    public IommufdContext(SimulatedKernel kernel, PinAccounting accounting)
+        : this(kernel)
+    {
+        Accounting = accounting;
+    }
+
     public SimulatedKernel Kernel { get; } = kernel;
 
     public PinAccounting Accounting { get; private set; } = PinAccounting.User;

@@ -43,11 +43,17 @@ public sealed partial class SimulatedKernel
 
     /// <summary>
     /// Whether iommufd provides <c>/dev/vfio/vfio</c> (CONFIG_IOMMUFD_VFIO_CONTAINER with
-    /// CONFIG_VFIO_CONTAINER off, as the VM suite's vfio-compat kernel): sysfs then has no
-    /// vfio_iommu_type1 module, nor its <c>dma_entry_limit</c>. Only that is simulated: the container
-    /// answers as vfio's does with type1v2, which iommufd emulates (VFIO_CHECK_EXTENSION of
-    /// VFIO_TYPE1v2_IOMMU is 1 from both); where the emulation differs (no type1 dirty tracking, no
-    /// mapping limit) the simulation still behaves as vfio's container.
+    /// CONFIG_VFIO_CONTAINER off, as the VM suite's vfio-compat kernel): containers opened afterwards
+    /// behave as drivers/iommu/iommufd/vfio_compat.c, and sysfs has no vfio_iommu_type1 module, nor its
+    /// <c>dma_entry_limit</c>. As there, the file answers iommufd's IOMMU_OPTION (RLIMIT_MODE 1: charged
+    /// to the process); VFIO_CHECK_EXTENSION says yes to type1, type1v2 and VFIO_UNMAP_ALL only;
+    /// VFIO_GROUP_SET_CONTAINER takes a group that is not viable (its device then fails to open with
+    /// EPERM); the group's joining makes the IOAS, so devices open and DMA maps before VFIO_SET_IOMMU;
+    /// VFIO_IOMMU_GET_INFO reports DMA_AVAIL (always u32's maximum: no count of mappings) and the IOVA
+    /// ranges, no migration capability; VFIO_IOMMU_DIRTY_PAGES is ENOTTY and an unmap with a dirty
+    /// bitmap EINVAL; an unmap cutting a mapping is ENOENT. Not simulated: iommufd's IOAS commands on
+    /// the container file, the IOAS outliving the last group, and no-IOMMU groups in it (they get
+    /// vfio's no-IOMMU driver as before).
     /// </summary>
     public bool IommufdServesContainer
     {
@@ -83,9 +89,23 @@ public sealed partial class SimulatedKernel
     private int NoIommuCheckExtension(nint extension) =>
         UnsafeNoIommuMode && extension == VfioUapi.VFIO_NOIOMMU_IOMMU ? 1 : 0;
 
+    // A compatibility container holding no-IOMMU groups is left to vfio's no-IOMMU driver (not simulated as iommufd's).
+    private static bool EmulatesType1(ContainerState container) =>
+        container.IommufdCompat && !(container.Groups.Count > 0 && container.NoIommu);
+
     internal int CheckExtensionLocked(ContainerState container, nint extension)
     {
         AssertLocked();
+        if (EmulatesType1(container) && extension != VfioUapi.VFIO_NOIOMMU_IOMMU)
+        {
+            // iommufd_vfio_check_extension: the cache-coherency question needs the IOAS a group makes.
+            return (int)extension switch
+            {
+                VfioUapi.VFIO_TYPE1_IOMMU or VfioUapi.VFIO_TYPE1v2_IOMMU or VfioUapi.VFIO_UNMAP_ALL => 1,
+                VfioUapi.VFIO_DMA_CC_IOMMU => container.Type1 is null ? -Errno.ENODEV : 1,
+                _ => 0,
+            };
+        }
         if (container.Type1 is { } type1)
         {
             return Type1Iommu.CheckExtension(type1, extension);
@@ -105,6 +125,16 @@ public sealed partial class SimulatedKernel
     internal int SetIommuLocked(ContainerState container, nint type)
     {
         AssertLocked();
+        if (EmulatesType1(container) && type != VfioUapi.VFIO_NOIOMMU_IOMMU)
+        {
+            // iommufd_vfio_set_iommu: type1 or type1v2 on the IOAS a group made (ENODEV before any);
+            // nothing to set up, so it may be repeated.
+            if (type is not (VfioUapi.VFIO_TYPE1_IOMMU or VfioUapi.VFIO_TYPE1v2_IOMMU))
+            {
+                return -Errno.EINVAL;
+            }
+            return container.Type1 is null ? -Errno.ENODEV : 0;
+        }
         // Only a group in the container gives the privilege to enable an IOMMU, and there is no unset.
         if (container.Groups.Count == 0 || container.HasDriver)
         {
@@ -138,8 +168,9 @@ public sealed partial class SimulatedKernel
         {
             return -Errno.EPERM;
         }
-        // Claiming DMA ownership fails while a device of the group is bound to a kernel driver.
-        if (group.Kind == SimulatedGroupKind.Iommu && !group.Viable)
+        // Claiming DMA ownership fails while a device of the group is bound to a kernel driver; iommufd's
+        // container claims it only when a device binds (VFIO_GROUP_GET_DEVICE_FD).
+        if (group.Kind == SimulatedGroupKind.Iommu && !group.Viable && !container.IommufdCompat)
         {
             return -Errno.EPERM;
         }
@@ -147,6 +178,11 @@ public sealed partial class SimulatedKernel
         group.ContainerUsers = 1;
         container.NoIommu = noIommu;
         container.Groups.Add(group);
+        // iommufd_vfio_compat_ioas_create: the first group makes the IOAS the type1 emulation maps into.
+        if (EmulatesType1(container) && container.Type1 is null)
+        {
+            container.Type1 = new Type1Iommu(this, container, v2: true);
+        }
         Wake();
         return 0;
     }

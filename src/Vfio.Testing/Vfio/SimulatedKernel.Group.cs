@@ -83,6 +83,11 @@ public sealed partial class SimulatedKernel
             {
                 return -Errno.EINVAL;
             }
+            // iommufd's compatibility container claims the group's DMA when the device binds.
+            if (group.Container.IommufdCompat && group.Kind == SimulatedGroupKind.Iommu && !group.Viable)
+            {
+                return -Errno.EPERM;
+            }
             int opened = device.OpenDeviceLocked();
             if (opened < 0)
             {

@@ -226,11 +226,9 @@ public static class VfioDiagnostics
         }
 
         /// <summary>
-        /// Which container <c>/dev/vfio/vfio</c> is. Both register the same misc node, so sysfs cannot
-        /// tell them apart; but vfio's container on x86 always comes with vfio_iommu_type1, whose module
-        /// folder has its parameters even when built in. Without it, while <c>/dev/iommu</c> exists, a
-        /// container that still offers type1v2 (VFIO_CHECK_EXTENSION, which changes nothing) is
-        /// iommufd's (<c>iommufd_vfio_check_extension</c>); vfio's with no IOMMU driver answers 0.
+        /// Which container <c>/dev/vfio/vfio</c> is, asked of the kernel as the library asks it when it
+        /// opens a container (<see cref="VfioContainer.IsServedByIommufd"/>). A node this process cannot
+        /// open, or a question the kernel fails, is taken for vfio's own.
         /// </summary>
         private ContainerKind FindContainer()
         {
@@ -239,13 +237,20 @@ public static class VfioDiagnostics
             {
                 return ContainerKind.None;
             }
-            if (_sysfs.Exists(Type1Module) || !Exists(kernel.Dev("iommu")) || kernel.Open(node, Flags.O_RDWR, out SafeFd fd) != 0)
+            if (kernel.Open(node, Flags.O_RDWR, out SafeFd fd) != 0)
             {
                 return ContainerKind.Vfio;
             }
             using (fd)
             {
-                return kernel.Ioctl(fd, VfioUapi.VFIO_CHECK_EXTENSION, VfioUapi.VFIO_TYPE1v2_IOMMU) > 0 ? ContainerKind.IommufdCompat : ContainerKind.Vfio;
+                try
+                {
+                    return VfioContainer.IsServedByIommufd(kernel, fd) ? ContainerKind.IommufdCompat : ContainerKind.Vfio;
+                }
+                catch (VfioException)
+                {
+                    return ContainerKind.Vfio;
+                }
             }
         }
 

@@ -206,7 +206,6 @@ internal sealed class ContainerBackend(VfioRegistry registry) : IommuBackend
                 Log.GroupIncompatible(registry.Logger, group.Id, Errno.Name(-rc));
             }
             var container = VfioContainer.Open(registry, _attachLock, group.ErrorTarget);
-            Log.ContainerOpened(registry.Logger);
             try
             {
                 int rc = container.TryAttachLocked(group);

@@ -62,13 +62,43 @@ public sealed unsafe class DirtyPageTracking : IDisposable
     /// <summary>
     /// Reads the dirty pages of an IOVA range (<c>VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP</c>); the kernel
     /// then clears what it reported, except pages still pinned. The range may hold several buffers and
-    /// gaps, but must not cut a buffer.
+    /// gaps (whose pages read clean), but must not cut a buffer.
     /// </summary>
+    /// <remarks>
+    /// The kernel is asked once per buffer in the range, each time for that buffer's range alone, and
+    /// the answers are put together. type1 can read several mappings in one call, but gets it wrong
+    /// (Linux 6.1 to 7.3, update_user_bitmap in drivers/vfio/vfio_iommu_type1.c): a mapping whose first
+    /// page lies a number of pages from the range's start that is not a multiple of 64 has its own
+    /// bitmap shifted left in place by that remainder and the caller's word it shares ORed in before
+    /// the copy out, and vfio_iova_dirty_bitmap then clears only the mapping's page count of bits; the
+    /// shifted-out tail and the neighbours' bits stay in the mapping's bitmap and come back, shifted
+    /// again, at the next such read, as dirty pages past the mapping. Read from the mapping's own
+    /// start, no shift happens.
+    /// </remarks>
     /// <param name="iova">The start, aligned to <see cref="PageSize"/>.</param>
     /// <param name="length">The length in bytes, a multiple of <see cref="PageSize"/>.</param>
     /// <exception cref="ArgumentException">The range is empty, not aligned, or needs a bitmap larger than <see cref="MaxBitmapBytes"/>.</exception>
-    /// <exception cref="VfioException">The kernel refused (a range cutting a buffer: EINVAL).</exception>
+    /// <exception cref="VfioException">The range cuts a buffer (EINVAL, as the kernel would answer), or the kernel refused.</exception>
     public DirtyPageBitmap Read(ulong iova, ulong length)
+    {
+        var words = Bitmap(iova, length);
+        foreach (var buffer in Container.AddressSpace.BuffersOverlapping(iova, length))
+        {
+            if (buffer.Iova < iova || buffer.Iova + buffer.Length > iova + length)
+            {
+                string operation = Operation("GET_BITMAP", iova, length);
+                throw new VfioException(string.Create(CultureInfo.InvariantCulture,
+                    $"{operation} would cut {buffer} (0x{buffer.Iova:x}+0x{buffer.Length:x}): type1 reports whole mappings only (the kernel answers such a range with EINVAL); the range must start and end where DMA buffers of the container start and end, or in gaps between them."),
+                    operation, Errno.EINVAL, ErrorTarget.None);
+            }
+            ulong[] own = ReadMapping(buffer.Iova, buffer.Length);
+            Merge(words, (buffer.Iova - iova) / PageSize, own, buffer.Length / PageSize);
+        }
+        return new DirtyPageBitmap(iova, length, PageSize, words);
+    }
+
+    // One GET_BITMAP over one mapping, from its first page: the kernel shifts nothing.
+    private ulong[] ReadMapping(ulong iova, ulong length)
     {
         var words = Bitmap(iova, length);
         var range = new vfio_iommu_type1_dirty_bitmap_get { iova = iova, size = length };
@@ -81,11 +111,33 @@ public sealed unsafe class DirtyPageTracking : IDisposable
         if (rc < 0)
         {
             string? hint = -rc == Errno.EINVAL
-                ? "type1 reports whole mappings only: the range must start and end where DMA buffers of the container start and end (or in gaps between them), at the IOMMU's smallest page size"
+                ? "type1 reports whole mappings only, at the IOMMU's smallest page size; the container's mappings and the library's disagree"
                 : null;
             VfioErrors.Throw(-rc, Operation("GET_BITMAP", iova, length), ErrorTarget.None, hint);
         }
-        return new DirtyPageBitmap(iova, length, PageSize, words);
+        return words;
+    }
+
+    // ORs a mapping's bitmap of pages (bits past them ignored) into the range's, from bit firstBit on.
+    private static void Merge(ulong[] into, ulong firstBit, ulong[] from, ulong pages)
+    {
+        ulong count = (pages + 63) / 64;
+        for (ulong w = 0; w < count; w++)
+        {
+            ulong word = from[w];
+            if (w == count - 1 && pages % 64 != 0)
+            {
+                word &= (1UL << (int)(pages % 64)) - 1;
+            }
+            ulong bit = firstBit + (w * 64);
+            int shift = (int)(bit % 64);
+            ulong index = bit / 64;
+            into[index] |= word << shift;
+            if (shift != 0 && index + 1 < (ulong)into.Length)
+            {
+                into[index + 1] |= word >> (64 - shift);
+            }
+        }
     }
 
     /// <summary>
@@ -135,12 +187,23 @@ public sealed unsafe class DirtyPageTracking : IDisposable
                 "A no-IOMMU container has no IOMMU to track dirty pages with: the kernel's no-IOMMU driver answers VFIO_IOMMU_DIRTY_PAGES with ENOTTY.",
                 "VFIO_IOMMU_DIRTY_PAGES START", Errno.ENOTTY, default);
         }
+        if (container.IsIommufdCompat)
+        {
+            // drivers/iommu/iommufd/vfio_compat.c: VFIO_IOMMU_DIRTY_PAGES is not one of its ioctls
+            // (ENOTTY), its VFIO_IOMMU_GET_INFO has no migration capability, and its unmap refuses
+            // VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP.
+            throw new VfioNotSupportedException(
+                $"This {container} is iommufd's compatibility container (/dev/vfio/vfio served by iommufd: the kernel has CONFIG_IOMMUFD_VFIO_CONTAINER, not vfio's own container), "
+                + "which emulates type1 without its dirty page tracking: the kernel answers VFIO_IOMMU_DIRTY_PAGES with ENOTTY. "
+                + "Track with the device's DMA logging (VfioDevice.StartDmaLogging), or on a kernel with vfio's own container (CONFIG_VFIO_CONTAINER) and vfio_iommu_type1.",
+                "VFIO_IOMMU_DIRTY_PAGES START", Errno.ENOTTY, default);
+        }
         var (pageSizes, maxBytes) = MigrationCapability(container);
         if (pageSizes == 0)
         {
             throw new VfioNotSupportedException(
                 $"The {container.IommuTypeName} IOMMU of this container offers no dirty page tracking (VFIO_IOMMU_GET_INFO has no migration capability): "
-                + "iommufd's compatibility container, for one, has none; track with iommufd's own dirty tracking, or with the device's DMA logging (VfioDevice.StartDmaLogging).",
+                + "track with the device's DMA logging (VfioDevice.StartDmaLogging).",
                 "VFIO_IOMMU_DIRTY_PAGES START", Errno.ENOTTY, default);
         }
         var tracking = new DirtyPageTracking(container, pageSizes & (~pageSizes + 1), maxBytes);

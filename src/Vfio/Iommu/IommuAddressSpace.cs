@@ -339,6 +339,15 @@ public abstract class IommuAddressSpace
     private string UnmapOperationOf(DmaBuffer buffer) =>
         string.Create(CultureInfo.InvariantCulture, $"{UnmapOperation} 0x{buffer.Iova:x}+0x{buffer.Length:x}");
 
+    /// <summary>The buffers mapped in the IOVA range, or reaching into it, in IOVA order.</summary>
+    internal List<DmaBuffer> BuffersOverlapping(ulong iova, ulong length)
+    {
+        lock (_dmaLock)
+        {
+            return [.. _buffers.Where(b => b.Iova < iova + length && iova < b.Iova + b.Length).OrderBy(b => b.Iova)];
+        }
+    }
+
     // The last device is leaving: unmap everything explicitly, then forget it (the kernel drops the
     // mappings with the IOMMU anyway, so a failed unmap leaks nothing; it is logged).
     internal void UnmapAll()
@@ -388,7 +397,8 @@ public abstract class IommuAddressSpace
         if (info.DmaMappingsAvailable is uint reported)
         {
             // Asked while the address space held no mapping (first use, or after the last device left).
-            return (int)Math.Max(0, reported - (long)_buffers.Count);
+            // iommufd's compatibility container reports u32's maximum (it counts nothing): int's is the most.
+            return (int)Math.Clamp(reported - (long)_buffers.Count, 0, int.MaxValue);
         }
         _entryLimit ??= ReadEntryLimit();
         return Math.Max(0, _entryLimit.Value - _buffers.Count);

@@ -18,11 +18,12 @@ public sealed class VfioContainer
     private IommuGroup[] _groups = [];
     private DirtyPageTracking? _dirtyTracking;
 
-    private VfioContainer(VfioRegistry registry, SafeFd fd, Lock attachLock)
+    private VfioContainer(VfioRegistry registry, SafeFd fd, Lock attachLock, bool servedByIommufd)
     {
         Registry = registry;
         Fd = fd;
         _attachLock = attachLock;
+        IsIommufdCompat = servedByIommufd;
         AddressSpace = new Type1AddressSpace(registry, fd);
     }
 
@@ -43,6 +44,17 @@ public sealed class VfioContainer
 
     /// <summary>True when the container holds no-IOMMU groups.</summary>
     public bool IsNoIommu => IommuType == VfioUapi.VFIO_NOIOMMU_IOMMU;
+
+    /// <summary>
+    /// True when <c>/dev/vfio/vfio</c> is iommufd's compatibility container (a kernel built with
+    /// CONFIG_IOMMUFD_VFIO_CONTAINER instead of vfio's own container), as the kernel said when the
+    /// container was opened. It emulates the type1v2 IOMMU over an iommufd IOAS, with these
+    /// differences: no dirty page tracking (<see cref="StartDirtyPageTracking"/> throws), no count of
+    /// mappings (its DMA_AVAIL is always u32's maximum, so <see cref="DmaMappingsAvailable"/> is
+    /// <see cref="int.MaxValue"/>; the memory cgroup limits instead). Pinned memory is charged to this
+    /// process's locked-memory limit, as type1 charges it.
+    /// </summary>
+    public bool IsIommufdCompat { get; }
 
     /// <summary>The groups attached to the container.</summary>
     public IReadOnlyList<IommuGroup> Groups => Volatile.Read(ref _groups);
@@ -103,7 +115,7 @@ public sealed class VfioContainer
     /// See <see cref="DirtyPageTracking"/> for what type1 can and cannot tell.
     /// </summary>
     /// <exception cref="InvalidOperationException">Tracking is active already.</exception>
-    /// <exception cref="VfioNotSupportedException">The container has no IOMMU (no-IOMMU mode) or its IOMMU driver has no dirty tracking (iommufd's compatibility container).</exception>
+    /// <exception cref="VfioNotSupportedException">The container has no IOMMU (no-IOMMU mode) or its IOMMU driver has no dirty tracking (iommufd's compatibility container: <see cref="IsIommufdCompat"/>).</exception>
     public DirtyPageTracking StartDirtyPageTracking()
     {
         if (Volatile.Read(ref _dirtyTracking) is { IsActive: true } active)
@@ -134,13 +146,43 @@ public sealed class VfioContainer
             {
                 throw new VfioException($"The kernel speaks VFIO API version {version}; this library speaks {VfioUapi.VFIO_API_VERSION}.");
             }
-            return new VfioContainer(registry, fd, attachLock);
+            bool servedByIommufd = IsServedByIommufd(kernel, fd, target);
+            Log.ContainerOpened(registry.Logger, servedByIommufd ? "iommufd's compatibility container" : "vfio's own container");
+            return new VfioContainer(registry, fd, attachLock, servedByIommufd);
         }
         catch
         {
             fd.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Whether an open <c>/dev/vfio/vfio</c> is iommufd's compatibility container rather than vfio's
+    /// own, asked of the kernel: both register the same misc node (so sysfs cannot tell them apart)
+    /// and answer the same VFIO ioctls, but iommufd's is an iommufd file (drivers/iommu/iommufd/main.c
+    /// registers its fops for the node), which answers iommufd's own ioctls too. So it reads
+    /// IOMMU_OPTION_RLIMIT_MODE, which every iommufd answers (the compatibility container with 1:
+    /// charged to the process, as type1 does) and changes nothing. vfio's container passes a number it
+    /// does not know to its IOMMU driver: EINVAL before VFIO_SET_IOMMU, ENOTTY from type1 after it.
+    /// The one test the doctor, the container and the tools share.
+    /// </summary>
+    /// <exception cref="VfioException">The kernel answered with another error, which says nothing of the container.</exception>
+    internal static unsafe bool IsServedByIommufd(VfioKernel kernel, SafeFd containerFd, ErrorTarget target = default)
+    {
+        var option = new iommu_option
+        {
+            size = (uint)sizeof(iommu_option),
+            option_id = IommufdUapi.IOMMU_OPTION_RLIMIT_MODE,
+            op = IommufdUapi.IOMMU_OPTION_OP_GET,
+        };
+        int rc = kernel.Ioctl(containerFd, IommufdUapi.IOMMU_OPTION, &option);
+        if (rc is -Errno.EINVAL or -Errno.ENOTTY)
+        {
+            return false;
+        }
+        VfioErrors.Check(rc, "IOMMU_OPTION (IOMMU_OPTION_RLIMIT_MODE, get) on the container, asking whether iommufd serves it", target);
+        return true;
     }
 
     /// <summary>True when the container has the extension (an IOMMU type, VFIO_UNMAP_ALL, ...).</summary>
@@ -228,5 +270,5 @@ public sealed class VfioContainer
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"container ({IommuTypeName}, {GroupCount} groups)";
+    public override string ToString() => $"{(IsIommufdCompat ? "iommufd compatibility container" : "container")} ({IommuTypeName}, {GroupCount} groups)";
 }

@@ -52,17 +52,42 @@ public sealed class VfioDiagnosticsTests
     }
 
     [Fact]
-    public void WithoutIommufdAMissingType1IsStillAnErrorForVfiosOwnContainer()
+    public void VfiosOwnContainerWithoutType1LoadedIsAnErrorNamingIt()
     {
-        // The simulation's knob hides vfio_iommu_type1; without /dev/iommu (which a kernel with
-        // iommufd's container always has) that is vfio's container with its type1 not loaded.
-        _kernel.IommufdEnabled = false;
-        _kernel.IommufdServesContainer = true;
+        // vfio's container (which does not answer iommufd's IOMMU_OPTION) while vfio_iommu_type1 is not
+        // loaded, on a kernel with iommufd as well: the container is still vfio's, and it needs type1.
+        using (_kernel.Enter())
+        {
+            _kernel.Sysfs.Remove("module/vfio_iommu_type1");
+        }
 
         var finding = Finding("modules");
 
         finding.Severity.Should().Be(DiagnosticSeverity.Error);
         finding.Found.Should().Contain("vfio_iommu_type1");
+        Finding("backend.container").Found.Should().Contain("vfio's own");
+    }
+
+    [Fact]
+    public void WhichContainerServesTheNodeIsAskedOfTheKernelNotGuessedFromItsModules()
+    {
+        // iommufd's container answers IOMMU_OPTION whatever sysfs shows; here type1's folder is back.
+        _kernel.IommufdServesContainer = true;
+        _kernel.DmaEntryLimit = 100;
+        using (_kernel.Enter())
+        {
+            _kernel.Sysfs.Directory("module/vfio_iommu_type1/parameters");
+        }
+
+        Finding("backend.container").Found.Should().Contain("iommufd's compatibility container");
+    }
+
+    [Fact]
+    public void AContainerQuestionTheKernelFailsLeavesTheDoctorSayingVfiosOwn()
+    {
+        _kernel.IommufdServesContainer = true;
+        _kernel.FailNext(SimulatedCall.Ioctl, Errno.EIO, Vfio.Interop.IommufdUapi.IOMMU_OPTION);
+
         Finding("backend.container").Found.Should().Contain("vfio's own");
     }
 

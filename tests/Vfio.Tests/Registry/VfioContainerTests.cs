@@ -31,9 +31,57 @@ public class VfioContainerTests() : KernelTest(VfioBackend.Legacy)
 
         var operations = OpenPathOperations(device);
 
-        operations.Should().ContainInOrder("VFIO_GET_API_VERSION", "VFIO_GROUP_SET_CONTAINER", "VFIO_CHECK_EXTENSION", "VFIO_SET_IOMMU", "VFIO_GROUP_GET_DEVICE_FD");
+        operations.Should().ContainInOrder("VFIO_GET_API_VERSION", "IOMMU_OPTION (IOMMU_OPTION_RLIMIT_MODE, get) on the container, asking whether iommufd serves it", "VFIO_GROUP_SET_CONTAINER", "VFIO_CHECK_EXTENSION", "VFIO_SET_IOMMU", "VFIO_GROUP_GET_DEVICE_FD");
         operations.Should().ContainSingle(o => o == "VFIO_SET_IOMMU");
         operations.IndexOf("VFIO_SET_IOMMU").Should().BeGreaterThan(operations.IndexOf("VFIO_GROUP_SET_CONTAINER"));
+    }
+
+    [Fact]
+    public void AContainerKnowsFromTheKernelWhenIommufdServesIt()
+    {
+        Kernel.IommufdServesContainer = true;
+        AddPci();
+        var device = RegisterPci();
+
+        using var open = device.Open();
+
+        var container = device.Group!.Container!;
+        container.IsIommufdCompat.Should().BeTrue();
+        container.IommuTypeName.Should().Be("type1v2");
+        container.ToString().Should().StartWith("iommufd compatibility container (type1v2");
+        container.DmaMappingsAvailable.Should().Be(int.MaxValue, "iommufd's DMA_AVAIL is u32's maximum and counts nothing");
+        Logs.Named("ContainerOpened").Should().ContainSingle().Which["Provider"].Should().Be("iommufd's compatibility container");
+        using var buffer = device.AllocateDmaBuffer(4096);
+        container.DmaMappingsAvailable.Should().Be(int.MaxValue);
+    }
+
+    [Fact]
+    public void VfiosOwnContainerIsNotTakenForIommufds()
+    {
+        AddPci();
+        var device = RegisterPci();
+
+        using var open = device.Open();
+
+        device.Group!.Container!.IsIommufdCompat.Should().BeFalse();
+        device.Group.Container.ToString().Should().StartWith("container (type1v2");
+        Logs.Named("ContainerOpened").Should().ContainSingle().Which["Provider"].Should().Be("vfio's own container");
+    }
+
+    [Fact]
+    public void AnUnexpectedAnswerToWhoServesTheContainerFailsTheOpenNamingTheGroupAndLeavesNothingOpen()
+    {
+        AddPci();
+        var device = RegisterPci();
+        Kernel.FailNext(SimulatedCall.Ioctl, Errno.EIO, IommufdUapi.IOMMU_OPTION);
+
+        var error = device.Invoking(d => d.Open()).Should().Throw<VfioException>().Which;
+
+        error.Errno.Should().Be(Errno.EIO);
+        error.Operation.Should().StartWith("IOMMU_OPTION");
+        error.GroupId.Should().Be(5);
+        Registry.Containers.Should().BeEmpty();
+        Kernel.OpenFileCountTotal.Should().Be(0);
     }
 
     [Fact]

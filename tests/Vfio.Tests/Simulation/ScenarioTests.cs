@@ -14,8 +14,9 @@ namespace Vfio.Tests.Simulation;
 /// </summary>
 /// <remarks>
 /// Each scenario runs as the VM runs it on each kind of kernel: on one that behaves as Debian's 6.1
-/// (no iommufd; mode legacy), and on one that behaves as the 7.2 kernel built from source, with both
-/// APIs, in mode legacy (the library made to use its legacy backend) and in mode iommufd.
+/// (no iommufd; mode legacy), on one that behaves as the 7.2 kernel built from source, with both
+/// APIs, in mode legacy (the library made to use its legacy backend) and in mode iommufd, and on one
+/// that behaves as its vfio-compat build (/dev/vfio/vfio served by iommufd) in modes legacy-compat and iommufd.
 /// </remarks>
 public sealed class ScenarioTests(ITestOutputHelper output)
 {
@@ -25,12 +26,18 @@ public sealed class ScenarioTests(ITestOutputHelper output)
     /// <summary>The scenarios that apply in mode iommufd (the others skip there, as in the VM).</summary>
     public static TheoryData<string> IommufdModeNames => [.. ScenarioCatalog.All.Except(ScenarioCatalog.NeedContainer).Select(s => s.Name)];
 
+    /// <summary>The scenarios that apply where iommufd's compatibility container serves /dev/vfio/vfio, in mode legacy-compat and in mode iommufd.</summary>
+    public static TheoryData<string> CompatKernelNames => [.. ScenarioCatalog.All.Except(ScenarioCatalog.NotOnIommufdCompat).Select(s => s.Name)];
+
+    public static TheoryData<string> CompatKernelIommufdModeNames =>
+        [.. ScenarioCatalog.All.Except(ScenarioCatalog.NotOnIommufdCompat).Except(ScenarioCatalog.NeedContainer).Select(s => s.Name)];
+
     public static TheoryData<string> LegacyKernelNames => [.. ScenarioCatalog.All.Except(ScenarioCatalog.NeedIommufd).Select(s => s.Name)];
 
     /// <summary>The simulated counterpart of the VM's machine (tests/vm/run-vm-tests.sh), as Linux <paramref name="version"/> in <paramref name="mode"/>.</summary>
-    internal static (SimulatedKernel Kernel, ScenarioContext Context) Machine(Version? version = null, ScenarioMode mode = ScenarioMode.Legacy)
+    internal static (SimulatedKernel Kernel, ScenarioContext Context) Machine(Version? version = null, ScenarioMode mode = ScenarioMode.Legacy, bool iommufdServesContainer = false)
     {
-        var kernel = new SimulatedKernel { LinuxVersion = version ?? new Version(6, 1) };
+        var kernel = new SimulatedKernel { LinuxVersion = version ?? new Version(6, 1), IommufdServesContainer = iommufdServesContainer };
         kernel.AddPciDevice("0000:00:03.0", new EduDeviceModel(), iommuGroup: 3);
         kernel.AddPciDevice("0000:00:04.0", new EduDeviceModel(), iommuGroup: 4);
         kernel.AddPciDevice("0000:00:04.1", new PciDeviceModel(0x1b36, 0x0010, 0x010802, isExpress: true), iommuGroup: 4, driver: "nvme");
@@ -68,6 +75,16 @@ public sealed class ScenarioTests(ITestOutputHelper output)
     [Theory]
     [MemberData(nameof(IommufdModeNames))]
     public Task ScenarioPassesOnASimulated72KernelInModeIommufd(string name) => RunAsync(name, Machine(new Version(7, 2), ScenarioMode.Iommufd));
+
+    [Theory]
+    [MemberData(nameof(CompatKernelNames))]
+    public Task ScenarioPassesOnASimulated72CompatKernelInModeLegacyCompat(string name) =>
+        RunAsync(name, Machine(new Version(7, 2), ScenarioMode.LegacyCompat, iommufdServesContainer: true));
+
+    [Theory]
+    [MemberData(nameof(CompatKernelIommufdModeNames))]
+    public Task ScenarioPassesOnASimulated72CompatKernelInModeIommufd(string name) =>
+        RunAsync(name, Machine(new Version(7, 2), ScenarioMode.Iommufd, iommufdServesContainer: true));
 
     private async Task RunAsync(string name, (SimulatedKernel Kernel, ScenarioContext Context) machine)
     {
@@ -154,6 +171,21 @@ public sealed class ScenarioTests(ITestOutputHelper output)
         failed.Should().Be(0);
         output.ToString().Should().Contain($"SUMMARY passed=0 failed=0 skipped={ScenarioCatalog.NeedIommufd.Count}")
             .And.Contain("SKIP iommufd_ioas_iova_ranges: the kernel has no /dev/iommu (CONFIG_IOMMUFD) and no VFIO device cdev (CONFIG_VFIO_DEVICE_CDEV)");
+        kernel.AssertNoLeaks();
+    }
+
+    [Fact]
+    public async Task TheScenariosOfType1sLimitAndDirtyTrackingSkipOnIommufdsCompatibilityContainerSayingWhy()
+    {
+        var (kernel, context) = Machine(new Version(7, 2), ScenarioMode.Iommufd, iommufdServesContainer: true);
+        using var output = new StringWriter();
+
+        int failed = await ScenarioRunner.RunAsync(ScenarioCatalog.NotOnIommufdCompat, context, output);
+
+        failed.Should().Be(0);
+        ScenarioCatalog.NotOnIommufdCompat.Should().HaveCount(3, "each name of the list is a scenario");
+        output.ToString().Should().Contain($"SUMMARY passed=0 failed=0 skipped={ScenarioCatalog.NotOnIommufdCompat.Count}")
+            .And.Contain("SKIP dirty_type1_needs_type1v2: not on iommufd's compatibility container");
         kernel.AssertNoLeaks();
     }
 

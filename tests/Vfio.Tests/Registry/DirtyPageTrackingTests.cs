@@ -1,0 +1,94 @@
+using Vfio.Interop;
+
+namespace Vfio.Tests.Registry;
+
+/// <summary>
+/// Dirty page tracking of a container's type1 IOMMU: reads over several buffers are made one kernel
+/// call per buffer, from its own start, since type1 gets a call over several mappings wrong.
+/// </summary>
+public sealed class DirtyPageTrackingTests() : KernelTest(VfioBackend.Legacy)
+{
+    private const ulong Page = 4096;
+    private const ulong Base = 0x800000;
+
+    [Fact]
+    public void ARangeOverBuffersOffABitmapWordReadsOnlyTheirPagesAtEveryRead()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var first = device.AllocateDmaBuffer(8 * Page, iova: Base);
+        using var second = device.AllocateDmaBuffer(4 * Page, iova: Base + (16 * Page));
+        using var tracking = device.Group!.Container!.StartDirtyPageTracking();
+
+        // One GET_BITMAP over both gives 0xf00ff, then 0xf00ff00ff (pages 20-23 and 32-35 of no buffer).
+        for (int read = 1; read <= 3; read++)
+        {
+            var bits = tracking.Read(Base, 40 * Page);
+
+            bits.Words.ToArray().Should().Equal([0xf00ffUL], $"read {read} reports pages 0-7 and 16-19 only");
+            bits.DirtyPageCount.Should().Be(12);
+            bits.IsDirty(Base + (20 * Page)).Should().BeFalse();
+        }
+    }
+
+    [Fact]
+    public void ReadAsksTheKernelOncePerBufferEachFromItsOwnStart()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var first = device.AllocateDmaBuffer(8 * Page, iova: Base);
+        using var second = device.AllocateDmaBuffer(4 * Page, iova: Base + (16 * Page));
+        using var third = device.AllocateDmaBuffer(Page, iova: Base + (100 * Page));
+        using var tracking = device.Group!.Container!.StartDirtyPageTracking();
+        long before = Kernel.CallCount;
+
+        var bits = tracking.Read(Base, 128 * Page);
+
+        (Kernel.CallCount - before).Should().Be(3);
+        bits.DirtyPages().Should().Equal([
+            .. Enumerable.Range(0, 8).Select(p => Base + ((ulong)p * Page)),
+            .. Enumerable.Range(16, 4).Select(p => Base + ((ulong)p * Page)),
+            Base + (100 * Page)]);
+        Kernel.FailNext(Testing.SimulatedCall.Ioctl, Errno.EFAULT, VfioUapi.VFIO_IOMMU_DIRTY_PAGES);
+        tracking.Invoking(t => t.Read(Base, 128 * Page)).Should().Throw<VfioException>()
+            .Which.Operation.Should().Be($"VFIO_IOMMU_DIRTY_PAGES GET_BITMAP 0x{Base:x}+0x{8 * Page:x}", "the failing call is the first buffer's, over it alone");
+    }
+
+    [Fact]
+    public void ARangeThatWouldCutABufferIsRefusedWithEinvalNamingItBeforeAnyKernelCall()
+    {
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        using var buffer = device.AllocateDmaBuffer(4 * Page, iova: Base);
+        using var tracking = device.Group!.Container!.StartDirtyPageTracking();
+        long before = Kernel.CallCount;
+
+        var error = tracking.Invoking(t => t.Read(Base + Page, 8 * Page)).Should().Throw<VfioException>().Which;
+
+        error.Errno.Should().Be(Errno.EINVAL);
+        error.Message.Should().Contain("whole mappings").And.Contain($"0x{Base:x}+0x{4 * Page:x}");
+        Kernel.CallCount.Should().Be(before);
+    }
+
+    [Fact]
+    public void OnIommufdsCompatibilityContainerStartingSaysWhyAndWhatToUseInstead()
+    {
+        Kernel.IommufdServesContainer = true;
+        AddPci();
+        var device = RegisterPci();
+        using var open = device.Open();
+        var container = device.Group!.Container!;
+
+        var error = container.Invoking(c => c.StartDirtyPageTracking()).Should().Throw<VfioNotSupportedException>().Which;
+
+        error.Errno.Should().Be(Errno.ENOTTY);
+        error.Operation.Should().Be("VFIO_IOMMU_DIRTY_PAGES START");
+        error.Message.Should().Contain("iommufd's compatibility container").And.Contain("CONFIG_IOMMUFD_VFIO_CONTAINER")
+            .And.Contain("VfioDevice.StartDmaLogging");
+        // What the library says is what the kernel would answer.
+        Kernel.Ioctl(container.Fd, VfioUapi.VFIO_IOMMU_DIRTY_PAGES, 0).Should().Be(-Errno.ENOTTY);
+    }
+}
