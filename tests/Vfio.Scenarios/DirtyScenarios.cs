@@ -130,17 +130,12 @@ internal static unsafe class DirtyScenarios
 
     public static void KernelChecks(ScenarioContext context)
     {
-        using var files = new VfioFiles(context);
-        files.OpenReadyContainer();
-        files.OpenDevice();
-        var memory = files.Memory(64 * Page);
         const ulong Iova = 0x400000;
-        Check.Ok(files.MapDma(memory, 0, Iova, 8 * Page), "VFIO_IOMMU_MAP_DMA of 8 pages");
         // The second mapping starts 64 pages (one bitmap word) after the first: type1 shifts a mapping's own
         // bitmap in place to its bit offset in the caller's and clears only its first bits afterwards, so a
-        // mapping at an offset that is not a multiple of 64 reads stale bits at the next read (Linux 6.1 to
-        // 7.3 gave 0xf00ff00ff for 0xf00ff at a second read of pages 0-7 and 16-19).
-        Check.Ok(files.MapDma(memory, 8 * Page, Iova + 64 * Page, 4 * Page), "VFIO_IOMMU_MAP_DMA of 4 pages one bitmap word after the first");
+        // mapping at an offset that is not a multiple of 64 reads stale bits at the next read
+        // (dirty_type1_one_read_over_mappings_off_a_bitmap_word_is_stale).
+        using var files = TwoMappings(context, Iova, 64);
         var bitmap = new ulong[4];
         if (context.IommufdServesContainer)
         {
@@ -214,13 +209,8 @@ internal static unsafe class DirtyScenarios
     public static void StaleMultiMappingRead(ScenarioContext context)
     {
         context.SkipOnIommufdCompat("it has no VFIO_IOMMU_DIRTY_PAGES at all (ENOTTY, checked by dirty_type1_kernel_checks_page_and_bitmap_sizes)");
-        using var files = new VfioFiles(context);
-        files.OpenReadyContainer();
-        files.OpenDevice();
-        var memory = files.Memory(12 * Page);
         const ulong Iova = 0x800000;
-        Check.Ok(files.MapDma(memory, 0, Iova, 8 * Page), "VFIO_IOMMU_MAP_DMA of pages 0-7");
-        Check.Ok(files.MapDma(memory, 8 * Page, Iova + (16 * Page), 4 * Page), "VFIO_IOMMU_MAP_DMA of pages 16-19");
+        using var files = TwoMappings(context, Iova, 16);
         Check.Ok(Dirty(files, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), "DIRTY_PAGES START");
         var bitmap = new ulong[1];
         ulong[] expected = [0xf00ffUL, 0xf00ff00ffUL, 0xf00ff00ff00ffUL];
@@ -241,6 +231,26 @@ internal static unsafe class DirtyScenarios
         Check.Ok(Dirty(files, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), "DIRTY_PAGES STOP");
         Check.Ok(files.UnmapDma(Iova, 8 * Page, out _), "VFIO_IOMMU_UNMAP_DMA of the first mapping");
         Check.Ok(files.UnmapDma(Iova + (16 * Page), 4 * Page, out _), "VFIO_IOMMU_UNMAP_DMA of the second mapping");
+    }
+
+    // The edu device's container, ready, with 8 pages mapped at iova and 4 pages secondAt pages after it.
+    private static VfioFiles TwoMappings(ScenarioContext context, ulong iova, ulong secondAt)
+    {
+        var files = new VfioFiles(context);
+        try
+        {
+            files.OpenReadyContainer();
+            files.OpenDevice();
+            var memory = files.Memory(12 * Page);
+            Check.Ok(files.MapDma(memory, 0, iova, 8 * Page), "VFIO_IOMMU_MAP_DMA of pages 0-7");
+            Check.Ok(files.MapDma(memory, 8 * Page, iova + (secondAt * Page), 4 * Page), $"VFIO_IOMMU_MAP_DMA of pages {secondAt}-{secondAt + 3}");
+            return files;
+        }
+        catch
+        {
+            files.Dispose();
+            throw;
+        }
     }
 
     public static void NeedsType1v2(ScenarioContext context)

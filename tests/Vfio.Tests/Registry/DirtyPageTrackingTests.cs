@@ -11,15 +11,34 @@ public sealed class DirtyPageTrackingTests() : KernelTest(VfioBackend.Legacy)
     private const ulong Page = 4096;
     private const ulong Base = 0x800000;
 
-    [Fact]
-    public void ARangeOverBuffersOffABitmapWordReadsOnlyTheirPagesAtEveryRead()
+    // An open device with buffers at Base + the page offsets and lengths given, its container tracking dirty pages.
+    private (DirtyPageTracking Tracking, IDisposable Resources) Tracked(params (ulong AtPage, ulong Pages)[] buffers)
     {
         AddPci();
         var device = RegisterPci();
-        using var open = device.Open();
-        using var first = device.AllocateDmaBuffer(8 * Page, iova: Base);
-        using var second = device.AllocateDmaBuffer(4 * Page, iova: Base + (16 * Page));
-        using var tracking = device.Group!.Container!.StartDirtyPageTracking();
+        var resources = new List<IDisposable> { device.Open() };
+        resources.AddRange(buffers.Select(b => device.AllocateDmaBuffer(b.Pages * Page, iova: Base + (b.AtPage * Page))));
+        var tracking = device.Group!.Container!.StartDirtyPageTracking();
+        resources.Add(tracking);
+        return (tracking, new Resources(resources));
+    }
+
+    private sealed class Resources(List<IDisposable> held) : IDisposable
+    {
+        public void Dispose()
+        {
+            for (int i = held.Count - 1; i >= 0; i--)
+            {
+                held[i].Dispose();
+            }
+        }
+    }
+
+    [Fact]
+    public void ARangeOverBuffersOffABitmapWordReadsOnlyTheirPagesAtEveryRead()
+    {
+        var (tracking, resources) = Tracked((0, 8), (16, 4));
+        using var _ = resources;
 
         // One GET_BITMAP over both gives 0xf00ff, then 0xf00ff00ff (pages 20-23 and 32-35 of no buffer).
         for (int read = 1; read <= 3; read++)
@@ -35,13 +54,8 @@ public sealed class DirtyPageTrackingTests() : KernelTest(VfioBackend.Legacy)
     [Fact]
     public void ReadAsksTheKernelOncePerBufferEachFromItsOwnStart()
     {
-        AddPci();
-        var device = RegisterPci();
-        using var open = device.Open();
-        using var first = device.AllocateDmaBuffer(8 * Page, iova: Base);
-        using var second = device.AllocateDmaBuffer(4 * Page, iova: Base + (16 * Page));
-        using var third = device.AllocateDmaBuffer(Page, iova: Base + (100 * Page));
-        using var tracking = device.Group!.Container!.StartDirtyPageTracking();
+        var (tracking, resources) = Tracked((0, 8), (16, 4), (100, 1));
+        using var _ = resources;
         long before = Kernel.CallCount;
 
         var bits = tracking.Read(Base, 128 * Page);
@@ -59,11 +73,8 @@ public sealed class DirtyPageTrackingTests() : KernelTest(VfioBackend.Legacy)
     [Fact]
     public void ARangeThatWouldCutABufferIsRefusedWithEinvalNamingItBeforeAnyKernelCall()
     {
-        AddPci();
-        var device = RegisterPci();
-        using var open = device.Open();
-        using var buffer = device.AllocateDmaBuffer(4 * Page, iova: Base);
-        using var tracking = device.Group!.Container!.StartDirtyPageTracking();
+        var (tracking, resources) = Tracked((0, 4));
+        using var _ = resources;
         long before = Kernel.CallCount;
 
         var error = tracking.Invoking(t => t.Read(Base + Page, 8 * Page)).Should().Throw<VfioException>().Which;
