@@ -5,7 +5,8 @@
  * sequences follow what the benchmark's untimed first pass prints for the library (the calls its
  * kernel layer saw), so both sides ask the same of the kernel:
  *
- *   open, legacy:   open the group, VFIO_GROUP_GET_STATUS; open /dev/vfio/vfio, VFIO_GET_API_VERSION;
+ *   open, legacy:   open the group, VFIO_GROUP_GET_STATUS; open /dev/vfio/vfio, VFIO_GET_API_VERSION,
+ *                   IOMMU_OPTION (is the container iommufd's? vfio's own refuses it with EINVAL);
  *                   VFIO_GROUP_SET_CONTAINER, VFIO_CHECK_EXTENSION (type1v2), VFIO_SET_IOMMU;
  *                   VFIO_GROUP_GET_DEVICE_FD
  *   open, iommufd:  open /dev/iommu, IOMMU_OPTION (RLIMIT_MODE, get), IOMMU_IOAS_ALLOC; open the cdev,
@@ -123,7 +124,10 @@ static void open_legacy(struct device *d)
     }
     d->container = open("/dev/vfio/vfio", O_RDWR);
     CHECK(d->container);
+    struct iommu_option option = { .size = sizeof(option), .option_id = IOMMU_OPTION_RLIMIT_MODE, .op = IOMMU_OPTION_OP_GET };
     CHECK(ioctl(d->container, VFIO_GET_API_VERSION));
+    if (ioctl(d->container, IOMMU_OPTION, &option) < 0 && errno != EINVAL && errno != ENOTTY)
+        fail("IOMMU_OPTION on the container");
     CHECK(ioctl(d->group, VFIO_GROUP_SET_CONTAINER, &d->container));
     if (ioctl(d->container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
         fail("VFIO_CHECK_EXTENSION (type1v2)");
