@@ -28,8 +28,15 @@ namespace Vfio;
 /// registration starts another), each logged as the set's own poller failure.
 /// </para>
 /// </remarks>
-internal sealed class NotifierPoller(VfioKernel kernel, ILogger logger) : IDisposable
+/// <param name="kernel">The kernel whose eventfds it polls.</param>
+/// <param name="logger">Where failures go.</param>
+/// <param name="queue">Runs a notification; the thread pool when null (tests hold notifications back with it).</param>
+internal sealed class NotifierPoller(VfioKernel kernel, ILogger logger, Action<Action>? queue = null) : IDisposable
 {
+    private static readonly Action<Action> ThreadPoolQueue = static work => ThreadPool.UnsafeQueueUserWorkItem(static run => run(), work, preferLocal: false);
+
+    private readonly Action<Action> _queue = queue ?? ThreadPoolQueue;
+
     // Guards every field below, and is the monitor the handshake waits on. Taken under a device set's
     // lock (open and close); no syscall is made and no other lock taken under it.
     private readonly object _lock = new();
@@ -357,15 +364,15 @@ internal sealed class NotifierPoller(VfioKernel kernel, ILogger logger) : IDispo
         }
     }
 
-    private static void Deliver(Entry entry, ulong fired) =>
+    private void Deliver(Entry entry, ulong fired) =>
         // On the thread pool, never here: the notification may close the device, which unregisters here.
-        ThreadPool.UnsafeQueueUserWorkItem(static state =>
+        _queue(() =>
         {
-            if (state.entry.Live)
+            if (entry.Live)
             {
-                state.entry.Notify(state.fired);
+                entry.Notify(fired);
             }
-        }, (entry, fired), preferLocal: false);
+        });
 
     /// <summary>Drops an entry whose eventfd the kernel refused (as a set's own poller stops), logged; its set closes it.</summary>
     private void Fail(Entry entry, string call, int errno)
