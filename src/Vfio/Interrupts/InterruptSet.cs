@@ -10,7 +10,8 @@ namespace Vfio;
 /// <summary>
 /// Vectors of one interrupt index wired to eventfds (<c>VFIO_DEVICE_SET_IRQS</c>, trigger action),
 /// awaited asynchronously: one poller thread per set waits on every vector's eventfd, and each wait
-/// completes a reusable value-task source, so no allocation happens per interrupt.
+/// completes a reusable value-task source, so no allocation happens per interrupt. (The library's own
+/// REQ and ERR notifiers share their registry's one thread instead, see <see cref="NotifierPoller"/>.)
 /// </summary>
 /// <remarks>
 /// <para>
@@ -249,7 +250,8 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// <summary>
     /// One vector whose every signal calls <paramref name="notify"/> on the thread pool, holding no
     /// device reference: the library's own notifiers (REQ, ERR), which live exactly as long as the
-    /// device file. Null when the index has no vector.
+    /// device file. It has no poller thread of its own: the registry's <see cref="NotifierPoller"/>
+    /// polls its eventfd. Null when the index has no vector.
     /// </summary>
     internal static InterruptSet? Notifier(VfioDevice device, int index, Action<ulong> notify) =>
         Enable(device, index, 0, 1, holdReference: false, notify);
