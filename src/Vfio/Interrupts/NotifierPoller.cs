@@ -38,7 +38,7 @@ internal sealed class NotifierPoller(VfioKernel kernel, ILogger logger, Action<A
     private readonly Action<Action> _queue = queue ?? ThreadPoolQueue;
 
     // Guards every field below, and is the monitor the handshake waits on. Taken under a device set's
-    // lock (open and close); no syscall is made and no other lock taken under it.
+    // lock (open and close); nothing but the thread's start is done under it, no syscall and no other lock.
     private readonly object _lock = new();
     private readonly List<Entry> _entries = [];
     private readonly List<SafeFd> _orphans = []; // eventfds whose unregister gave up waiting: closed at the next snapshot
@@ -162,7 +162,7 @@ internal sealed class NotifierPoller(VfioKernel kernel, ILogger logger, Action<A
                 if (_thread == thread && _seen < version)
                 {
                     _orphans.Add(entry.EventFd);
-                    Log.InterruptThreadStuck(logger, entry.Set.ToString(), (long)InterruptSet.StopWait.TotalMilliseconds);
+                    Log.NotifierThreadStuck(logger, entry.Set.ToString(), (long)InterruptSet.StopWait.TotalMilliseconds);
                     return;
                 }
             }
@@ -207,7 +207,7 @@ internal sealed class NotifierPoller(VfioKernel kernel, ILogger logger, Action<A
         Wake(null);
         if (thread != Thread.CurrentThread && !thread.Join(InterruptSet.StopWait))
         {
-            Log.InterruptThreadStuck(logger, "the notifier poller", (long)InterruptSet.StopWait.TotalMilliseconds);
+            Log.NotifierThreadStuck(logger, "every notifier (disposing the registry)", (long)InterruptSet.StopWait.TotalMilliseconds);
         }
     }
 
