@@ -9,7 +9,9 @@ namespace Vfio;
 /// The one thread of a registry that polls the eventfds of the library's own notifiers (REQ and ERR,
 /// see <see cref="InterruptSet.Notifier"/>) and queues each notification to the thread pool: opening
 /// and closing a device then starts and joins no thread, and a process with many devices open has one
-/// such thread, not one per device. Started with the first notifier, stopped when the registry is disposed.
+/// such thread, not one per device. Started with the first notifier, stopped when the registry is disposed;
+/// while it has nothing to poll it waits on its lock with its wake-up eventfd closed, so a registry
+/// with no device open holds no descriptor.
 /// </summary>
 /// <remarks>
 /// <para>
