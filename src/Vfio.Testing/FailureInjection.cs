@@ -55,9 +55,9 @@ internal sealed class FailureInjection
     /// <summary>Counts a call and returns the negative errno it must fail with, or 0.</summary>
     public int Enter(SimulatedCall kind, nuint request = 0)
     {
-        if (InterruptSet.CurrentPoller is { } poller)
+        if (InterruptSet.InPollerCall)
         {
-            return EnterPoller(poller, kind);
+            return InterruptSet.CurrentPoller is { } poller ? EnterPoller(poller, kind) : 0;
         }
         long number = Interlocked.Increment(ref _calls);
         lock (_byNumber)

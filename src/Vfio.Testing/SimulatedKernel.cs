@@ -151,7 +151,8 @@ public sealed partial class SimulatedKernel : VfioKernel
     /// </summary>
     /// <remarks>
     /// Calls are numbered across every thread except the library's interrupt poller threads (one per
-    /// <see cref="InterruptSet"/>, and the notifiers every open PCI device has for REQ and ERR): their
+    /// <see cref="InterruptSet"/>, and one per registry for the REQ and ERR notifiers of its open PCI
+    /// devices): their
     /// poll and read calls happen whenever an interrupt arrives, so counting them would make the
     /// numbering depend on thread timing. They are neither counted here nor failed by
     /// <see cref="FailNext"/>, so failing "every call of a path" one by one stays deterministic;
@@ -184,7 +185,9 @@ public sealed partial class SimulatedKernel : VfioKernel
     /// <see cref="SimulatedCall.Read"/>) that the interrupt poller thread of <paramref name="set"/> makes
     /// fail with <paramref name="errno"/>. Poller calls are left out of <see cref="CallCount"/> and of
     /// <see cref="FailCall"/> and <see cref="FailNext"/>, because they happen whenever an interrupt
-    /// arrives; naming the set keeps a failure on its poller deterministic.
+    /// arrives; naming the set keeps a failure on its poller deterministic. For a notifier (REQ, ERR),
+    /// whose eventfd the registry's one notifier thread polls, that thread's read of the notifier's
+    /// eventfd, and its poll while the notifier is the first it polls.
     /// </summary>
     /// <param name="set">The interrupt set whose poller fails.</param>
     /// <param name="kind">The kind of call.</param>

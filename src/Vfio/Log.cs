@@ -120,6 +120,9 @@ internal static partial class Log
     [LoggerMessage(562, LogLevel.Error, "The interrupt thread of {Set} stopped: the kernel refused its call; every wait of the set now fails")]
     public static partial void InterruptPollerFailed(ILogger logger, string set, Exception exception);
 
+    [LoggerMessage(563, LogLevel.Error, "The notifier thread did not let go of {Set} within {WaitMs} ms; its eventfd is closed when the thread next looks")]
+    public static partial void NotifierThreadStuck(ILogger logger, string set, long waitMs);
+
     [LoggerMessage(570, LogLevel.Error, "munmap of {Region} at 0x{Address:x} ({Length} bytes) failed ({Errno}); the range stays mapped (all-ones, no longer reaching the device) until the region's next Dispose retries it")]
     public static partial void RegionUnmapFailed(ILogger logger, string region, nint address, ulong length, string errno);
 

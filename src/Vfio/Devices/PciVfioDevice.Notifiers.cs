@@ -10,7 +10,8 @@ public sealed class PciErrorEventArgs(ulong count) : EventArgs
 
 // The kernel's notifications for an open PCI device file: vfio-pci signals REQ when someone asks for
 // the device back (an unbind from vfio-pci while user space holds it), and ERR when AER reports an
-// error on a PCI Express function. Both are single eventfd vectors the library owns.
+// error on a PCI Express function. Both are single eventfd vectors the library owns, polled by the
+// registry's one notifier thread (NotifierPoller), so an open starts no thread.
 public abstract partial class PciVfioDevice
 {
     private EventHandler<PciErrorEventArgs>? _errorDetected;

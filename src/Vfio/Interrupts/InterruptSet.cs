@@ -10,7 +10,8 @@ namespace Vfio;
 /// <summary>
 /// Vectors of one interrupt index wired to eventfds (<c>VFIO_DEVICE_SET_IRQS</c>, trigger action),
 /// awaited asynchronously: one poller thread per set waits on every vector's eventfd, and each wait
-/// completes a reusable value-task source, so no allocation happens per interrupt.
+/// completes a reusable value-task source, so no allocation happens per interrupt. (The library's own
+/// REQ and ERR notifiers share their registry's one thread instead, see <see cref="NotifierPoller"/>.)
 /// </summary>
 /// <remarks>
 /// <para>
@@ -34,7 +35,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
 
     // How long disposing waits for the poller before leaving the eventfds for it to close when it
     // stops (a continuation running inline on it that blocks). Several stop checks long.
-    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
+    internal static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
 
     // The wake-up write is retried this often when a signal interrupts it.
     private const int InterruptedWriteRetries = 16;
@@ -47,23 +48,27 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     [ThreadStatic]
     private static InterruptSet? t_poller;
 
+    [ThreadStatic]
+    private static bool t_pollerCall; // a call of the registry's notifier poller, for t_poller's set or for none
+
     private readonly VfioKernel _kernel;
     private readonly VfioDevice? _device;
     private readonly string _name;
     private readonly SafeFd[] _eventFds;
-    private readonly SafeFd _wake;
+    private readonly SafeFd? _wake; // null for a notifier, which its registry's NotifierPoller polls
     private readonly Vector[] _vectors;
-    private readonly Thread _poller;
+    private readonly Thread? _poller;
     private readonly Action<ulong>? _notify;
     private readonly Lock _lock = new(); // guards every vector and the any-waiter
     private readonly AnyWaiter _any;
     private DeviceReference _reference;
+    private NotifierPoller.Entry? _notifier;
     private SafeFd? _resample;
     private int _state; // 0 live, 1 stopping
     private int _cleanup; // PollerRunning, HandedToPoller or PollerExited
     private volatile bool _inline;
 
-    private InterruptSet(VfioKernel kernel, VfioDevice? device, string name, int index, int start, SafeFd[] eventFds, SafeFd wake, Action<ulong>? notify)
+    private InterruptSet(VfioKernel kernel, VfioDevice? device, string name, int index, int start, SafeFd[] eventFds, SafeFd? wake, Action<ulong>? notify)
     {
         _kernel = kernel;
         _device = device;
@@ -79,11 +84,14 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
             _vectors[i] = new Vector(this);
         }
         _any = new AnyWaiter(this);
-        _poller = new Thread(Poll)
+        if (wake is not null)
         {
-            IsBackground = true,
-            Name = $"vfio irq {name}/{index}",
-        };
+            _poller = new Thread(Poll)
+            {
+                IsBackground = true,
+                Name = $"vfio irq {name}/{index}",
+            };
+        }
     }
 
     /// <summary>The interrupt index (for PCI, see <see cref="PciIrq"/>).</summary>
@@ -117,12 +125,19 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     public bool Resampling => Volatile.Read(ref _resample) is not null;
 
     /// <summary>
-    /// The set whose poller thread is making a kernel call on the current thread (its poll or read),
-    /// or null. The simulated kernel leaves these calls out of its call numbering, so that a poller's
-    /// timing never shifts which call a test fails, and fails them only when a test asks for a set's
-    /// poller by name. A continuation running inline on a poller thread is not the poller's own call.
+    /// The set whose poller is making a kernel call on the current thread (its poll or read), or null.
+    /// The simulated kernel leaves these calls out of its call numbering, so that a poller's timing
+    /// never shifts which call a test fails, and fails them only when a test asks for a set's poller by
+    /// name. A continuation running inline on a poller thread is not the poller's own call. The
+    /// registry's notifier poller names the set of each read, and for its poll the first set it polls.
     /// </summary>
     internal static InterruptSet? CurrentPoller => t_poller;
+
+    /// <summary>
+    /// True while a poller makes a kernel call on the current thread: <see cref="CurrentPoller"/>'s,
+    /// or the notifier poller's for no set (its wake-up, or a poll of nothing but the wake-up).
+    /// </summary>
+    internal static bool InPollerCall => t_pollerCall || t_poller is not null;
 
     /// <summary>
     /// Waits for vector <paramref name="vector"/> (0-based within the set) to fire. Returns how many
@@ -235,7 +250,8 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// <summary>
     /// One vector whose every signal calls <paramref name="notify"/> on the thread pool, holding no
     /// device reference: the library's own notifiers (REQ, ERR), which live exactly as long as the
-    /// device file. Null when the index has no vector.
+    /// device file. It has no poller thread of its own: the registry's <see cref="NotifierPoller"/>
+    /// polls its eventfd. Null when the index has no vector.
     /// </summary>
     internal static InterruptSet? Notifier(VfioDevice device, int index, Action<ulong> notify) =>
         Enable(device, index, 0, 1, holdReference: false, notify);
@@ -246,13 +262,30 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     /// </summary>
     internal static InterruptSet Detached(VfioKernel kernel, int count)
     {
-        var fds = CreateEventFds(kernel, count, default);
+        var fds = CreateEventFds(kernel, count + 1, default);
         var set = new InterruptSet(kernel, null, "detached", -1, 0, [.. fds.Take(count)], fds[count], null);
-        set._poller.Start();
+        set._poller!.Start();
         return set;
     }
 
     internal SafeFd EventFdOf(int vector) => _eventFds[vector];
+
+    /// <summary>Whom an error of the set names.</summary>
+    internal ErrorTarget ErrorTarget => _device?.ErrorTarget ?? default;
+
+    /// <summary>Marks the notifier poller's next kernel calls on this thread as its own, for <paramref name="set"/> or for none.</summary>
+    internal static void EnterPollerCall(InterruptSet? set)
+    {
+        t_poller = set;
+        t_pollerCall = true;
+    }
+
+    /// <summary>Ends <see cref="EnterPollerCall"/>.</summary>
+    internal static void LeavePollerCall()
+    {
+        t_poller = null;
+        t_pollerCall = false;
+    }
 
     private static InterruptSet? Enable(VfioDevice device, int index, int start, int count, bool holdReference, Action<ulong>? notify)
     {
@@ -281,21 +314,33 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
             throw new InvalidOperationException($"Device {device.Name} is being unregistered.");
         }
         List<SafeFd>? fds = null;
+        InterruptSet? set = null;
         try
         {
-            fds = CreateEventFds(kernel, count, target);
-            var set = new InterruptSet(kernel, device, device.Name, index, start, [.. fds.Take(count)], fds[count], notify)
+            // A notifier has no poller of its own (so no wake-up eventfd): the registry's polls it.
+            fds = CreateEventFds(kernel, notify is null ? count + 1 : count, target);
+            set = new InterruptSet(kernel, device, device.Name, index, start, [.. fds.Take(count)], notify is null ? fds[count] : null, notify)
             {
                 _reference = reference,
             };
+            if (notify is not null)
+            {
+                set._notifier = device.Registry.Notifiers.Register(set, fds[0], notify);
+            }
             set.Trigger(enable: true);
-            set._poller.Start();
+            set._poller?.Start();
             device.TrackResource(set);
             return set;
         }
         catch
         {
-            foreach (var fd in fds ?? [])
+            int polled = 0;
+            if (set?._notifier is { } notifier)
+            {
+                device.Registry.Notifiers.Unregister(notifier); // closes its eventfd once no longer polled
+                polled = 1;
+            }
+            foreach (var fd in (fds ?? []).Skip(polled))
             {
                 fd.Dispose();
             }
@@ -304,13 +349,13 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         }
     }
 
-    /// <summary>One eventfd per vector, then the poller's wake-up eventfd; none left open on failure.</summary>
+    /// <summary><paramref name="count"/> eventfds (the vectors', then a poller's wake-up); none left open on failure.</summary>
     private static List<SafeFd> CreateEventFds(VfioKernel kernel, int count, ErrorTarget target)
     {
-        var fds = new List<SafeFd>(count + 1);
+        var fds = new List<SafeFd>(count);
         try
         {
-            for (int i = 0; i <= count; i++)
+            for (int i = 0; i < count; i++)
             {
                 VfioErrors.Check(kernel.EventFd(0, Flags.EFD_NONBLOCK, out var fd), "eventfd", target);
                 fds.Add(fd);
@@ -348,11 +393,22 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
                 // The device may already be going away; the eventfds are closed below regardless.
             }
         }
-        WakePoller();
+        if (_wake is not null)
+        {
+            WakeUp(_kernel, _wake, ToString(), Logger);
+        }
         FailWaiters(new ObjectDisposedException(ToString(), "The interrupt set was disposed, or its device was closed."));
+        if (_notifier is not null)
+        {
+            // The registry's poller closes the eventfd once it no longer polls it.
+            _device!.Registry.Notifiers.Unregister(_notifier);
+            _reference.Dispose();
+            return true;
+        }
+        var poller = _poller!;
         // On the poller itself (a continuation running inline disposed the set) there is nothing to
         // wait for: the poller touches no eventfd once it is back from the continuation.
-        bool stopped = Thread.CurrentThread == _poller || !_poller.IsAlive || _poller.Join(StopWait);
+        bool stopped = Thread.CurrentThread == poller || !poller.IsAlive || poller.Join(StopWait);
         if (stopped || Interlocked.Exchange(ref _cleanup, HandedToPoller) == PollerExited)
         {
             CloseEventFds();
@@ -366,24 +422,25 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
     }
 
     /// <summary>
-    /// Signals the poller's wake-up eventfd: retried when interrupted; EAGAIN means the counter is
-    /// full, so the poller is signalled already. Any other failure is logged, and the poller then sees
-    /// that it was stopped at its next stop check.
+    /// Signals a poller's wake-up eventfd <paramref name="wake"/> (this set's, or the notifier poller's,
+    /// on behalf of <paramref name="set"/>): retried when interrupted; EAGAIN means the counter is full,
+    /// so the poller is signalled already. Any other failure is logged, and the poller then sees what
+    /// changed at its next stop check.
     /// </summary>
-    private void WakePoller()
+    internal static void WakeUp(VfioKernel kernel, SafeFd wake, string set, ILogger logger)
     {
         Span<byte> one = stackalloc byte[8];
         one[0] = 1;
         for (int attempt = 0; ; attempt++)
         {
-            long written = _kernel.Write(_wake, one);
+            long written = kernel.Write(wake, one);
             if (written == one.Length || written == -Errno.EAGAIN)
             {
                 return;
             }
             if (written != -Errno.EINTR || attempt == InterruptedWriteRetries)
             {
-                Log.InterruptWakeFailed(Logger, ToString(), Errno.Name(written < 0 ? (int)-written : Errno.EIO), (long)StopCheckInterval.TotalMilliseconds);
+                Log.InterruptWakeFailed(logger, set, Errno.Name(written < 0 ? (int)-written : Errno.EIO), (long)StopCheckInterval.TotalMilliseconds);
                 return;
             }
         }
@@ -417,7 +474,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
         }
         // Disabling INTx also detached the resample eventfd in the kernel (vfio_intx_disable).
         Interlocked.Exchange(ref _resample, null)?.Dispose();
-        _wake.Dispose();
+        _wake?.Dispose();
     }
 
     private ILogger Logger => _device?.Registry.Logger ?? NullLogger.Instance;
@@ -516,7 +573,7 @@ public sealed class InterruptSet : IDisposable, IDeviceResource
             {
                 fds[i] = new PollFd { fd = _eventFds[i].Value, events = Flags.POLLIN };
             }
-            fds[n] = new PollFd { fd = _wake.Value, events = Flags.POLLIN };
+            fds[n] = new PollFd { fd = _wake!.Value, events = Flags.POLLIN };
             t_poller = this;
             int ready = _kernel.Poll(fds, timeout);
             if (ready == 0 || ready == -Errno.EINTR)

@@ -29,7 +29,7 @@ public sealed partial class VfioRegistry : IAsyncDisposable
     //      No thread holds both.
     //   4. An address space's DMA lock (IommuAddressSpace): its mappings.
     // Leaves, held for bookkeeping only, with no syscall and no other lock taken under them: _lock
-    // below, the backend's group table lock, the device set and created-mdev tables' locks, a device's
+    // below, the backend's group table lock, the device set and created-mdev tables' locks, the notifier poller's lock, a device's
     // state and resource locks, an interrupt set's and a migration's locks. CreatedMdev's removal
     // gate (async) comes before all of them. Every method that requires a lock asserts it in Debug
     // builds (LockAssert), which the tests run.
@@ -59,6 +59,7 @@ public sealed partial class VfioRegistry : IAsyncDisposable
         Discovery = new SysfsDiscovery(this);
         LegacyBackend = new ContainerBackend(this);
         IommufdBackend = new IommufdBackend(this);
+        Notifiers = new NotifierPoller(Kernel, Logger);
     }
 
     /// <summary>The kernel the registry talks to.</summary>
@@ -104,6 +105,9 @@ public sealed partial class VfioRegistry : IAsyncDisposable
     public IReadOnlyList<CreatedMdev> CreatedMdevs => CreatedMdevTable.All;
 
     internal ILogger Logger { get; }
+
+    /// <summary>The one thread that polls every open device's REQ and ERR notifiers; stopped when the registry is disposed.</summary>
+    internal NotifierPoller Notifiers { get; }
 
     internal SysfsReader Sysfs { get; }
 
@@ -382,6 +386,7 @@ public sealed partial class VfioRegistry : IAsyncDisposable
                 await Task.WhenAll(Devices.Select(device => UnregisterForDisposeAsync(device, bound.Token))).ConfigureAwait(false);
                 if (Devices.Count == 0 && CreatedMdevTable.All.Count == 0)
                 {
+                    Notifiers.Dispose(); // every device is closed: no notifier is left
                     Volatile.Write(ref _disposeDone, true);
                     return;
                 }

@@ -58,10 +58,36 @@ public abstract class PciVfioDeviceNotifierTests(VfioBackend backend) : KernelTe
         using (device.Open())
         {
             device.ReferenceCount.Should().Be(2, "the registration and the open; the notifier holds none");
-            Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore + 2, "the REQ eventfd and its poller's wake-up");
+            Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore + 2, "the REQ eventfd and the wake-up of the registry's notifier thread");
         }
 
         Kernel.OpenFiles.Count(f => f.Kind == SimulatedFileKind.EventFd).Should().Be(eventFdsBefore);
+    }
+
+    [Fact]
+    public async Task OpenDevicesShareTheRegistrysNotifierThreadWhichDisposingTheRegistryStops()
+    {
+        AddPci();
+        AddPci("0000:00:04.0", group: 6);
+        var first = RegisterPci();
+        var second = RegisterPci("0000:00:04.0");
+
+        Thread thread;
+        using (first.Open())
+        using (second.Open())
+        {
+            Registry.Notifiers.Count.Should().Be(2, "each open device's REQ");
+            thread = Registry.Notifiers.PollingThread!;
+            thread.Name.Should().Be("vfio notifiers");
+        }
+        using (first.Open())
+        {
+            Registry.Notifiers.PollingThread.Should().BeSameAs(thread, "closing the devices left the thread idle, not stopped");
+        }
+        await Registry.DisposeAsync().AsTask().WaitAsync(Guard);
+
+        thread.IsAlive.Should().BeFalse("disposing the registry stops and joins it");
+        Registry.Notifiers.PollingThread.Should().BeNull();
     }
 
     [Fact]

@@ -22,7 +22,8 @@ namespace Vfio.VmTests;
 /// <c>dma_map_ratio_legacy</c> and <c>dma_map_ratio_iommufd</c> (the 4 KiB and the 2 MiB map + unmap
 /// together, library over C) and <c>device_open_ratio_legacy</c> and <c>device_open_ratio_iommufd</c>,
 /// with the times behind them, and <c>device_open_thread_us</c>: a thread started and joined, which
-/// every open and close of the library pays for the REQ notifier's poller. Exits 1 when a run could
+/// every open and close of the library paid for the REQ notifier's poller before the registry's
+/// notifiers shared one thread (for comparison). Exits 1 when a run could
 /// not produce its figures.
 /// </summary>
 internal static class DmaBench
@@ -62,8 +63,8 @@ internal static class DmaBench
             await TraceAsync(settings, backend, name, output).ConfigureAwait(false);
         }
 
-        // What part of an open and close is the REQ notifier's poller thread (started by every open,
-        // stopped and joined by every close): a thread that does nothing, started and joined.
+        // What part of an open and close was the REQ notifier's poller thread when each notifier had
+        // its own (started by every open, joined by every close): a thread that does nothing, started and joined.
         long threadStart = Stopwatch.GetTimestamp();
         for (int i = 0; i < settings.OpenIterations; i++)
         {
