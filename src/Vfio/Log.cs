@@ -111,7 +111,7 @@ internal static partial class Log
     [LoggerMessage(552, LogLevel.Warning, "An ErrorDetected handler of {Device} in group {GroupId} threw")]
     public static partial void ErrorHandlerFailed(ILogger logger, string device, int groupId, Exception exception);
 
-    [LoggerMessage(560, LogLevel.Warning, "Waking the interrupt thread of {Set} to stop it failed ({Errno}); it stops at its next stop check, within {IntervalMs} ms")]
+    [LoggerMessage(560, LogLevel.Warning, "Waking the interrupt thread of {Set} failed ({Errno}); it sees what changed at its next stop check, within {IntervalMs} ms")]
     public static partial void InterruptWakeFailed(ILogger logger, string set, string errno, long intervalMs);
 
     [LoggerMessage(561, LogLevel.Error, "The interrupt thread of {Set} did not stop within {WaitMs} ms (a continuation running inline on it blocks?); its eventfds are closed when it stops")]

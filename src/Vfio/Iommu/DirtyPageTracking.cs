@@ -82,7 +82,10 @@ public sealed unsafe class DirtyPageTracking : IDisposable
     public DirtyPageBitmap Read(ulong iova, ulong length)
     {
         var words = Bitmap(iova, length);
-        foreach (var buffer in Container.AddressSpace.BuffersOverlapping(iova, length))
+        var buffers = Container.AddressSpace.BuffersOverlapping(iova, length);
+        // Every buffer is checked before any is read: a read clears what it reports, so a refusal
+        // after some reads would lose their dirty pages. Sorted by IOVA, only the ends can be cut.
+        foreach (var buffer in buffers)
         {
             if (buffer.Iova < iova || buffer.Iova + buffer.Length > iova + length)
             {
@@ -91,6 +94,9 @@ public sealed unsafe class DirtyPageTracking : IDisposable
                     $"{operation} would cut {buffer} (0x{buffer.Iova:x}+0x{buffer.Length:x}): type1 reports whole mappings only (the kernel answers such a range with EINVAL); the range must start and end where DMA buffers of the container start and end, or in gaps between them."),
                     operation, Errno.EINVAL, ErrorTarget.None);
             }
+        }
+        foreach (var buffer in buffers)
+        {
             ulong[] own = ReadMapping(buffer.Iova, buffer.Length);
             Merge(words, (buffer.Iova - iova) / PageSize, own, buffer.Length / PageSize);
         }

@@ -85,6 +85,20 @@ public sealed class DirtyPageTrackingTests() : KernelTest(VfioBackend.Legacy)
     }
 
     [Fact]
+    public void ARangeThatWouldCutItsLastBufferReadsNoneOfTheBuffersBeforeIt()
+    {
+        var (tracking, resources) = Tracked((0, 4), (8, 4));
+        using var _ = resources;
+        long before = Kernel.CallCount;
+
+        tracking.Invoking(t => t.Read(Base, 10 * Page)).Should().Throw<VfioException>()
+            .Which.Message.Should().Contain($"0x{Base + (8 * Page):x}+0x{4 * Page:x}");
+
+        Kernel.CallCount.Should().Be(before, "a read clears what it reports: the first buffer's dirty pages must still be there");
+        tracking.Read(Base, 4 * Page).DirtyPageCount.Should().Be(4);
+    }
+
+    [Fact]
     public void OnIommufdsCompatibilityContainerStartingSaysWhyAndWhatToUseInstead()
     {
         Kernel.IommufdServesContainer = true;
